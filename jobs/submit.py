@@ -1,0 +1,11 @@
+"""Submit a stage of the suite: ``python jobs/submit.py stage=debate shards=8 [key=value ...]``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.submit import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

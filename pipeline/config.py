@@ -1,0 +1,213 @@
+"""Loading and validating the suite's configuration: the one place that knows the keys.
+
+Configs are YAML under ``configs/`` composed by Hydra's compose API, with ``key=value`` overrides from the
+command line. Every mistake a user can make on the command line becomes a :class:`ConfigError` whose
+message is one line naming the bad value and the valid choices; the entry points print it and exit 2
+before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+CLUSTER_KINDS = ("local", "debug", "slurm")
+FINAL_ANSWER_RULES = ("last", "a", "b")
+GROUPS = ("stage", "cluster", "models")
+
+
+class ConfigError(ValueError):
+    """A bad value from the command line or a config file; the message is one line for the user."""
+
+
+def project_path(path: str | Path) -> Path:
+    """Resolves a config path: ``~`` is expanded and a relative path is taken from the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
+    """Turns Hydra's multi-line messages into one line that names the bad value and the choices."""
+    text = str(err)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if isinstance(err, MissingConfigException) and missing:
+        group, name = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], flags=re.M)
+        return ConfigError(f"unknown {group} '{name}'; valid choices: {', '.join(options)}")
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        if any(key.startswith(free + ".") for free in _FREE_MAPPINGS):
+            return ConfigError(f"{key} is a new key: add it with a leading '+', as +{key}=...")
+        return ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(_sibling_keys(key))}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        return ConfigError(f"'{bad[0]}' is not a key=value override")
+    return ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(text)}")
+
+
+def _sibling_keys(dotted: str) -> list[str]:
+    node: Any = _compose([])
+    for part in dotted.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _check_same_shape(value: Any, default: Any, where: str) -> None:
+    """Rejects keys the defaults do not have and values whose type differs from the default's."""
+    if isinstance(default, DictConfig):
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"{where}={_show(value)}: must be a mapping of keys {', '.join(sorted(default))}")
+        extra = sorted(set(value) - set(default))
+        if extra and where not in _FREE_MAPPINGS:
+            raise ConfigError(f"unknown key '{where + '.' if where else ''}{extra[0]}'; valid keys here: {', '.join(sorted(default))}")
+        for key in default:
+            _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key))
+        return
+    if default is None or where in _FREE_MAPPINGS:
+        return
+    expected = _type_name(default)
+    ok = {
+        "mapping": lambda v: isinstance(v, DictConfig),
+        "list": lambda v: isinstance(v, ListConfig),
+        "boolean": lambda v: isinstance(v, bool),
+        "whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "string": lambda v: isinstance(v, str),
+    }[expected]
+    if value is not None and not ok(value):
+        raise ConfigError(f"{where}={_show(value)}: must be a {expected}")
+
+
+# Keys whose content is free-form (passed through to another tool), so any sub-key is valid there.
+_FREE_MAPPINGS = {"cluster.additional"}
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "boolean"
+    if isinstance(default, int):
+        return "whole number"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, ListConfig):
+        return "list"
+    if isinstance(default, DictConfig):
+        return "mapping"
+    return "string"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value))
+    return str(value)
+
+
+def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and nullable:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
+
+
+def _require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in tuple(choices):
+        raise ConfigError(f"{key}={value}: not one of {', '.join(choices)}")
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    """Composes ``configs/`` with the overrides and validates everything that does not need data or models."""
+    try:
+        cfg = _compose(list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise _translate_hydra_error(err, list(overrides)) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve the config: {_first_line(str(err))}") from None
+    group_choices = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
+    _check_same_shape(cfg, _compose(group_choices), "")
+    _validate_values(cfg)
+    return cfg
+
+
+def _validate_values(cfg: DictConfig) -> None:
+    _require_int(cfg, "shards", 1)
+    _require_int(cfg, "limit", 1, nullable=True)
+    _require_int(cfg, "seed", 0)
+    if cfg.run_id is not None:
+        run_id = str(cfg.run_id)
+        if not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+            raise ConfigError(
+                f"run_id={run_id}: use letters, digits, '.', '_' and '-' only (no '/', no '..', at most 100 characters)"
+            )
+    _require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
+    _require_int(cfg, "cluster.array_parallelism", 1)
+    _require_int(cfg, "cluster.cpus_per_task", 1)
+    _require_int(cfg, "cluster.timeout_min", 1)
+    _require_choice(cfg, "models.dtype", DTYPES)
+    for key in ("models.a", "models.b"):
+        if not isinstance(OmegaConf.select(cfg, key), str) or not OmegaConf.select(cfg, key):
+            raise ConfigError(f"{key} is empty: give a registered model name or a model folder")
+    if cfg.stage == "debate":
+        _validate_debate(cfg)
+    data_file = project_path(cfg.data.path) / f"{cfg.data.split}.jsonl"
+    if not data_file.is_file():
+        raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
+
+
+def _validate_debate(cfg: DictConfig) -> None:
+    _require_int(cfg, "debate.max_rounds", 1)
+    _require_int(cfg, "debate.max_new_tokens", 1)
+    _require_int(cfg, "debate.batch_size", 1)
+    _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
+    _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)
+    for key in ("debate.temperature", "debate.baselines.vote_temperature"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key}={value}: must be a number >= 0")
+    for name, placeholder in (("solve", "{question}"), ("review", "{other}")):
+        if placeholder not in cfg.debate.prompts[name]:
+            raise ConfigError(f"debate.prompts.{name} must contain the placeholder {placeholder}")
+    bad = [m for m in cfg.debate.baselines.vote_models if m not in ("a", "b")]
+    if bad:
+        raise ConfigError(f"debate.baselines.vote_models has '{bad[0]}'; valid entries: a, b")
+
+
+def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """The resolved config as YAML, with any key that looks like a secret removed."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return OmegaConf.to_yaml(OmegaConf.create(_drop_secrets(container)))
+
+
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key|apikey|key)$", re.I)
+
+
+def _drop_secrets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_secrets(v) for k, v in node.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(node, list):
+        return [_drop_secrets(v) for v in node]
+    return node

@@ -1,0 +1,1 @@
+"""The debate stage: two chat models take turns on each problem; shards of problems, then a reducer."""

@@ -1,0 +1,228 @@
+"""The debate engine: all open debates of a group advance together, one batched generate per turn.
+
+Round r is a turn of model a, then a turn of model b. Each model sees the conversation so far from its
+own side: its earlier replies as assistant messages, the other model's replies quoted in user messages.
+A debate ends as soon as both models' latest answers agree numerically (it leaves the batch), or after
+``max_rounds``. The baselines a reviewer asks for run in the same engine: each model alone, and a
+majority vote of k sampled answers per model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from pipeline.answers import extract_answer, same_answer
+from pipeline.data import Problem
+from pipeline.generation import Completion, Message, generate_chat, row_seed
+from pipeline.models.loading import ChatModel
+
+log = logging.getLogger(__name__)
+
+SPEAKERS = ("a", "b")
+
+
+@dataclass(frozen=True)
+class DebateSettings:
+    """The debate's knobs (``debate.*`` in the config), resolved."""
+
+    max_rounds: int
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    final_answer: str
+    system_prompt: str | None
+    solve_prompt: str
+    review_prompt: str
+    solo: bool
+    vote_k: int
+    vote_temperature: float
+    vote_models: tuple[str, ...]
+    seed: int
+
+    @classmethod
+    def from_config(cls, debate: Mapping[str, Any], seed: int) -> "DebateSettings":
+        baselines = debate["baselines"]
+        return cls(
+            max_rounds=debate["max_rounds"],
+            max_new_tokens=debate["max_new_tokens"],
+            temperature=float(debate["temperature"]),
+            batch_size=debate["batch_size"],
+            final_answer=debate["final_answer"],
+            system_prompt=debate["system_prompt"],
+            solve_prompt=debate["prompts"]["solve"],
+            review_prompt=debate["prompts"]["review"],
+            solo=baselines["solo"],
+            vote_k=baselines["vote_k"] or 2 * debate["max_rounds"],
+            vote_temperature=float(baselines["vote_temperature"]),
+            vote_models=tuple(baselines["vote_models"]),
+            seed=seed,
+        )
+
+
+@dataclass
+class Debate:
+    """One problem's debate in progress."""
+
+    problem: Problem
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    agreed: bool = False
+
+    def latest(self, speaker: str) -> str | None:
+        for turn in reversed(self.turns):
+            if turn["model"] == speaker:
+                return turn["answer"]
+        return None
+
+    def both_spoke(self) -> bool:
+        return {t["model"] for t in self.turns} == set(SPEAKERS)
+
+
+def conversation(speaker: str, debate: Debate, settings: DebateSettings) -> list[Message]:
+    """The debate so far as ``speaker`` sees it; consecutive user messages are merged (templates alternate)."""
+    messages: list[Message] = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+    messages.append({"role": "user", "content": settings.solve_prompt.format(question=debate.problem.question)})
+    for turn in debate.turns:
+        if turn["model"] == speaker:
+            messages.append({"role": "assistant", "content": turn["text"]})
+        else:
+            quoted = settings.review_prompt.format(other=turn["text"], question=debate.problem.question)
+            if messages[-1]["role"] == "user":
+                messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + quoted}
+            else:
+                messages.append({"role": "user", "content": quoted})
+    return messages
+
+
+def _turn(speaker: str, model: ChatModel, round_no: int, completion: Completion) -> dict[str, Any]:
+    return {
+        "model": speaker,
+        "name": model.name,
+        "round": round_no,
+        "text": completion.text,
+        "answer": extract_answer(completion.text),
+        "tokens": completion.tokens,
+        "seconds": round(completion.seconds, 4),
+        "stopped": completion.stopped,
+    }
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    """The most frequent parsable answer; ties go to the one seen first. None when no answer parses."""
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for answer in answers:
+        if answer is None:
+            continue
+        key = next((k for k in first if same_answer(k, answer)), answer)
+        first.setdefault(key, answer)
+        counts[key] += 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(first[k] for k in first if counts[k] == best)
+
+
+class DebateEngine:
+    """Runs debates and baselines for groups of problems, calling ``emit`` with each finished record."""
+
+    def __init__(self, models: Mapping[str, ChatModel], settings: DebateSettings) -> None:
+        self.models = models
+        self.settings = settings
+
+    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float) -> list[Completion]:
+        return generate_chat(
+            self.models[speaker],
+            convs,
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=temperature,
+            seeds=seeds,
+            max_batch=self.settings.batch_size,
+        )
+
+    def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
+        """Everything for a group of problems: baselines first, then the debate, emitting records as debates end."""
+        baselines = self._baselines(problems)
+        s = self.settings
+        open_debates = [Debate(p) for p in problems]
+        for round_no in range(1, s.max_rounds + 1):
+            for speaker in SPEAKERS:
+                if not open_debates:
+                    return
+                convs = [conversation(speaker, d, s) for d in open_debates]
+                seeds = [row_seed(s.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
+                completions = self._generate(speaker, convs, seeds, s.temperature)
+                for debate, completion in zip(open_debates, completions):
+                    debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
+                    if debate.both_spoke() and same_answer(debate.latest("a"), debate.latest("b")):
+                        debate.agreed = True
+                finished = [d for d in open_debates if d.agreed or (round_no == s.max_rounds and speaker == SPEAKERS[-1])]
+                for debate in finished:
+                    emit(self._record(debate, baselines[debate.problem.index]))
+                open_debates = [d for d in open_debates if d not in finished]
+                tokens = sum(c.tokens for c in completions)
+                log.info(
+                    "round %d, model %s: %d debates, %d tokens, %d finished, %d still open",
+                    round_no, speaker, len(completions), tokens, len(finished), len(open_debates),
+                )
+
+    def _baselines(self, problems: Sequence[Problem]) -> dict[int, dict[str, Any]]:
+        """Model b alone (model a's first debate turn is already its solo answer) and the votes."""
+        s = self.settings
+        out: dict[int, dict[str, Any]] = {p.index: {"solo": {}, "vote": {}} for p in problems}
+        fresh = [Debate(p) for p in problems]
+        if s.solo:
+            convs = [conversation("b", d, s) for d in fresh]
+            seeds = [row_seed(s.seed, p.index, "solo", "b") for p in problems]
+            for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature)):
+                out[p.index]["solo"]["b"] = {"answer": extract_answer(c.text), "tokens": c.tokens, "seconds": round(c.seconds, 4)}
+            log.info("solo baseline, model b: %d problems", len(problems))
+        for speaker in s.vote_models:
+            rows = [(d, j) for d in fresh for j in range(s.vote_k)]
+            convs = [conversation(speaker, d, s) for d, _ in rows]
+            seeds = [row_seed(s.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
+            completions = self._generate(speaker, convs, seeds, s.vote_temperature)
+            for p in problems:
+                mine = [c for (d, _), c in zip(rows, completions) if d.problem.index == p.index]
+                samples = [extract_answer(c.text) for c in mine]
+                out[p.index]["vote"][speaker] = {
+                    "answer": majority(samples),
+                    "samples": samples,
+                    "tokens": sum(c.tokens for c in mine),
+                    "seconds": round(sum(c.seconds for c in mine), 4),
+                }
+            log.info("vote baseline, model %s: %d problems x %d samples", speaker, len(problems), s.vote_k)
+        return out
+
+    def _record(self, debate: Debate, baselines: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        p = debate.problem
+        if debate.agreed:
+            final = debate.latest("a")
+        elif s.final_answer == "last":
+            final = debate.turns[-1]["answer"]
+        else:
+            final = debate.latest(s.final_answer)
+        first = {sp: next(t["answer"] for t in debate.turns if t["model"] == sp) for sp in SPEAKERS}
+        a_first = next(t for t in debate.turns if t["model"] == "a")
+        solo = {"a": {"answer": a_first["answer"], "tokens": a_first["tokens"], "seconds": a_first["seconds"]}}
+        solo.update(baselines["solo"])
+        for entry in (*solo.values(), *baselines["vote"].values()):
+            entry["correct"] = same_answer(entry["answer"], p.gold)
+        return {
+            "index": p.index,
+            "question": p.question,
+            "gold": p.gold,
+            "turns": debate.turns,
+            "final_answer": final,
+            "agreed": debate.agreed,
+            "rounds": debate.turns[-1]["round"],
+            "correct": same_answer(final, p.gold),
+            "first_answers": first,
+            "solo": solo,
+            "vote": baselines["vote"],
+            "tokens": sum(t["tokens"] for t in debate.turns),
+            "seconds": round(sum(t["seconds"] for t in debate.turns), 4),
+        }

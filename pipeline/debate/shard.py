@@ -1,0 +1,61 @@
+"""One debate shard task: load both models once, run the shard's open problems, append records."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from pipeline.config import project_path
+from pipeline.data import load_problems, shard_slice
+from pipeline.debate.engine import DebateEngine, DebateSettings
+from pipeline.models.device import pick_device
+from pipeline.models.loading import load_chat_model
+from pipeline.models.registry import load_registry, resolve_model
+from pipeline.shards import ShardWriter, shard_name
+from pipeline.tasks import ShardTask
+
+log = logging.getLogger(__name__)
+
+
+def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
+    """The problems one shard owns (a contiguous slice of the first ``limit`` problems)."""
+    data = config["data"]
+    problems = load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
+    return [problems[i] for i in shard_slice(len(problems), shard, shards)]
+
+
+def run_debate_shard(task: ShardTask) -> dict[str, Any]:
+    """Resumable: skips problems already in the shard file; returns a summary for the submitter."""
+    cfg = task.config
+    torch.set_num_threads(int(cfg["cluster"]["cpus_per_task"]))
+    torch.manual_seed(cfg["seed"])
+    path = task.run.stage_dir("debate") / shard_name(task.shard, task.shards)
+    mine = shard_problems(cfg, task.shard, task.shards)
+    started = time.perf_counter()
+    with ShardWriter(path) as writer:
+        todo = [p for p in mine if p.index not in writer.done_indices()]
+        log.info("%s: %d problems, %d already done, %d to do", path.name, len(mine), len(mine) - len(todo), len(todo))
+        if todo:
+            device = pick_device()
+            registry = load_registry()
+            cache = project_path(cfg["paths"]["model_cache"])
+            models = {
+                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry), cache, cfg["models"]["dtype"], device)
+                for key in ("a", "b")
+            }
+            engine = DebateEngine(models, DebateSettings.from_config(cfg["debate"], cfg["seed"]))
+            group = int(cfg["debate"]["batch_size"])
+
+            def emit(record: dict[str, Any]) -> None:
+                writer.append(record)
+                log.info("%s: %d/%d problems done", path.name, len(writer.records), len(mine))
+
+            for start in range(0, len(todo), group):
+                engine.run(todo[start : start + group], emit)
+        done = len(writer.records)
+    seconds = time.perf_counter() - started
+    log.info("%s: complete, %d problems, %.1f s", path.name, done, seconds)
+    return {"shard": task.shard, "problems": done, "ran": len(todo), "seconds": round(seconds, 2)}

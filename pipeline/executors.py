@@ -1,0 +1,120 @@
+"""submitit executors: an array of shard tasks, then a reducer ordered after it, on any cluster kind.
+
+Only the ``cluster`` config differs between kinds:
+- ``slurm``: one ``sbatch --array`` for the shards; the reducer depends on it with ``afterany`` (an
+  ``afterok`` never fires when one task fails) and checks completeness itself.
+- ``local``: submitit's local executor starts every item at once and drops dependencies, so shards
+  throttle themselves with slot locks and the reducer waits for the shard processes.
+- ``debug``: everything runs in this process, in order, when the results are asked for.
+Every submission is recorded in ``launch/jobs.jsonl`` for the status and cancel commands.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import Any, Callable, Sequence
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import ConfigError
+from pipeline.runs import Run
+from pipeline.tasks import ReduceJob, ShardJob, ShardTask
+
+JOBS_FILE = "jobs.jsonl"
+
+
+def job_name(stage: str, run_id: str) -> str:
+    """Reads well in ``squeue``: ``gsm8k-debate-20261124-153012-a3f9``."""
+    return f"gsm8k-{stage}-{run_id}"
+
+
+class Launcher:
+    """Submits one stage of one run through the configured submitit executor."""
+
+    def __init__(self, cfg: DictConfig, run: Run) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.kind = cfg.cluster.kind
+        if self.kind == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
+
+    def _executor(self, name: str) -> submitit.AutoExecutor:
+        c = self.cfg.cluster
+        executor = submitit.AutoExecutor(folder=self.run.launch_dir / "%j", cluster=self.kind)
+        params: dict[str, Any] = {"name": name, "timeout_min": int(c.timeout_min)}
+        if self.kind == "slurm":
+            params.update(
+                cpus_per_task=int(c.cpus_per_task),
+                nodes=int(c.nodes),
+                gpus_per_node=int(c.gpus_per_node) or None,
+                mem_gb=c.mem_gb,
+                slurm_partition=c.partition,
+                slurm_account=c.account,
+                slurm_qos=c.qos,
+                slurm_constraint=c.constraint,
+                slurm_array_parallelism=int(c.array_parallelism),
+                slurm_signal_delay_s=int(c.signal_delay_s),
+                slurm_additional_parameters=OmegaConf.to_container(c.additional) or None,
+            )
+        executor.update_parameters(**params)
+        return executor
+
+    def submit(
+        self,
+        stage: str,
+        shard_fn: Callable[[ShardTask], dict[str, Any]],
+        tasks: Sequence[ShardTask],
+        reduce_fn: Callable[[str], dict[str, Any]],
+    ) -> tuple[list[submitit.Job], submitit.Job]:
+        """The shard array, then the reducer after it; returns the jobs and records them in launch/."""
+        name = job_name(stage, self.run.run_id)
+        local_slots = int(self.cfg.cluster.array_parallelism) if self.kind == "local" else None
+        jobs: list[submitit.Job] = []
+        if tasks:
+            executor = self._executor(name)
+            jobs = executor.map_array(ShardJob(shard_fn, local_slots), list(tasks))
+        reducer = self._executor(f"{name}-reduce")
+        if self.kind == "slurm" and jobs:
+            array_id = jobs[0].job_id.split("_")[0]
+            extra = dict(OmegaConf.to_container(self.cfg.cluster.additional) or {})
+            extra["dependency"] = f"afterany:{array_id}"
+            reducer.update_parameters(slurm_additional_parameters=extra)
+        if self.kind == "debug":
+            for job in jobs:
+                _debug_run(job)
+        wait_pids = [int(j.job_id) for j in jobs] if self.kind == "local" else None
+        reduce_job = reducer.submit(ReduceJob(reduce_fn, wait_pids), str(self.run.root))
+        self._record(stage, name, tasks, jobs, reduce_job)
+        return jobs, reduce_job
+
+    def _record(self, stage: str, name: str, tasks: Sequence[ShardTask], jobs: Sequence[submitit.Job], reduce_job: submitit.Job) -> None:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "stage": stage,
+            "cluster": self.kind,
+            "name": name,
+            "shards": {str(t.shard): j.job_id for t, j in zip(tasks, jobs)},
+            "reduce": reduce_job.job_id,
+        }
+        self.run.launch_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run.launch_dir / JOBS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def _debug_run(job: submitit.Job) -> None:
+    """The debug executor runs a job when its result is asked for; a failed shard must not stop the reducer."""
+    try:
+        job.result()
+    except Exception:  # noqa: BLE001 - the reducer reports incomplete shards; the error is in the task log
+        pass
+
+
+def submissions(run: Run) -> list[dict[str, Any]]:
+    """Every submission recorded for a run, oldest first."""
+    path = run.launch_dir / JOBS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,38 @@
+"""Device and dtype choice, and the V100 check that saves a job from crashing mid-run."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device() -> torch.device:
+    """The first visible GPU if there is one (SLURM sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    if torch.cuda.is_available():
+        check_cuda_arch()
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU; bf16 on GPUs that have it, fp16 on those that do not (V100)."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def check_cuda_arch() -> None:
+    """Stops at start with advice when this PyTorch build has no kernels for the GPU (e.g. a V100, sm_70,
+    with a CUDA 12.8+ wheel), instead of failing later with 'no kernel image is available'."""
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"sm_{major}{minor}"
+    built = torch.cuda.get_arch_list()
+    if built and arch not in built and f"compute_{major}{minor}" not in built:
+        raise RuntimeError(
+            f"this PyTorch ({torch.__version__}) has no kernels for {torch.cuda.get_device_name()} ({arch}); "
+            f"it was built for {', '.join(built)}. On V100 (sm_70) install the CUDA 12.6 build: "
+            "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+        )

@@ -1,0 +1,92 @@
+"""Loading a chat model and its tokenizer, the real way, from a hub id, a local folder or a converted GGUF.
+
+Loading happens once per shard task. The tokenizer is set up for batched chat generation: left padding,
+a pad token, and the full set of end-of-turn token ids, because stopping only on ``eos`` is what made the
+seed notebook hang on Llama-3 (which ends a turn with ``<|eot_id|>``, not ``<|end_of_text|>``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline.config import project_path
+from pipeline.models.device import pick_dtype
+from pipeline.models.gguf import ensure_hf_folder, gguf_source_from_config
+from pipeline.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# End-of-turn and end-of-text markers of the chat formats the suite meets (Llama-3, ChatML/Qwen, Gemma,
+# Mistral/Llama-2). Those present in a tokenizer's vocabulary stop generation.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+@dataclass
+class ChatModel:
+    """A loaded model with what batched chat generation needs."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    stop_ids: list[int]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+def prepare(spec: ModelSpec, cache_dir: Path) -> str:
+    """Where ``from_pretrained`` finds the model: a folder (converted once for GGUF sources) or a hub id."""
+    if spec.source == "gguf":
+        return str(ensure_hf_folder(gguf_source_from_config(spec.gguf), cache_dir, spec.name, log=log.info))
+    if spec.source == "hub":
+        return str(spec.hub_id)
+    return str(project_path(spec.path or ""))
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, extra: tuple[str, ...] = ()) -> list[int]:
+    """All ids that end a turn: the generation config's eos ids, the tokenizer's eos, and known markers."""
+    ids: set[int] = set()
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if configured is not None:
+        ids.update([configured] if isinstance(configured, int) else configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in (*END_OF_TURN_TOKENS, *extra) if t in vocab)
+    return sorted(ids)
+
+
+def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: torch.device) -> ChatModel:
+    """Loads weights (4-bit through bitsandbytes where the spec says so) and a left-padding tokenizer."""
+    location = prepare(spec, cache_dir)
+    dtype = pick_dtype(dtype_name, device)
+    kwargs: dict = {"dtype": dtype, "revision": spec.revision} if spec.revision else {"dtype": dtype}
+    if spec.load_in_4bit:
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401  (fail here, with advice, rather than inside from_pretrained)
+        except ImportError:
+            raise RuntimeError(f"{spec.name} is set to load in 4-bit: pip install -e '.[gpu]' (bitsandbytes)") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = {"": device}
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise RuntimeError(f"{spec.name} ({location}) has no chat template; the debate needs a chat model")
+    model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs)
+    if not spec.load_in_4bit:
+        model.to(device)
+    model.eval()
+    stop_ids = stop_token_ids(tokenizer, model, spec.stop_tokens)
+    log.info("loaded %s from %s (%s, %s); stop ids %s", spec.name, location, dtype, device, stop_ids)
+    return ChatModel(name=spec.name, model=model, tokenizer=tokenizer, stop_ids=stop_ids)

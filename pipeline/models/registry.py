@@ -1,0 +1,85 @@
+"""The model registry (``configs/registry/models.yaml``) and the resolution of ``models.a`` / ``models.b``.
+
+A model is named either by a registry entry or by a local folder (a Hugging Face model folder). Resolution
+and the checks that need no model weights happen in the submitting process, so a missing model is an
+error before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+
+from pipeline.config import CONFIG_DIR, ConfigError, project_path
+
+REGISTRY_PATH = CONFIG_DIR / "registry" / "models.yaml"
+SOURCES = ("local", "hub", "gguf")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load for one model, and how."""
+
+    name: str
+    source: str
+    path: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    load_in_4bit: bool = False
+    stop_tokens: tuple[str, ...] = ()
+    gguf: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
+    """Every registered model, by name."""
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    specs: dict[str, ModelSpec] = {}
+    for name, entry in raw.items():
+        source = entry.get("source")
+        if source not in SOURCES:
+            raise ConfigError(f"{path}: model '{name}' has source={source}; valid sources: {', '.join(SOURCES)}")
+        specs[name] = ModelSpec(
+            name=name,
+            source=source,
+            path=entry.get("path"),
+            hub_id=entry.get("id"),
+            revision=entry.get("revision"),
+            load_in_4bit=bool(entry.get("load_in_4bit", False)),
+            stop_tokens=tuple(entry.get("stop_tokens", ())),
+            gguf=entry.get("gguf", {}),
+        )
+    return specs
+
+
+def resolve_model(key: str, value: str, registry: Mapping[str, ModelSpec]) -> ModelSpec:
+    """``models.a=<value>``: a registered name, else a local model folder; anything else is a clear error."""
+    if value in registry:
+        return registry[value]
+    folder = project_path(value)
+    if folder.is_file():
+        raise ConfigError(f"{key}={value}: is a file; give a model folder (with config.json) or a registered name")
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{key}={value}: the folder has no config.json, so it is not a Hugging Face model folder")
+        return ModelSpec(name=folder.name, source="local", path=str(folder))
+    raise ConfigError(
+        f"{key}={value}: no such model folder and not a registered model; registered: {', '.join(sorted(registry))}"
+    )
+
+
+def check_available(key: str, spec: ModelSpec) -> None:
+    """Fails before submission when a model cannot possibly load here (offline and not cached, missing folder)."""
+    if spec.source == "local" and not (project_path(spec.path or "") / "config.json").is_file():
+        raise ConfigError(f"{key}={spec.name}: model folder {project_path(spec.path or '')} is missing or has no config.json")
+    if spec.source == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec.hub_id, "config.json", revision=spec.revision), str):
+            raise ConfigError(
+                f"{key}={spec.name}: {spec.hub_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                "download it on a machine with hub access first (huggingface-cli download)"
+            )

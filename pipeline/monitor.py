@@ -1,0 +1,117 @@
+"""``jobs/status.py`` and ``jobs/cancel.py``: a run's jobs and progress, from its folder and the scheduler.
+
+Progress comes from the shard files (the unit of truth), job states from SLURM (``squeue``, then
+``sacct`` for finished jobs) or, for local runs, from the task processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import project_path
+from pipeline.debate.shard import shard_problems
+from pipeline.executors import submissions
+from pipeline.runs import Run
+from pipeline.shards import read_shard, shard_name
+from pipeline.tasks import process_alive
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """State per job id: squeue for queued/running jobs, sacct (when accounting runs) for the rest."""
+    states: dict[str, str] = {}
+    if not job_ids or shutil.which("squeue") is None:
+        return states
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job] = state
+    if shutil.which("sacct"):
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State"], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            states.setdefault(job, state.split()[0] if state else "UNKNOWN")
+    return states
+
+
+def _local_state(job_id: str) -> str:
+    return "RUNNING" if job_id.isdigit() and process_alive(int(job_id)) else "ENDED"
+
+
+def run_status(run: Run) -> dict[str, Any]:
+    """Per shard: job id, scheduler state, problems done / total; and the run's overall state."""
+    config = run.saved_config_container()
+    shards = int(config["shards"])
+    subs = submissions(run)
+    latest: dict[int, str] = {}
+    reduce_job = None
+    for sub in subs:
+        latest.update({int(k): v for k, v in sub["shards"].items()})
+        reduce_job = sub["reduce"]
+    cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
+    ids = [*latest.values(), *([reduce_job] if reduce_job else [])]
+    states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j) for j in ids}
+    rows = []
+    for shard in range(shards):
+        done = len(read_shard(run.stage_dir("debate") / shard_name(shard, shards)))
+        total = len(shard_problems(config, shard, shards))
+        job = latest.get(shard)
+        rows.append({"shard": shard, "job": job, "state": states.get(job, "-") if job else "-", "done": done, "total": total})
+    done, total = sum(r["done"] for r in rows), sum(r["total"] for r in rows)
+    active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
+    overall = "complete" if done == total and (run.root / "debate_accuracy.md").exists() else ("running" if active else "incomplete")
+    return {
+        "run_id": run.run_id,
+        "cluster": cluster,
+        "shards": rows,
+        "reduce": {"job": reduce_job, "state": states.get(reduce_job, "-") if reduce_job else "-"},
+        "done": done,
+        "total": total,
+        "state": overall,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"run {status['run_id']} ({status['cluster']}): {status['state']}, {status['done']}/{status['total']} problems",
+        f"{'shard':>5}  {'job':<14} {'state':<12} progress",
+    ]
+    for r in status["shards"]:
+        bar = "#" * int(20 * r["done"] / r["total"]) if r["total"] else ""
+        lines.append(f"{r['shard']:>5}  {str(r['job'] or '-'):<14} {r['state']:<12} {r['done']:>4}/{r['total']:<4} {bar:<20}")
+    lines.append(f"reduce {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
+    return "\n".join(lines)
+
+
+def list_runs(results_dir: Path) -> list[Run]:
+    return sorted((Run(p.parent) for p in results_dir.glob("*/config.yaml")), key=lambda r: r.run_id)
+
+
+def cancel_run(run: Run) -> list[str]:
+    """Cancels every job of the run that may still be queued or running; returns their ids."""
+    subs = submissions(run)
+    ids = [j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])]
+    if not subs:
+        return []
+    if subs[-1]["cluster"] == "slurm":
+        arrays = sorted({j.split("_")[0] for j in ids})
+        subprocess.run(["scancel", *arrays], check=False)
+        return arrays
+    cancelled = []
+    for job in ids:
+        if job.isdigit() and process_alive(int(job)):
+            os.kill(int(job), signal.SIGTERM)
+            cancelled.append(job)
+    return cancelled
+
+
+def resolve_run(results_dir: str, run_id: str) -> Run:
+    run = Run(project_path(results_dir) / run_id)
+    if not run.config_path.exists():
+        raise FileNotFoundError(f"no run '{run_id}' under {project_path(results_dir)}")
+    return run

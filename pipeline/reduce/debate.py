@@ -1,0 +1,245 @@
+"""The debate reducer: completeness check, accuracy tables, the per-round plot and the transcript log.
+
+It runs after the array whatever the tasks' outcome. It always says which shards are missing or partial
+and how to resume them; the tables of an incomplete run are marked partial and its transcripts are not
+logged (the log holds each complete run exactly once). Running it again gives the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.answers import same_answer
+from pipeline.config import project_path
+from pipeline.debate.shard import shard_problems
+from pipeline.reduce.files import append_once, write_atomic
+from pipeline.reduce.stats import wilson_interval
+from pipeline.runs import Run
+from pipeline.shards import read_shard, shard_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """How far one shard got."""
+
+    shard: int
+    expected: int
+    done: int
+
+    @property
+    def state(self) -> str:
+        return "complete" if self.done == self.expected else ("missing" if self.done == 0 else "partial")
+
+
+def collect(run: Run, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ShardCheck]]:
+    """Every record of the run in problem order, and each shard's progress. A record that does not belong
+    to its shard (another run's or another shard count's file) is an error naming the file."""
+    shards = int(config["shards"])
+    records: list[dict[str, Any]] = []
+    checks: list[ShardCheck] = []
+    for shard in range(shards):
+        path = run.stage_dir("debate") / shard_name(shard, shards)
+        expected = {p.index for p in shard_problems(config, shard, shards)}
+        found = read_shard(path)
+        stray = [r["index"] for r in found if r["index"] not in expected]
+        if stray:
+            raise ValueError(f"{path}: holds problem {stray[0]}, which is not in shard {shard} of {shards}")
+        if len({r["index"] for r in found}) != len(found):
+            raise ValueError(f"{path}: a problem is recorded twice")
+        records.extend(found)
+        checks.append(ShardCheck(shard, len(expected), len(found)))
+    return sorted(records, key=lambda r: r["index"]), checks
+
+
+def _row(method: str, correct: Iterable[bool], tokens: Iterable[int], seconds: Iterable[float]) -> dict[str, Any]:
+    flags, toks, secs = list(correct), list(tokens), list(seconds)
+    n, k = len(flags), sum(flags)
+    low, high = wilson_interval(k, n)
+    return {
+        "method": method,
+        "accuracy": round(k / n, 4) if n else 0.0,
+        "ci95_low": round(low, 4),
+        "ci95_high": round(high, 4),
+        "correct": k,
+        "n": n,
+        "tokens_per_question": round(sum(toks) / n, 1) if n else 0.0,
+        "seconds_per_question": round(sum(secs) / n, 3) if n else 0.0,
+    }
+
+
+def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> str | None:
+    """What the debate would answer had it been stopped after ``round_no`` rounds."""
+    if record["rounds"] <= round_no:
+        return record["final_answer"]
+    turns = [t for t in record["turns"] if t["round"] <= round_no]
+    if rule == "last":
+        return turns[-1]["answer"]
+    return next(t["answer"] for t in reversed(turns) if t["model"] == rule)
+
+
+def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
+    models = config["models"]
+    debate = config["debate"]
+    rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
+    for key in ("a", "b"):
+        solo = [r["solo"][key] for r in records if key in r["solo"]]
+        if solo:
+            rows.append(_row(f"{models[key]} alone", (s["correct"] for s in solo), (s["tokens"] for s in solo), (s["seconds"] for s in solo)))
+    for key in debate["baselines"]["vote_models"]:
+        votes = [r["vote"][key] for r in records if key in r["vote"]]
+        if votes:
+            k = len(votes[0]["samples"])
+            rows.append(_row(f"{models[key]} majority vote (k={k})", (v["correct"] for v in votes), (v["tokens"] for v in votes), (v["seconds"] for v in votes)))
+    per_round = []
+    for round_no in range(1, int(debate["max_rounds"]) + 1):
+        flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"]), r["gold"]) for r in records]
+        row = _row(f"after round {round_no}", flags, [], [])
+        row["still_open"] = sum(r["rounds"] > round_no for r in records)
+        per_round.append({k: v for k, v in row.items() if not k.endswith("per_question")})
+    first_right = [same_answer(r["first_answers"]["a"], r["gold"]) for r in records]
+    n = len(records)
+    return {
+        "methods": rows,
+        "per_round": per_round,
+        "debate": {
+            "convergence_rate": round(sum(r["agreed"] for r in records) / n, 4) if n else 0.0,
+            "mean_rounds": round(sum(r["rounds"] for r in records) / n, 3) if n else 0.0,
+            "flips_right_to_wrong": sum(fr and not r["correct"] for fr, r in zip(first_right, records)),
+            "flips_wrong_to_right": sum(not fr and r["correct"] for fr, r in zip(first_right, records)),
+            "unparsable_final_answers": sum(r["final_answer"] is None for r in records),
+        },
+        "models": {"a": models["a"], "b": models["b"]},
+        "n": n,
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> str:
+    """The table a person reads: methods with 95% intervals, accuracy per round, the debate's dynamics."""
+    done = sum(c.done for c in checks)
+    expected = sum(c.expected for c in checks)
+    lines = [f"# Debate accuracy: run {run_id}", ""]
+    if done < expected:
+        lines += [f"**PARTIAL: {done} of {expected} problems; the numbers below cover only those.**", ""]
+    lines += [
+        f"Models: a = {summary['models']['a']}, b = {summary['models']['b']}; {summary['n']} GSM8K problems.",
+        "",
+        "| method | accuracy | 95% CI | correct / n | tokens / question | seconds / question |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["methods"]:
+        lines.append(
+            f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | "
+            f"{r['correct']} / {r['n']} | {r['tokens_per_question']} | {r['seconds_per_question']} |"
+        )
+    lines += ["", "| debate stopped after | accuracy | 95% CI | debates still open |", "|---|---|---|---|"]
+    for r in summary["per_round"]:
+        lines.append(f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | {r['still_open']} |")
+    d = summary["debate"]
+    lines += [
+        "",
+        f"Converged: {_pct(d['convergence_rate'])}; mean rounds: {d['mean_rounds']}; "
+        f"flips from model a's first answer: right->wrong {d['flips_right_to_wrong']}, wrong->right {d['flips_wrong_to_right']}; "
+        f"unparsable final answers: {d['unparsable_final_answers']} (scored wrong).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _csv(summary: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(summary["methods"][0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(summary["methods"])
+    return out.getvalue()
+
+
+def plot_rounds(summary: dict[str, Any], path: Path) -> None:
+    """Accuracy after each round with its interval, against each baseline as a line: where people look."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = summary["per_round"]
+    xs = list(range(1, len(rounds) + 1))
+    ys = [r["accuracy"] for r in rounds]
+    err = [[y - r["ci95_low"] for y, r in zip(ys, rounds)], [r["ci95_high"] - y for y, r in zip(ys, rounds)]]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label="debate (stopped after round r)")
+    for row, style in zip(summary["methods"][1:], ("--", ":", "-.", (0, (5, 1)))):
+        ax.axhline(row["accuracy"], linestyle=style, color="gray", label=row["method"])
+    ax.set_xticks(xs)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy on GSM8K")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{summary['models']['a']} vs {summary['models']['b']}, n={summary['n']}")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """The run's transcripts as text: question, discussion, final answer, correct."""
+    models = config["models"]
+    out = [f"==== run {run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    for r in records:
+        verdict = "correct" if r["correct"] else "wrong"
+        agreed = f"agreed after {r['rounds']} round(s)" if r["agreed"] else f"no agreement in {r['rounds']} round(s)"
+        out += [f"--- problem {r['index']} | gold {r['gold']} | final {r['final_answer']} | {agreed} | {verdict}", f"Q: {r['question']}"]
+        for t in r["turns"]:
+            out.append(f"[round {t['round']}] {t['model']} ({t['name']}), answer {t['answer']}:")
+            out.append(t["text"])
+    out.append(f"==== end of run {run_id}")
+    return "\n".join(out) + "\n\n"
+
+
+def reduce_debate(run_root: str) -> dict[str, Any]:
+    """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
+    run = Run(Path(run_root))
+    config = dict(run.saved_config_container())
+    records, checks = collect(run, config)
+    incomplete = [c for c in checks if c.state != "complete"]
+    for c in incomplete:
+        log.warning("shard %d: %s (%d/%d problems)", c.shard, c.state, c.done, c.expected)
+    result: dict[str, Any] = {
+        "run_id": run.run_id,
+        "complete": not incomplete,
+        "shards": [{"shard": c.shard, "state": c.state, "done": c.done, "expected": c.expected} for c in checks],
+        "resume": f"python jobs/submit.py stage=debate run_id={run.run_id}" if incomplete else None,
+    }
+    if not records:
+        result["table"] = f"run {run.run_id}: no finished problems yet; resume with: {result['resume']}\n"
+        return result
+    summary = summarize(records, config)
+    table = markdown(summary, run.run_id, checks)
+    write_atomic(run.root / "debate_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
+    write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
+    write_atomic(run.root / "debate_accuracy.md", table)
+    plot_rounds(summary, run.root / "debate_accuracy_per_round.png")
+    if incomplete:
+        table += f"\nIncomplete shards: {', '.join(f'{c.shard} ({c.state}, {c.done}/{c.expected})' for c in incomplete)}.\nResume with: {result['resume']}\n"
+    else:
+        log_path = project_path(config["paths"]["transcript_log"])
+        result["transcripts_appended"] = append_once(
+            log_path, f"==== run {run.run_id} |", lambda: transcript_block(run.run_id, records, config)
+        )
+    result["table"] = table
+    log.info("reduced %d records of run %s (complete: %s)", len(records), run.run_id, result["complete"])
+    return result

@@ -1,0 +1,40 @@
+"""Writing results so that a reducer killed mid-write never leaves a half-written table or log."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file beside the target, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def append_once(path: Path, marker: str, block: Callable[[], str]) -> bool:
+    """Appends ``block()`` to ``path`` unless a line starting with ``marker`` is already there.
+
+    The check and the append happen under an exclusive lock, and the block goes out in one write, so two
+    reducers racing, or one run twice, append it exactly once. Returns whether it appended.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(path, encoding="utf-8", errors="replace") as existing:
+            if any(line.startswith(marker) for line in existing):
+                return False
+        os.write(fd, block().encode("utf-8"))
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)

@@ -1,0 +1,120 @@
+"""Shard files: one JSONL line per finished question, appended and flushed as work completes.
+
+A shard is the unit of truth. Its file is the only state a shard task keeps, so that:
+- a rerun skips the questions already there (resume);
+- a torn last line, left by a job killed in the middle of a write, is dropped and that question redone;
+- a corrupt line anywhere else stops everything with the file and line named, since silently skipping it
+  would lose a record and silently redoing it would write a question twice;
+- two processes never append to the same shard at once (an exclusive lock), so nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator
+
+SHARD_GLOB = "shard-*-of-*.jsonl"
+
+
+class ShardCorruptError(RuntimeError):
+    """A line in the middle of a shard file is not a valid record."""
+
+
+class ShardBusyError(RuntimeError):
+    """Another process holds the shard's lock: the same shard is already running."""
+
+
+def shard_name(index: int, count: int) -> str:
+    """``shard-00003-of-00008.jsonl``: sorts well and says how many shards the run has."""
+    return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+def _parse_lines(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Records of a shard's bytes, and the length of the part made of whole lines.
+
+    Every record is written as one line ending in a newline in a single write, so only the bytes after the
+    last newline can be torn; every newline-terminated line must be a valid record.
+    """
+    valid = data.rfind(b"\n") + 1
+    records: list[dict[str, Any]] = []
+    for line_no, raw in enumerate(data[:valid].splitlines(), start=1):
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict) or "index" not in record:
+                raise ValueError("not a record with an 'index'")
+        except ValueError as err:
+            raise ShardCorruptError(
+                f"{path}:{line_no}: corrupt record ({err}); fix or delete that line, then rerun the shard"
+            ) from None
+        records.append(record)
+    return records, valid
+
+
+def read_shard(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a shard file; a torn last line is ignored, a corrupt middle line raises."""
+    if not path.exists():
+        return []
+    return _parse_lines(path, path.read_bytes())[0]
+
+
+class ShardWriter:
+    """Exclusive, append-only access to one shard file, with resume.
+
+    Entering takes the lock, drops a torn tail and loads the finished records; ``append`` writes one
+    complete line, flushes and fsyncs it, so a killed job loses at most the records still in flight.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self._done: set[int] = set()
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise ShardBusyError(f"{self.path} is being written by another process") from None
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
+        data = self.path.read_bytes()
+        self.records, valid = _parse_lines(self.path, data)
+        self._done = {int(r["index"]) for r in self.records}
+        if valid < len(data):
+            os.ftruncate(self._fd, valid)
+            os.fsync(self._fd)
+        return self
+
+    def done_indices(self) -> set[int]:
+        return set(self._done)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Writes one record as one line in one write call, then makes it durable."""
+        if self._fd is None:
+            raise RuntimeError("ShardWriter.append outside its 'with' block")
+        if int(record["index"]) in self._done:
+            raise RuntimeError(f"{self.path}: question {record['index']} is already recorded")
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+        self.records.append(record)
+        self._done.add(int(record["index"]))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
+
+
+def iter_shard_files(folder: Path) -> Iterator[Path]:
+    """Every shard file of a stage folder, in shard order."""
+    return iter(sorted(folder.glob(SHARD_GLOB)))

@@ -1,0 +1,130 @@
+"""What a submitted job runs: a shard task or a reduce task, wrapped for submitit.
+
+Both are :class:`submitit.helpers.Checkpointable`: when SLURM preempts a job or its time limit nears
+(``--signal``), submitit requeues the same call, and the shard resumes from its own file. On the local
+executor, a shard first takes one of ``array_parallelism`` slot locks (the local executor starts every
+array item at once), and the reducer first waits for the shard processes (it ignores dependencies).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from pipeline.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One array item: which run, which stage, which shard; the resolved config travels with it."""
+
+    run_root: str
+    stage: str
+    shard: int
+    shards: int
+    config: dict[str, Any]
+
+    @property
+    def run(self) -> Run:
+        return Run(Path(self.run_root))
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}-shard-{self.shard:05d}-of-{self.shards:05d}"
+
+
+def setup_task_logging(run: Run, label: str) -> None:
+    """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too)."""
+    run.logs_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in (logging.FileHandler(run.logs_dir / f"{label}.log"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+class _Slot:
+    """An exclusive lock on one of ``count`` slot files: a counting semaphore across processes."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.folder, self.count = folder, count
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_Slot":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            for k in range(self.count):
+                fd = os.open(self.folder / f"slot-{k}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.fd = fd
+                    return self
+                except BlockingIOError:
+                    os.close(fd)
+            time.sleep(0.5)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+class ShardJob(submitit.helpers.Checkpointable):
+    """The array item's callable: ``fn(task)``, under a local slot when the executor has no throttle."""
+
+    def __init__(self, fn: Callable[[ShardTask], dict[str, Any]], local_slots: int | None = None) -> None:
+        self.fn = fn
+        self.local_slots = local_slots
+
+    def __call__(self, task: ShardTask) -> dict[str, Any]:
+        setup_task_logging(task.run, task.label)
+        if self.local_slots is None:
+            return self.fn(task)
+        with _Slot(task.run.launch_dir / "slots", self.local_slots):
+            return self.fn(task)
+
+
+def _wait_for_pids(pids: list[int]) -> None:
+    while any(process_alive(pid) for pid in pids):
+        time.sleep(1.0)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class ReduceJob(submitit.helpers.Checkpointable):
+    """The reducer's callable: ``fn(run_root)``, after the given local processes have ended."""
+
+    def __init__(self, fn: Callable[[str], dict[str, Any]], wait_pids: list[int] | None = None) -> None:
+        self.fn = fn
+        self.wait_pids = wait_pids or []
+
+    def __call__(self, run_root: str) -> dict[str, Any]:
+        setup_task_logging(Run(Path(run_root)), "reduce")
+        if self.wait_pids:
+            log.info("waiting for %d shard processes to end", len(self.wait_pids))
+            _wait_for_pids(self.wait_pids)
+        return self.fn(run_root)

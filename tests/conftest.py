@@ -1,0 +1,48 @@
+"""Shared test set-up: offline always, each test's results in its own folder, the tiny model pair."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """A fresh results folder for one test (the transcript log lives inside it too)."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    return folder
+
+
+def tiny_overrides(results: Path, *extra: str) -> list[str]:
+    """A fast debate on the tiny pair: few tokens, two rounds, small votes."""
+    return [
+        "models=tiny",
+        f"results_dir={results}",
+        "debate.max_new_tokens=48",
+        "debate.max_rounds=2",
+        "debate.baselines.vote_k=3",
+        "cluster.cpus_per_task=1",
+        *extra,
+    ]
+
+
+def run_submit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python jobs/submit.py ...`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "submit.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )

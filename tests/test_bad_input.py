@@ -1,0 +1,68 @@
+"""Every bad input is one line naming the bad value (and the valid choices), exit code 2, nothing submitted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.submit import main
+from tests.conftest import run_submit
+
+CASES = [
+    (["stage=debat"], "unknown stage 'debat'; valid choices: debate"),
+    (["models=huge"], "unknown models 'huge'; valid choices: small, tiny, v100"),
+    (["cluster=k8s"], "unknown cluster 'k8s'; valid choices: debug, local, slurm"),
+    (["shard=2"], "unknown key 'shard'; valid keys here: cluster, data, debate, "),
+    (["debate.rounds=2"], "unknown key 'debate.rounds'; valid keys here: baselines, batch_size, "),
+    (["+extra=1"], "unknown key 'extra'"),
+    (["shards=0"], "shards=0: must be a whole number >= 1"),
+    (["shards=-3"], "shards=-3: must be a whole number >= 1"),
+    (["shards=two"], "shards=two: must be a whole number"),
+    (["limit=0"], "limit=0: must be a whole number >= 1 or null"),
+    (["limit=4", "shards=5"], "shards=5: more shards than problems (4); use shards=1..4"),
+    (["wait=sometimes"], "wait=sometimes: must be a boolean"),
+    (["debate.max_rounds=0"], "debate.max_rounds=0: must be a whole number >= 1"),
+    (["debate.temperature=-1"], "debate.temperature=-1: must be a number >= 0"),
+    (["debate.final_answer=c"], "debate.final_answer=c: not one of last, a, b"),
+    (["debate.prompts.solve=Solve it."], "debate.prompts.solve must contain the placeholder {question}"),
+    (["debate.prompts.review=Check it."], "debate.prompts.review must contain the placeholder {other}"),
+    (["debate.baselines.vote_models=[a,c]"], "debate.baselines.vote_models has 'c'; valid entries: a, b"),
+    (["models.dtype=fp8"], "models.dtype=fp8: not one of auto, float32, float16, bfloat16"),
+    (["models.a=no-such-model"], "models.a=no-such-model: no such model folder and not a registered model; registered: "),
+    (["models.b=README.md"], "models.b=README.md: is a file; give a model folder"),
+    (["models.a=pipeline"], "models.a=pipeline: the folder has no config.json"),
+    (["run_id=../escape"], "run_id=../escape: use letters, digits"),
+    (["run_id=a;rm"], "run_id=a;rm: use letters, digits"),
+    (["data.split=validation"], "data.split=validation: no file "),
+    (["shards"], "'shards' is not a key=value override"),
+    (["cluster=slurm", "cluster.additional.exclude=n1"], "add it with a leading '+', as +cluster.additional.exclude=..."),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], message: str, results: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["models=tiny", f"results_dir={results}", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1, "one line"
+    assert list(results.iterdir()) == [], "nothing submitted"
+
+
+def test_gold_answer_that_does_not_parse_names_file_and_line(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"question": "1+1?", "answer": "2\n#### 2"}, {"question": "broken", "answer": "no marker here"}]
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["models=tiny", f"results_dir={results}", f"data.path={data}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'test.jsonl'}:2:" in err and "####" in err
+
+
+def test_the_command_line_prints_no_traceback(results: Path) -> None:
+    done = run_submit("stage=debate", "shards=0", f"results_dir={results}", timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: shards=0: must be a whole number >= 1"
+    assert "Traceback" not in done.stderr + done.stdout
