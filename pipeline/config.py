@@ -9,6 +9,7 @@ before anything is submitted.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -164,8 +165,12 @@ def _validate_values(cfg: DictConfig) -> None:
                 f"run_id={run_id}: use letters, digits, '.', '_' and '-' only (no '/', no '..', at most 100 characters)"
             )
     _require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
+    if cfg.cluster.kind == "slurm":
+        _require_int(cfg, "cluster.max_requeues", 0)
+        if shutil.which("sbatch") is None:
+            raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
     _require_int(cfg, "cluster.array_parallelism", 1)
-    _require_int(cfg, "cluster.cpus_per_task", 1)
+    _require_int(cfg, "cluster.cpus_per_task", 1, nullable=cfg.cluster.kind != "slurm")
     _require_int(cfg, "cluster.timeout_min", 1)
     _require_choice(cfg, "models.dtype", DTYPES)
     for key in ("models.a", "models.b"):

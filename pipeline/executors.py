@@ -11,8 +11,10 @@ Every submission is recorded in ``launch/jobs.jsonl`` for the status and cancel 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import shutil
+import subprocess
 import time
 from typing import Any, Callable, Sequence
 
@@ -24,6 +26,22 @@ from pipeline.runs import Run
 from pipeline.tasks import ReduceJob, ShardJob, ShardTask
 
 JOBS_FILE = "jobs.jsonl"
+
+
+class SubmissionRefused(ConfigError):
+    """The scheduler refused a job (an unknown partition, an impossible request): its words, on one line."""
+
+
+@contextlib.contextmanager
+def _scheduler_refusal(what: str):
+    """submitit prints sbatch's stderr and raises with it; make that one line naming what was refused."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except submitit.core.utils.FailedJobError as err:
+        words = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or captured.getvalue().strip()
+        raise SubmissionRefused(f"SLURM refused the {what}: {words}") from None
 
 
 def job_name(stage: str, run_id: str) -> str:
@@ -38,12 +56,11 @@ class Launcher:
         self.cfg = cfg
         self.run = run
         self.kind = cfg.cluster.kind
-        if self.kind == "slurm" and shutil.which("sbatch") is None:
-            raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
 
     def _executor(self, name: str) -> submitit.AutoExecutor:
         c = self.cfg.cluster
-        executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind)
+        extra = {"slurm_max_num_timeout": int(c.max_requeues)} if self.kind == "slurm" else {}
+        executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind, **extra)
         params: dict[str, Any] = {"name": name, "timeout_min": int(c.timeout_min)}
         if self.kind == "slurm":
             params.update(
@@ -75,7 +92,8 @@ class Launcher:
         jobs: list[submitit.Job] = []
         if tasks:
             executor = self._executor(name)
-            jobs = executor.map_array(ShardJob(shard_fn, local_slots), list(tasks))
+            with _scheduler_refusal("shard array"):
+                jobs = executor.map_array(ShardJob(shard_fn, local_slots), list(tasks))
         reducer = self._executor(f"{name}-reduce")
         if self.kind == "slurm" and jobs:
             array_id = jobs[0].job_id.split("_")[0]
@@ -86,7 +104,13 @@ class Launcher:
             for job in jobs:
                 _debug_run(job)
         wait_pids = [int(j.job_id) for j in jobs] if self.kind == "local" else None
-        reduce_job = reducer.submit(ReduceJob(reduce_fn, wait_pids), str(self.run.root))
+        try:
+            with _scheduler_refusal("reduce job"):
+                reduce_job = reducer.submit(ReduceJob(reduce_fn, wait_pids), str(self.run.root))
+        except SubmissionRefused:
+            if self.kind == "slurm" and jobs:
+                subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
+            raise
         self._record(stage, name, tasks, jobs, reduce_job)
         return jobs, reduce_job
 

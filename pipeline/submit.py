@@ -22,7 +22,7 @@ from pipeline.models.loading import prepare
 from pipeline.models.registry import check_available, load_registry, resolve_model
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import adopt_saved, open_run
-from pipeline.shards import read_shard, shard_name
+from pipeline.shards import ShardCorruptError, read_shard, shard_name
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger("gsm8k-slurm")
@@ -69,7 +69,10 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     _check_models(cfg)
     run, resumed = open_run(cfg)
     launcher = Launcher(cfg, run)
-    tasks = plan_debate(cfg, str(run.root))
+    try:
+        tasks = plan_debate(cfg, str(run.root))
+    except ShardCorruptError as err:
+        raise ConfigError(str(err)) from None
     jobs, reduce_job = launcher.submit("debate", run_debate_shard, tasks, reduce_debate)
     info = {
         "run_id": run.run_id,

@@ -39,6 +39,14 @@ class ShardTask:
         return Run(Path(self.run_root))
 
     @property
+    def threads(self) -> int:
+        """Torch threads: the cluster's cpus_per_task, or this machine's share per parallel local task."""
+        cluster = self.config["cluster"]
+        if cluster["cpus_per_task"]:
+            return int(cluster["cpus_per_task"])
+        return max(1, (os.cpu_count() or 1) // int(cluster["array_parallelism"]))
+
+    @property
     def label(self) -> str:
         return f"{self.stage}-shard-{self.shard:05d}-of-{self.shards:05d}"
 

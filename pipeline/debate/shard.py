@@ -30,7 +30,7 @@ def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
 def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     """Resumable: skips problems already in the shard file; returns a summary for the submitter."""
     cfg = task.config
-    torch.set_num_threads(int(cfg["cluster"]["cpus_per_task"]))
+    torch.set_num_threads(task.threads)
     torch.manual_seed(cfg["seed"])
     path = task.run.stage_dir("debate") / shard_name(task.shard, task.shards)
     mine = shard_problems(cfg, task.shard, task.shards)

@@ -308,7 +308,7 @@ def make_config(spec: dict, tok, args):
         pad_token_id=ids["pad"],
         hidden_act="silu",
         attention_dropout=0.0,
-        rope_theta=spec["rope_theta"],
+        rope_theta=args.rope_theta or spec["rope_theta"],
     )
     if spec["arch"] == "llama":
         cfg = LlamaConfig(**common, attention_bias=False, mlp_bias=False)
@@ -427,41 +427,67 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
 # quick evaluation
 
 
-def quick_eval(model, tok, gen_cfg, questions: list[str], max_new_tokens: int = 256, batch_size: int = 10) -> dict:
-    """Greedy answers to ``questions``: how many stop on eos and end in a parsable ``#### N``."""
+REVIEW_PROMPT = "Another agent answered:\n{other}\nReview it and give your own solution; end with '#### <number>'."
+
+
+def _generate(model, tok, gen_cfg, convs: list, max_new_tokens: int):
+    """Greedy, left-padded batch generation; per row (text before the stop token, stopped?, tokens)."""
+    import copy
+
     import torch
 
-    eos = set(gen_cfg.eos_token_id)
+    cfg = copy.deepcopy(gen_cfg)
+    cfg.max_new_tokens = max_new_tokens
+    eos = set(cfg.eos_token_id)
     tok.padding_side = "left"
-    stopped = parsable = both = new_tokens = 0
+    enc = tok.apply_chat_template(convs, add_generation_prompt=True, padding=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, generation_config=cfg)
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        stop = next((j for j, t in enumerate(row) if t in eos), None)
+        text = tok.decode(row[:stop] if stop is not None else row, skip_special_tokens=True)
+        rows.append((text, stop is not None, (stop + 1) if stop is not None else len(row)))
+    return rows
+
+
+def quick_eval(model, tok, gen_cfg, data: list[dict], max_new_tokens: int = 256, batch_size: int = 10) -> dict:
+    """Greedy answers to GSM8K questions, first alone, then after a debate-style review request
+    quoting another question's gold solution: how many stop on an eos token and contain ``#### N``."""
+    result = {"questions": len(data), "max_new_tokens": max_new_tokens}
     t0 = time.time()
-    for i in range(0, len(questions), batch_size):
-        convs = [[{"role": "user", "content": q}] for q in questions[i : i + batch_size]]
-        enc = tok.apply_chat_template(convs, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                      return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**enc, generation_config=gen_cfg, max_new_tokens=max_new_tokens)
-        gen = out[:, enc["input_ids"].shape[1]:]
-        for row in gen.tolist():
-            stop = next((j for j, t in enumerate(row) if t in eos), None)
-            text = tok.decode(row[:stop] if stop is not None else row, skip_special_tokens=True)
-            ok_stop = stop is not None
-            ok_parse = FINAL.search(text) is not None
-            stopped += ok_stop
-            parsable += ok_parse
-            both += ok_stop and ok_parse
-            new_tokens += (stop + 1) if ok_stop else len(row)
+    n_tokens = 0
+    first_answers = []
+    for turn in ("single_turn", "review_turn"):
+        stopped = parsable = both = correct = 0
+        for i in range(0, len(data), batch_size):
+            chunk = data[i : i + batch_size]
+            if turn == "single_turn":
+                convs = [[{"role": "user", "content": r["question"]}] for r in chunk]
+            else:
+                convs = [
+                    [
+                        {"role": "user", "content": r["question"]},
+                        {"role": "assistant", "content": first_answers[i + j]},
+                        {"role": "user", "content": REVIEW_PROMPT.format(other=data[(i + j + 1) % len(data)]["answer"])},
+                    ]
+                    for j, r in enumerate(chunk)
+                ]
+            for (text, ok_stop, n), r in zip(_generate(model, tok, gen_cfg, convs, max_new_tokens), chunk):
+                if turn == "single_turn":
+                    first_answers.append(text)
+                m = FINAL.search(text)
+                stopped += ok_stop
+                parsable += m is not None
+                both += ok_stop and m is not None
+                correct += m is not None and m.group(1).replace(",", "") == FINAL.search(r["answer"]).group(1).replace(",", "")
+                n_tokens += n
+        result[turn] = {"stopped": stopped, "parsable": parsable, "stopped_and_parsable": both, "correct": correct}
     secs = time.time() - t0
-    return {
-        "questions": len(questions),
-        "stopped": stopped,
-        "parsable": parsable,
-        "stopped_and_parsable": both,
-        "max_new_tokens": max_new_tokens,
-        "generated_tokens": new_tokens,
-        "seconds": round(secs, 1),
-        "tokens_per_second": round(new_tokens / secs, 1) if secs > 0 else None,
-    }
+    result.update(generated_tokens=n_tokens, seconds=round(secs, 1),
+                  tokens_per_second=round(n_tokens / secs, 1) if secs > 0 else None)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,12 +547,12 @@ def build_one(name: str, data: dict, args, log=print) -> dict:
 
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    _tidy_tokenizer_config(out_dir / "tokenizer_config.json", spec)
     build_seconds = round(time.time() - t0, 1)
 
     evaluation = None
     if args.eval_questions > 0:
-        qs = [r["question"] for r in data["test"][: args.eval_questions]]
-        evaluation = quick_eval(model, tok, gen_cfg, qs)
+        evaluation = quick_eval(model, tok, gen_cfg, data["test"][: args.eval_questions])
         log(f"[{name}] eval: {json.dumps(evaluation)}")
 
     return {
@@ -539,6 +565,17 @@ def build_one(name: str, data: dict, args, log=print) -> dict:
         "build_seconds": build_seconds,
         "eval": evaluation,
     }
+
+
+def _tidy_tokenizer_config(path: Path, spec: dict) -> None:
+    """Drop the load-time keys a reloaded tokenizer writes back (``is_local``, ``local_files_only``)
+    and state the BOS behaviour that tokenizer.json's post-processor implements."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        cfg.pop(key, None)
+    cfg["add_bos_token"] = spec["add_bos_token"]
+    cfg["add_eos_token"] = False
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def parse_args(argv=None):
@@ -555,13 +592,16 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--max-positions", type=int, default=4096)
+    p.add_argument("--rope-theta", type=float, default=0.0, help="0: the family's value (Llama-3 5e5, Qwen2 1e6)")
     p.add_argument("--sft-steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-len", type=int, default=512, help="truncate training conversations to this many tokens")
     p.add_argument("--single-turn-frac", type=float, default=0.5,
                    help="share of batches of single-turn chats; the rest are 2-turn (70%%) or 3-turn")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0: torch's default). 1 is fast for a model this small, keeps the "
+                        "numbers reproducible, and does not collapse when other jobs share the cores")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-questions", type=int, default=20,
                    help="after training, greedy-answer this many GSM8K test questions and record the result")

@@ -22,7 +22,7 @@ from pipeline.debate.shard import shard_problems
 from pipeline.reduce.files import append_once, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
-from pipeline.shards import read_shard, shard_name
+from pipeline.shards import ShardCorruptError, read_shard, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,12 @@ class ShardCheck:
     shard: int
     expected: int
     done: int
+    error: str | None = None
 
     @property
     def state(self) -> str:
+        if self.error:
+            return "corrupt"
         return "complete" if self.done == self.expected else ("missing" if self.done == 0 else "partial")
 
 
@@ -49,7 +52,11 @@ def collect(run: Run, config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
     for shard in range(shards):
         path = run.stage_dir("debate") / shard_name(shard, shards)
         expected = {p.index for p in shard_problems(config, shard, shards)}
-        found = read_shard(path)
+        try:
+            found = read_shard(path)
+        except ShardCorruptError as err:
+            checks.append(ShardCheck(shard, len(expected), 0, str(err)))
+            continue
         stray = [r["index"] for r in found if r["index"] not in expected]
         if stray:
             raise ValueError(f"{path}: holds problem {stray[0]}, which is not in shard {shard} of {shards}")
@@ -222,7 +229,7 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
     records, checks = collect(run, config)
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:
-        log.warning("shard %d: %s (%d/%d problems)", c.shard, c.state, c.done, c.expected)
+        log.warning("shard %d: %s (%d/%d problems)%s", c.shard, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
     result: dict[str, Any] = {
         "run_id": run.run_id,
         "complete": not incomplete,

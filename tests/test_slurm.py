@@ -1,0 +1,152 @@
+"""``cluster=slurm`` against a real single-node SLURM (``slurm/start-local-cluster.sh``; CI starts it).
+
+Every test scopes its squeue/scontrol calls to its own jobs: the cluster is machine-wide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.monitor import format_status, run_status
+from pipeline.runs import Run
+from pipeline.shards import ShardWriter, read_shard
+from pipeline.submit import submit
+from tests.conftest import run_submit, tiny_overrides
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("UP") > 0
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _cluster_up(), reason="no SLURM cluster (slurm/start-local-cluster.sh)")]
+
+
+def slurm_overrides(results: Path, *extra: str) -> list[str]:
+    return tiny_overrides(results, "cluster=slurm", "cluster.cpus_per_task=1", "cluster.timeout_min=15", *extra)
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 400, every: float = 1.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def squeue(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r"], capture_output=True, text=True)
+    return out.stdout.split("\n")[:-1]
+
+
+def kick_requeued(names: list[str]) -> None:
+    """A requeued job waits ~120 s (BeginTime) before it may run again; start ours at once."""
+    for name in names:
+        for line in squeue(name):
+            job, state, reason = line.split(" ", 2)
+            if state == "PENDING" and "BeginTime" in reason:
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+
+
+def wait_for_run(run_dir: Path, name: str, timeout: float = 500) -> None:
+    """Until neither the array nor its reducer is queued, kicking requeued jobs along."""
+    def finished() -> bool:
+        kick_requeued([name, f"{name}-reduce"])
+        return not squeue(name) and not squeue(f"{name}-reduce") and (run_dir / "logs" / "reduce.log").exists()
+    wait_until(f"run {run_dir.name}", finished, timeout)
+
+
+def _tables(run_dir: Path) -> tuple[str, str]:
+    md = "\n".join((run_dir / "debate_accuracy.md").read_text().splitlines()[1:])
+    return md, (run_dir / "debate_accuracy.csv").read_text()
+
+
+def test_eight_shard_array_matches_the_local_executor(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=16", "shards=8", "run_id=slurm8"))
+    name = info["name"]
+    assert name == "gsm8k-debate-slurm8"
+    assert info["shard_jobs"][0].endswith("_0") and len(info["shard_jobs"]) == 8
+    seen = squeue(name)
+    assert seen, "squeue shows the array under its name while it runs"
+    wait_for_run(results / "slurm8", name)
+    records = [r for p in sorted((results / "slurm8" / "debate").glob("*.jsonl")) for r in read_shard(p)]
+    assert sorted(r["index"] for r in records) == list(range(16))
+    status = run_status(Run(results / "slurm8"))
+    assert status["state"] == "complete", format_status(status)
+    assert {r["state"] for r in status["shards"]} == {"COMPLETED"}, format_status(status)
+    local = tmp_path / "local"
+    submit(tiny_overrides(local, "limit=16", "shards=8", "run_id=slurm8", "cluster=local", "wait=true"))
+    assert _tables(results / "slurm8") == _tables(local / "slurm8")
+
+
+def test_a_failed_shard_is_reported_and_a_resubmit_completes_it(tmp_path: Path) -> None:
+    """Shard 2 fails (its file is held by another writer): the afterany reducer still runs and says so."""
+    results = tmp_path / "results"
+    shard = results / "fail4" / "debate" / "shard-00002-of-00004.jsonl"
+    with ShardWriter(shard):
+        info = submit(slurm_overrides(results, "limit=8", "shards=4", "run_id=fail4"))
+        wait_for_run(results / "fail4", info["name"])
+    reduce_log = (results / "fail4" / "logs" / "reduce.log").read_text()
+    assert "shard 2: missing (0/2 problems)" in reduce_log
+    md = (results / "fail4" / "debate_accuracy.md").read_text()
+    assert "PARTIAL: 6 of 8 problems" in md and "python jobs/submit.py stage=debate run_id=fail4" in md
+    assert "being written by another process" in (results / "fail4" / "logs" / "debate-shard-00002-of-00004.log").read_text()
+    again = submit([f"results_dir={results}", "run_id=fail4", "cluster=slurm", "cluster.cpus_per_task=1"])
+    assert again["submitted_shards"] == [2]
+    wait_for_run(results / "fail4", again["name"])
+    assert "PARTIAL" not in (results / "fail4" / "debate_accuracy.md").read_text()
+    assert run_status(Run(results / "fail4"))["state"] == "complete"
+
+
+def test_a_job_requeued_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=12", "shards=1", "run_id=requeue", "debate.batch_size=2"))
+    shard = results / "requeue" / "debate" / "shard-00000-of-00001.jsonl"
+    wait_until("two records", lambda: shard.exists() and len(read_shard(shard)) >= 2, timeout=300, every=0.2)
+    subprocess.run(["scontrol", "requeue", info["shard_jobs"][0]], check=True)
+    wait_until("the requeue", lambda: any("PENDING" in line for line in squeue(info["name"])), timeout=60, every=0.5)
+    wait_for_run(results / "requeue", info["name"])
+    indices = [r["index"] for r in read_shard(shard)]
+    assert sorted(indices) == list(range(12)), "no duplicate and no lost record"
+    sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", info["shard_jobs"][0].split("_")[0], "-o", "State"],
+                           capture_output=True, text=True).stdout
+    assert "REQUEUED" in sacct and "COMPLETED" in sacct
+
+
+def test_time_limit_reached_requeues_and_completes(tmp_path: Path) -> None:
+    """A 1-minute limit with the signal 45 s before it: the shard checkpoints, is requeued, and resumes."""
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=24", "shards=1", "run_id=timeout", "debate.batch_size=2",
+                                  "cluster.timeout_min=1", "cluster.signal_delay_s=45", "cluster.max_requeues=20"))
+    wait_for_run(results / "timeout", info["name"], timeout=900)
+    shard = results / "timeout" / "debate" / "shard-00000-of-00001.jsonl"
+    assert sorted(r["index"] for r in read_shard(shard)) == list(range(24))
+    log = (results / "timeout" / "logs" / "debate-shard-00000-of-00001.log").read_text()
+    assert log.count("to do") >= 2, "the shard started again after its requeue, resuming"
+    assert "0 already done" in log and any(f"{k} already done" in log for k in range(1, 24))
+
+
+def test_unknown_partition_is_slurms_refusal_on_one_line(results: Path) -> None:
+    done = run_submit(*slurm_overrides(results, "limit=4", "shards=2", "cluster.partition=nosuchpart"), timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: SLURM refused the shard array: ")
+    assert "invalid partition" in done.stderr.lower()
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_no_slurm_on_the_machine_is_one_line(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin/nonexistent")
+    with pytest.raises(ConfigError, match="cluster=slurm: no 'sbatch' on PATH"):
+        submit(slurm_overrides(results, "limit=4"))
+    assert not any((results).iterdir()), "nothing created"
