@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import PROJECT_ROOT, load_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402
+from pipeline.generation import generate_chat  # noqa: E402
 from pipeline.models.device import pick_device, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
@@ -52,9 +53,17 @@ def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: to
     config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "pipeline/assets/tiny" / tokenizer_from)
     tokenizer.padding_side = "left"
+    # One added token per id the model can emit, so a generated token re-encodes to exactly one token and the
+    # prompts grow turn after turn as in a real debate (ids past a small vocabulary would decode to nothing).
+    tokenizer.add_tokens([f"<r{i}>" for i in range(len(tokenizer), spec["vocab_size"])])
     config = config_cls(**spec, max_position_embeddings=8192, attn_implementation="sdpa")
-    with torch.device(device):
-        model = model_cls(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_cls(config)
+    finally:
+        torch.set_default_dtype(default)
     model.eval()
     return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
 
@@ -93,6 +102,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", choices=["both", "seed", "batched"], default="both", help="which way(s) to time")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -104,20 +114,28 @@ def main() -> None:
     settings = DebateSettings.from_config(cfg.debate, 0)
     engine = DebateEngine(models, settings)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
-    engine.run(problems[:2], lambda r: None)  # warm-up: kernels, allocator, caches
-    seed = measure(engine, problems[: args.seed_questions], 1)
-    batched = measure(engine, problems, args.batch_size)
+    warm = [[{"role": "user", "content": problems[0].question}]] * 2
+    for chat in models.values():  # warm-up: kernels, allocator, caches
+        generate_chat(chat, warm, max_new_tokens=8)
+    results: dict[str, dict[str, float]] = {}
+    if args.mode in ("both", "seed"):
+        results["one at a time (seed)"] = measure(engine, problems[: args.seed_questions], 1)
+    if args.mode in ("both", "batched"):
+        results["batched shard engine"] = measure(engine, problems, args.batch_size)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     print(f"models={args.models} device={gpu} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size}")
     print(f"{'engine':<28}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}")
-    for label, m in ((f"one at a time (seed)", seed), (f"batched shard engine", batched)):
+    for label, m in results.items():
         print(f"{label:<28}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}")
-    print(f"speed-up: {batched['q_per_s'] / seed['q_per_s']:.1f}x questions/s, {batched['tok_per_s'] / seed['tok_per_s']:.1f}x tokens/s"
-          + (f"; peak GPU memory {peak:.1f} GiB" if device.type == "cuda" else ""))
+    if len(results) == 2:
+        seed, batched = results.values()
+        print(f"speed-up: {batched['q_per_s'] / seed['q_per_s']:.1f}x questions/s, {batched['tok_per_s'] / seed['tok_per_s']:.1f}x tokens/s")
+    if device.type == "cuda":
+        print(f"peak GPU memory {peak:.1f} GiB")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "device": gpu, "seed": seed, "batched": batched}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "peak_gib": peak, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -64,6 +65,13 @@ def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         return ConfigError(f"'{bad[0]}' is not a key=value override")
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except HydraException as parse_err:
+            return ConfigError(
+                f"cannot parse the override '{override}' ({_first_line(str(parse_err))}); quote a value with special characters: key='...'"
+            )
     return ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(text)}")
 
 

@@ -105,7 +105,7 @@ def cancel_run(run: Run) -> list[str]:
     cancelled = []
     for job in ids:
         if job.isdigit() and process_alive(int(job)):
-            os.kill(int(job), signal.SIGTERM)
+            os.kill(int(job), signal.SIGINT)  # what submitit's LocalJob.cancel sends; its controller bypasses SIGTERM
             cancelled.append(job)
     return cancelled
 

@@ -8,6 +8,7 @@ array item at once), and the reducer first waits for the shard processes (it ign
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -15,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import submitit
 
@@ -64,6 +65,16 @@ def setup_task_logging(run: Run, label: str) -> None:
         root.addHandler(handler)
 
 
+@contextlib.contextmanager
+def _logged_failure(label: str) -> Iterator[None]:
+    """The task's own log says why it failed (submitit keeps the traceback only in its stderr file)."""
+    try:
+        yield
+    except Exception as err:
+        log.error("%s failed: %s: %s", label, type(err).__name__, err)
+        raise
+
+
 class _Slot:
     """An exclusive lock on one of ``count`` slot files: a counting semaphore across processes."""
 
@@ -98,10 +109,11 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         setup_task_logging(task.run, task.label)
-        if self.local_slots is None:
-            return self.fn(task)
-        with _Slot(task.run.launch_dir / "slots", self.local_slots):
-            return self.fn(task)
+        with _logged_failure(task.label):
+            if self.local_slots is None:
+                return self.fn(task)
+            with _Slot(task.run.launch_dir / "slots", self.local_slots):
+                return self.fn(task)
 
 
 def _wait_for_pids(pids: list[int]) -> None:
@@ -135,4 +147,5 @@ class ReduceJob(submitit.helpers.Checkpointable):
         if self.wait_pids:
             log.info("waiting for %d shard processes to end", len(self.wait_pids))
             _wait_for_pids(self.wait_pids)
-        return self.fn(run_root)
+        with _logged_failure("reduce"):
+            return self.fn(run_root)

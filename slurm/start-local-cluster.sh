@@ -16,6 +16,8 @@
 #   SLURM_LOCAL_PARTITION=debug        name of the (default) partition
 #   SLURM_LOCAL_TIMEOUT=60             seconds to wait for each daemon before giving up
 set -euo pipefail
+# shellcheck source=slurm/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/slurm-local}
 CPUS=${SLURM_LOCAL_CPUS:-$(nproc)}
@@ -67,20 +69,6 @@ check_knobs() {
   ((EUID == 0)) || die "must run as root (it installs packages and runs the daemons as root)"
 }
 
-# pid_of PIDFILE NAME: print the pid in PIDFILE if that process is alive, is called NAME and
-# is not a zombie (PID 1 here reaps late, and a zombie still passes `kill -0`).
-pid_of() {
-  local file=$1 name=$2 pid comm stat
-  [[ -r $file ]] || return 1
-  read -r pid <"$file" 2>/dev/null || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  read -r comm <"/proc/$pid/comm" 2>/dev/null || return 1
-  [[ $comm == "$name" ]] || return 1
-  read -r stat <"/proc/$pid/stat" 2>/dev/null || return 1
-  stat=${stat##*) }
-  [[ ${stat%% *} != Z ]] || return 1
-  printf '%s\n' "$pid"
-}
 
 # wait_for SECONDS WHAT LOGFILE CMD...: poll CMD every 0.1 s; die with the log's tail on timeout.
 wait_for() {

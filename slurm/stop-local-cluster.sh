@@ -11,6 +11,8 @@
 #   SLURM_LOCAL_KEEP_JOBS=0   1 = leave jobs in the saved state (running ones keep running
 #                             under slurmstepd and report when the cluster is started again)
 set -euo pipefail
+# shellcheck source=slurm/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KEEP_JOBS=${SLURM_LOCAL_KEEP_JOBS:-0}
 ETC=/etc/slurm
@@ -24,20 +26,6 @@ elapsed() {
   printf '%d.%d' $((us / 1000000)) $((us % 1000000 / 100000))
 }
 
-# pid_of PIDFILE NAME: print the pid in PIDFILE if that process is alive, is called NAME and
-# is not a zombie.
-pid_of() {
-  local file=$1 name=$2 pid comm stat
-  [[ -n $file && -r $file ]] || return 1
-  read -r pid <"$file" 2>/dev/null || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  read -r comm <"/proc/$pid/comm" 2>/dev/null || return 1
-  [[ $comm == "$name" ]] || return 1
-  read -r stat <"/proc/$pid/stat" 2>/dev/null || return 1
-  stat=${stat##*) }
-  [[ ${stat%% *} != Z ]] || return 1
-  printf '%s\n' "$pid"
-}
 
 # wait_gone SECONDS NAME PIDFILE: 0 once the process is gone, 1 if it is still there.
 wait_gone() {

@@ -46,3 +46,13 @@ def run_submit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def comparable_tables(run_dir: Path) -> dict:
+    """A run's merged table with the wall-time columns dropped: what must match between two runs."""
+    import json
+
+    summary = json.loads((run_dir / "debate_accuracy.json").read_text())
+    for row in summary["methods"]:
+        row.pop("seconds_per_question")
+    return {k: summary[k] for k in ("methods", "per_round", "debate", "models", "n", "complete")}

@@ -16,17 +16,11 @@ import pytest
 from pipeline.reduce.debate import reduce_debate
 from pipeline.shards import read_shard
 from pipeline.submit import submit
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, comparable_tables, tiny_overrides
 
 
 def _records(run_dir: Path) -> list[dict]:
     return [r for f in sorted((run_dir / "debate").glob("shard-*.jsonl")) for r in read_shard(f)]
-
-
-def _tables(run_dir: Path) -> tuple[str, str]:
-    """The tables without the run id line, so two runs of the same settings compare equal."""
-    md = "\n".join((run_dir / "debate_accuracy.md").read_text().splitlines()[1:])
-    return md, (run_dir / "debate_accuracy.csv").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -126,4 +120,4 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_tables(local_run: dict, tmp_
     assert info["result"]["complete"]
     clean = tmp_path / "clean"
     submit(tiny_overrides(clean, "limit=16", "shards=1", "cluster=debug", "run_id=killed", "debate.batch_size=4"))
-    assert _tables(results / "killed") == _tables(clean / "killed")
+    assert comparable_tables(results / "killed") == comparable_tables(clean / "killed")

@@ -19,7 +19,7 @@ from pipeline.monitor import format_status, run_status
 from pipeline.runs import Run
 from pipeline.shards import ShardWriter, read_shard
 from pipeline.submit import submit
-from tests.conftest import run_submit, tiny_overrides
+from tests.conftest import comparable_tables, run_submit, tiny_overrides
 
 
 def _cluster_up() -> bool:
@@ -49,13 +49,20 @@ def squeue(name: str) -> list[str]:
     return out.stdout.split("\n")[:-1]
 
 
+_PENDING_SINCE: dict[str, float] = {}
+
+
 def kick_requeued(names: list[str]) -> None:
-    """A requeued job waits ~120 s (BeginTime) before it may run again; start ours at once."""
+    """A requeued job waits ~120 s (BeginTime) before it may run again; start ours early. Not at once:
+    slurmd refuses to relaunch a job in the second it was killed ('Job credential revoked')."""
     for name in names:
         for line in squeue(name):
             job, state, reason = line.split(" ", 2)
             if state == "PENDING" and "BeginTime" in reason:
-                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+                since = _PENDING_SINCE.setdefault(job, time.time())
+                if time.time() - since >= 5:
+                    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+                    _PENDING_SINCE.pop(job)
 
 
 def wait_for_run(run_dir: Path, name: str, timeout: float = 500) -> None:
@@ -64,11 +71,6 @@ def wait_for_run(run_dir: Path, name: str, timeout: float = 500) -> None:
         kick_requeued([name, f"{name}-reduce"])
         return not squeue(name) and not squeue(f"{name}-reduce") and (run_dir / "logs" / "reduce.log").exists()
     wait_until(f"run {run_dir.name}", finished, timeout)
-
-
-def _tables(run_dir: Path) -> tuple[str, str]:
-    md = "\n".join((run_dir / "debate_accuracy.md").read_text().splitlines()[1:])
-    return md, (run_dir / "debate_accuracy.csv").read_text()
 
 
 def test_eight_shard_array_matches_the_local_executor(tmp_path: Path) -> None:
@@ -87,7 +89,7 @@ def test_eight_shard_array_matches_the_local_executor(tmp_path: Path) -> None:
     assert {r["state"] for r in status["shards"]} == {"COMPLETED"}, format_status(status)
     local = tmp_path / "local"
     submit(tiny_overrides(local, "limit=16", "shards=8", "run_id=slurm8", "cluster=local", "wait=true"))
-    assert _tables(results / "slurm8") == _tables(local / "slurm8")
+    assert comparable_tables(results / "slurm8") == comparable_tables(local / "slurm8")
 
 
 def test_a_failed_shard_is_reported_and_a_resubmit_completes_it(tmp_path: Path) -> None:

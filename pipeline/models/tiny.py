@@ -204,15 +204,67 @@ def _perturb(solution: str, rng: random.Random) -> str:
     return solution[: m.start(1)] + new_s + solution[m.end(1):]
 
 
-def make_conversation(rows: list[dict], rng: random.Random, n_turns: int) -> list[dict]:
-    """One chat: a question, the gold solution, then ``n_turns - 1`` review rounds."""
+_NUMBER = re.compile(r"\d+(?=[^\d.,])")
+_WORD = re.compile(r"(?<= )[A-Za-z]+(?= )")
+
+
+def add_noise(text: str, rng: random.Random, max_edits: int = 2) -> tuple[str, list[tuple[int, int]]]:
+    """Insert "degenerate" runs into a solution: a number grown by a run of one digit
+    (``24`` -> ``240000000``) or a stuttered word (``find find find``).
+
+    Returns the new text and the character spans of the insertions.  Training masks the
+    inserted tokens and keeps the loss on the gold text that follows them, so the model learns
+    to leave such a run (end the number, go on with the sentence) instead of continuing it --
+    the failure mode of greedy decoding in a model this small, worst with Qwen2's one-digit
+    number tokens.  The final ``#### N`` line is never touched.
+    """
+    cut = text.rfind("####")
+    body_end = cut if cut >= 0 else len(text)
+    edits = []
+    for _ in range(rng.randint(1, max_edits)):
+        if rng.random() < 0.65:
+            cands = [m for m in _NUMBER.finditer(text, 0, body_end)]
+            if not cands:
+                continue
+            m = rng.choice(cands)
+            digit = "0" if rng.random() < 0.5 else m.group()[-1]
+            edits.append((m.end(), digit * rng.randint(3, 12)))
+        else:
+            cands = [m for m in _WORD.finditer(text, 0, body_end)]
+            if not cands:
+                continue
+            m = rng.choice(cands)
+            edits.append((m.end(), (" " + m.group()) * rng.randint(2, 6)))
+    spans, out, prev, shift = [], [], 0, 0
+    for pos, ins in sorted(set(edits)):
+        out.append(text[prev:pos])
+        out.append(ins)
+        spans.append((pos + shift, pos + shift + len(ins)))
+        shift += len(ins)
+        prev = pos
+    out.append(text[prev:])
+    return "".join(out), spans
+
+
+def make_conversation(rows: list[dict], rng: random.Random, n_turns: int, noise: float = 0.0) -> list[dict]:
+    """One chat: a question, the gold solution, then ``n_turns - 1`` review rounds.
+
+    With probability ``noise`` an assistant turn gets :func:`add_noise` insertions; their
+    character spans are kept in the message's ``"noise"`` key (the chat templates ignore it).
+    """
     row = rows[rng.randrange(len(rows))]
     q, sol = row["question"], row["answer"]
     msgs: list[dict] = []
     if rng.random() < 0.3:
         msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     msgs.append({"role": "user", "content": rng.choice(FIRST_TURN).format(q=q)})
-    msgs.append({"role": "assistant", "content": sol})
+    def assistant() -> dict:
+        if rng.random() < noise:
+            text, spans = add_noise(sol, rng)
+            return {"role": "assistant", "content": text, "noise": spans}
+        return {"role": "assistant", "content": sol}
+
+    msgs.append(assistant())
     for _ in range(n_turns - 1):
         r = rng.random()
         if r < 0.4:
@@ -222,7 +274,7 @@ def make_conversation(rows: list[dict], rng: random.Random, n_turns: int) -> lis
         else:
             other = rows[rng.randrange(len(rows))]["answer"]  # an unrelated answer
         msgs.append({"role": "user", "content": rng.choice(REVIEW_TURN).format(q=q, other=other)})
-        msgs.append({"role": "assistant", "content": sol})
+        msgs.append(assistant())
     return msgs
 
 
@@ -338,10 +390,12 @@ def encode_conversation(tok, msgs: list[dict], eot_id: int, max_len: int):
 
     An assistant turn's labelled span runs from just after its generation prompt through its
     end-of-turn token; everything else (system/user turns, headers, the newline after
-    ``<|im_end|>``) is masked.  Returns None if a prefix does not tokenise consistently.
+    ``<|im_end|>``) is masked, and so are tokens overlapping a message's ``"noise"`` spans.
+    Returns None if a prefix does not tokenise consistently.
     """
     full = tok.apply_chat_template(msgs, tokenize=False)
-    ids = tok(full, add_special_tokens=False)["input_ids"]
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [-100] * len(ids)
     for k, m in enumerate(msgs):
         if m["role"] != "assistant":
@@ -356,6 +410,14 @@ def encode_conversation(tok, msgs: list[dict], eot_id: int, max_len: int):
         except ValueError:
             return None
         labels[start : end + 1] = ids[start : end + 1]
+        if m.get("noise"):
+            if not full.startswith(prefix) or not full.startswith(m["content"], len(prefix)):
+                return None
+            spans = [(len(prefix) + a, len(prefix) + b) for a, b in m["noise"]]
+            for j in range(start, end):
+                a, b = offsets[j]
+                if any(a < s_end and b > s_start for s_start, s_end in spans):
+                    labels[j] = -100
     return ids[:max_len], labels[:max_len]
 
 
@@ -381,7 +443,7 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
         n_turns = 1 if r < args.single_turn_frac else (2 if r < args.single_turn_frac + (1 - args.single_turn_frac) * 0.7 else 3)
         batch = []
         while len(batch) < args.batch_size:
-            enc = encode_conversation(tok, make_conversation(rows, rng, n_turns), eot_id, args.max_len)
+            enc = encode_conversation(tok, make_conversation(rows, rng, n_turns, args.noise), eot_id, args.max_len)
             if enc is None:
                 skipped += 1
                 continue
@@ -599,6 +661,8 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=512, help="truncate training conversations to this many tokens")
     p.add_argument("--single-turn-frac", type=float, default=0.5,
                    help="share of batches of single-turn chats; the rest are 2-turn (70%%) or 3-turn")
+    p.add_argument("--noise", type=float, default=0.3,
+                   help="share of assistant turns given masked degenerate runs to recover from (see add_noise)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0: torch's default). 1 is fast for a model this small, keeps the "
                         "numbers reproducible, and does not collapse when other jobs share the cores")

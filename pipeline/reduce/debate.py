@@ -233,7 +233,7 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "run_id": run.run_id,
         "complete": not incomplete,
-        "shards": [{"shard": c.shard, "state": c.state, "done": c.done, "expected": c.expected} for c in checks],
+        "shards": [{"shard": c.shard, "state": c.state, "done": c.done, "expected": c.expected, "error": c.error} for c in checks],
         "resume": f"python jobs/submit.py stage=debate run_id={run.run_id}" if incomplete else None,
     }
     if not records:
@@ -241,13 +241,16 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
         return result
     summary = summarize(records, config)
     table = markdown(summary, run.run_id, checks)
+    if incomplete:
+        table += (
+            f"\nIncomplete shards: {', '.join(f'{c.shard} ({c.state}, {c.done}/{c.expected})' for c in incomplete)}.\n"
+            f"Resume with: {result['resume']}\n"
+        )
     write_atomic(run.root / "debate_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
     write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
     write_atomic(run.root / "debate_accuracy.md", table)
     plot_rounds(summary, run.root / "debate_accuracy_per_round.png")
-    if incomplete:
-        table += f"\nIncomplete shards: {', '.join(f'{c.shard} ({c.state}, {c.done}/{c.expected})' for c in incomplete)}.\nResume with: {result['resume']}\n"
-    else:
+    if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_once(
             log_path, f"==== run {run.run_id} |", lambda: transcript_block(run.run_id, records, config)
