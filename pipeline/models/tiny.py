@@ -205,12 +205,13 @@ def _perturb(solution: str, rng: random.Random) -> str:
 
 
 _NUMBER = re.compile(r"\d+(?=[^\d.,])")
-_WORD = re.compile(r"(?<= )[A-Za-z]+(?= )")
+_WORD = re.compile(r"[^\s]+")
 
 
 def add_noise(text: str, rng: random.Random, max_edits: int = 2) -> tuple[str, list[tuple[int, int]]]:
     """Insert "degenerate" runs into a solution: a number grown by a run of one digit
-    (``24`` -> ``240000000``) or a stuttered word (``find find find``).
+    (``24`` -> ``240000000``) or a repeated phrase of one to four words (``find find find``,
+    ``of the total of the total of the total``).
 
     Returns the new text and the character spans of the insertions.  Training masks the
     inserted tokens and keeps the loss on the gold text that follows them, so the model learns
@@ -230,11 +231,15 @@ def add_noise(text: str, rng: random.Random, max_edits: int = 2) -> tuple[str, l
             digit = "0" if rng.random() < 0.5 else m.group()[-1]
             edits.append((m.end(), digit * rng.randint(3, 12)))
         else:
-            cands = [m for m in _WORD.finditer(text, 0, body_end)]
-            if not cands:
+            words = [m for m in _WORD.finditer(text, 0, body_end)]
+            if len(words) < 2:
                 continue
-            m = rng.choice(cands)
-            edits.append((m.end(), (" " + m.group()) * rng.randint(2, 6)))
+            i = rng.randrange(len(words) - 1)
+            j = min(len(words) - 1, i + rng.randint(0, 3))
+            while j > i and "\n" in text[words[i].start() : words[j].end()]:
+                j -= 1
+            phrase = text[words[i].start() : words[j].end()]
+            edits.append((words[j].end(), (" " + phrase) * rng.randint(2, 5)))
     spans, out, prev, shift = [], [], 0, 0
     for pos, ins in sorted(set(edits)):
         out.append(text[prev:pos])
@@ -562,6 +567,8 @@ def build_one(name: str, data: dict, args, log=print) -> dict:
 
     spec = SPECS[name]
     t0 = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -605,7 +612,16 @@ def build_one(name: str, data: dict, args, log=print) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[{name}] {type(model).__name__}: {n_params} parameters")
 
-    stats = sft(model, tok, data["train"], ids["eot"], ids["pad"], args, name, log=log)
+    train_rows = data["train"]
+    if args.max_number_digits:
+        # Solutions whose numbers all have at most this many digits (see --max-number-digits).
+        too_long = re.compile(r"\d{%d}" % (args.max_number_digits + 1))
+        train_rows = [r for r in train_rows if not too_long.search(r["answer"])]
+    if args.train_problems and args.train_problems < len(train_rows):
+        train_rows = random.Random(f"{args.seed}-subset").sample(train_rows, args.train_problems)
+    log(f"[{name}] SFT on {len(train_rows)} of {len(data['train'])} GSM8K train problems")
+    stats = sft(model, tok, train_rows, ids["eot"], ids["pad"], args, name, log=log)
+    stats["train_problems"] = len(train_rows)
 
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -661,15 +677,26 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=512, help="truncate training conversations to this many tokens")
     p.add_argument("--single-turn-frac", type=float, default=0.5,
                    help="share of batches of single-turn chats; the rest are 2-turn (70%%) or 3-turn")
+    p.add_argument("--max-number-digits", type=int, default=3,
+                   help="train only on solutions whose numbers have at most this many digits (0: all). "
+                        "Runs like 1000000... are the commonest way greedy decoding of a tiny model with "
+                        "one-digit tokens (Qwen2) never stops")
+    p.add_argument("--train-problems", type=int, default=0,
+                   help="train on a seeded random subset of this many problems (0: all)")
     p.add_argument("--noise", type=float, default=0.3,
                    help="share of assistant turns given masked degenerate runs to recover from (see add_noise)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0: torch's default). 1 is fast for a model this small, keeps the "
                         "numbers reproducible, and does not collapse when other jobs share the cores")
+    p.add_argument("--jobs", type=int, default=2, help="build this many models at once, one process each")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-questions", type=int, default=20,
                    help="after training, greedy-answer this many GSM8K test questions and record the result")
     return p.parse_args(argv)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def main(argv=None) -> int:
@@ -683,8 +710,17 @@ def main(argv=None) -> int:
     data = load_gsm8k(Path(args.data))
     print(f"GSM8K: {len(data['train'])} train, {len(data['test'])} test; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, {torch.get_num_threads()} threads", flush=True)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    models = {name: build_one(name, data, args, log=log) for name in args.models}
+    if args.jobs > 1 and len(args.models) > 1:
+        # one process per model (each with --threads threads): the two builds are independent
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.models)),
+                                 mp_context=mp.get_context("spawn")) as pool:
+            futures = {name: pool.submit(build_one, name, data, args, _log) for name in args.models}
+            models = {name: f.result() for name, f in futures.items()}
+    else:
+        models = {name: build_one(name, data, args, log=_log) for name in args.models}
     record = {
         "command": "python -m pipeline.models.tiny " + " ".join(sys.argv[1:] if argv is None else argv),
         "args": vars(args),
