@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.monitor import format_status, run_status
 from pipeline.reduce.debate import reduce_debate
+from pipeline.runs import Run
 from pipeline.shards import read_shard
 from pipeline.submit import submit
 from tests.conftest import ROOT, comparable_tables, tiny_overrides
@@ -121,3 +123,13 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_tables(local_run: dict, tmp_
     clean = tmp_path / "clean"
     submit(tiny_overrides(clean, "limit=16", "shards=1", "cluster=debug", "run_id=killed", "debate.batch_size=4"))
     assert comparable_tables(results / "killed") == comparable_tables(clean / "killed")
+
+
+def test_status_and_cancel_work_for_local_runs(local_run: dict) -> None:
+    status = run_status(Run(local_run["run"]))
+    assert status["state"] == "complete" and status["done"] == status["total"] == 16
+    assert [(r["shard"], r["done"], r["total"], r["state"]) for r in status["shards"]] == [(i, 4, 4, "ENDED") for i in range(4)]
+    assert "run e2e (local): complete, 16/16 problems" in format_status(status)
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "cancel.py"), "e2e", "--results-dir", str(local_run["results"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "cancelled nothing" in done.stdout

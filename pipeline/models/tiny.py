@@ -426,10 +426,75 @@ def encode_conversation(tok, msgs: list[dict], eot_id: int, max_len: int):
     return ids[:max_len], labels[:max_len]
 
 
-def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str, log=print):
+def find_degenerate(row: list[int], eos: set, max_run: int = 4, max_rep: int = 3, max_n: int = 8):
+    """Where a greedy answer goes wrong: None if it reaches an eos token first; else the index at
+    which it starts a loop (a token repeated more than ``max_run`` times in a row, or an n-gram of
+    2..``max_n`` tokens repeated ``max_rep`` times in a row); else ``len(row)`` (it ran too long)."""
+    for p, t in enumerate(row):
+        if t in eos:
+            return None
+        if p >= max_run and all(row[p - k] == t for k in range(1, max_run + 1)):
+            return p
+        for n in range(2, max_n + 1):
+            if p + 1 >= max_rep * n:
+                last = row[p + 1 - n : p + 1]
+                if all(row[p + 1 - n * (r + 1) : p + 1 - n * r] == last for r in range(1, max_rep)):
+                    return p + 1
+    return len(row)
+
+
+def repair_examples(model, tok, rows: list[dict], rng: random.Random, eos: list[int], eot_id: int, args):
+    """On-policy repair data: greedy-answer a few training questions with the current model and,
+    for each answer that loops or runs on, make an example whose context is the prompt plus the
+    answer up to where it went wrong and whose target (the only labelled tokens) is
+    ``\n#### <gold answer>`` and the end-of-turn token.  Teaches the model to wrap up when it has
+    lost its way -- the states greedy decoding actually reaches."""
     import torch
 
+    chosen = [rows[rng.randrange(len(rows))] for _ in range(args.repair_batch)]
+    convs = []
+    for r in chosen:
+        msgs = []
+        if rng.random() < 0.3:
+            msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        msgs.append({"role": "user", "content": rng.choice(FIRST_TURN).format(q=r["question"])})
+        convs.append(msgs)
+    prompts = [tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"] for c in convs]
+    width = max(len(x) for x in prompts)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompts])
+    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=attn, do_sample=False, eos_token_id=eos,
+                             pad_token_id=pad, max_new_tokens=args.repair_tokens)
+    model.train(was_training)
+    examples = []
+    eos_set = set(eos)
+    for r, prompt, gen in zip(chosen, prompts, out[:, width:].tolist()):
+        cut = find_degenerate(gen, eos_set)
+        if cut is None:
+            continue
+        final = FINAL.search(r["answer"]).group(1)
+        target = tok("\n#### " + final, add_special_tokens=False)["input_ids"] + [eot_id]
+        ids = prompt + gen[:cut] + target
+        labels = [-100] * (len(prompt) + cut) + target
+        examples.append((ids[-args.max_len:], labels[-args.max_len:]))
+    return examples
+
+
+def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str, log=print, eos=None):
+    import torch
+    import torch.nn.functional as F
+
     rng = random.Random(f"{args.seed}-{name}-data")
+    repair_rng = random.Random(f"{args.seed}-{name}-repair")
+    eos = list(eos or [eot_id])
+    repair_from = int(args.sft_steps * args.repair_start) if args.repair_every > 0 else args.sft_steps + 1
+    repair_buffer: list = []
+    repair_log = []
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, min(30, args.sft_steps // 10))
@@ -453,6 +518,13 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
                 skipped += 1
                 continue
             batch.append(enc)
+        n_sft = len(batch)
+        if step >= repair_from and (step - repair_from) % args.repair_every == 0:
+            new = repair_examples(model, tok, rows, repair_rng, eos, eot_id, args)
+            repair_log.append({"step": step, "greedy_answers": args.repair_batch, "bad": len(new)})
+            repair_buffer = (new + repair_buffer)[: args.repair_buffer]
+        if repair_buffer:
+            batch += [repair_buffer[rng.randrange(len(repair_buffer))] for _ in range(args.repair_per_step)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -464,17 +536,26 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
         n_tokens += int(attn.sum())
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
+        logits = model(input_ids=input_ids, attention_mask=attn).logits[:, :-1]
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                             ignore_index=-100, reduction="none").view(len(batch), -1)
+        mask = (labels[:, 1:] != -100).float()
+        loss = (ce[:n_sft] * mask[:n_sft]).sum() / mask[:n_sft].sum().clamp(min=1)
+        if len(batch) > n_sft:
+            repair_loss = (ce[n_sft:] * mask[n_sft:]).sum() / mask[n_sft:].sum().clamp(min=1)
+            (loss + args.repair_weight * repair_loss).backward()
+        else:
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         window.append(loss.item())
         losses.append(loss.item())
         if (step + 1) % args.log_every == 0 or step + 1 == args.sft_steps:
+            bad = f" bad greedy answers {repair_log[-1]['bad']}/{args.repair_batch}" if repair_log else ""
             log(
                 f"[{name}] step {step + 1}/{args.sft_steps} loss {sum(window) / len(window):.4f} "
-                f"lr {lr_at(step):.2e} tokens {n_tokens} {time.time() - t0:.0f}s"
+                f"lr {lr_at(step):.2e} tokens {n_tokens}{bad} {time.time() - t0:.0f}s"
             )
             window = []
     model.eval()
@@ -486,6 +567,7 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
         "first_loss": round(losses[0], 4),
         "tokens": n_tokens,
         "skipped_conversations": skipped,
+        "repair_rounds": repair_log,
         "sft_seconds": round(time.time() - t0, 1),
     }
 
@@ -620,7 +702,7 @@ def build_one(name: str, data: dict, args, log=print) -> dict:
     if args.train_problems and args.train_problems < len(train_rows):
         train_rows = random.Random(f"{args.seed}-subset").sample(train_rows, args.train_problems)
     log(f"[{name}] SFT on {len(train_rows)} of {len(data['train'])} GSM8K train problems")
-    stats = sft(model, tok, train_rows, ids["eot"], ids["pad"], args, name, log=log)
+    stats = sft(model, tok, train_rows, ids["eot"], ids["pad"], args, name, log=log, eos=gen_cfg.eos_token_id)
     stats["train_problems"] = len(train_rows)
 
     model.save_pretrained(out_dir)
@@ -685,6 +767,14 @@ def parse_args(argv=None):
                    help="train on a seeded random subset of this many problems (0: all)")
     p.add_argument("--noise", type=float, default=0.3,
                    help="share of assistant turns given masked degenerate runs to recover from (see add_noise)")
+    p.add_argument("--repair-every", type=int, default=40,
+                   help="every this many steps, collect on-policy repair examples (see repair_examples); 0: off")
+    p.add_argument("--repair-start", type=float, default=0.25, help="first repair round, as a share of the steps")
+    p.add_argument("--repair-batch", type=int, default=16, help="greedy answers per repair round")
+    p.add_argument("--repair-tokens", type=int, default=192, help="max new tokens of those answers")
+    p.add_argument("--repair-per-step", type=int, default=2, help="repair examples added to each batch")
+    p.add_argument("--repair-buffer", type=int, default=48, help="most recent repair examples kept")
+    p.add_argument("--repair-weight", type=float, default=1.0, help="weight of the repair loss")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0: torch's default). 1 is fast for a model this small, keeps the "
                         "numbers reproducible, and does not collapse when other jobs share the cores")
