@@ -477,8 +477,14 @@ def repair_examples(model, tok, rows: list[dict], rng: random.Random, eos: list[
         cut = find_degenerate(gen, eos_set)
         if cut is None:
             continue
-        final = FINAL.search(r["answer"]).group(1)
-        target = tok("\n#### " + final, add_special_tokens=False)["input_ids"] + [eot_id]
+        gold = r["answer"].split("\n")
+        if args.repair_target == "continue":
+            # go on with the gold solution after the line the answer broke down in
+            done = tok.decode(gen[:cut], skip_special_tokens=True).count("\n")
+            rest = gold[min(done + 1, len(gold) - 1):]
+        else:
+            rest = gold[-1:]
+        target = tok("\n" + "\n".join(rest), add_special_tokens=False)["input_ids"] + [eot_id]
         ids = prompt + gen[:cut] + target
         labels = [-100] * (len(prompt) + cut) + target
         examples.append((ids[-args.max_len:], labels[-args.max_len:]))
@@ -542,7 +548,10 @@ def sft(model, tok, rows: list[dict], eot_id: int, pad_id: int, args, name: str,
         mask = (labels[:, 1:] != -100).float()
         loss = (ce[:n_sft] * mask[:n_sft]).sum() / mask[:n_sft].sum().clamp(min=1)
         if len(batch) > n_sft:
-            repair_loss = (ce[n_sft:] * mask[n_sft:]).sum() / mask[n_sft:].sum().clamp(min=1)
+            w = mask[n_sft:].clone()
+            first = w.argmax(dim=1)  # each repair row's first labelled position: where it leaves the loop
+            w[torch.arange(w.shape[0]), first] *= args.repair_exit_weight
+            repair_loss = (ce[n_sft:] * w).sum() / w.sum().clamp(min=1)
             (loss + args.repair_weight * repair_loss).backward()
         else:
             loss.backward()
@@ -609,7 +618,7 @@ def quick_eval(model, tok, gen_cfg, data: list[dict], max_new_tokens: int = 256,
     n_tokens = 0
     first_answers = []
     for turn in ("single_turn", "review_turn"):
-        stopped = parsable = both = correct = 0
+        stopped = parsable = both = correct = lines = tokens = 0
         for i in range(0, len(data), batch_size):
             chunk = data[i : i + batch_size]
             if turn == "single_turn":
@@ -632,7 +641,10 @@ def quick_eval(model, tok, gen_cfg, data: list[dict], max_new_tokens: int = 256,
                 both += ok_stop and m is not None
                 correct += m is not None and m.group(1).replace(",", "") == FINAL.search(r["answer"]).group(1).replace(",", "")
                 n_tokens += n
-        result[turn] = {"stopped": stopped, "parsable": parsable, "stopped_and_parsable": both, "correct": correct}
+                tokens += n
+                lines += text.strip().count("\n") + 1
+        result[turn] = {"stopped": stopped, "parsable": parsable, "stopped_and_parsable": both, "correct": correct,
+                        "mean_tokens": round(tokens / len(data), 1), "mean_lines": round(lines / len(data), 2)}
     secs = time.time() - t0
     result.update(generated_tokens=n_tokens, seconds=round(secs, 1),
                   tokens_per_second=round(n_tokens / secs, 1) if secs > 0 else None)
@@ -775,6 +787,10 @@ def parse_args(argv=None):
     p.add_argument("--repair-per-step", type=int, default=2, help="repair examples added to each batch")
     p.add_argument("--repair-buffer", type=int, default=48, help="most recent repair examples kept")
     p.add_argument("--repair-weight", type=float, default=1.0, help="weight of the repair loss")
+    p.add_argument("--repair-exit-weight", type=float, default=5.0,
+                   help="extra weight of a repair example's first target token (the way out of the loop)")
+    p.add_argument("--repair-target", choices=["continue", "wrap"], default="continue",
+                   help="continue: newline, then the gold solution's remaining lines; wrap: newline, '#### N'")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0: torch's default). 1 is fast for a model this small, keeps the "
                         "numbers reproducible, and does not collapse when other jobs share the cores")
