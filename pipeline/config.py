@@ -175,6 +175,13 @@ def _validate_values(cfg: DictConfig) -> None:
     _require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
     if cfg.cluster.kind == "slurm":
         _require_int(cfg, "cluster.max_requeues", 0)
+        _require_int(cfg, "cluster.reduce_timeout_min", 1)
+        _require_int(cfg, "cluster.signal_delay_s", 1)
+        if cfg.cluster.timeout_min * 60 <= cfg.cluster.signal_delay_s + 60:
+            raise ConfigError(
+                f"cluster.signal_delay_s={cfg.cluster.signal_delay_s} with cluster.timeout_min={cfg.cluster.timeout_min}: "
+                "SLURM may send the signal up to 60 s early, so keep timeout_min x 60 > signal_delay_s + 60"
+            )
         if shutil.which("sbatch") is None:
             raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
     _require_int(cfg, "cluster.array_parallelism", 1)

@@ -57,11 +57,11 @@ class Launcher:
         self.run = run
         self.kind = cfg.cluster.kind
 
-    def _executor(self, name: str) -> submitit.AutoExecutor:
+    def _executor(self, name: str, timeout_min: int) -> submitit.AutoExecutor:
         c = self.cfg.cluster
         extra = {"slurm_max_num_timeout": int(c.max_requeues)} if self.kind == "slurm" else {}
         executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind, **extra)
-        params: dict[str, Any] = {"name": name, "timeout_min": int(c.timeout_min)}
+        params: dict[str, Any] = {"name": name, "timeout_min": timeout_min}
         if self.kind == "slurm":
             params.update(
                 cpus_per_task=int(c.cpus_per_task),
@@ -91,10 +91,12 @@ class Launcher:
         local_slots = int(self.cfg.cluster.array_parallelism) if self.kind == "local" else None
         jobs: list[submitit.Job] = []
         if tasks:
-            executor = self._executor(name)
+            executor = self._executor(name, int(self.cfg.cluster.timeout_min))
             with _scheduler_refusal("shard array"):
                 jobs = executor.map_array(ShardJob(shard_fn, local_slots), list(tasks))
-        reducer = self._executor(f"{name}-reduce")
+        # On the local executor the reducer waits for the shards inside its own job: give it their limit.
+        reduce_limit = self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min
+        reducer = self._executor(f"{name}-reduce", int(reduce_limit))
         if self.kind == "slurm" and jobs:
             array_id = jobs[0].job_id.split("_")[0]
             extra = dict(OmegaConf.to_container(self.cfg.cluster.additional) or {})
