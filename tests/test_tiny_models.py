@@ -49,6 +49,16 @@ ALLOWED_FILES = {"config.json", "generation_config.json", "model.safetensors", "
                  "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small generates as fast on one thread, and does not slow to a crawl when other
+    jobs share the cores (several threads each on an oversubscribed machine do)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def pair(request):
     name = request.param

@@ -391,10 +391,12 @@ def find_degenerate(row: list[int], eos: set, max_run: int = 4, max_rep: int = 3
 
 def repair_examples(model, tok, rows: list[dict], rng: random.Random, eos: list[int], eot_id: int, args):
     """On-policy repair data: greedy-answer a few training questions with the current model and,
-    for each answer that loops or runs on, make an example whose context is the prompt plus the
-    answer up to where it went wrong and whose target (the only labelled tokens) is
-    ``\n#### <gold answer>`` and the end-of-turn token.  Teaches the model to wrap up when it has
-    lost its way -- the states greedy decoding actually reaches."""
+    for each answer that loops, runs on, or stops without ``#### N``, make an example whose
+    context is the prompt plus the answer up to where it went wrong (see :func:`find_degenerate`)
+    and whose target -- the only labelled tokens -- is a newline, the gold solution's lines after
+    the one the answer broke down in (``--repair-target continue``; ``wrap``: just its
+    ``#### N`` line) and the end-of-turn token.  Teaches the model to find its way out of the
+    states greedy decoding actually reaches."""
     import torch
 
     chosen = [rows[rng.randrange(len(rows))] for _ in range(args.repair_batch)]
