@@ -29,7 +29,7 @@ def tiny_overrides(results: Path, *extra: str) -> list[str]:
     return [
         "models=tiny",
         f"results_dir={results}",
-        "debate.max_new_tokens=48",
+        "debate.max_new_tokens=96",
         "debate.max_rounds=2",
         "debate.baselines.vote_k=3",
         "cluster.cpus_per_task=1",

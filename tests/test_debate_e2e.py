@@ -47,7 +47,7 @@ def test_records_hold_the_whole_debate(local_run: dict) -> None:
         assert [t["model"] for t in r["turns"]][:2] == ["a", "b"]
         for t in r["turns"]:
             assert {"model", "round", "text", "answer", "tokens", "seconds"} <= set(t)
-            assert 0 < t["tokens"] <= 48
+            assert 0 < t["tokens"] <= 96
         if r["agreed"]:
             assert r["turns"][-1]["answer"] is not None
         assert len(r["vote"]["a"]["samples"]) == 3
