@@ -15,10 +15,7 @@ import json
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator
-
-SHARD_GLOB = "shard-*-of-*.jsonl"
-
+from typing import Any
 
 class ShardCorruptError(RuntimeError):
     """A line in the middle of a shard file is not a valid record."""
@@ -114,7 +111,3 @@ class ShardWriter:
                 os.close(fd)
         self._fd = self._lock_fd = None
 
-
-def iter_shard_files(folder: Path) -> Iterator[Path]:
-    """Every shard file of a stage folder, in shard order."""
-    return iter(sorted(folder.glob(SHARD_GLOB)))
