@@ -77,12 +77,10 @@ def generate_chat(
     """Replies to every conversation, in input order. ``max_batch`` splits very large calls (memory)."""
     if not conversations:
         return []
-    tokenizer = chat.tokenizer
-    order = sorted(
-        range(len(conversations)),
-        key=lambda i: len(tokenizer.apply_chat_template(conversations[i], add_generation_prompt=True, tokenize=False)),
-    )
+    order = list(range(len(conversations)))
     step = max_batch or len(order)
+    if step < len(order):  # several batches: group similar lengths so that padding does not eat them
+        order.sort(key=lambda i: len(chat.tokenizer.apply_chat_template(conversations[i], add_generation_prompt=True, tokenize=False)))
     results: dict[int, Completion] = {}
     for start in range(0, len(order), step):
         chunk = order[start : start + step]

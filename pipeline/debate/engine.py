@@ -184,8 +184,8 @@ class DebateEngine:
             convs = [conversation(speaker, d, s) for d, _ in rows]
             seeds = [row_seed(s.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
             completions = self._generate(speaker, convs, seeds, s.vote_temperature)
-            for p in problems:
-                mine = [c for (d, _), c in zip(rows, completions) if d.problem.index == p.index]
+            for n, p in enumerate(problems):
+                mine = completions[n * s.vote_k : (n + 1) * s.vote_k]  # rows are grouped by problem, k each
                 samples = [extract_answer(c.text) for c in mine]
                 out[p.index]["vote"][speaker] = {
                     "answer": majority(samples),
