@@ -22,7 +22,7 @@ def main() -> int:
         runs = list_runs(project_path(args.results_dir))
         for run in runs:
             s = run_status(run)
-            print(f"{s['run_id']:<28} {s['cluster']:<6} {s['state']:<10} {s['done']}/{s['total']} problems")
+            print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {s['done']}/{s['total']} {s['what']}")
         if not runs:
             print(f"no runs under {project_path(args.results_dir)}")
         return 0

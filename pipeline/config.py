@@ -93,7 +93,7 @@ def _check_same_shape(value: Any, default: Any, where: str) -> None:
         for key in default:
             _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key))
         return
-    if default is None or where in _FREE_MAPPINGS:
+    if default is None or where in _FREE_MAPPINGS or where in _ANY_SCALAR:
         return
     expected = _type_name(default)
     ok = {
@@ -110,6 +110,8 @@ def _check_same_shape(value: Any, default: Any, where: str) -> None:
 
 # Keys whose content is free-form (passed through to another tool), so any sub-key is valid there.
 _FREE_MAPPINGS = {"cluster.additional"}
+# Keys that take a number or a word (checked by their stage's validation).
+_ANY_SCALAR = {"eval.batch_size"}
 
 
 def _type_name(default: Any) -> str:
@@ -193,6 +195,8 @@ def _validate_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is empty: give a registered model name or a model folder")
     if cfg.stage == "debate":
         _validate_debate(cfg)
+    if cfg.stage == "eval":
+        _validate_eval(cfg)
     data_file = project_path(cfg.data.path) / f"{cfg.data.split}.jsonl"
     if not data_file.is_file():
         raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
@@ -214,6 +218,35 @@ def _validate_debate(cfg: DictConfig) -> None:
     bad = [m for m in cfg.debate.baselines.vote_models if m not in ("a", "b")]
     if bad:
         raise ConfigError(f"debate.baselines.vote_models has '{bad[0]}'; valid entries: a, b")
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    from pipeline.harness.tasks import run_options, task_names
+
+    valid = task_names()
+    tasks = list(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else [cfg.tasks]
+    if not tasks:
+        raise ConfigError(f"tasks=[]: give at least one task; valid tasks: {', '.join(valid)}")
+    for task in tasks:
+        if task not in valid:
+            raise ConfigError(f"unknown task '{task}'; valid tasks: {', '.join(valid)}")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"tasks={tasks}: a task is listed twice")
+    models = list(cfg.eval.models)
+    if not models or any(m not in ("a", "b") for m in models) or len(set(models)) != len(models):
+        raise ConfigError(f"eval.models={models}: list a and/or b (the models of the pair), each once")
+    batch = cfg.eval.batch_size
+    if not ((isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1) or re.fullmatch(r"auto(:[1-9][0-9]*)?", str(batch))):
+        raise ConfigError(f"eval.batch_size={batch}: must be a whole number >= 1, auto, or auto:N")
+    _require_int(cfg, "eval.max_batch_size", 1)
+    _require_int(cfg, "eval.cpu_batch_size", 1)
+    _require_int(cfg, "eval.chunk_size", 1)
+    _require_int(cfg, "eval.max_gen_toks", 1, nullable=True)
+    for key in ("apply_chat_template", "fewshot_as_multiturn"):
+        if cfg.eval[key] is not None and not isinstance(cfg.eval[key], bool):
+            raise ConfigError(f"eval.{key}={cfg.eval[key]}: must be true, false or null (null: the task's own)")
+    for task in tasks:
+        run_options(task, {k: cfg.eval[k] for k in ("apply_chat_template", "fewshot_as_multiturn")})
 
 
 def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -122,7 +122,7 @@ class Launcher:
             "stage": stage,
             "cluster": self.kind,
             "name": name,
-            "shards": {str(t.shard): j.job_id for t, j in zip(tasks, jobs)},
+            "shards": {t.unit.label: j.job_id for t, j in zip(tasks, jobs)},
             "reduce": reduce_job.job_id,
         }
         self.run.launch_dir.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
-from pipeline.debate.shard import shard_problems
 from pipeline.executors import submissions
 from pipeline.runs import Run
-from pipeline.shards import read_shard, shard_name
+from pipeline.shards import read_shard
+from pipeline.stages import STAGES
 from pipeline.tasks import process_alive
 
 
@@ -44,29 +44,31 @@ def _local_state(job_id: str) -> str:
 
 
 def run_status(run: Run) -> dict[str, Any]:
-    """Per shard: job id, scheduler state, problems done / total; and the run's overall state."""
+    """Per array task: job id, scheduler state, records done / expected; and the run's overall state."""
     config = run.saved_config_container()
-    shards = int(config["shards"])
-    subs = submissions(run)
-    latest: dict[int, str] = {}
+    stage = STAGES[config["stage"]]
+    subs = [sub for sub in submissions(run) if sub["stage"] == stage.name]
+    latest: dict[str, str] = {}
     reduce_job = None
     for sub in subs:
-        latest.update({int(k): v for k, v in sub["shards"].items()})
+        latest.update(sub["shards"])
         reduce_job = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
     ids = [*latest.values(), *([reduce_job] if reduce_job else [])]
     states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j) for j in ids}
     rows = []
-    for shard in range(shards):
-        done = len(read_shard(run.stage_dir("debate") / shard_name(shard, shards)))
-        total = len(shard_problems(config, shard, shards))
-        job = latest.get(shard)
-        rows.append({"shard": shard, "job": job, "state": states.get(job, "-") if job else "-", "done": done, "total": total})
+    for unit in stage.units(config):
+        done = len(read_shard(unit.path(run.stage_dir(stage.name))))
+        job = latest.get(unit.label)
+        rows.append({"label": unit.label, "part": unit.part, "shard": unit.shard, "job": job,
+                     "state": states.get(job, "-") if job else "-", "done": done, "total": len(unit.indices)})
     done, total = sum(r["done"] for r in rows), sum(r["total"] for r in rows)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
-    overall = "complete" if done == total and (run.root / "debate_accuracy.md").exists() else ("running" if active else "incomplete")
+    overall = "complete" if done == total and (run.root / stage.table).exists() else ("running" if active else "incomplete")
     return {
         "run_id": run.run_id,
+        "stage": stage.name,
+        "what": stage.what,
         "cluster": cluster,
         "shards": rows,
         "reduce": {"job": reduce_job, "state": states.get(reduce_job, "-") if reduce_job else "-"},
@@ -77,14 +79,16 @@ def run_status(run: Run) -> dict[str, Any]:
 
 
 def format_status(status: dict[str, Any]) -> str:
+    width = max([5, *(len(r["label"]) for r in status["shards"])])
     lines = [
-        f"run {status['run_id']} ({status['cluster']}): {status['state']}, {status['done']}/{status['total']} problems",
-        f"{'shard':>5}  {'job':<14} {'state':<12} progress",
+        f"run {status['run_id']} ({status['stage']}, {status['cluster']}): {status['state']}, "
+        f"{status['done']}/{status['total']} {status['what']}",
+        f"{'task':<{width}}  {'job':<14} {'state':<12} progress",
     ]
     for r in status["shards"]:
         bar = "#" * int(20 * r["done"] / r["total"]) if r["total"] else ""
-        lines.append(f"{r['shard']:>5}  {str(r['job'] or '-'):<14} {r['state']:<12} {r['done']:>4}/{r['total']:<4} {bar:<20}")
-    lines.append(f"reduce {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
+        lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<12} {r['done']:>4}/{r['total']:<4} {bar:<20}")
+    lines.append(f"{'reduce':<{width}}  {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
     return "\n".join(lines)
 
 

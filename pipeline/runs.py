@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import ConfigError, project_path, to_yaml
 
 # Settings that decide a run's results: a resubmission with other values would mix two experiments.
-RESULT_KEYS = ("stage", "data", "limit", "shards", "seed", "models", "debate")
+RESULT_KEYS = ("stage", "data", "limit", "shards", "seed", "models", "debate", "tasks", "eval")
 
 
 @dataclass(frozen=True)

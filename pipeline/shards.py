@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,28 @@ class ShardBusyError(RuntimeError):
 def shard_name(index: int, count: int) -> str:
     """``shard-00003-of-00008.jsonl``: sorts well and says how many shards the run has."""
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard of one stage: ``<stage>/<part>/shard-i-of-n.jsonl`` and the record indices it must hold.
+
+    ``part`` splits a stage's array beyond its shards: the eval stage's ``a/gsm8k`` (model x task);
+    the debate stage has a single part, ``""``.
+    """
+
+    part: str
+    shard: int
+    shards: int
+    indices: tuple[int, ...]
+
+    def path(self, stage_dir: Path) -> Path:
+        return stage_dir / self.part / shard_name(self.shard, self.shards)
+
+    @property
+    def label(self) -> str:
+        where = f"{self.part.replace('/', '-')}-" if self.part else ""
+        return f"{where}shard-{self.shard:05d}-of-{self.shards:05d}"
 
 
 def _parse_lines(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:

@@ -16,22 +16,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError, load_config, project_path
 from pipeline.data import load_problems
-from pipeline.debate.shard import run_debate_shard, shard_problems
 from pipeline.executors import Launcher, job_name
 from pipeline.models.loading import prepare
 from pipeline.models.registry import check_available, load_registry, resolve_model
-from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import adopt_saved, open_run
-from pipeline.shards import ShardCorruptError, read_shard, shard_name
+from pipeline.shards import ShardCorruptError, read_shard
+from pipeline.stages import STAGES, Stage
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger("gsm8k-slurm")
 
 
+def _model_keys(cfg: DictConfig) -> list[str]:
+    """The models a stage loads: both for a debate, those of ``eval.models`` for eval."""
+    return list(cfg.eval.models) if cfg.stage == "eval" else ["a", "b"]
+
+
 def _check_models(cfg: DictConfig) -> None:
     registry = load_registry()
     cache = project_path(cfg.paths.model_cache)
-    for key in ("a", "b"):
+    for key in _model_keys(cfg):
         spec = resolve_model(f"models.{key}", cfg.models[key], registry)
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
@@ -49,16 +53,11 @@ def _check_data(cfg: DictConfig) -> int:
     return total
 
 
-def plan_debate(cfg: DictConfig, run_root: str) -> list[ShardTask]:
-    """The shards that still have work: a resubmission of a run only sends those."""
+def plan(stage: Stage, cfg: DictConfig, run_root: str) -> list[ShardTask]:
+    """The stage's units that still have work: a resubmission of a run only sends those."""
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    tasks = []
-    for shard in range(cfg.shards):
-        task = ShardTask(run_root=run_root, stage="debate", shard=shard, shards=cfg.shards, config=config)
-        path = task.run.stage_dir("debate") / shard_name(shard, cfg.shards)
-        if len(read_shard(path)) < len(shard_problems(config, shard, cfg.shards)):
-            tasks.append(task)
-    return tasks
+    tasks = [ShardTask(run_root=run_root, stage=stage.name, unit=unit, config=config) for unit in stage.units(config)]
+    return [t for t in tasks if len(read_shard(t.path)) < len(t.unit.indices)]
 
 
 def submit(overrides: Sequence[str]) -> dict[str, Any]:
@@ -67,26 +66,31 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     adopt_saved(cfg, {o.lstrip("+").split("=", 1)[0].split(".", 1)[0] for o in overrides})
     total = _check_data(cfg)
     _check_models(cfg)
+    stage = STAGES[cfg.stage]
     run, resumed = open_run(cfg)
     launcher = Launcher(cfg, run)
     try:
-        tasks = plan_debate(cfg, str(run.root))
+        tasks = plan(stage, cfg, str(run.root))
     except ShardCorruptError as err:
         raise ConfigError(str(err)) from None
-    jobs, reduce_job = launcher.submit("debate", run_debate_shard, tasks, reduce_debate)
+    jobs, reduce_job = launcher.submit(stage.name, stage.run_shard, tasks, stage.reduce)
     info = {
         "run_id": run.run_id,
         "run_dir": str(run.root),
         "resumed": resumed,
+        "stage": stage.name,
         "problems": total,
         "shards": cfg.shards,
-        "submitted_shards": [t.shard for t in tasks],
+        "units": len(stage.units(OmegaConf.to_container(cfg, resolve=True))),
+        "submitted": [t.unit.label for t in tasks],
+        "submitted_shards": [t.unit.shard for t in tasks],
         "shard_jobs": [j.job_id for j in jobs],
         "reduce_job": reduce_job.job_id,
-        "name": job_name("debate", run.run_id),
+        "name": job_name(stage.name, run.run_id),
         "cluster": cfg.cluster.kind,
+        "table": f"{run.root}/{stage.table}",
     }
-    _announce(info, run.stage_dir("debate"))
+    _announce(info, run.stage_dir(stage.name))
     if cfg.wait or cfg.cluster.kind == "debug":
         result = reduce_job.result()
         info["result"] = result
@@ -97,11 +101,12 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
 def _announce(info: dict[str, Any], shard_dir: Any) -> None:
     resumed = " (resumed: only unfinished shards)" if info["resumed"] else ""
     lines = [
-        f"run {info['run_id']}{resumed}: {info['problems']} problems in {info['shards']} shard(s), cluster={info['cluster']}",
+        f"run {info['run_id']}{resumed}: {info['stage']}, {info['problems']} problems in {info['shards']} shard(s)"
+        f" ({info['units']} array tasks), cluster={info['cluster']}",
         f"  shard jobs ({len(info['shard_jobs'])}): {', '.join(info['shard_jobs']) or 'none, all shards are complete'}",
         f"  reduce job: {info['reduce_job']} (runs after the shards, whatever their outcome)",
-        f"  shards: {shard_dir}/shard-*.jsonl",
-        f"  tables: {info['run_dir']}/debate_accuracy.md (.csv, .json, per-round .png)",
+        f"  shards: {shard_dir}/**/shard-*.jsonl",
+        f"  tables: {info['table']} (.csv, .json, .png)",
         f"  watch:  python jobs/status.py {info['run_id']}"
         + (f"   |   squeue -n {info['name']}" if info["cluster"] == "slurm" else ""),
     ]

@@ -21,23 +21,28 @@ from typing import Any, Callable, Iterator
 import submitit
 
 from pipeline.runs import Run
+from pipeline.shards import Unit
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One array item: which run, which stage, which shard; the resolved config travels with it."""
+    """One array item: which run, which stage, which unit of work; the resolved config travels with it."""
 
     run_root: str
     stage: str
-    shard: int
-    shards: int
+    unit: Unit
     config: dict[str, Any]
 
     @property
     def run(self) -> Run:
         return Run(Path(self.run_root))
+
+    @property
+    def path(self) -> Path:
+        """The shard file this task appends to."""
+        return self.unit.path(self.run.stage_dir(self.stage))
 
     @property
     def threads(self) -> int:
@@ -49,7 +54,7 @@ class ShardTask:
 
     @property
     def label(self) -> str:
-        return f"{self.stage}-shard-{self.shard:05d}-of-{self.shards:05d}"
+        return f"{self.stage}-{self.unit.label}"
 
 
 def setup_task_logging(run: Run, label: str) -> None:

@@ -11,7 +11,7 @@ from pipeline.submit import main
 from tests.conftest import run_submit
 
 CASES = [
-    (["stage=debat"], "unknown stage 'debat'; valid choices: debate"),
+    (["stage=debat"], "unknown stage 'debat'; valid choices: debate, eval"),
     (["models=huge"], "unknown models 'huge'; valid choices: small, tiny, v100"),
     (["cluster=k8s"], "unknown cluster 'k8s'; valid choices: debug, local, slurm"),
     (["shard=2"], "unknown key 'shard'; valid keys here: cluster, data, debate, "),
@@ -32,7 +32,7 @@ CASES = [
     (["models.dtype=fp8"], "models.dtype=fp8: not one of auto, float32, float16, bfloat16"),
     (["models.a=no-such-model"], "models.a=no-such-model: no such model folder and not a registered model; registered: "),
     (["models.b=README.md"], "models.b=README.md: is a file; give a model folder"),
-    (["models.a=pipeline"], "models.a=pipeline: the folder has no config.json"),
+    (["models.a=pipeline"], "models.a=pipeline: the folder has neither config.json nor adapter_config.json"),
     (["run_id=../escape"], "run_id=../escape: use letters, digits"),
     (["run_id=a;rm"], "cannot parse the override 'run_id=a;rm'"),
     (["run_id='a;rm -rf x'"], "run_id=a;rm -rf x: use letters, digits"),
@@ -40,6 +40,18 @@ CASES = [
     (["data.split=validation"], "data.split=validation: no file "),
     (["shards"], "'shards' is not a key=value override"),
     (["cluster=slurm", "cluster.additional.exclude=n1"], "add it with a leading '+', as +cluster.additional.exclude=..."),
+    (["stage=eval", "tasks=[gsm8k,mmlu]"], "unknown task 'mmlu'; valid tasks: gsm8k, gsm8k_cot_llama"),
+    (["stage=eval", "tasks=[]"], "tasks=[]: give at least one task; valid tasks: gsm8k, gsm8k_cot_llama"),
+    (["stage=eval", "tasks=[gsm8k,gsm8k]"], "tasks=['gsm8k', 'gsm8k']: a task is listed twice"),
+    (["stage=eval", "eval.models=[a,c]"], "eval.models=['a', 'c']: list a and/or b (the models of the pair), each once"),
+    (["stage=eval", "eval.batch_size=0"], "eval.batch_size=0: must be a whole number >= 1, auto, or auto:N"),
+    (["stage=eval", "eval.batch_size=big"], "eval.batch_size=big: must be a whole number >= 1, auto, or auto:N"),
+    (["stage=eval", "eval.chunk_size=0"], "eval.chunk_size=0: must be a whole number >= 1"),
+    (["stage=eval", "eval.apply_chat_template=yes"], "eval.apply_chat_template=yes: must be true, false or null"),
+    (["stage=eval", "eval.apply_chat_template=false", "tasks=[gsm8k_cot_llama]"],
+     "task gsm8k_cot_llama: fewshot_as_multiturn needs apply_chat_template"),
+    (["stage=eval", "models.b=no-such-model"], "models.b=no-such-model: no such model folder and not a registered model"),
+    (["stage=eval", "models.a=results/no-run/train/tiny-llama"], "models.a=results/no-run/train/tiny-llama: no such model folder"),
 ]
 
 

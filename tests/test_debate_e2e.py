@@ -129,7 +129,7 @@ def test_status_and_cancel_work_for_local_runs(local_run: dict) -> None:
     status = run_status(Run(local_run["run"]))
     assert status["state"] == "complete" and status["done"] == status["total"] == 16
     assert [(r["shard"], r["done"], r["total"], r["state"]) for r in status["shards"]] == [(i, 4, 4, "ENDED") for i in range(4)]
-    assert "run e2e (local): complete, 16/16 problems" in format_status(status)
+    assert "run e2e (debate, local): complete, 16/16 problems" in format_status(status)
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "cancel.py"), "e2e", "--results-dir", str(local_run["results"])],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "cancelled nothing" in done.stdout

@@ -5,6 +5,7 @@ Every test scopes its squeue/scontrol calls to its own jobs: the cluster is mach
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -160,3 +161,20 @@ def test_no_slurm_on_the_machine_is_one_line(results: Path, monkeypatch: pytest.
 def test_a_signal_that_could_come_before_the_job_starts_is_refused(results: Path) -> None:
     with pytest.raises(ConfigError, match="SLURM may send the signal up to 60 s early"):
         submit(slurm_overrides(results, "cluster.timeout_min=1", "cluster.signal_delay_s=45"))
+
+
+def test_eval_array_runs_models_x_tasks_x_shards(tmp_path: Path) -> None:
+    """stage=eval on SLURM: one array task per model x task x shard, then the reducer; same table as debug."""
+    results = tmp_path / "results"
+    eval_args = ["stage=eval", "models=tiny", "limit=4", "shards=2", "eval.batch_size=4", "eval.max_gen_toks=32", "tasks=[gsm8k]"]
+    info = submit([*eval_args, f"results_dir={results}", "cluster=slurm", "cluster.cpus_per_task=1",
+                   "cluster.timeout_min=15", "run_id=evalslurm"])
+    assert info["name"] == "gsm8k-eval-evalslurm" and len(info["shard_jobs"]) == 4
+    wait_for_run(results / "evalslurm", info["name"])
+    status = run_status(Run(results / "evalslurm"))
+    assert status["state"] == "complete" and {r["state"] for r in status["shards"]} == {"COMPLETED"}, format_status(status)
+    debug = tmp_path / "debug"
+    submit([*eval_args, f"results_dir={debug}", "cluster=debug", "run_id=evalslurm"])
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((results / "evalslurm" / "eval_accuracy.json").read_text())["rows"]]
+    again = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((debug / "evalslurm" / "eval_accuracy.json").read_text())["rows"]]
+    assert rows == again and len(rows) == 4

@@ -14,7 +14,7 @@ from pipeline.debate.engine import DebateEngine, DebateSettings
 from pipeline.models.device import pick_device
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
-from pipeline.shards import ShardWriter, shard_name
+from pipeline.shards import ShardWriter, Unit
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,19 @@ def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
     return [problems[i] for i in shard_slice(len(problems), shard, shards)]
 
 
+def debate_units(config: dict[str, Any]) -> list[Unit]:
+    """The debate array: one unit per shard, each a slice of the problems."""
+    shards = int(config["shards"])
+    return [Unit("", s, shards, tuple(p.index for p in shard_problems(config, s, shards))) for s in range(shards)]
+
+
 def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     """Resumable: skips problems already in the shard file; returns a summary for the submitter."""
     cfg = task.config
     torch.set_num_threads(task.threads)
     torch.manual_seed(cfg["seed"])
-    path = task.run.stage_dir("debate") / shard_name(task.shard, task.shards)
-    mine = shard_problems(cfg, task.shard, task.shards)
+    path = task.path
+    mine = shard_problems(cfg, task.unit.shard, task.unit.shards)
     started = time.perf_counter()
     with ShardWriter(path) as writer:
         todo = [p for p in mine if p.index not in writer.done_indices()]
@@ -58,4 +64,4 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
         done = len(writer.records)
     seconds = time.perf_counter() - started
     log.info("%s: complete, %d problems, %.1f s", path.name, done, seconds)
-    return {"shard": task.shard, "problems": done, "ran": len(todo), "seconds": round(seconds, 2)}
+    return {"shard": task.unit.label, "problems": done, "ran": len(todo), "seconds": round(seconds, 2)}

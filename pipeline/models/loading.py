@@ -65,6 +65,15 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, e
     return sorted(ids)
 
 
+def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
+    """Applies a PEFT adapter; merged into the weights (plain inference speed) unless the base is 4-bit,
+    where merging would round the adapter into the quantised weights."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, spec.adapter)
+    return peft_model if spec.load_in_4bit else peft_model.merge_and_unload()
+
+
 def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: torch.device) -> ChatModel:
     """Loads weights (4-bit through bitsandbytes where the spec says so) and a left-padding tokenizer."""
     location = prepare(spec, cache_dir)
@@ -80,7 +89,8 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: t
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
         )
         kwargs["device_map"] = {"": device}
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
+    tokenizer_location = spec.adapter if spec.adapter and (Path(spec.adapter) / "tokenizer_config.json").is_file() else location
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=spec.revision)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -89,6 +99,8 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: t
     model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs)
     if not spec.load_in_4bit:
         model.to(device)
+    if spec.adapter:
+        model = _with_adapter(model, spec)
     model.eval()
     stop_ids = stop_token_ids(tokenizer, model, spec.stop_tokens)
     log.info("loaded %s from %s (%s, %s); stop ids %s", spec.name, location, dtype, device, stop_ids)

@@ -7,8 +7,9 @@ error before anything is submitted.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +33,8 @@ class ModelSpec:
     load_in_4bit: bool = False
     stop_tokens: tuple[str, ...] = ()
     gguf: Mapping[str, Any] = field(default_factory=dict)
+    # A PEFT adapter folder applied on top of the model above (a fine-tuned model of the train stage).
+    adapter: str | None = None
 
 
 def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
@@ -63,16 +66,38 @@ def resolve_model(key: str, value: str, registry: Mapping[str, ModelSpec]) -> Mo
     if folder.is_file():
         raise ConfigError(f"{key}={value}: is a file; give a model folder (with config.json) or a registered name")
     if folder.is_dir():
+        if (folder / "adapter_config.json").is_file():
+            return _adapter_spec(key, folder, registry)
         if not (folder / "config.json").is_file():
-            raise ConfigError(f"{key}={value}: the folder has no config.json, so it is not a Hugging Face model folder")
+            raise ConfigError(
+                f"{key}={value}: the folder has neither config.json nor adapter_config.json, so it is not a Hugging Face model or PEFT adapter folder"
+            )
         return ModelSpec(name=folder.name, source="local", path=str(folder))
     raise ConfigError(
         f"{key}={value}: no such model folder and not a registered model; registered: {', '.join(sorted(registry))}"
     )
 
 
+def _adapter_spec(key: str, folder: Path, registry: Mapping[str, ModelSpec]) -> ModelSpec:
+    """A PEFT adapter: its base model is named in ``adapter_config.json`` (a registered name, a folder or a
+    hub id), and it is loaded the way that base would be (dtype, 4-bit), with the adapter on top."""
+    try:
+        base_ref = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{key}={folder}: adapter_config.json has no readable base_model_name_or_path ({err})") from None
+    if base_ref in registry or project_path(base_ref).is_dir():
+        base = resolve_model(f"{key} (base of the adapter)", base_ref, registry)
+    else:
+        base = ModelSpec(name=base_ref, source="hub", hub_id=base_ref)
+    if base.adapter:
+        raise ConfigError(f"{key}={folder}: its base {base_ref} is itself an adapter; merge it first")
+    return replace(base, name=folder.name, adapter=str(folder))
+
+
 def check_available(key: str, spec: ModelSpec) -> None:
     """Fails before submission when a model cannot possibly load here (offline and not cached, missing folder)."""
+    if spec.adapter and not (Path(spec.adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"{key}={spec.adapter}: the adapter folder is missing or has no adapter_config.json")
     if spec.source == "local" and not (project_path(spec.path or "") / "config.json").is_file():
         raise ConfigError(f"{key}={spec.name}: model folder {project_path(spec.path or '')} is missing or has no config.json")
     if spec.source == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -12,59 +12,18 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.answers import same_answer
 from pipeline.config import project_path
-from pipeline.debate.shard import shard_problems
+from pipeline.debate.shard import debate_units
+from pipeline.reduce.collect import ShardCheck, collect, incomplete_note
 from pipeline.reduce.files import append_once, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
-from pipeline.shards import ShardCorruptError, read_shard, shard_name
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ShardCheck:
-    """How far one shard got."""
-
-    shard: int
-    expected: int
-    done: int
-    error: str | None = None
-
-    @property
-    def state(self) -> str:
-        if self.error:
-            return "corrupt"
-        return "complete" if self.done == self.expected else ("missing" if self.done == 0 else "partial")
-
-
-def collect(run: Run, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ShardCheck]]:
-    """Every record of the run in problem order, and each shard's progress. A record that does not belong
-    to its shard (another run's or another shard count's file) is an error naming the file."""
-    shards = int(config["shards"])
-    records: list[dict[str, Any]] = []
-    checks: list[ShardCheck] = []
-    for shard in range(shards):
-        path = run.stage_dir("debate") / shard_name(shard, shards)
-        expected = {p.index for p in shard_problems(config, shard, shards)}
-        try:
-            found = read_shard(path)
-        except ShardCorruptError as err:
-            checks.append(ShardCheck(shard, len(expected), 0, str(err)))
-            continue
-        stray = [r["index"] for r in found if r["index"] not in expected]
-        if stray:
-            raise ValueError(f"{path}: holds problem {stray[0]}, which is not in shard {shard} of {shards}")
-        if len({r["index"] for r in found}) != len(found):
-            raise ValueError(f"{path}: a problem is recorded twice")
-        records.extend(found)
-        checks.append(ShardCheck(shard, len(expected), len(found)))
-    return sorted(records, key=lambda r: r["index"]), checks
 
 
 def display_name(model: str) -> str:
@@ -226,14 +185,15 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
     """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = dict(run.saved_config_container())
-    records, checks = collect(run, config)
+    by_part, checks = collect(run.stage_dir("debate"), debate_units(config))
+    records = by_part.get("", [])
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:
-        log.warning("shard %d: %s (%d/%d problems)%s", c.shard, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
+        log.warning("%s: %s (%d/%d problems)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
     result: dict[str, Any] = {
         "run_id": run.run_id,
         "complete": not incomplete,
-        "shards": [{"shard": c.shard, "state": c.state, "done": c.done, "expected": c.expected, "error": c.error} for c in checks],
+        "shards": [c.as_dict() for c in checks],
         "resume": f"python jobs/submit.py stage=debate run_id={run.run_id}" if incomplete else None,
     }
     if not records:
@@ -242,10 +202,7 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
     summary = summarize(records, config)
     table = markdown(summary, run.run_id, checks)
     if incomplete:
-        table += (
-            f"\nIncomplete shards: {', '.join(f'{c.shard} ({c.state}, {c.done}/{c.expected})' for c in incomplete)}.\n"
-            f"Resume with: {result['resume']}\n"
-        )
+        table += incomplete_note(checks, result["resume"])
     write_atomic(run.root / "debate_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
     write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
     write_atomic(run.root / "debate_accuracy.md", table)

@@ -1,0 +1,143 @@
+"""The eval reducer: per-question records of every (model, task) -> ``eval_accuracy.{md,csv,json}`` + PNG.
+
+Accuracy is recomputed from the records (lm-eval's own ``exact_match`` per question, per filter), so it
+does not depend on how the test set was sharded; the standard error is lm-eval's (the sample standard
+deviation over sqrt(n)), with a 95% Wilson interval beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.harness.shard import eval_units
+from pipeline.reduce.collect import ShardCheck, collect, incomplete_note
+from pipeline.reduce.debate import display_name
+from pipeline.reduce.files import write_atomic
+from pipeline.reduce.stats import wilson_interval
+from pipeline.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+def _row(model: str, key: str, task: str, filter_name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    flags = [r["correct"][filter_name] for r in records if filter_name in r["correct"]]
+    n, k = len(flags), sum(flags)
+    p = k / n if n else 0.0
+    low, high = wilson_interval(k, n)
+    seconds = sum(r["seconds"] for r in records)
+    return {
+        "model": model,
+        "key": key,
+        "task": task,
+        "filter": filter_name,
+        "accuracy": round(p, 4),
+        "stderr": round(math.sqrt(p * (1 - p) / (n - 1)), 4) if n > 1 else 0.0,
+        "ci95_low": round(low, 4),
+        "ci95_high": round(high, 4),
+        "correct": k,
+        "n": n,
+        "seconds": round(seconds, 1),
+    }
+
+
+def summarize(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model x task x filter, in the config's order."""
+    rows = []
+    for key in config["eval"]["models"]:
+        for task in config["tasks"]:
+            records = by_part.get(f"{key}/{task}", [])
+            filters = sorted({f for r in records for f in r["correct"]}, key=lambda f: (f != "strict-match", f))
+            rows += [_row(display_name(config["models"][key]), key, task, f, records) for f in filters]
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck]) -> str:
+    done, expected = sum(c.done for c in checks), sum(c.expected for c in checks)
+    lines = [f"# GSM8K with lm-evaluation-harness: run {run_id}", ""]
+    if done < expected:
+        lines += [f"**PARTIAL: {done} of {expected} questions; the numbers below cover only those.**", ""]
+    lines += [
+        "| model | task | filter | accuracy | stderr | 95% CI | correct / n | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} ({r['key']}) | {r['task']} | {r['filter']} | {100 * r['accuracy']:.1f}% | {100 * r['stderr']:.1f} | "
+            f"{100 * r['ci95_low']:.1f}% - {100 * r['ci95_high']:.1f}% | {r['correct']} / {r['n']} | {r['seconds']} |"
+        )
+    lines += ["", "Time: the lm-eval calls' wall time, summed over the shards (model loading excluded).", ""]
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: accuracy with its 95% interval, one group per model x task, one bar per filter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(f"{r['model']}\n{r['task']}" for r in rows))
+    filters = list(dict.fromkeys(r["filter"] for r in rows))
+    width = 0.8 / len(filters)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups)), 4), dpi=120)
+    for j, name in enumerate(filters):
+        mine = {f"{r['model']}\n{r['task']}": r for r in rows if r["filter"] == name}
+        xs = [i + j * width for i, g in enumerate(groups) if g in mine]
+        ys = [mine[g]["accuracy"] for g in groups if g in mine]
+        err = [[mine[g]["accuracy"] - mine[g]["ci95_low"] for g in groups if g in mine],
+               [mine[g]["ci95_high"] - mine[g]["accuracy"] for g in groups if g in mine]]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, fontsize=8)
+    ax.set_ylabel("accuracy on GSM8K")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def reduce_eval(run_root: str) -> dict[str, Any]:
+    """Writes ``eval_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial."""
+    run = Run(Path(run_root))
+    config = dict(run.saved_config_container())
+    by_part, checks = collect(run.stage_dir("eval"), eval_units(config))
+    incomplete = [c for c in checks if c.state != "complete"]
+    for c in incomplete:
+        log.warning("%s: %s (%d/%d questions)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
+    result: dict[str, Any] = {
+        "run_id": run.run_id,
+        "complete": not incomplete,
+        "shards": [c.as_dict() for c in checks],
+        "resume": f"python jobs/submit.py stage=eval run_id={run.run_id}" if incomplete else None,
+    }
+    rows = summarize(by_part, config)
+    if not rows:
+        result["table"] = f"run {run.run_id}: no finished questions yet; resume with: {result['resume']}\n"
+        return result
+    table = markdown(rows, run.run_id, checks)
+    if incomplete:
+        table += incomplete_note(checks, result["resume"])
+    write_atomic(run.root / "eval_accuracy.json", json.dumps({"rows": rows, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
+    write_atomic(run.root / "eval_accuracy.csv", _csv(rows))
+    write_atomic(run.root / "eval_accuracy.md", table)
+    plot(rows, run.root / "eval_accuracy.png")
+    result["table"] = table
+    result["rows"] = rows
+    log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])
+    return result

@@ -1,0 +1,135 @@
+"""The eval stage end to end: real lm-evaluation-harness on the tiny pair, sharded, resumable, reduced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.monitor import format_status, run_status
+from pipeline.runs import Run
+from pipeline.shards import read_shard
+from pipeline.submit import main, submit
+from tests.conftest import ROOT
+
+TASKS = "tasks=[gsm8k,gsm8k_cot_llama]"
+
+
+def eval_overrides(results: Path, *extra: str) -> list[str]:
+    """A quick eval on the tiny pair: 6 questions, short generations, a fixed batch."""
+    return [
+        "stage=eval",
+        "models=tiny",
+        f"results_dir={results}",
+        "limit=6",
+        "eval.max_gen_toks=48",
+        "eval.batch_size=4",
+        "eval.chunk_size=2",
+        "cluster.cpus_per_task=1",
+        *extra,
+    ]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    """The merged table without the wall-time column: what must not depend on sharding."""
+    rows = json.loads((run_dir / "eval_accuracy.json").read_text())["rows"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _records(run_dir: Path, part: str) -> list[dict]:
+    found = [r for f in sorted((run_dir / "eval" / part).glob("shard-*.jsonl")) for r in read_shard(f)]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in sorted(found, key=lambda r: r["index"])]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same evaluation as 1 shard (local executor, both models) and 3 shards (debug executor)."""
+    results = tmp_path_factory.mktemp("eval") / "results"
+    one = submit(eval_overrides(results, TASKS, "shards=1", "cluster=local", "wait=true", "run_id=one"))
+    three = submit(eval_overrides(results, TASKS, "shards=3", "cluster=debug", "run_id=three"))
+    return {"results": results, "one": one, "three": three}
+
+
+def test_one_and_three_shards_give_the_identical_table(runs: dict) -> None:
+    one, three = runs["results"] / "one", runs["results"] / "three"
+    assert runs["one"]["result"]["complete"] and runs["three"]["result"]["complete"]
+    assert _rows(one) == _rows(three)
+    for part in ("a/gsm8k", "a/gsm8k_cot_llama", "b/gsm8k", "b/gsm8k_cot_llama"):
+        assert _records(one, part) == _records(three, part), part
+
+
+def test_every_model_task_and_filter_is_in_the_table(runs: dict) -> None:
+    rows = _rows(runs["results"] / "one")
+    assert [(r["model"], r["task"], r["filter"]) for r in rows] == [
+        (model, task, f)
+        for model in ("tiny-llama", "tiny-qwen2")
+        for task in ("gsm8k", "gsm8k_cot_llama")
+        for f in ("strict-match", "flexible-extract")
+    ]
+    assert all(r["n"] == 6 and 0 <= r["accuracy"] <= 1 for r in rows)
+    table = (runs["results"] / "one" / "eval_accuracy.md").read_text()
+    assert "| tiny-llama (a) | gsm8k | strict-match |" in table and "flexible-extract" in table
+    assert (runs["results"] / "one" / "eval_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (runs["results"] / "one" / "eval_accuracy.csv").read_text().startswith("model,key,task,filter,accuracy,stderr")
+
+
+def test_records_hold_prompt_response_answers_and_gold(runs: dict) -> None:
+    cot = _records(runs["results"] / "three", "b/gsm8k_cot_llama")
+    assert [r["index"] for r in cot] == list(range(6))
+    for r in cot:
+        assert set(r["extracted"]) == set(r["correct"]) == {"strict-match", "flexible-extract"}
+        assert r["prompt"].count("<|im_start|>user") == 9, "8 few-shot turns + the question, as a chat"
+        assert r["gold"] == r["target"] and r["model"] == "tiny-qwen2"
+    plain = _records(runs["results"] / "three", "a/gsm8k")
+    assert all(r["prompt"].startswith("Question: ") and r["prompt"].count("Question: ") == 6 for r in plain), "5-shot, no chat"
+    results_json = sorted((runs["results"] / "three" / "eval" / "a" / "gsm8k").glob("shard-*.lm_eval/results-*.json"))
+    assert len(results_json) == 3, "lm-eval's own results beside every shard (chunks of 2 questions)"
+    assert "exact_match,strict-match" in json.loads(results_json[0].read_text())["results"]["gsm8k"]
+
+
+def test_a_rerun_skips_finished_shards_and_resumes_a_partial_one(runs: dict) -> None:
+    run_dir = runs["results"] / "three"
+    again = submit(eval_overrides(runs["results"], TASKS, "shards=3", "cluster=debug", "run_id=three"))
+    assert again["resumed"] and again["submitted"] == []
+    before = _records(run_dir, "b/gsm8k")
+    shard = run_dir / "eval" / "b" / "gsm8k" / "shard-00001-of-00003.jsonl"
+    first_line = shard.read_bytes().split(b"\n")[0] + b"\n"
+    shard.write_bytes(first_line + b'{"index": 3, "task": "gsm8k", "torn')
+    resumed = submit(["run_id=three", f"results_dir={runs['results']}", "cluster=debug"])
+    assert resumed["submitted"] == ["b-gsm8k-shard-00001-of-00003"]
+    assert _records(run_dir, "b/gsm8k") == before
+    assert resumed["result"]["complete"] and _rows(run_dir) == _rows(runs["results"] / "one")
+
+
+def test_status_shows_every_array_task(runs: dict) -> None:
+    status = run_status(Run(runs["results"] / "three"))
+    assert status["state"] == "complete" and status["done"] == status["total"] == 24
+    assert len(status["shards"]) == 12
+    assert "a-gsm8k_cot_llama-shard-00002-of-00003" in format_status(status)
+
+
+def test_an_adapter_folder_is_a_model(tmp_path: Path, results: Path) -> None:
+    """``models.a=<adapter dir>``: a PEFT LoRA adapter on the tiny Llama, loaded on its registered base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(ROOT / "pipeline/assets/tiny/tiny-llama")
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    adapter = tmp_path / "tiny-llama-lora"
+    get_peft_model(base, config).save_pretrained(adapter)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": "tiny-llama"}))
+    info = submit(eval_overrides(results, "tasks=[gsm8k]", "eval.models=[a]", f"models.a={adapter}", "limit=2", "cluster=debug"))
+    assert info["result"]["complete"]
+    rows = info["result"]["rows"]
+    assert {r["model"] for r in rows} == {"tiny-llama-lora"} and all(r["n"] == 2 for r in rows)
+
+
+def test_a_missing_adapter_is_refused_before_anything_is_submitted(results: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(eval_overrides(results, "models.a=/nowhere/adapter"))
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: models.a=/nowhere/adapter: no such model folder")
+    assert list(results.iterdir()) == []
