@@ -65,6 +65,16 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, e
     return sorted(ids)
 
 
+def nf4_config(compute_dtype: torch.dtype):
+    """4-bit NF4 weights through bitsandbytes (QLoRA's format), computing in ``compute_dtype``."""
+    try:
+        import bitsandbytes  # noqa: F401  (fail here, with advice, rather than inside from_pretrained)
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise RuntimeError("4-bit loading needs bitsandbytes: pip install -e '.[gpu]'") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
 def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
     """Applies a PEFT adapter; merged into the weights (plain inference speed) unless the base is 4-bit,
     where merging would round the adapter into the quantised weights."""
@@ -80,14 +90,7 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: t
     dtype = pick_dtype(dtype_name, device)
     kwargs: dict = {"dtype": dtype, "revision": spec.revision} if spec.revision else {"dtype": dtype}
     if spec.load_in_4bit:
-        try:
-            from transformers import BitsAndBytesConfig
-            import bitsandbytes  # noqa: F401  (fail here, with advice, rather than inside from_pretrained)
-        except ImportError:
-            raise RuntimeError(f"{spec.name} is set to load in 4-bit: pip install -e '.[gpu]' (bitsandbytes)") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
+        kwargs["quantization_config"] = nf4_config(dtype)
         kwargs["device_map"] = {"": device}
     tokenizer_location = spec.adapter if spec.adapter and (Path(spec.adapter) / "tokenizer_config.json").is_file() else location
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=spec.revision)

@@ -1,0 +1,253 @@
+"""One train job: ORPO on a LoRA adapter for one model, one process per GPU (DeepSpeed ZeRO if set).
+
+The same callable runs in every task of the job; submitit (local or SLURM) starts one task per GPU and
+the distributed environment comes from it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...).
+Checkpoints every ``train.save_steps`` steps: a requeued or resubmitted job resumes from the last one.
+The finished adapter (and tokenizer) is saved in ``train/<model>/``, with ``training.json`` written last:
+its presence is what makes the job complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import CONFIG_DIR, ConfigError, project_path
+from pipeline.reduce.debate import display_name
+from pipeline.reduce.files import write_atomic
+from pipeline.shards import Unit
+from pipeline.tasks import ShardTask
+from pipeline.train.metrics import MetricsJSONL, read_metrics, rewind_metrics
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "training.json"
+
+
+def train_units(config: dict[str, Any]) -> list[Unit]:
+    """One unit per model to train, named after the model: ``train/<model>/``."""
+    return [Unit(display_name(config["models"][key]), 0, 1, ()) for key in config["train"]["models"]]
+
+
+def train_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
+    """Optimizer steps done / planned, from the metrics file (1/1 once the adapter is saved)."""
+    folder = stage_dir / unit.part
+    if (folder / DONE_FILE).exists():
+        return 1, 1
+    rows = read_metrics(folder / "metrics.jsonl")
+    return (rows[-1]["step"], rows[-1]["max_steps"]) if rows else (0, 1)
+
+
+def deepspeed_config(value: str | None) -> str | None:
+    """``zero2`` / ``zero3`` -> ``configs/deepspeed/<name>.json``; a path stays a path; it must parse as JSON."""
+    if not value:
+        return None
+    path = CONFIG_DIR / "deepspeed" / f"{value}.json" if "/" not in value and not value.endswith(".json") else project_path(value)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "deepspeed").glob("*.json")))
+        raise ConfigError(f"train.deepspeed={value}: no such file; use {names}, or a path to a DeepSpeed JSON config")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"train.deepspeed={value}: {path} does not parse as JSON ({err})") from None
+    if not isinstance(settings, dict) or "zero_optimization" not in settings:
+        raise ConfigError(f"train.deepspeed={value}: {path} has no zero_optimization section")
+    return str(path)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 where the GPU has it, fp16 on older GPUs (V100), fp32 on a CPU. TRL's ORPOConfig turns
+    bf16 on by default, which fails on a V100, so the choice is always explicit."""
+    if name != "auto":
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError(f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bf16; use fp16 or auto")
+        return name
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _distributed(deepspeed: str | None) -> tuple[int, int, int]:
+    """Rank, world size and local rank of this task; exports the torch.distributed environment when the
+    job has several tasks, or DeepSpeed is on (it always initialises a process group)."""
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+        rank, world, local = env.global_rank, env.num_tasks, env.local_rank
+    except (RuntimeError, KeyError, ValueError):
+        rank, world, local = 0, 1, 0
+    if world > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    elif deepspeed:
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("MASTER_PORT", str(29500 + os.getpid() % 1000))})
+    return rank, world, local
+
+
+def _device(local_rank: int, world: int) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
+    if torch.cuda.device_count() < local_world:
+        raise RuntimeError(f"{local_world} processes on this node but only {torch.cuda.device_count()} GPU(s) visible")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _wandb(train: dict[str, Any], folder: Path) -> list[str]:
+    """wandb offline (files in the run folder) unless a key is set, or off. The key stays in the environment."""
+    mode = train["wandb"]
+    if mode == "disabled":
+        return []
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_PROJECT", str(train["wandb_project"]))
+    os.environ["WANDB_DIR"] = str(folder)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return ["wandb"]
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_4bit: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.models.loading import nf4_config, prepare
+
+    location = prepare(spec, cache)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if load_in_4bit:
+        kwargs["quantization_config"] = nf4_config(dtype if precision != "fp32" else torch.float32)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | None,
+                device: torch.device, seed: int, report_to: list[str], world: int = 1, rank: int = 0) -> Any:
+    """TRL's ORPOConfig from the ``train`` config (the benchmark builds its trainer through here too)."""
+    from trl.experimental.orpo import ORPOConfig
+
+    return ORPOConfig(
+        output_dir=output_dir,
+        run_name=run_name,
+        num_train_epochs=float(train["epochs"]),
+        max_steps=int(train["max_steps"]) if train["max_steps"] else -1,
+        per_device_train_batch_size=int(train["per_device_batch_size"]),
+        gradient_accumulation_steps=int(train["gradient_accumulation_steps"]),
+        learning_rate=float(train["learning_rate"]),
+        lr_scheduler_type=str(train["lr_scheduler"]),
+        warmup_steps=float(train["warmup"]),
+        beta=float(train["beta"]),
+        max_length=int(train["max_length"]),
+        logging_steps=int(train["logging_steps"]),
+        save_strategy="steps",
+        save_steps=int(train["save_steps"]),
+        save_total_limit=int(train["save_total_limit"]),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=bool(train["gradient_checkpointing"]),
+        deepspeed=deepspeed,
+        use_cpu=device.type == "cpu",
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if world > 1 else None,
+        disable_tqdm=rank != 0,
+    )
+
+
+def lora_config(train: dict[str, Any]) -> Any:
+    """The PEFT LoRA adapter ORPO trains (the base model stays frozen)."""
+    from peft import LoraConfig
+
+    lora = train["lora"]
+    return LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
+                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
+
+
+def run_train(task: ShardTask) -> dict[str, Any]:
+    """Trains (or resumes, or skips when done) the adapter of the model ``task.unit.part``."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.orpo import ORPOTrainer
+
+    from pipeline.models.registry import load_registry, resolve_model
+    from pipeline.train.pairs import load_pairs
+
+    config = task.config
+    train = config["train"]
+    name = task.unit.part
+    key = next(k for k in train["models"] if display_name(config["models"][k]) == name)
+    folder = task.run.stage_dir("train") / name
+    if (folder / DONE_FILE).exists():
+        log.info("%s: already trained (%s)", name, folder / DONE_FILE)
+        return json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+    torch.set_num_threads(task.threads)
+    deepspeed = deepspeed_config(train["deepspeed"])
+    rank, world, local_rank = _distributed(deepspeed)
+    device = _device(local_rank, world)
+    precision = pick_precision(str(train["precision"]), device)
+    spec = resolve_model(f"models.{key}", config["models"][key], load_registry())
+    model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, bool(train["load_in_4bit"]))
+    dataset, info = load_pairs(config)
+    checkpoints = folder / "checkpoints"
+    last = _latest_checkpoint(checkpoints)
+    if rank == 0:
+        rewind_metrics(folder / "metrics.jsonl", int(last.name.split("-")[-1]) if last else 0)
+    log.info("%s: %d pairs (%d mined), %s, %d process(es), deepspeed %s, resume from %s",
+             name, info["pairs"], info["mined_rejected"], precision, world, train["deepspeed"], last.name if last else "step 0")
+    args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, deepspeed, device, int(config["seed"]),
+                       report_to=_wandb(train, folder), world=world, rank=rank)
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=lora_config(train), callbacks=[MetricsJSONL(folder / "metrics.jsonl")])
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    trainer.save_model(str(folder))
+    summary = {
+        "model": name,
+        "key": key,
+        "base": config["models"][key],
+        "steps": trainer.state.global_step,
+        "resumed_from": int(last.name.split("-")[-1]) if last else 0,
+        "pairs": info["pairs"],
+        "mined_rejected": info["mined_rejected"],
+        "precision": precision,
+        "processes": world,
+        "deepspeed": train["deepspeed"],
+        "load_in_4bit": bool(train["load_in_4bit"]),
+        "train_loss": round(float(result.training_loss), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if trainer.is_world_process_zero():
+        _point_adapter_at_base(folder, config["models"][key])
+        write_atomic(folder / DONE_FILE, json.dumps(summary, indent=2) + "\n")
+    log.info("%s: trained %d steps in %.1f s, adapter in %s", name, summary["steps"], summary["seconds"], folder)
+    return summary
+
+
+def _point_adapter_at_base(folder: Path, base: str) -> None:
+    """The adapter names its base as the config did (a registry name or a folder), so that
+    ``models.a=<run_id>/train/<model>`` loads the base the same way the training did."""
+    path = folder / "adapter_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["base_model_name_or_path"] = base
+    write_atomic(path, json.dumps(settings, indent=2) + "\n")

@@ -1,0 +1,129 @@
+"""Preference pairs for ORPO, in orpo-dpo-mix-40k's conversational format.
+
+Every source becomes rows of ``prompt`` (user messages), ``chosen`` and ``rejected`` (assistant messages):
+- ``gsm8k`` (the offline default): GSM8K training questions under the debate's own solve prompt; chosen
+  is the gold solution, rejected a wrong one: a wrong turn mined from a debate run's shards when one
+  exists for that question, else a deterministic corruption of the gold (its final result moved).
+  Only training-split questions are used, matched by text, so a debate on the test split never leaks in.
+- a local ``.jsonl`` / ``.json`` file, or a hub dataset name (``mlabonne/orpo-dpo-mix-40k``) through
+  ``datasets``: rows with ``chosen`` and ``rejected`` (and ``prompt``, or a prompt implicit in ``chosen``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.answers import extract_answer, normalize_number, same_answer
+from pipeline.config import ConfigError, project_path
+from pipeline.data import load_problems
+from pipeline.shards import read_shard
+
+REQUIRED = ("chosen", "rejected")
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def clean_solution(answer: str) -> str:
+    """A GSM8K solution as a model should write it: calculator annotations removed, ``#### N`` kept."""
+    return _CALC.sub("", answer).strip()
+
+
+def corrupt_solution(solution: str, index: int) -> str:
+    """The gold solution with its final result moved by 1..9 (by the question's index) everywhere it is
+    stated last: in ``#### N`` and in the line before it. Deterministic, and always wrong."""
+    body, _, final = solution.rpartition("####")
+    gold = normalize_number(final.strip()) or final.strip()
+    wrong = str(int(float(gold)) + 1 + index % 9) if re.fullmatch(r"-?\d+(\.\d+)?", gold) else f"{gold}1"
+    lines = body.rstrip().split("\n")
+    if lines and final.strip() in lines[-1]:
+        head, sep, tail = lines[-1].rpartition(final.strip())
+        lines[-1] = head + wrong + tail
+    return "\n".join(lines) + f"\n#### {wrong}"
+
+
+def mined_wrong_answers(run_dir: Path) -> dict[str, str]:
+    """Question text -> the first wrong turn of a debate run (any model), from its shard files."""
+    wrong: dict[str, str] = {}
+    for path in sorted((run_dir / "debate").glob("shard-*.jsonl")):
+        for record in read_shard(path):
+            for turn in record["turns"]:
+                if turn["answer"] is not None and not same_answer(turn["answer"], record["gold"]):
+                    wrong.setdefault(record["question"], turn["text"])
+                    break
+    return wrong
+
+
+def gsm8k_pairs(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Pairs from the GSM8K training split; also returns how many rejected answers were mined."""
+    train = config["train"]
+    data_dir = project_path(config["data"]["path"])
+    problems = load_problems(data_dir / "train.jsonl", train["max_samples"])
+    answers = [json.loads(line)["answer"] for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[: len(problems)]]
+    mined: dict[str, str] = {}
+    if train["mine_from"]:
+        run_dir = project_path(config["results_dir"]) / str(train["mine_from"])
+        if not (run_dir / "debate").is_dir():
+            raise ConfigError(f"train.mine_from={train['mine_from']}: no debate shards under {run_dir}")
+        mined = mined_wrong_answers(run_dir)
+    solve = config["debate"]["prompts"]["solve"]
+    rows, used = [], 0
+    for problem, answer in zip(problems, answers):
+        chosen = clean_solution(answer)
+        rejected = mined.get(problem.question)
+        used += rejected is not None
+        if rejected is None or extract_answer(rejected) is None:
+            rejected = corrupt_solution(chosen, problem.index)
+        rows.append({
+            "prompt": [{"role": "user", "content": solve.format(question=problem.question)}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        })
+    return rows, {"pairs": len(rows), "mined_rejected": used}
+
+
+def check_columns(columns: list[str], where: str) -> None:
+    """orpo-dpo-mix-40k's fields: ``chosen`` and ``rejected`` are required (``prompt`` may be implicit)."""
+    for field in REQUIRED:
+        if field not in columns:
+            raise ConfigError(f"{where}: no '{field}' field; ORPO needs prompt, chosen and rejected (found: {', '.join(columns) or 'nothing'})")
+
+
+def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+    """The training set as a ``datasets.Dataset``, subset to ``train.max_samples`` (seeded shuffle)."""
+    from datasets import Dataset, load_dataset
+
+    train = config["train"]
+    source = str(train["dataset"])
+    if source == "gsm8k":
+        rows, info = gsm8k_pairs(config)
+        return Dataset.from_list(rows), info
+    path = project_path(source)
+    if path.is_file():
+        dataset = load_dataset("json", data_files=str(path), split="train")
+    else:
+        dataset = load_dataset(source, split=train["dataset_split"])
+    check_columns(list(dataset.column_names), f"train.dataset={source}")
+    dataset = dataset.shuffle(seed=int(config["seed"]))
+    if train["max_samples"]:
+        dataset = dataset.select(range(min(len(dataset), int(train["max_samples"]))))
+    return dataset, {"pairs": len(dataset), "mined_rejected": 0}
+
+
+def check_dataset(config: dict[str, Any]) -> None:
+    """Submit-time check of a local dataset file's fields (the first row), so a bad file fails before the job."""
+    source = str(config["train"]["dataset"])
+    path = project_path(source)
+    if source == "gsm8k" or not path.suffix:
+        return
+    if not path.is_file():
+        raise ConfigError(f"train.dataset={source}: no such file")
+    first = path.read_text(encoding="utf-8").lstrip()
+    try:
+        row = json.loads(first.splitlines()[0]) if path.suffix == ".jsonl" else json.loads(first)[0]
+    except (json.JSONDecodeError, IndexError, KeyError, TypeError) as err:
+        raise ConfigError(f"train.dataset={source}: not a JSON/JSONL file of preference rows ({err})") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"train.dataset={source}: rows must be objects with prompt, chosen and rejected")
+    check_columns(list(row), f"train.dataset={source}")
