@@ -193,10 +193,12 @@ def _validate_values(cfg: DictConfig) -> None:
     for key in ("models.a", "models.b"):
         if not isinstance(OmegaConf.select(cfg, key), str) or not OmegaConf.select(cfg, key):
             raise ConfigError(f"{key} is empty: give a registered model name or a model folder")
-    if cfg.stage == "debate":
+    if cfg.stage in ("debate", "all"):
         _validate_debate(cfg)
-    if cfg.stage == "eval":
+    if cfg.stage in ("eval", "all"):
         _validate_eval(cfg)
+    if cfg.stage in ("train", "all"):
+        _validate_train(cfg)
     data_file = project_path(cfg.data.path) / f"{cfg.data.split}.jsonl"
     if not data_file.is_file():
         raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
@@ -247,6 +249,37 @@ def _validate_eval(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.{key}={cfg.eval[key]}: must be true, false or null (null: the task's own)")
     for task in tasks:
         run_options(task, {k: cfg.eval[k] for k in ("apply_chat_template", "fewshot_as_multiturn")})
+
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+
+
+def _validate_train(cfg: DictConfig) -> None:
+    models = list(cfg.train.models)
+    if not models or any(m not in ("a", "b") for m in models) or len(set(models)) != len(models):
+        raise ConfigError(f"train.models={models}: list a and/or b (the models of the pair), each once")
+    if not str(cfg.train.dataset or "").strip():
+        raise ConfigError("train.dataset is empty: use gsm8k, a .jsonl/.json file, or a hub dataset name")
+    for key in ("per_device_batch_size", "gradient_accumulation_steps", "save_steps", "save_total_limit", "logging_steps"):
+        _require_int(cfg, f"train.{key}", 1)
+    _require_int(cfg, "train.max_length", 16)
+    _require_int(cfg, "train.max_samples", 1, nullable=True)
+    _require_int(cfg, "train.max_steps", 1, nullable=True)
+    _require_int(cfg, "train.lora.r", 1)
+    _require_int(cfg, "train.lora.alpha", 1)
+    for key, low in (("epochs", 0.0), ("beta", 0.0), ("learning_rate", 0.0)):
+        value = cfg.train[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= low:
+            raise ConfigError(f"train.{key}={value}: must be a number > {low:g}")
+    if not 0 <= cfg.train.lora.dropout < 1:
+        raise ConfigError(f"train.lora.dropout={cfg.train.lora.dropout}: must be in [0, 1)")
+    if not 0 <= cfg.train.warmup:
+        raise ConfigError(f"train.warmup={cfg.train.warmup}: must be >= 0 (a fraction of the steps below 1, or a step count)")
+    if not list(cfg.train.lora.target_modules):
+        raise ConfigError("train.lora.target_modules is empty: name the layers LoRA adapts, e.g. [q_proj, v_proj]")
+    _require_choice(cfg, "train.precision", PRECISIONS)
+    _require_choice(cfg, "train.wandb", WANDB_MODES)
 
 
 def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:

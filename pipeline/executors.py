@@ -57,7 +57,7 @@ class Launcher:
         self.run = run
         self.kind = cfg.cluster.kind
 
-    def _executor(self, name: str, timeout_min: int) -> submitit.AutoExecutor:
+    def _executor(self, name: str, timeout_min: int, processes: int = 1) -> submitit.AutoExecutor:
         c = self.cfg.cluster
         extra = {"slurm_max_num_timeout": int(c.max_requeues)} if self.kind == "slurm" else {}
         executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind, **extra)
@@ -66,6 +66,7 @@ class Launcher:
             params.update(
                 cpus_per_task=int(c.cpus_per_task),
                 nodes=int(c.nodes),
+                tasks_per_node=processes,
                 gpus_per_node=int(c.gpus_per_node) or None,
                 mem_gb=c.mem_gb,
                 slurm_partition=c.partition,
@@ -76,50 +77,92 @@ class Launcher:
                 slurm_signal_delay_s=int(c.signal_delay_s),
                 slurm_additional_parameters=OmegaConf.to_container(c.additional) or None,
             )
+        elif self.kind == "local" and processes > 1:
+            params.update(tasks_per_node=processes, gpus_per_node=processes)
         executor.update_parameters(**params)
         return executor
 
+    def processes(self, per_gpu: bool) -> int:
+        """Processes per job: one per GPU for a per-GPU stage (train), else one."""
+        if not per_gpu or self.kind == "debug":
+            return 1
+        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        return max(1, int(gpus))
+
+    def _depend(self, executor: submitit.AutoExecutor, after: Sequence[submitit.Job]) -> None:
+        """SLURM: start after every given job has ended, whatever its outcome (afterany)."""
+        if self.kind != "slurm" or not after:
+            return
+        ids = sorted({j.job_id.split("_")[0] for j in after})
+        extra = dict(OmegaConf.to_container(self.cfg.cluster.additional) or {})
+        extra["dependency"] = "afterany:" + ":".join(ids)
+        executor.update_parameters(slurm_additional_parameters=extra)
+
+    def _pids(self, jobs: Sequence[submitit.Job]) -> list[int] | None:
+        return [int(j.job_id) for j in jobs] if self.kind == "local" else None
+
     def submit(
         self,
-        stage: str,
-        shard_fn: Callable[[ShardTask], dict[str, Any]],
+        where: str,
+        task_fn: Callable[[ShardTask], dict[str, Any]],
         tasks: Sequence[ShardTask],
-        reduce_fn: Callable[[str], dict[str, Any]],
+        reduce_fn: Callable[[str, str], dict[str, Any]],
+        *,
+        per_gpu: bool = False,
+        after: Sequence[submitit.Job] = (),
     ) -> tuple[list[submitit.Job], submitit.Job]:
-        """The shard array, then the reducer after it; returns the jobs and records them in launch/."""
-        name = job_name(stage, self.run.run_id)
-        local_slots = int(self.cfg.cluster.array_parallelism) if self.kind == "local" else None
+        """The stage's array, then its reducer; both after ``after`` (the previous step of a chain).
+
+        Returns the jobs and records them in launch/. A per-GPU stage (train) runs one process per GPU in
+        each job; on the local executor its jobs run one after the other (each takes every GPU).
+        """
+        name = job_name(where, self.run.run_id)
+        processes = self.processes(per_gpu)
         jobs: list[submitit.Job] = []
         if tasks:
-            executor = self._executor(name, int(self.cfg.cluster.timeout_min))
-            with _scheduler_refusal("shard array"):
-                jobs = executor.map_array(ShardJob(shard_fn, local_slots), list(tasks))
+            executor = self._executor(name, int(self.cfg.cluster.timeout_min), processes)
+            self._depend(executor, after)
+            with _scheduler_refusal(f"{where} array"):
+                if per_gpu and self.kind == "local":
+                    for task in tasks:
+                        jobs.append(executor.submit(ShardJob(task_fn, None, self._pids([*after, *jobs])), task))
+                else:
+                    slots = int(self.cfg.cluster.array_parallelism) if self.kind == "local" else None
+                    jobs = executor.map_array(ShardJob(task_fn, slots, self._pids(after)), list(tasks))
         # On the local executor the reducer waits for the shards inside its own job: give it their limit.
         reduce_limit = self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min
         reducer = self._executor(f"{name}-reduce", int(reduce_limit))
-        if self.kind == "slurm" and jobs:
-            array_id = jobs[0].job_id.split("_")[0]
-            extra = dict(OmegaConf.to_container(self.cfg.cluster.additional) or {})
-            extra["dependency"] = f"afterany:{array_id}"
-            reducer.update_parameters(slurm_additional_parameters=extra)
+        self._depend(reducer, jobs or after)
         if self.kind == "debug":
             for job in jobs:
                 _debug_run(job)
-        wait_pids = [int(j.job_id) for j in jobs] if self.kind == "local" else None
         try:
-            with _scheduler_refusal("reduce job"):
-                reduce_job = reducer.submit(ReduceJob(reduce_fn, wait_pids), str(self.run.root))
+            with _scheduler_refusal(f"{where} reduce job"):
+                reduce_job = reducer.submit(ReduceJob(reduce_fn, self._pids([*after, *jobs])), str(self.run.root), where)
         except SubmissionRefused:
             if self.kind == "slurm" and jobs:
                 subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
             raise
-        self._record(stage, name, tasks, jobs, reduce_job)
+        self._record(where, name, tasks, jobs, reduce_job)
         return jobs, reduce_job
 
-    def _record(self, stage: str, name: str, tasks: Sequence[ShardTask], jobs: Sequence[submitit.Job], reduce_job: submitit.Job) -> None:
+    def submit_summary(self, fn: Callable[[str, str], dict[str, Any]], after: Sequence[submitit.Job]) -> submitit.Job:
+        """The last job of a chain: after everything, whatever its outcome."""
+        executor = self._executor(job_name("summary", self.run.run_id), int(self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min))
+        self._depend(executor, after)
+        with _scheduler_refusal("summary job"):
+            job = executor.submit(ReduceJob(fn, self._pids(after)), str(self.run.root), "all")
+        self._record("summary", job_name("summary", self.run.run_id), [], [], job)
+        return job
+
+    def _record(self, where: str, name: str, tasks: Sequence[ShardTask], jobs: Sequence[submitit.Job], reduce_job: submitit.Job) -> None:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "stage": stage,
+            "stage": where,
             "cluster": self.kind,
             "name": name,
             "shards": {t.unit.label: j.job_id for t, j in zip(tasks, jobs)},

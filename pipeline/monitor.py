@@ -17,7 +17,7 @@ from pipeline.config import project_path
 from pipeline.executors import submissions
 from pipeline.runs import Run
 from pipeline.shards import read_shard
-from pipeline.stages import STAGES
+from pipeline.stages import CHAIN, STAGES
 from pipeline.tasks import process_alive
 
 
@@ -44,31 +44,37 @@ def _local_state(job_id: str) -> str:
 
 
 def run_status(run: Run) -> dict[str, Any]:
-    """Per array task: job id, scheduler state, records done / expected; and the run's overall state."""
+    """Per array task of every step: job id, scheduler state, work done / planned; and the overall state."""
     config = run.saved_config_container()
-    stage = STAGES[config["stage"]]
-    subs = [sub for sub in submissions(run) if sub["stage"] == stage.name]
-    latest: dict[str, str] = {}
-    reduce_job = None
+    steps = CHAIN if config["stage"] == "all" else ((config["stage"], config["stage"]),)
+    subs = submissions(run)
+    latest: dict[tuple[str, str], str] = {}
+    reducers: dict[str, str] = {}
     for sub in subs:
-        latest.update(sub["shards"])
-        reduce_job = sub["reduce"]
+        latest.update({(sub["stage"], label): job for label, job in sub["shards"].items()})
+        reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
-    ids = [*latest.values(), *([reduce_job] if reduce_job else [])]
+    ids = [*latest.values(), *reducers.values()]
     states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j) for j in ids}
-    rows = []
-    for unit in stage.units(config):
-        done = len(read_shard(unit.path(run.stage_dir(stage.name))))
-        job = latest.get(unit.label)
-        rows.append({"label": unit.label, "part": unit.part, "shard": unit.shard, "job": job,
-                     "state": states.get(job, "-") if job else "-", "done": done, "total": len(unit.indices)})
+    rows, tables = [], []
+    for where, kind in steps:
+        stage = STAGES[kind]
+        tables.append(run.root / stage.table_file(where))
+        for unit in stage.units(run.stage_config(where)):
+            done, total = stage.progress(run.stage_dir(where), unit)
+            job = latest.get((where, unit.label))
+            label = unit.label if len(steps) == 1 else f"{where}/{unit.label}"
+            rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": job,
+                         "state": states.get(job, "-") if job else "-", "done": done, "total": total})
     done, total = sum(r["done"] for r in rows), sum(r["total"] for r in rows)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
-    overall = "complete" if done == total and (run.root / stage.table).exists() else ("running" if active else "incomplete")
+    final = run.root / "README.md" if config["stage"] == "all" else tables[-1]
+    overall = "complete" if done == total and final.exists() else ("running" if active else "incomplete")
+    reduce_job = reducers.get("summary") or reducers.get(steps[-1][0])
     return {
         "run_id": run.run_id,
-        "stage": stage.name,
-        "what": stage.what,
+        "stage": config["stage"],
+        "what": STAGES[steps[-1][1]].what if len(steps) == 1 else "units of work",
         "cluster": cluster,
         "shards": rows,
         "reduce": {"job": reduce_job, "state": states.get(reduce_job, "-") if reduce_job else "-"},

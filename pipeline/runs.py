@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import ConfigError, project_path, to_yaml
 
 # Settings that decide a run's results: a resubmission with other values would mix two experiments.
-RESULT_KEYS = ("stage", "data", "limit", "shards", "seed", "models", "debate", "tasks", "eval")
+STAGE_CONFIG = "stage.yaml"
+RESULT_KEYS = ("stage", "data", "limit", "shards", "seed", "models", "debate", "tasks", "eval", "train")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class Run:
     def saved_config_container(self) -> dict[str, Any]:
         """The config the run was created with, as plain data (what tasks and reducers read)."""
         return OmegaConf.to_container(self.saved_config(), resolve=True)
+
+    def stage_config(self, where: str) -> dict[str, Any]:
+        """The config one stage of the run was submitted with: ``<where>/stage.yaml`` when a chain
+        (``stage=all``) gave the stage its own settings, else the run's config."""
+        path = self.stage_dir(where) / STAGE_CONFIG
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else self.saved_config_container()
 
 
 def new_run_id() -> str:

@@ -49,8 +49,12 @@ class Unit:
 
     @property
     def label(self) -> str:
-        where = f"{self.part.replace('/', '-')}-" if self.part else ""
-        return f"{where}shard-{self.shard:05d}-of-{self.shards:05d}"
+        """How the unit reads in logs and status: ``a-gsm8k-shard-00001-of-00003``; a part alone when it is
+        not sharded (``tiny-llama`` of the train stage)."""
+        where = self.part.replace("/", "-")
+        if where and self.shards == 1 and not self.indices:
+            return where
+        return f"{where}-shard-{self.shard:05d}-of-{self.shards:05d}" if where else f"shard-{self.shard:05d}-of-{self.shards:05d}"
 
 
 def _parse_lines(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:

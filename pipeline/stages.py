@@ -1,35 +1,54 @@
-"""The sharded stages of the suite, by name: what their array is, what a shard runs, what merges them.
+"""The stages of the suite, by name: what their array is, what a task runs, what merges the results.
 
 The submitter, the status command and ``stage=all`` see a stage only through this table, so a stage is
-added in one place.
+added in one place. A stage runs in a folder of the run (``where``): its own name, except in a
+``stage=all`` chain, where the eval stage runs twice (``eval`` and ``eval_finetuned``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.debate.shard import debate_units, run_debate_shard
 from pipeline.harness.shard import eval_units, run_eval_shard
 from pipeline.reduce.debate import reduce_debate
 from pipeline.reduce.eval import reduce_eval
-from pipeline.shards import Unit
+from pipeline.reduce.train import reduce_train
+from pipeline.shards import Unit, read_shard
 from pipeline.tasks import ShardTask
+from pipeline.train.job import run_train, train_progress, train_units
+
+
+def records_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
+    """A sharded stage's progress: records in the shard file / records the shard owns."""
+    return len(read_shard(unit.path(stage_dir))), len(unit.indices)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A sharded stage: its units (array items), the shard callable, the reducer and its main table."""
+    """A stage: its units (array items), the task callable, the reducer and its main table."""
 
     name: str
     units: Callable[[dict[str, Any]], list[Unit]]
-    run_shard: Callable[[ShardTask], dict[str, Any]]
-    reduce: Callable[[str], dict[str, Any]]
+    run_task: Callable[[ShardTask], dict[str, Any]]
+    reduce: Callable[[str, str], dict[str, Any]]
     table: str
     what: str
+    progress: Callable[[Path, Unit], tuple[int, int]] = records_progress
+    # One process per GPU (the train stage); the sharded stages run one process per array task.
+    per_gpu: bool = False
+
+    def table_file(self, where: str) -> str:
+        return self.table.format(where=where)
 
 
 STAGES: dict[str, Stage] = {
-    "debate": Stage("debate", debate_units, run_debate_shard, reduce_debate, "debate_accuracy.md", "problems"),
-    "eval": Stage("eval", eval_units, run_eval_shard, reduce_eval, "eval_accuracy.md", "samples"),
+    "debate": Stage("debate", debate_units, run_debate_shard, reduce_debate, "{where}_accuracy.md", "problems"),
+    "eval": Stage("eval", eval_units, run_eval_shard, reduce_eval, "{where}_accuracy.md", "samples"),
+    "train": Stage("train", train_units, run_train, reduce_train, "{where}_summary.md", "steps", train_progress, per_gpu=True),
 }
+
+# stage=all: (folder, stage) in order; each step starts after the one before it has ended.
+CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("debate", "debate"))

@@ -1,42 +1,52 @@
-"""``jobs/submit.py``: config -> checks -> run folder -> shard array + reducer -> what to watch.
+"""``jobs/submit.py``: config -> checks -> run folder -> stage array(s) + reducer(s) -> what to watch.
 
 Everything that can be wrong with the input is checked here, before anything is submitted: config values,
-data, shard count, model names and folders. Models that must be converted (GGUF from PyPI wheels) are
-converted here once, so array tasks never race to build the same cache folder.
+data, shard count, model names and folders, the training set's fields, the DeepSpeed config, the GPUs.
+Models that must be converted (GGUF from PyPI wheels) are converted here once, so array tasks never race
+to build the same cache folder. ``stage=all`` submits the whole chain at once, each step after the one
+before it (SLURM ``afterany`` dependencies; on the local executor each job waits for the earlier ones).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError, load_config, project_path
+from pipeline.config import ConfigError, load_config, project_path, to_yaml
 from pipeline.data import load_problems
 from pipeline.executors import Launcher, job_name
 from pipeline.models.loading import prepare
 from pipeline.models.registry import check_available, load_registry, resolve_model
-from pipeline.runs import adopt_saved, open_run
-from pipeline.shards import ShardCorruptError, read_shard
-from pipeline.stages import STAGES, Stage
+from pipeline.reduce.debate import display_name
+from pipeline.reduce.files import write_atomic
+from pipeline.reduce.summary import write_run_readme
+from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, open_run
+from pipeline.shards import ShardCorruptError
+from pipeline.stages import CHAIN, STAGES, Stage
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger("gsm8k-slurm")
 
 
-def _model_keys(cfg: DictConfig) -> list[str]:
-    """The models a stage loads: both for a debate, those of ``eval.models`` for eval."""
-    return list(cfg.eval.models) if cfg.stage == "eval" else ["a", "b"]
+def _model_keys(config: dict[str, Any]) -> list[str]:
+    """The models a stage loads: both for a debate, ``eval.models`` / ``train.models`` otherwise."""
+    if config["stage"] in ("eval", "train"):
+        return list(config[config["stage"]]["models"])
+    return ["a", "b"]
 
 
-def _check_models(cfg: DictConfig) -> None:
+def _check_models(config: dict[str, Any], keys: Sequence[str]) -> None:
     registry = load_registry()
-    cache = project_path(cfg.paths.model_cache)
-    for key in _model_keys(cfg):
-        spec = resolve_model(f"models.{key}", cfg.models[key], registry)
+    cache = project_path(config["paths"]["model_cache"])
+    for key in keys:
+        spec = resolve_model(f"models.{key}", config["models"][key], registry, config["results_dir"])
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
             prepare(spec, cache)
@@ -53,63 +63,136 @@ def _check_data(cfg: DictConfig) -> int:
     return total
 
 
-def plan(stage: Stage, cfg: DictConfig, run_root: str) -> list[ShardTask]:
+def _check_training(cfg: DictConfig) -> None:
+    """The training set's fields, the DeepSpeed config, and GPUs: what would otherwise fail inside the job."""
+    from pipeline.train.job import deepspeed_config
+    from pipeline.train.pairs import check_dataset
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_dataset(config)
+    deepspeed = deepspeed_config(cfg.train.deepspeed)
+    if deepspeed and cfg.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
+        raise ConfigError("train.load_in_4bit=true with ZeRO-3: 4-bit weights cannot be partitioned; use train.deepspeed=zero2 or null")
+    names = [display_name(cfg.models[k]) for k in cfg.train.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.models: both models are {names[0]}; their adapters would share train/{names[0]}/")
+    _check_gpus(cfg)
+
+
+def _check_gpus(cfg: DictConfig) -> None:
+    """More GPUs asked than a node has: local, against this machine; SLURM, against the partition's GRES."""
+    wanted = OmegaConf.select(cfg, "cluster.gpus_per_node")
+    if cfg.cluster.kind == "local" and wanted:
+        import torch
+
+        have = torch.cuda.device_count()
+        if wanted > have:
+            raise ConfigError(f"cluster.gpus_per_node={wanted}: this machine has {have} GPU(s)")
+    if cfg.cluster.kind == "slurm" and wanted and shutil.which("sinfo"):
+        args = ["sinfo", "-h", "-o", "%G"] + (["-p", str(cfg.cluster.partition)] if cfg.cluster.partition else [])
+        gres = subprocess.run(args, capture_output=True, text=True).stdout.split()
+        counts = [int(g.split(":")[-1].split("(")[0]) for g in gres if g.startswith("gpu") and g.split(":")[-1].split("(")[0].isdigit()]
+        if max(counts, default=0) < wanted:
+            where = f"partition {cfg.cluster.partition}" if cfg.cluster.partition else "the default partition"
+            raise ConfigError(f"cluster.gpus_per_node={wanted}: the nodes of {where} have at most {max(counts, default=0)} GPU(s) (sinfo %G: {' '.join(gres) or 'none'})")
+
+
+def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[ShardTask]:
     """The stage's units that still have work: a resubmission of a run only sends those."""
-    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    tasks = [ShardTask(run_root=run_root, stage=stage.name, unit=unit, config=config) for unit in stage.units(config)]
-    return [t for t in tasks if len(read_shard(t.path)) < len(t.unit.indices)]
+    tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config) for unit in stage.units(config)]
+    pending = []
+    for task in tasks:
+        try:
+            done, total = stage.progress(run.stage_dir(where), task.unit)
+        except ShardCorruptError as err:
+            raise ConfigError(str(err)) from None
+        if done < total or total == 0:
+            pending.append(task)
+    return pending
+
+
+def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, dict[str, Any]]]:
+    """``stage=all``: each step's config. The fine-tuned eval and the debate take the adapters the train
+    step writes (``<run>/train/<model>``) in place of the models it trains."""
+    steps = []
+    tuned = {key: str(run.stage_dir("train") / display_name(config["models"][key])) for key in config["train"]["models"]}
+    for where, kind in CHAIN:
+        step = {**config, "stage": kind}
+        if where in ("eval_finetuned", "debate"):
+            step["models"] = {**config["models"], **tuned}
+        steps.append((where, STAGES[kind], step))
+    return steps
 
 
 def submit(overrides: Sequence[str]) -> dict[str, Any]:
-    """Validates, submits, and (with wait=true) waits for the reducer. Returns what the user is told."""
+    """Validates, submits, and (with wait=true) waits for the last reducer. Returns what the user is told."""
     cfg = load_config(list(overrides))
     adopt_saved(cfg, {o.lstrip("+").split("=", 1)[0].split(".", 1)[0] for o in overrides})
     total = _check_data(cfg)
-    _check_models(cfg)
-    stage = STAGES[cfg.stage]
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.stage == "all":
+        _check_models(config, sorted({"a", "b"}))
+    else:
+        _check_models(config, _model_keys(config))
+    if cfg.stage in ("train", "all"):
+        _check_training(cfg)
     run, resumed = open_run(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
     launcher = Launcher(cfg, run)
-    try:
-        tasks = plan(stage, cfg, str(run.root))
-    except ShardCorruptError as err:
-        raise ConfigError(str(err)) from None
-    jobs, reduce_job = launcher.submit(stage.name, stage.run_shard, tasks, stage.reduce)
-    info = {
-        "run_id": run.run_id,
-        "run_dir": str(run.root),
-        "resumed": resumed,
-        "stage": stage.name,
-        "problems": total,
-        "shards": cfg.shards,
-        "units": len(stage.units(OmegaConf.to_container(cfg, resolve=True))),
-        "submitted": [t.unit.label for t in tasks],
-        "submitted_shards": [t.unit.shard for t in tasks],
-        "shard_jobs": [j.job_id for j in jobs],
-        "reduce_job": reduce_job.job_id,
-        "name": job_name(stage.name, run.run_id),
-        "cluster": cfg.cluster.kind,
-        "table": f"{run.root}/{stage.table}",
-    }
-    _announce(info, run.stage_dir(stage.name))
+    steps = chain_configs(config, run) if cfg.stage == "all" else [(cfg.stage, STAGES[cfg.stage], config)]
+    after: list[Any] = []
+    submitted: list[dict[str, Any]] = []
+    for where, stage, step_config in steps:
+        if cfg.stage == "all":
+            write_atomic(run.stage_dir(where) / STAGE_CONFIG, to_yaml(step_config))
+        tasks = plan(stage, step_config, run, where)
+        jobs, reduce_job = launcher.submit(where, stage.run_task, tasks, stage.reduce, per_gpu=stage.per_gpu, after=after)
+        submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job})
+        after = [*jobs, reduce_job]
+    final = submitted[-1]["reduce"]
+    if cfg.stage == "all":
+        final = launcher.submit_summary(write_run_readme, after)
+    info = _info(cfg, run, resumed, total, submitted, final)
+    _announce(info)
     if cfg.wait or cfg.cluster.kind == "debug":
-        result = reduce_job.result()
+        result = final.result()
         info["result"] = result
         print(result["table"], flush=True)
     return info
 
 
-def _announce(info: dict[str, Any], shard_dir: Any) -> None:
-    resumed = " (resumed: only unfinished shards)" if info["resumed"] else ""
-    lines = [
-        f"run {info['run_id']}{resumed}: {info['stage']}, {info['problems']} problems in {info['shards']} shard(s)"
-        f" ({info['units']} array tasks), cluster={info['cluster']}",
-        f"  shard jobs ({len(info['shard_jobs'])}): {', '.join(info['shard_jobs']) or 'none, all shards are complete'}",
-        f"  reduce job: {info['reduce_job']} (runs after the shards, whatever their outcome)",
-        f"  shards: {shard_dir}/**/shard-*.jsonl",
-        f"  tables: {info['table']} (.csv, .json, .png)",
-        f"  watch:  python jobs/status.py {info['run_id']}"
-        + (f"   |   squeue -n {info['name']}" if info["cluster"] == "slurm" else ""),
-    ]
+def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[dict[str, Any]], final: Any) -> dict[str, Any]:
+    last = submitted[-1]
+    tasks = [t for s in submitted for t in s["tasks"]]
+    return {
+        "run_id": run.run_id,
+        "run_dir": str(run.root),
+        "resumed": resumed,
+        "stage": cfg.stage,
+        "problems": total,
+        "shards": cfg.shards,
+        "steps": [{"where": s["where"], "jobs": [j.job_id for j in s["jobs"]], "reduce": s["reduce"].job_id,
+                   "submitted": [t.unit.label for t in s["tasks"]], "table": f"{run.root}/{s['stage'].table_file(s['where'])}"}
+                  for s in submitted],
+        "submitted": [t.unit.label for t in tasks],
+        "submitted_shards": [t.unit.shard for t in last["tasks"]],
+        "shard_jobs": [j.job_id for s in submitted for j in s["jobs"]],
+        "reduce_job": final.job_id,
+        "name": job_name(cfg.stage if cfg.stage != "all" else last["where"], run.run_id),
+        "cluster": cfg.cluster.kind,
+    }
+
+
+def _announce(info: dict[str, Any]) -> None:
+    resumed = " (resumed: only unfinished work)" if info["resumed"] else ""
+    lines = [f"run {info['run_id']}{resumed}: stage={info['stage']}, {info['problems']} problems, {info['shards']} shard(s), cluster={info['cluster']}"]
+    for step in info["steps"]:
+        jobs = ", ".join(step["jobs"]) or "none, all done"
+        lines.append(f"  {step['where']:<15} jobs ({len(step['jobs'])}): {jobs}; reduce {step['reduce']} -> {step['table']}")
+    lines.append(f"  watch:  python jobs/status.py {info['run_id']}"
+                 + (f"   |   squeue -n {info['name']}" if info["cluster"] == "slurm" else ""))
+    if info["stage"] == "all":
+        lines.append(f"  all tables and plots: {info['run_dir']}/README.md (written last)")
     print("\n".join(lines), flush=True)
 
 
@@ -117,6 +200,7 @@ def main(argv: Sequence[str]) -> int:
     """Entry point: one line and exit 2 on bad input, no traceback, nothing submitted."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels package" on every import
     try:
         info = submit(argv)
     except ConfigError as err:

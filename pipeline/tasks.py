@@ -106,14 +106,19 @@ class _Slot:
 
 
 class ShardJob(submitit.helpers.Checkpointable):
-    """The array item's callable: ``fn(task)``, under a local slot when the executor has no throttle."""
+    """The array item's callable: ``fn(task)``, under a local slot when the executor has no throttle, and
+    after the given local processes (the previous step of a chain) have ended."""
 
-    def __init__(self, fn: Callable[[ShardTask], dict[str, Any]], local_slots: int | None = None) -> None:
+    def __init__(self, fn: Callable[[ShardTask], dict[str, Any]], local_slots: int | None = None, wait_pids: list[int] | None = None) -> None:
         self.fn = fn
         self.local_slots = local_slots
+        self.wait_pids = wait_pids or []
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         setup_task_logging(task.run, task.label)
+        if self.wait_pids:
+            log.info("waiting for %d earlier processes to end", len(self.wait_pids))
+            _wait_for_pids(self.wait_pids)
         with _logged_failure(task.label):
             if self.local_slots is None:
                 return self.fn(task)
@@ -141,16 +146,17 @@ def process_alive(pid: int) -> bool:
 
 
 class ReduceJob(submitit.helpers.Checkpointable):
-    """The reducer's callable: ``fn(run_root)``, after the given local processes have ended."""
+    """The reducer's callable: ``fn(run_root, where)``, after the given local processes have ended."""
 
-    def __init__(self, fn: Callable[[str], dict[str, Any]], wait_pids: list[int] | None = None) -> None:
+    def __init__(self, fn: Callable[[str, str], dict[str, Any]], wait_pids: list[int] | None = None) -> None:
         self.fn = fn
         self.wait_pids = wait_pids or []
 
-    def __call__(self, run_root: str) -> dict[str, Any]:
-        setup_task_logging(Run(Path(run_root)), "reduce")
+    def __call__(self, run_root: str, where: str) -> dict[str, Any]:
+        label = f"reduce-{where}"
+        setup_task_logging(Run(Path(run_root)), label)
         if self.wait_pids:
-            log.info("waiting for %d shard processes to end", len(self.wait_pids))
+            log.info("waiting for %d processes to end", len(self.wait_pids))
             _wait_for_pids(self.wait_pids)
-        with _logged_failure("reduce"):
-            return self.fn(run_root)
+        with _logged_failure(label):
+            return self.fn(run_root, where)

@@ -100,8 +100,8 @@ def test_a_failed_shard_is_reported_and_a_resubmit_completes_it(tmp_path: Path) 
     with ShardWriter(shard):
         info = submit(slurm_overrides(results, "limit=8", "shards=4", "run_id=fail4"))
         wait_for_run(results / "fail4", info["name"])
-    reduce_log = (results / "fail4" / "logs" / "reduce.log").read_text()
-    assert "shard 2: missing (0/2 problems)" in reduce_log
+    reduce_log = (results / "fail4" / "logs" / "reduce-debate.log").read_text()
+    assert "shard-00002-of-00004: missing (0/2 problems)" in reduce_log
     md = (results / "fail4" / "debate_accuracy.md").read_text()
     assert "PARTIAL: 6 of 8 problems" in md and "python jobs/submit.py stage=debate run_id=fail4" in md
     assert "being written by another process" in (results / "fail4" / "logs" / "debate-shard-00002-of-00004.log").read_text()

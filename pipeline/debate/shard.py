@@ -49,7 +49,7 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
             registry = load_registry()
             cache = project_path(cfg["paths"]["model_cache"])
             models = {
-                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry), cache, cfg["models"]["dtype"], device)
+                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], device)
                 for key in ("a", "b")
             }
             engine = DebateEngine(models, DebateSettings.from_config(cfg["debate"], cfg["seed"]))

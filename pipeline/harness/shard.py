@@ -51,7 +51,7 @@ def _harness_model(config: dict[str, Any], key: str, threads: int) -> Any:
     from pipeline.models.registry import load_registry, resolve_model
 
     torch.set_num_threads(threads)
-    spec = resolve_model(f"models.{key}", config["models"][key], load_registry())
+    spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
     device = pick_device()
     loaded = load_chat_model(spec, project_path(config["paths"]["model_cache"]), config["models"]["dtype"], device)
     batch = config["eval"]["batch_size"]

@@ -58,11 +58,14 @@ def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
     return specs
 
 
-def resolve_model(key: str, value: str, registry: Mapping[str, ModelSpec]) -> ModelSpec:
-    """``models.a=<value>``: a registered name, else a local model folder; anything else is a clear error."""
+def resolve_model(key: str, value: str, registry: Mapping[str, ModelSpec], results_dir: str | Path | None = None) -> ModelSpec:
+    """``models.a=<value>``: a registered name, else a local model or adapter folder (a path, or a path inside
+    the results folder such as ``<run_id>/train/<model>``); anything else is a clear error."""
     if value in registry:
         return registry[value]
     folder = project_path(value)
+    if not folder.exists() and results_dir is not None and (project_path(results_dir) / value).is_dir():
+        folder = project_path(results_dir) / value
     if folder.is_file():
         raise ConfigError(f"{key}={value}: is a file; give a model folder (with config.json) or a registered name")
     if folder.is_dir():

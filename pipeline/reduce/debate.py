@@ -181,11 +181,11 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
     return "\n".join(out) + "\n\n"
 
 
-def reduce_debate(run_root: str) -> dict[str, Any]:
+def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
     run = Run(Path(run_root))
-    config = dict(run.saved_config_container())
-    by_part, checks = collect(run.stage_dir("debate"), debate_units(config))
+    config = run.stage_config(where)
+    by_part, checks = collect(run.stage_dir(where), debate_units(config))
     records = by_part.get("", [])
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:
@@ -194,7 +194,7 @@ def reduce_debate(run_root: str) -> dict[str, Any]:
         "run_id": run.run_id,
         "complete": not incomplete,
         "shards": [c.as_dict() for c in checks],
-        "resume": f"python jobs/submit.py stage=debate run_id={run.run_id}" if incomplete else None,
+        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
     }
     if not records:
         result["table"] = f"run {run.run_id}: no finished problems yet; resume with: {result['resume']}\n"

@@ -57,9 +57,10 @@ def summarize(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any]) 
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck]) -> str:
+def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], where: str = "eval") -> str:
     done, expected = sum(c.done for c in checks), sum(c.expected for c in checks)
-    lines = [f"# GSM8K with lm-evaluation-harness: run {run_id}", ""]
+    title = "GSM8K, fine-tuned models," if where != "eval" else "GSM8K"
+    lines = [f"# {title} with lm-evaluation-harness: run {run_id}", ""]
     if done < expected:
         lines += [f"**PARTIAL: {done} of {expected} questions; the numbers below cover only those.**", ""]
     lines += [
@@ -112,11 +113,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def reduce_eval(run_root: str) -> dict[str, Any]:
-    """Writes ``eval_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial."""
+def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
+    """Writes ``<where>_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial.
+    ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
-    config = dict(run.saved_config_container())
-    by_part, checks = collect(run.stage_dir("eval"), eval_units(config))
+    config = run.stage_config(where)
+    by_part, checks = collect(run.stage_dir(where), eval_units(config))
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:
         log.warning("%s: %s (%d/%d questions)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
@@ -124,19 +126,19 @@ def reduce_eval(run_root: str) -> dict[str, Any]:
         "run_id": run.run_id,
         "complete": not incomplete,
         "shards": [c.as_dict() for c in checks],
-        "resume": f"python jobs/submit.py stage=eval run_id={run.run_id}" if incomplete else None,
+        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
     }
     rows = summarize(by_part, config)
     if not rows:
         result["table"] = f"run {run.run_id}: no finished questions yet; resume with: {result['resume']}\n"
         return result
-    table = markdown(rows, run.run_id, checks)
+    table = markdown(rows, run.run_id, checks, where)
     if incomplete:
         table += incomplete_note(checks, result["resume"])
-    write_atomic(run.root / "eval_accuracy.json", json.dumps({"rows": rows, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
-    write_atomic(run.root / "eval_accuracy.csv", _csv(rows))
-    write_atomic(run.root / "eval_accuracy.md", table)
-    plot(rows, run.root / "eval_accuracy.png")
+    write_atomic(run.root / f"{where}_accuracy.json", json.dumps({"rows": rows, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
+    write_atomic(run.root / f"{where}_accuracy.csv", _csv(rows))
+    write_atomic(run.root / f"{where}_accuracy.md", table)
+    plot(rows, run.root / f"{where}_accuracy.png")
     result["table"] = table
     result["rows"] = rows
     log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])

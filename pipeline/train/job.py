@@ -206,7 +206,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     rank, world, local_rank = _distributed(deepspeed)
     device = _device(local_rank, world)
     precision = pick_precision(str(train["precision"]), device)
-    spec = resolve_model(f"models.{key}", config["models"][key], load_registry())
+    spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
     model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, bool(train["load_in_4bit"]))
     dataset, info = load_pairs(config)
     checkpoints = folder / "checkpoints"

@@ -112,7 +112,11 @@ def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
 
 
 def check_dataset(config: dict[str, Any]) -> None:
-    """Submit-time check of a local dataset file's fields (the first row), so a bad file fails before the job."""
+    """Submit-time check of a local dataset file's fields (the first row), so a bad file fails before the job,
+    and of the debate run that rejected answers are mined from."""
+    mine_from = config["train"]["mine_from"]
+    if mine_from and not (project_path(config["results_dir"]) / str(mine_from) / "debate").is_dir():
+        raise ConfigError(f"train.mine_from={mine_from}: no debate shards under {project_path(config['results_dir']) / str(mine_from)}")
     source = str(config["train"]["dataset"])
     path = project_path(source)
     if source == "gsm8k" or not path.suffix:

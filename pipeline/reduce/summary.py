@@ -1,0 +1,37 @@
+"""The last job of ``stage=all``: one ``results/<run_id>/README.md`` holding every table and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.reduce.files import write_atomic
+from pipeline.runs import Run
+from pipeline.stages import CHAIN, STAGES
+
+PLOTS = {"eval": ("eval_accuracy.png",), "train": ("train_curves.png",),
+         "eval_finetuned": ("eval_finetuned_accuracy.png",), "debate": ("debate_accuracy_per_round.png",)}
+TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fine-tuning",
+          "eval_finetuned": "3. Fine-tuned models (lm-evaluation-harness)", "debate": "4. Debate of the fine-tuned models"}
+
+
+def write_run_readme(run_root: str, where: str = "all") -> dict[str, Any]:
+    """Collects each step's table (and its PNGs) into the run's README; says which steps have no table."""
+    run = Run(Path(run_root))
+    parts = [f"# Run {run.run_id}: eval -> train -> eval fine-tuned -> debate", "",
+             f"Config: [config.yaml](config.yaml). Status: `python jobs/status.py {run.run_id}`.", ""]
+    missing = []
+    for step, kind in CHAIN:
+        table = run.root / STAGES[kind].table_file(step)
+        parts += [f"## {TITLES[step]}", ""]
+        if not table.exists():
+            missing.append(step)
+            parts += [f"No table: the {step} step did not finish (see logs/).", ""]
+            continue
+        body = table.read_text(encoding="utf-8").split("\n", 1)[1].strip()
+        parts += [body, ""]
+        parts += [f"![{png}]({png})\n" for png in PLOTS[step] if (run.root / png).exists()]
+    text = "\n".join(parts)
+    write_atomic(run.root / "README.md", text)
+    resume = f"python jobs/submit.py stage=all run_id={run.run_id}" if missing else None
+    return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "table": text}
