@@ -14,7 +14,7 @@ runs the same step under DeepSpeed ZeRO-2 (the GPU smoke run of the training ste
         --steps 3 --warmup 1 --out /tmp/train-tiny.json
 
 Counting (per token of a sequence of length s; N = weights of the base's matrix products, lm_head included,
-embeddings excluded; N_lora = the adapter's weights; L layers, d = heads x head_dim):
+embeddings excluded; N_lora = the adapter's weights; L layers, d = the hidden size, heads x head_dim):
 
 * model FLOPs = 4 N (forward 2 N, backward 2 N for the input gradients only: the base is frozen, so it has no
   weight gradients) + 6 N_lora (forward, input and weight gradients) + 12 L s d for attention (forward: QK^T and
@@ -25,7 +25,7 @@ embeddings excluded; N_lora = the adapter's weights; L layers, d = heads x head_
 MFU and HFU are those rates over the GPU's dense fp16/bf16 peak (989.4 TFLOP/s for an H100/H200 SXM, 756 for an
 H100 PCIe; ``--peak-tflops`` for another). tokens/s = timed steps x batch x 2 (chosen and rejected) x s, over the
 wall time from the first timed step's start to the last one's end (logging and data loading between steps
-included). A 8192^3 matrix product in the same dtype is timed first, as the ceiling this GPU reaches here.
+included). An 8192^3 matrix product in the same dtype is timed first, as the ceiling this GPU reaches here.
 """
 
 from __future__ import annotations
@@ -245,6 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"tokenized sequences have lengths {sorted(lengths)}, not {seq}")
         n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
+    if torch.distributed.is_initialized():  # DeepSpeed's process group
+        torch.distributed.destroy_process_group()
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     timed_begins, timed_ends = timer.begins[args.warmup:], timer.ends[args.warmup:]

@@ -11,7 +11,7 @@ from pipeline.submit import main
 from tests.conftest import run_submit
 
 CASES = [
-    (["stage=debat"], "unknown stage 'debat'; valid choices: debate, eval"),
+    (["stage=debat"], "unknown stage 'debat'; valid choices: all, debate, eval, train"),
     (["models=huge"], "unknown models 'huge'; valid choices: small, tiny, v100"),
     (["cluster=k8s"], "unknown cluster 'k8s'; valid choices: debug, local, slurm"),
     (["shard=2"], "unknown key 'shard'; valid keys here: cluster, data, debate, "),

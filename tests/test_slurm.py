@@ -146,7 +146,7 @@ def test_time_limit_reached_requeues_and_completes(tmp_path: Path) -> None:
 def test_unknown_partition_is_slurms_refusal_on_one_line(results: Path) -> None:
     done = run_submit(*slurm_overrides(results, "limit=4", "shards=2", "cluster.partition=nosuchpart"), timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("error: SLURM refused the shard array: ")
+    assert done.stderr.strip().startswith("error: SLURM refused the debate array: ")
     assert "invalid partition" in done.stderr.lower()
     assert done.stderr.strip().count("\n") == 0
 
@@ -178,3 +178,27 @@ def test_eval_array_runs_models_x_tasks_x_shards(tmp_path: Path) -> None:
     rows = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((results / "evalslurm" / "eval_accuracy.json").read_text())["rows"]]
     again = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((debug / "evalslurm" / "eval_accuracy.json").read_text())["rows"]]
     assert rows == again and len(rows) == 4
+
+
+def test_stage_all_runs_the_chain_with_dependencies(tmp_path: Path) -> None:
+    """eval -> train -> eval fine-tuned -> debate -> README on SLURM: each step held by afterany on the last."""
+    results = tmp_path / "results"
+    info = submit(["stage=all", "models=tiny", f"results_dir={results}", "run_id=chain", "limit=4", "shards=2",
+                   "eval.batch_size=4", "eval.max_gen_toks=32", "train.max_samples=8", "train.max_steps=2",
+                   "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=256",
+                   "train.wandb=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
+                   "cluster=slurm", "cluster.cpus_per_task=1", "cluster.timeout_min=15"])
+    train_job = info["steps"][1]["jobs"][0].split("_")[0]
+    shown = subprocess.run(["scontrol", "show", "job", train_job], capture_output=True, text=True).stdout
+    assert "Dependency=afterany:" in shown or "Dependency=(null)" in shown, shown
+    names = [f"gsm8k-{where}-chain" for where in ("eval", "train", "eval_finetuned", "debate", "summary")]
+    wait_until("the chain", lambda: (kick_requeued(names), not any(squeue(n) or squeue(f"{n}-reduce") for n in names))[1], timeout=600)
+    readme = (results / "chain" / "README.md").read_text()
+    assert "4. Debate of the fine-tuned models" in readme and "No table" not in readme, readme
+    assert run_status(Run(results / "chain"))["state"] == "complete"
+
+
+def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
+    done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
+    assert done.returncode == 2
+    assert "cluster.gpus_per_node=2: the nodes of the default partition have at most 0 GPU(s)" in done.stderr, done.stderr
