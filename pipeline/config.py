@@ -189,6 +189,7 @@ def _validate_values(cfg: DictConfig) -> None:
     _require_int(cfg, "cluster.array_parallelism", 1)
     _require_int(cfg, "cluster.cpus_per_task", 1, nullable=cfg.cluster.kind != "slurm")
     _require_int(cfg, "cluster.timeout_min", 1)
+    _require_int(cfg, "cluster.tasks_per_node", 1, nullable=True)
     _require_choice(cfg, "models.dtype", DTYPES)
     for key in ("models.a", "models.b"):
         if not isinstance(OmegaConf.select(cfg, key), str) or not OmegaConf.select(cfg, key):

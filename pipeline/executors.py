@@ -78,14 +78,18 @@ class Launcher:
                 slurm_additional_parameters=OmegaConf.to_container(c.additional) or None,
             )
         elif self.kind == "local" and processes > 1:
-            params.update(tasks_per_node=processes, gpus_per_node=processes)
+            params.update(tasks_per_node=processes)
+            if OmegaConf.select(self.cfg, "cluster.gpus_per_node"):
+                params.update(gpus_per_node=int(c.gpus_per_node))
         executor.update_parameters(**params)
         return executor
 
     def processes(self, per_gpu: bool) -> int:
-        """Processes per job: one per GPU for a per-GPU stage (train), else one."""
+        """Processes per job: for a per-GPU stage (train), ``cluster.tasks_per_node`` or one per GPU; else one."""
         if not per_gpu or self.kind == "debug":
             return 1
+        if OmegaConf.select(self.cfg, "cluster.tasks_per_node"):
+            return int(self.cfg.cluster.tasks_per_node)
         gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
         if gpus is None:
             import torch

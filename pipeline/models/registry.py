@@ -62,7 +62,10 @@ def resolve_model(key: str, value: str, registry: Mapping[str, ModelSpec], resul
     """``models.a=<value>``: a registered name, else a local model or adapter folder (a path, or a path inside
     the results folder such as ``<run_id>/train/<model>``); anything else is a clear error."""
     if value in registry:
-        return registry[value]
+        spec = registry[value]
+        if spec.source == "local" and (project_path(spec.path or "") / "adapter_config.json").is_file():
+            return _adapter_spec(key, project_path(spec.path or ""), registry)
+        return spec
     folder = project_path(value)
     if not folder.exists() and results_dir is not None and (project_path(results_dir) / value).is_dir():
         folder = project_path(results_dir) / value
