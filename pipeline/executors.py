@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import time
 from typing import Any, Callable, Sequence
@@ -77,12 +78,23 @@ class Launcher:
                 slurm_signal_delay_s=int(c.signal_delay_s),
                 slurm_additional_parameters=OmegaConf.to_container(c.additional) or None,
             )
-        elif self.kind == "local" and processes > 1:
-            params.update(tasks_per_node=processes)
-            if OmegaConf.select(self.cfg, "cluster.gpus_per_node"):
-                params.update(gpus_per_node=int(c.gpus_per_node))
+        elif self.kind == "local":
+            # submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for some.
+            params.update(tasks_per_node=processes, gpus_per_node=self._local_gpus())
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            if visible and all(part.strip().isdigit() for part in visible.split(",")):
+                params.update(visible_gpus=tuple(int(part) for part in visible.split(",")))
         executor.update_parameters(**params)
         return executor
+
+    def _local_gpus(self) -> int:
+        """GPUs a local job sees: ``cluster.gpus_per_node``, or every GPU of this machine."""
+        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        return int(gpus)
 
     def processes(self, per_gpu: bool) -> int:
         """Processes per job: for a per-GPU stage (train), ``cluster.tasks_per_node`` or one per GPU; else one."""
@@ -90,12 +102,8 @@ class Launcher:
             return 1
         if OmegaConf.select(self.cfg, "cluster.tasks_per_node"):
             return int(self.cfg.cluster.tasks_per_node)
-        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
-        if gpus is None:
-            import torch
-
-            gpus = torch.cuda.device_count()
-        return max(1, int(gpus))
+        gpus = self._local_gpus() if self.kind == "local" else int(self.cfg.cluster.gpus_per_node)
+        return max(1, gpus)
 
     def _depend(self, executor: submitit.AutoExecutor, after: Sequence[submitit.Job]) -> None:
         """SLURM: start after every given job has ended, whatever its outcome (afterany)."""

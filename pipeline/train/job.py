@@ -231,6 +231,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "pairs": info["pairs"],
         "mined_rejected": info["mined_rejected"],
         "precision": precision,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "processes": world,
         "deepspeed": train["deepspeed"],
         "load_in_4bit": bool(train["load_in_4bit"]),
