@@ -6,6 +6,7 @@ reuses the folder, and only the settings that change results must match the firs
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -92,9 +93,14 @@ def open_run(cfg: DictConfig) -> tuple[Run, bool]:
     if existed:
         _check_resume(cfg, run.saved_config(), run)
     else:
-        for folder in (run.root, run.launch_dir, run.logs_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        run.config_path.write_text(to_yaml(cfg), encoding="utf-8")
+        try:
+            for folder in (run.root, run.launch_dir, run.logs_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            run.config_path.write_text(to_yaml(cfg), encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"results_dir={cfg.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
+    if not os.access(run.root, os.W_OK):
+        raise ConfigError(f"results_dir={cfg.results_dir}: the run folder {run.root} is read-only")
     return run, existed
 
 

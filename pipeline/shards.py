@@ -26,6 +26,25 @@ class ShardBusyError(RuntimeError):
     """Another process holds the shard's lock: the same shard is already running."""
 
 
+class ShardWriteError(OSError):
+    """A record could not be written (disk full, read-only folder); the shard keeps its complete records."""
+
+
+def shard_in_use(path: Path) -> bool:
+    """Whether a live process holds the shard's lock, i.e. the shard is being written right now."""
+    lock = Path(f"{path}.lock")
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def shard_name(index: int, count: int) -> str:
     """``shard-00003-of-00008.jsonl``: sorts well and says how many shards the run has."""
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
@@ -100,8 +119,11 @@ class ShardWriter:
         self._fd: int | None = None
 
     def __enter__(self) -> "ShardWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise ShardWriteError(err.errno, f"{self.path}: cannot open the shard for writing ({err.strerror})") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -127,8 +149,17 @@ class ShardWriter:
         if int(record["index"]) in self._done:
             raise RuntimeError(f"{self.path}: question {record['index']} is already recorded")
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        os.write(self._fd, line)
-        os.fsync(self._fd)
+        size = os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, line) != len(line):
+                raise OSError(28, "short write (no space left on device?)")
+            os.fsync(self._fd)
+        except OSError as err:
+            os.ftruncate(self._fd, size)  # never leave part of a line: the file ends with its last complete record
+            raise ShardWriteError(
+                err.errno, f"{self.path}: cannot write record {record['index']} ({err.strerror}); the shard keeps its "
+                f"{len(self.records)} complete records: free the space or fix the folder, then resubmit to resume"
+            ) from None
         self.records.append(record)
         self._done.add(int(record["index"]))
 

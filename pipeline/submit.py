@@ -29,7 +29,8 @@ from pipeline.reduce.files import write_atomic
 from pipeline.reduce.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, open_run
 from pipeline.shards import ShardCorruptError
-from pipeline.stages import CHAIN, STAGES, Stage
+from pipeline.reduce.collect import check_files
+from pipeline.stages import CHAIN, STAGES, Stage, records_progress
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger("gsm8k-slurm")
@@ -99,7 +100,13 @@ def _check_gpus(cfg: DictConfig) -> None:
 
 def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[ShardTask]:
     """The stage's units that still have work: a resubmission of a run only sends those."""
-    tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config) for unit in stage.units(config)]
+    units = stage.units(config)
+    if stage.progress is records_progress:
+        try:
+            check_files(run.stage_dir(where), units)
+        except (ValueError, ShardCorruptError) as err:
+            raise ConfigError(str(err)) from None
+    tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config) for unit in units]
     pending = []
     for task in tasks:
         try:

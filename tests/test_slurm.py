@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -112,16 +114,26 @@ def test_a_failed_shard_is_reported_and_a_resubmit_completes_it(tmp_path: Path) 
     assert run_status(Run(results / "fail4"))["state"] == "complete"
 
 
-def test_a_job_requeued_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+def test_a_job_requeued_twice_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    info = submit(slurm_overrides(results, "limit=12", "shards=1", "run_id=requeue", "debate.batch_size=2"))
+    info = submit(slurm_overrides(results, "limit=48", "shards=1", "run_id=requeue", "debate.batch_size=1"))
     shard = results / "requeue" / "debate" / "shard-00000-of-00001.jsonl"
-    wait_until("two records", lambda: shard.exists() and len(read_shard(shard)) >= 2, timeout=300, every=0.2)
-    subprocess.run(["scontrol", "requeue", info["shard_jobs"][0]], check=True)
-    wait_until("the requeue", lambda: any("PENDING" in line for line in squeue(info["name"])), timeout=60, every=0.5)
+    seen = 1
+    for _ in range(2):
+        def running_with_new_records() -> bool:
+            kick_requeued([info["name"]])
+            job = info["shard_jobs"][0].split("_")[0]
+            running = any(line.startswith(job) and " RUNNING " in f" {line} " for line in squeue(info["name"]))
+            return running and shard.exists() and len(read_shard(shard)) > seen
+        wait_until("the job running and writing", running_with_new_records, timeout=300, every=0.1)
+        seen = len(read_shard(shard))
+        assert seen < 48, "the job finished before it could be requeued"
+        done = subprocess.run(["scontrol", "requeue", info["shard_jobs"][0]], capture_output=True, text=True)
+        assert done.returncode == 0, (done.stderr, squeue(info["name"]))
+        wait_until("the requeue", lambda: any("PENDING" in line for line in squeue(info["name"])), timeout=60, every=0.5)
     wait_for_run(results / "requeue", info["name"])
     indices = [r["index"] for r in read_shard(shard)]
-    assert sorted(indices) == list(range(12)), "no duplicate and no lost record"
+    assert sorted(indices) == list(range(48)), "no duplicate and no lost record"
     sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", info["shard_jobs"][0].split("_")[0], "-o", "State"],
                            capture_output=True, text=True).stdout
     assert "REQUEUED" in sacct and "COMPLETED" in sacct
@@ -202,3 +214,21 @@ def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
     done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
     assert done.returncode == 2
     assert "cluster.gpus_per_node=2: the nodes of the default partition have at most 0 GPU(s)" in done.stderr, done.stderr
+
+
+def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> None:
+    """slurmd stopped and started again mid-array: the running steps live on (slurmstepd), the rest start after."""
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=16", "shards=8", "run_id=restart", "cluster.array_parallelism=4"))
+    wait_until("a running shard", lambda: any(" RUNNING " in f" {line} " for line in squeue(info["name"])), timeout=120, every=0.2)
+    state_dir = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm-local"))
+    pid = int((state_dir / "slurmd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_until("slurmd to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60, every=0.2)
+    cpus = re.search(r"CPUTot=(\d+)", subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout).group(1)
+    script = Path(__file__).resolve().parent.parent / "slurm" / "start-local-cluster.sh"
+    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus}, check=True, capture_output=True, timeout=300)
+    wait_for_run(results / "restart", info["name"])
+    records = [r for p in sorted((results / "restart" / "debate").glob("*.jsonl")) for r in read_shard(p)]
+    assert sorted(r["index"] for r in records) == list(range(16)), "no duplicate and no lost record"
+    assert run_status(Run(results / "restart"))["state"] == "complete"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.shards import ShardCorruptError, Unit, read_shard
+from pipeline.shards import ShardCorruptError, Unit, read_shard, shard_in_use
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ShardCheck:
     unit: Unit
     done: int
     error: str | None = None
+    running: bool = False
 
     @property
     def expected(self) -> int:
@@ -28,6 +29,8 @@ class ShardCheck:
 
     @property
     def state(self) -> str:
+        if self.running:
+            return "running"
         if self.error:
             return "corrupt"
         return "complete" if self.done == self.expected else ("missing" if self.done == 0 else "partial")
@@ -43,6 +46,9 @@ def collect(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str
     checks: list[ShardCheck] = []
     for unit in units:
         path = unit.path(stage_dir)
+        if shard_in_use(path):
+            checks.append(ShardCheck(unit, len(read_shard(path)), running=True))
+            continue
         try:
             found = read_shard(path)
         except ShardCorruptError as err:
@@ -51,12 +57,44 @@ def collect(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str
         expected = set(unit.indices)
         stray = [r["index"] for r in found if r["index"] not in expected]
         if stray:
-            raise ValueError(f"{path}: holds record {stray[0]}, which is not in shard {unit.shard} of {unit.shards}")
+            raise ValueError(f"{path}: holds record {stray[0]}, which is not in shard {unit.shard} of {unit.shards} (a shard of another run?)")
         if len({r["index"] for r in found}) != len(found):
             raise ValueError(f"{path}: a record is written twice")
         records.setdefault(unit.part, []).extend(found)
         checks.append(ShardCheck(unit, len(found)))
     return {part: sorted(rs, key=lambda r: r["index"]) for part, rs in records.items()}, checks
+
+
+def stray_files(stage_dir: Path, units: list[Unit]) -> list[Path]:
+    """Shard files in the stage's folders that no unit of this run owns: another shard count's, or files
+    copied in from elsewhere. Merging around them would silently drop or mix records."""
+    owned = {unit.path(stage_dir) for unit in units}
+    folders = {unit.path(stage_dir).parent for unit in units}
+    return sorted(p for folder in folders for p in folder.glob("shard-*.jsonl") if p not in owned)
+
+
+def check_files(stage_dir: Path, units: list[Unit]) -> None:
+    """Raises ValueError naming the first shard file that is not this run's: a file of another shard
+    count in the folder, or a file whose records belong to other shards."""
+    stray = stray_files(stage_dir, units)
+    if stray:
+        count = units[0].shards if units else 0
+        raise ValueError(f"{stray[0]}: a shard file of another shard count or run (this run has {count} shards per part); move it away")
+    collect(stage_dir, units)
+
+
+def gather(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], str | None]:
+    """What a reducer reads: records and checks, or the reason to merge nothing now (shards still being
+    written, or shard files that are not this run's)."""
+    try:
+        check_files(stage_dir, units)
+    except ValueError as err:
+        return {}, [], str(err)
+    records, checks = collect(stage_dir, units)
+    running = [c.unit.label for c in checks if c.running]
+    if running:
+        return records, checks, f"shards still running: {', '.join(running)}; nothing merged (rerun the reducer when they end)"
+    return records, checks, None
 
 
 def incomplete_note(checks: list[ShardCheck], resume: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from pipeline.answers import same_answer
 from pipeline.config import project_path
 from pipeline.debate.shard import debate_units
-from pipeline.reduce.collect import ShardCheck, collect, incomplete_note
+from pipeline.reduce.collect import ShardCheck, gather, incomplete_note
 from pipeline.reduce.files import append_once, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
@@ -185,7 +185,11 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks = collect(run.stage_dir(where), debate_units(config))
+    by_part, checks, refused = gather(run.stage_dir(where), debate_units(config))
+    if refused:
+        log.error("%s", refused)
+        return {"run_id": run.run_id, "complete": False, "refused": refused, "shards": [c.as_dict() for c in checks],
+                "resume": None, "table": f"run {run.run_id}: {refused}\n"}
     records = by_part.get("", [])
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:

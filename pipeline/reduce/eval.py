@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.harness.shard import eval_units
-from pipeline.reduce.collect import ShardCheck, collect, incomplete_note
+from pipeline.reduce.collect import ShardCheck, gather, incomplete_note
 from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import write_atomic
 from pipeline.reduce.stats import wilson_interval
@@ -118,7 +118,11 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks = collect(run.stage_dir(where), eval_units(config))
+    by_part, checks, refused = gather(run.stage_dir(where), eval_units(config))
+    if refused:
+        log.error("%s", refused)
+        return {"run_id": run.run_id, "complete": False, "refused": refused, "shards": [c.as_dict() for c in checks],
+                "resume": None, "table": f"run {run.run_id}: {refused}\n"}
     incomplete = [c for c in checks if c.state != "complete"]
     for c in incomplete:
         log.warning("%s: %s (%d/%d questions)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
