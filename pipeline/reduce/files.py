@@ -8,9 +8,19 @@ from pathlib import Path
 from typing import Callable
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """A writer killed between writing its temporary file and the rename leaves ``.<name>.<pid>.tmp``;
+    the next writer removes those whose process is gone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -4]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file beside the target, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     with open(tmp, "wb") as handle:
