@@ -16,7 +16,6 @@ from typing import Any
 from pipeline.config import project_path
 from pipeline.executors import submissions
 from pipeline.runs import Run
-from pipeline.shards import read_shard
 from pipeline.stages import CHAIN, STAGES
 from pipeline.tasks import process_alive
 

@@ -4,7 +4,6 @@ read-only folder, and secrets in the environment."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from pathlib import Path

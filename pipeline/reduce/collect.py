@@ -7,11 +7,14 @@ another shard count) or a record written twice is an error naming the file.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.shards import ShardCorruptError, Unit, read_shard, shard_in_use
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,23 @@ def incomplete_note(checks: list[ShardCheck], resume: str) -> str:
     bad = [c for c in checks if c.state != "complete"]
     shown = ", ".join(f"{c.unit.label} ({c.state}, {c.done}/{c.expected})" for c in bad)
     return f"\nIncomplete shards: {shown}.\nResume with: {resume}\n"
+
+
+def begin_reduce(run: Any, where: str, units: list[Unit], noun: str) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], dict[str, Any]]:
+    """The start every sharded reducer shares: records, checks, and the result it returns. The result holds
+    a ``table`` already when there is nothing to merge now (shards still running, files not the run's)."""
+    by_part, checks, refused = gather(run.stage_dir(where), units)
+    incomplete = [c for c in checks if c.state != "complete"]
+    result: dict[str, Any] = {
+        "run_id": run.run_id,
+        "complete": not refused and not incomplete,
+        "shards": [c.as_dict() for c in checks],
+        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
+    }
+    if refused:
+        log.error("%s", refused)
+        result.update(refused=refused, table=f"run {run.run_id}: {refused}\n")
+        return by_part, checks, result
+    for c in incomplete:
+        log.warning("%s: %s (%d/%d %s)%s", c.unit.label, c.state, c.done, c.expected, noun, f": {c.error}" if c.error else "")
+    return by_part, checks, result

@@ -18,8 +18,8 @@ from typing import Any, Iterable
 from pipeline.answers import same_answer
 from pipeline.config import project_path
 from pipeline.debate.shard import debate_units
-from pipeline.reduce.collect import ShardCheck, gather, incomplete_note
-from pipeline.reduce.files import append_once, write_atomic
+from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
+from pipeline.reduce.files import append_once, save_figure, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
 
@@ -160,10 +160,7 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{summary['models']['a']} vs {summary['models']['b']}, n={summary['n']}")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
@@ -185,21 +182,11 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks, refused = gather(run.stage_dir(where), debate_units(config))
-    if refused:
-        log.error("%s", refused)
-        return {"run_id": run.run_id, "complete": False, "refused": refused, "shards": [c.as_dict() for c in checks],
-                "resume": None, "table": f"run {run.run_id}: {refused}\n"}
+    by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems")
+    if "table" in result:
+        return result
     records = by_part.get("", [])
-    incomplete = [c for c in checks if c.state != "complete"]
-    for c in incomplete:
-        log.warning("%s: %s (%d/%d problems)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
-    result: dict[str, Any] = {
-        "run_id": run.run_id,
-        "complete": not incomplete,
-        "shards": [c.as_dict() for c in checks],
-        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
-    }
+    incomplete = not result["complete"]
     if not records:
         result["table"] = f"run {run.run_id}: no finished problems yet; resume with: {result['resume']}\n"
         return result

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.harness.shard import eval_units
-from pipeline.reduce.collect import ShardCheck, gather, incomplete_note
+from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
 from pipeline.reduce.debate import display_name
-from pipeline.reduce.files import write_atomic
+from pipeline.reduce.files import save_figure, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
 
@@ -107,10 +107,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
@@ -118,20 +115,10 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks, refused = gather(run.stage_dir(where), eval_units(config))
-    if refused:
-        log.error("%s", refused)
-        return {"run_id": run.run_id, "complete": False, "refused": refused, "shards": [c.as_dict() for c in checks],
-                "resume": None, "table": f"run {run.run_id}: {refused}\n"}
-    incomplete = [c for c in checks if c.state != "complete"]
-    for c in incomplete:
-        log.warning("%s: %s (%d/%d questions)%s", c.unit.label, c.state, c.done, c.expected, f": {c.error}" if c.error else "")
-    result: dict[str, Any] = {
-        "run_id": run.run_id,
-        "complete": not incomplete,
-        "shards": [c.as_dict() for c in checks],
-        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
-    }
+    by_part, checks, result = begin_reduce(run, where, eval_units(config), "questions")
+    if "table" in result:
+        return result
+    incomplete = not result["complete"]
     rows = summarize(by_part, config)
     if not rows:
         result["table"] = f"run {run.run_id}: no finished questions yet; resume with: {result['resume']}\n"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -48,3 +49,13 @@ def append_once(path: Path, marker: str, block: Callable[[], str]) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as PNG, written atomically, and closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.reduce.files import write_atomic
+from pipeline.reduce.files import save_figure, write_atomic
 from pipeline.runs import Run
 from pipeline.train.job import DONE_FILE, train_units
 from pipeline.train.metrics import read_metrics
@@ -38,10 +37,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
