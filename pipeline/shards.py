@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -124,12 +125,10 @@ class ShardWriter:
             self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as err:
             raise ShardWriteError(err.errno, f"{self.path}: cannot open the shard for writing ({err.strerror})") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._lock(attempts=20):
             os.close(self._lock_fd)
             self._lock_fd = None
-            raise ShardBusyError(f"{self.path} is being written by another process") from None
+            raise ShardBusyError(f"{self.path} is being written by another process")
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
         data = self.path.read_bytes()
         self.records, valid = _parse_lines(self.path, data)
@@ -138,6 +137,18 @@ class ShardWriter:
             os.ftruncate(self._fd, valid)
             os.fsync(self._fd)
         return self
+
+    def _lock(self, attempts: int) -> bool:
+        """The exclusive lock, retried for about a second: a reducer's ``shard_in_use`` check holds a shared
+        lock for an instant, which must not make a starting shard give up."""
+        for attempt in range(attempts):
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if attempt + 1 < attempts:
+                    time.sleep(0.05)
+        return False
 
     def done_indices(self) -> set[int]:
         return set(self._done)

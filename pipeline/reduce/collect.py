@@ -76,24 +76,23 @@ def stray_files(stage_dir: Path, units: list[Unit]) -> list[Path]:
     return sorted(p for folder in folders for p in folder.glob("shard-*.jsonl") if p not in owned)
 
 
-def check_files(stage_dir: Path, units: list[Unit]) -> None:
-    """Raises ValueError naming the first shard file that is not this run's: a file of another shard
-    count in the folder, or a file whose records belong to other shards."""
+def check_files(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
+    """Records and checks, after making sure every shard file is this run's: raises ValueError naming the
+    first file of another shard count in the folder, or whose records belong to other shards."""
     stray = stray_files(stage_dir, units)
     if stray:
         count = units[0].shards if units else 0
         raise ValueError(f"{stray[0]}: a shard file of another shard count or run (this run has {count} shards per part); move it away")
-    collect(stage_dir, units)
+    return collect(stage_dir, units)
 
 
 def gather(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], str | None]:
     """What a reducer reads: records and checks, or the reason to merge nothing now (shards still being
     written, or shard files that are not this run's)."""
     try:
-        check_files(stage_dir, units)
+        records, checks = check_files(stage_dir, units)
     except ValueError as err:
         return {}, [], str(err)
-    records, checks = collect(stage_dir, units)
     running = [c.unit.label for c in checks if c.running]
     if running:
         return records, checks, f"shards still running: {', '.join(running)}; nothing merged (rerun the reducer when they end)"

@@ -19,7 +19,7 @@ from pipeline.answers import same_answer
 from pipeline.config import project_path
 from pipeline.debate.shard import debate_units
 from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
-from pipeline.reduce.files import append_once, save_figure, write_atomic
+from pipeline.reduce.files import BLOCK_END, BLOCK_START, append_block_once, save_figure, write_atomic
 from pipeline.reduce.stats import wilson_interval
 from pipeline.runs import Run
 
@@ -166,7 +166,7 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """The run's transcripts as text: question, discussion, final answer, correct."""
     models = {key: display_name(config["models"][key]) for key in ("a", "b")}
-    out = [f"==== run {run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    out = [f"{BLOCK_START}{run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     for r in records:
         verdict = "correct" if r["correct"] else "wrong"
         agreed = f"agreed after {r['rounds']} round(s)" if r["agreed"] else f"no agreement in {r['rounds']} round(s)"
@@ -174,7 +174,7 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
         for t in r["turns"]:
             out.append(f"[round {t['round']}] {t['model']} ({t['name']}), answer {t['answer']}:")
             out.append(t["text"])
-    out.append(f"==== end of run {run_id}")
+    out.append(f"{BLOCK_END}{run_id}")
     return "\n".join(out) + "\n\n"
 
 
@@ -200,9 +200,7 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     plot_rounds(summary, run.root / "debate_accuracy_per_round.png")
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
-        result["transcripts_appended"] = append_once(
-            log_path, f"==== run {run.run_id} |", lambda: transcript_block(run.run_id, records, config)
-        )
+        result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))
     result["table"] = table
     log.info("reduced %d records of run %s (complete: %s)", len(records), run.run_id, result["complete"])
     return result

@@ -31,20 +31,38 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def append_once(path: Path, marker: str, block: Callable[[], str]) -> bool:
-    """Appends ``block()`` to ``path`` unless a line starting with ``marker`` is already there.
+BLOCK_START = "==== run "
+BLOCK_END = "==== end of run "
 
-    The check and the append happen under an exclusive lock, and the block goes out in one write, so two
-    reducers racing, or one run twice, append it exactly once. Returns whether it appended.
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def append_block_once(path: Path, run_id: str, block: Callable[[], str]) -> bool:
+    """Appends a run's block (``==== run <id> |`` ... ``==== end of run <id>``) to the log unless it is there
+    complete. Returns whether it appended.
+
+    Under an exclusive lock: a last block without its end line (a writer killed mid-append) is cut off first,
+    as a shard drops its torn last line; a run counts as logged only with its end line. So a kill at any
+    point leaves the log as it was or with the whole block, and two reducers racing append it once.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with open(path, encoding="utf-8", errors="replace") as existing:
-            if any(line.startswith(marker) for line in existing):
-                return False
-        os.write(fd, block().encode("utf-8"))
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        if any(line == f"{BLOCK_END}{run_id}" for line in lines):
+            return False
+        found = data.rfind(f"\n{BLOCK_START}".encode())
+        last = found + 1 if found >= 0 else (0 if data.startswith(BLOCK_START.encode()) else None)
+        if last is not None and f"\n{BLOCK_END}".encode() not in data[last:]:
+            os.ftruncate(fd, last)  # a torn block: the run it belongs to appends it again, whole
+            data = data[:last]
+        os.lseek(fd, 0, os.SEEK_END)
+        _write_all(fd, (b"" if not data or data.endswith(b"\n") else b"\n") + block().encode("utf-8"))
         os.fsync(fd)
         return True
     finally:
