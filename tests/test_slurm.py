@@ -232,3 +232,18 @@ def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> N
     records = [r for p in sorted((results / "restart" / "debate").glob("*.jsonl")) for r in read_shard(p)]
     assert sorted(r["index"] for r in records) == list(range(16)), "no duplicate and no lost record"
     assert run_status(Run(results / "restart"))["state"] == "complete"
+
+
+def test_a_reducer_started_while_the_array_runs_says_so_and_merges_nothing(tmp_path: Path) -> None:
+    """The reducer run by hand while SLURM still runs the shards: it names them and writes no table."""
+    from pipeline.reduce.debate import reduce_debate
+
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=24", "shards=1", "run_id=early", "debate.batch_size=1"))
+    shard = results / "early" / "debate" / "shard-00000-of-00001.jsonl"
+    wait_until("records being written", lambda: shard.exists() and 0 < len(read_shard(shard)) < 24, timeout=300, every=0.1)
+    result = reduce_debate(str(results / "early"))
+    assert result["refused"].startswith("shards still running: shard-00000-of-00001; nothing merged"), result
+    assert not (results / "early" / "debate_accuracy.md").exists()
+    wait_for_run(results / "early", info["name"])
+    assert json.loads((results / "early" / "debate_accuracy.json").read_text())["complete"] is True
