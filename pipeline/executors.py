@@ -1,11 +1,13 @@
-"""submitit executors: an array of shard tasks, then a reducer ordered after it, on any cluster kind.
+"""submitit executors: a stage's array, then its reducer ordered after it, on any cluster kind; chains of
+stages (``stage=all``), each step after the one before it.
 
 Only the ``cluster`` config differs between kinds:
-- ``slurm``: one ``sbatch --array`` for the shards; the reducer depends on it with ``afterany`` (an
-  ``afterok`` never fires when one task fails) and checks completeness itself.
-- ``local``: submitit's local executor starts every item at once and drops dependencies, so shards
-  throttle themselves with slot locks and the reducer waits for the shard processes.
-- ``debug``: everything runs in this process, in order, when the results are asked for.
+- ``slurm``: one ``sbatch --array`` per stage; its reducer, and the next step of a chain, depend on it with
+  ``afterany`` (an ``afterok`` never fires when one task fails): each step checks its own inputs.
+  A per-GPU stage (train) runs ``--ntasks-per-node`` processes per job.
+- ``local``: submitit's local executor starts every job at once and drops dependencies, so shards throttle
+  themselves with slot locks and every job first waits for the processes it depends on.
+- ``debug``: everything runs in this process, in order, as it is submitted.
 Every submission is recorded in ``launch/jobs.jsonl`` for the status and cancel commands.
 """
 
@@ -159,6 +161,8 @@ class Launcher:
             if self.kind == "slurm" and jobs:
                 subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
             raise
+        if self.kind == "debug":
+            _debug_run(reduce_job)  # before the next step of a chain, as on the other executors
         self._record(where, name, tasks, jobs, reduce_job)
         return jobs, reduce_job
 
