@@ -96,12 +96,15 @@ def test_eight_shard_array_matches_the_local_executor(tmp_path: Path) -> None:
 
 
 def test_a_failed_shard_is_reported_and_a_resubmit_completes_it(tmp_path: Path) -> None:
-    """Shard 2 fails (its file is held by another writer): the afterany reducer still runs and says so."""
+    """Shard 2 fails (its file is held by another writer until its task has given up): the afterany reducer
+    still runs and says so."""
     results = tmp_path / "results"
     shard = results / "fail4" / "debate" / "shard-00002-of-00004.jsonl"
     with ShardWriter(shard):
         info = submit(slurm_overrides(results, "limit=8", "shards=4", "run_id=fail4"))
-        wait_for_run(results / "fail4", info["name"])
+        task = info["shard_jobs"][2]
+        wait_until("shard 2 to give up", lambda: not any(line.split(" ")[0] == task for line in squeue(info["name"])), every=0.1)
+    wait_for_run(results / "fail4", info["name"])
     reduce_log = (results / "fail4" / "logs" / "reduce-debate.log").read_text()
     assert "shard-00002-of-00004: missing (0/2 problems)" in reduce_log
     md = (results / "fail4" / "debate_accuracy.md").read_text()
