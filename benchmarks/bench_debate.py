@@ -34,6 +34,7 @@ from pipeline.generation import generate_chat  # noqa: E402
 from pipeline.models.device import pick_device, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
+from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Shapes of the real pair (from their config.json files); the weights are random.
 REAL_SHAPES: dict[str, dict[str, Any]] = {
@@ -57,13 +58,7 @@ def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: to
     # prompts grow turn after turn as in a real debate (ids past a small vocabulary would decode to nothing).
     tokenizer.add_tokens([f"<r{i}>" for i in range(len(tokenizer), spec["vocab_size"])])
     config = config_cls(**spec, max_position_embeddings=8192, attn_implementation="sdpa")
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = model_cls(config)
-    finally:
-        torch.set_default_dtype(default)
+    model = build_on_device(model_cls, config, dtype, device)
     model.eval()
     return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
 

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
 from pipeline.train.job import deepspeed_config, lora_config, orpo_config  # noqa: E402
+from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Llama-3.1-8B's config.json; "tiny" is for a CPU check of the script, not for numbers.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -100,14 +101,7 @@ def random_llama(shape: str, tokenizer: Any, dtype: torch.dtype, device: torch.d
         raise RuntimeError(f"the tokenizer has {len(tokenizer)} ids but shape {shape} only {spec['vocab_size']}")
     config = LlamaConfig(**spec, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, attn_implementation="sdpa")
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    return model
+    return build_on_device(LlamaForCausalLM, config, dtype, device)
 
 
 def matmul_params(model: torch.nn.Module) -> tuple[int, int]:
