@@ -107,6 +107,11 @@ class Launcher:
         gpus = self._local_gpus() if self.kind == "local" else int(self.cfg.cluster.gpus_per_node)
         return max(1, gpus)
 
+    def _reduce_limit(self) -> int:
+        """A reducer's time limit. On the local executor it waits for the earlier jobs inside its own job,
+        so it gets their limit."""
+        return int(self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min)
+
     def _depend(self, executor: submitit.AutoExecutor, after: Sequence[submitit.Job]) -> None:
         """SLURM: start after every given job has ended, whatever its outcome (afterany)."""
         if self.kind != "slurm" or not after:
@@ -147,9 +152,7 @@ class Launcher:
                 else:
                     slots = int(self.cfg.cluster.array_parallelism) if self.kind == "local" else None
                     jobs = executor.map_array(ShardJob(task_fn, slots, self._pids(after)), list(tasks))
-        # On the local executor the reducer waits for the shards inside its own job: give it their limit.
-        reduce_limit = self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min
-        reducer = self._executor(f"{name}-reduce", int(reduce_limit))
+        reducer = self._executor(f"{name}-reduce", self._reduce_limit())
         self._depend(reducer, jobs or after)
         if self.kind == "debug":
             for job in jobs:
@@ -168,7 +171,7 @@ class Launcher:
 
     def submit_summary(self, fn: Callable[[str, str], dict[str, Any]], after: Sequence[submitit.Job]) -> submitit.Job:
         """The last job of a chain: after everything, whatever its outcome."""
-        executor = self._executor(job_name("summary", self.run.run_id), int(self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min))
+        executor = self._executor(job_name("summary", self.run.run_id), self._reduce_limit())
         self._depend(executor, after)
         with _scheduler_refusal("summary job"):
             job = executor.submit(ReduceJob(fn, self._pids(after)), str(self.run.root), "all")

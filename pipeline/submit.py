@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,6 @@ from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import write_atomic
 from pipeline.reduce.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, open_run
-from pipeline.shards import ShardCorruptError
 from pipeline.reduce.collect import check_files
 from pipeline.stages import CHAIN, STAGES, Stage, records_progress
 from pipeline.tasks import ShardTask
@@ -37,7 +37,7 @@ log = logging.getLogger("gsm8k-slurm")
 
 
 def _model_keys(config: dict[str, Any]) -> list[str]:
-    """The models a stage loads: both for a debate, ``eval.models`` / ``train.models`` otherwise."""
+    """The models a stage loads: ``eval.models`` / ``train.models``; both for a debate or the whole chain."""
     if config["stage"] in ("eval", "train"):
         return list(config[config["stage"]]["models"])
     return ["a", "b"]
@@ -92,30 +92,29 @@ def _check_gpus(cfg: DictConfig) -> None:
     if cfg.cluster.kind == "slurm" and wanted and shutil.which("sinfo"):
         args = ["sinfo", "-h", "-o", "%G"] + (["-p", str(cfg.cluster.partition)] if cfg.cluster.partition else [])
         gres = subprocess.run(args, capture_output=True, text=True).stdout.split()
-        counts = [int(g.split(":")[-1].split("(")[0]) for g in gres if g.startswith("gpu") and g.split(":")[-1].split("(")[0].isdigit()]
+        counts = [int(m.group(1)) for g in gres if (m := re.match(r"gpu(?::[^:(]+)?:(\d+)", g))]
         if max(counts, default=0) < wanted:
             where = f"partition {cfg.cluster.partition}" if cfg.cluster.partition else "the default partition"
             raise ConfigError(f"cluster.gpus_per_node={wanted}: the nodes of {where} have at most {max(counts, default=0)} GPU(s) (sinfo %G: {' '.join(gres) or 'none'})")
 
 
 def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[ShardTask]:
-    """The stage's units that still have work: a resubmission of a run only sends those."""
-    units = stage.units(config)
+    """The stage's units that still have work: a resubmission of a run only sends those. The shard files of
+    a sharded stage are read once, and must all be this run's and readable."""
+    units, stage_dir = stage.units(config), run.stage_dir(where)
     if stage.progress is records_progress:
         try:
-            check_files(run.stage_dir(where), units)
-        except (ValueError, ShardCorruptError) as err:
+            checks = check_files(stage_dir, units)[1]
+        except ValueError as err:
             raise ConfigError(str(err)) from None
-    tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config) for unit in units]
-    pending = []
-    for task in tasks:
-        try:
-            done, total = stage.progress(run.stage_dir(where), task.unit)
-        except ShardCorruptError as err:
-            raise ConfigError(str(err)) from None
-        if done < total or total == 0:
-            pending.append(task)
-    return pending
+        corrupt = [c.error for c in checks if c.error]
+        if corrupt:
+            raise ConfigError(corrupt[0])
+        progress = {c.unit: (c.done, c.expected) for c in checks}
+    else:
+        progress = {unit: stage.progress(stage_dir, unit) for unit in units}
+    return [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config)
+            for unit in units if progress[unit][0] < progress[unit][1] or progress[unit][1] == 0]
 
 
 def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, dict[str, Any]]]:
@@ -137,10 +136,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     adopt_saved(cfg, {o.lstrip("+").split("=", 1)[0].split(".", 1)[0] for o in overrides})
     total = _check_data(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.stage == "all":
-        _check_models(config, sorted({"a", "b"}))
-    else:
-        _check_models(config, _model_keys(config))
+    _check_models(config, _model_keys(config))
     if cfg.stage in ("train", "all"):
         _check_training(cfg)
     run, resumed = open_run(cfg)
@@ -207,7 +203,6 @@ def main(argv: Sequence[str]) -> int:
     """Entry point: one line and exit 2 on bad input, no traceback, nothing submitted."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels package" on every import
     try:
         info = submit(argv)
     except ConfigError as err:

@@ -258,15 +258,18 @@ def _debate_args(results: Path) -> list[str]:
 DEBATE_SHARD = Path("debate") / "shard-00000-of-00001.jsonl"
 
 
-@pytest.fixture(scope="module")
-def debate_clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The undisturbed run, as a subprocess like the killed ones, timed."""
-    base = tmp_path_factory.mktemp("debate-clean")
+def _clean_run(base: Path, args_for: Any, shard: Path, total: int, log_glob: str) -> dict[str, Any]:
+    """The undisturbed run, as a subprocess like the killed ones, timed; its records by index."""
     results = base / "results"
     run = results / RUN_ID
-    timing = _undisturbed(_debate_args(results), run / DEBATE_SHARD, 12, run / "logs", "debate-*.log", base / "submit.out")
-    clean = {r["index"]: _canon(r) for r in read_shard(run / DEBATE_SHARD)}
+    timing = _undisturbed(args_for(results), run / shard, total, run / "logs", log_glob, base / "submit.out")
+    clean = {r["index"]: _canon(r) for r in read_shard(run / shard)}
     return {"results": results, "run": run, "timing": timing, "clean": clean}
+
+
+@pytest.fixture(scope="module")
+def debate_clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _clean_run(tmp_path_factory.mktemp("debate-clean"), _debate_args, DEBATE_SHARD, 12, "debate-*.log")
 
 
 def test_debate_shard_killed_at_random_points(debate_clean: dict[str, Any], tmp_path: Path) -> None:
@@ -333,12 +336,7 @@ def _eval_rows(run: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def eval_clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    base = tmp_path_factory.mktemp("eval-clean")
-    results = base / "results"
-    run = results / RUN_ID
-    timing = _undisturbed(_eval_args(results), run / EVAL_SHARD, 8, run / "logs", "eval-*.log", base / "submit.out")
-    clean = {r["index"]: _canon(r) for r in read_shard(run / EVAL_SHARD)}
-    return {"results": results, "run": run, "timing": timing, "clean": clean}
+    return _clean_run(tmp_path_factory.mktemp("eval-clean"), _eval_args, EVAL_SHARD, 8, "eval-*.log")
 
 
 def test_eval_shard_killed_at_random_points(eval_clean: dict[str, Any], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -84,22 +85,36 @@ def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
     return peft_model if spec.load_in_4bit else peft_model.merge_and_unload()
 
 
+def load_tokenizer(location: str, spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (its eos where it has none): batches are padded."""
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_weights(location: str, spec: ModelSpec, dtype: torch.dtype, device: torch.device, load_in_4bit: bool) -> PreTrainedModel:
+    """``from_pretrained`` with the suite's settings: dtype, SDPA attention, the spec's revision; in 4-bit
+    NF4 the weights are placed on ``device`` as they load (other models are moved by the caller)."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if load_in_4bit:
+        kwargs["quantization_config"] = nf4_config(dtype)
+        kwargs["device_map"] = {"": device}
+    return AutoModelForCausalLM.from_pretrained(location, **kwargs)
+
+
 def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: torch.device) -> ChatModel:
     """Loads weights (4-bit through bitsandbytes where the spec says so) and a left-padding tokenizer."""
     location = prepare(spec, cache_dir)
     dtype = pick_dtype(dtype_name, device)
-    kwargs: dict = {"dtype": dtype, "revision": spec.revision} if spec.revision else {"dtype": dtype}
-    if spec.load_in_4bit:
-        kwargs["quantization_config"] = nf4_config(dtype)
-        kwargs["device_map"] = {"": device}
     tokenizer_location = spec.adapter if spec.adapter and (Path(spec.adapter) / "tokenizer_config.json").is_file() else location
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_location, revision=spec.revision)
+    tokenizer = load_tokenizer(tokenizer_location, spec)
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise RuntimeError(f"{spec.name} ({location}) has no chat template; the debate needs a chat model")
-    model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs)
+    model = load_weights(location, spec, dtype, device, spec.load_in_4bit)
     if not spec.load_in_4bit:
         model.to(device)
     if spec.adapter:

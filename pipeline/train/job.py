@@ -121,23 +121,12 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 
 def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_4bit: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.models.loading import nf4_config, prepare
+    """The base model (placed by the trainer, or on ``device`` in 4-bit) and its tokenizer."""
+    from pipeline.models.loading import load_tokenizer, load_weights, prepare
 
     location = prepare(spec, cache)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    if load_in_4bit:
-        kwargs["quantization_config"] = nf4_config(dtype if precision != "fp32" else torch.float32)
-        kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load_weights(location, spec, dtype, device, load_in_4bit), load_tokenizer(location, spec)
 
 
 def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | None,
