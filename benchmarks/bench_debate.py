@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +35,18 @@ from pipeline.generation import generate_chat  # noqa: E402
 from pipeline.models.device import pick_device, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
-from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
-
-# Shapes of the real pair (from their config.json files); the weights are random.
-REAL_SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.1-8b": dict(arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=False),
-    "qwen2-7b": dict(arch="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, tie_word_embeddings=False),
-}
-
+from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 
 def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: torch.device) -> ChatModel:
     """A random-weight model of a real shape, with the tiny fixture's tokenizer for its chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
 
-    spec = dict(REAL_SHAPES[shape])
-    arch = spec.pop("arch")
-    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "pipeline/assets/tiny" / tokenizer_from)
     tokenizer.padding_side = "left"
     # One added token per id the model can emit, so a generated token re-encodes to exactly one token and the
     # prompts grow turn after turn as in a real debate (ids past a small vocabulary would decode to nothing).
-    tokenizer.add_tokens([f"<r{i}>" for i in range(len(tokenizer), spec["vocab_size"])])
-    config = config_cls(**spec, max_position_embeddings=8192, attn_implementation="sdpa")
-    model = build_on_device(model_cls, config, dtype, device)
-    model.eval()
+    tokenizer.add_tokens([f"<r{i}>" for i in range(len(tokenizer), REAL_SHAPES[shape]["vocab_size"])])
+    model = random_causal_lm(shape, dtype, device)
     return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
 
 
@@ -96,6 +83,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--engine", default="auto", choices=["auto", "static", "generate"], help="the batched run's engine (debate.engine)")
+    parser.add_argument("--seed-engine", default="generate", choices=["auto", "static", "generate"],
+                        help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["both", "seed", "batched"], default="both", help="which way(s) to time")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -104,26 +94,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device()
     models = load_pair(args.models, args.dtype, device)
-    cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}",
+    cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
                        "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
     settings = DebateSettings.from_config(cfg.debate, 0)
-    engine = DebateEngine(models, settings)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
     for chat in models.values():  # warm-up: kernels, allocator, caches
-        generate_chat(chat, warm, max_new_tokens=8)
-    results: dict[str, dict[str, float]] = {}
-    if args.mode in ("both", "seed"):
-        results["one at a time (seed)"] = measure(engine, problems[: args.seed_questions], 1)
-    if args.mode in ("both", "batched"):
-        results["batched shard engine"] = measure(engine, problems, args.batch_size)
+        for engine in {args.engine, args.seed_engine}:
+            generate_chat(chat, warm, max_new_tokens=8, engine=engine)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     print(f"models={args.models} device={gpu} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size}")
-    print(f"{'engine':<28}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}")
-    for label, m in results.items():
-        print(f"{label:<28}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}")
+    print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}", flush=True)
+    results: dict[str, dict[str, float]] = {}
+    ways = []
+    if args.mode in ("both", "seed"):
+        ways.append((f"one at a time (seed, {args.seed_engine})", replace(settings, engine=args.seed_engine, batch_size=1), args.seed_questions, 1))
+    if args.mode in ("both", "batched"):
+        ways.append((f"batched shard ({args.engine})", replace(settings, engine=args.engine), args.questions, args.batch_size))
+    for label, way, count, group in ways:
+        m = results[label] = measure(DebateEngine(models, way), problems[:count], group)
+        print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}", flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if len(results) == 2:
         seed, batched = results.values()
         print(f"speed-up: {batched['q_per_s'] / seed['q_per_s']:.1f}x questions/s, {batched['tok_per_s'] / seed['tok_per_s']:.1f}x tokens/s")

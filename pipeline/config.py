@@ -26,6 +26,7 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 CLUSTER_KINDS = ("local", "debug", "slurm")
 FINAL_ANSWER_RULES = ("last", "a", "b")
+DEBATE_ENGINES = ("auto", "static", "generate")
 GROUPS = ("stage", "cluster", "models")
 
 
@@ -209,6 +210,8 @@ def _validate_debate(cfg: DictConfig) -> None:
     _require_int(cfg, "debate.max_rounds", 1)
     _require_int(cfg, "debate.max_new_tokens", 1)
     _require_int(cfg, "debate.batch_size", 1)
+    _require_int(cfg, "debate.prefill_tokens", 1)
+    _require_choice(cfg, "debate.engine", DEBATE_ENGINES)
     _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
     _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)
     for key in ("debate.temperature", "debate.baselines.vote_temperature"):

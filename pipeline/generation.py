@@ -1,25 +1,38 @@
-"""Batched chat generation: many conversations, one ``generate`` call, each row stopping on its own.
+"""Batched chat generation: many conversations, few calls, each row stopping on its own.
 
 This is the engine the debate spends its time in. Rows are rendered with the model's own chat template,
-sorted by length (less padding), left-padded and generated together; generation stops per row on any of
-the model's end-of-turn ids. Sampling is seeded per row (Gumbel-max with a row's own random stream), so a
-question's sampled answer does not depend on which other questions share its batch: a resumed shard
-reproduces an undisturbed one.
+sorted by length (less padding), cut into batches that fit (``max_batch``, and the GPU's free memory for
+the static decoder), left-padded and decoded together; each row stops on any of the model's end-of-turn
+ids. Two engines give the same tokens (tested): ``static`` (``pipeline.decode``: a preallocated KV cache
+and CUDA-graph decode steps, the fast one) and transformers' ``generate`` (any model); ``auto`` takes
+the static decoder wherever it supports the model. Sampling is seeded per row (``pipeline.sampling``),
+so a question's sampled answer does not depend on which other questions share its batch, on the engine,
+or on a resume.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-import zlib
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
 
+from pipeline.config import DEBATE_ENGINES as ENGINES
+from pipeline.decode import StaticDecoder, unsupported
 from pipeline.models.loading import ChatModel
+from pipeline.sampling import SeededGumbelSampler
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+# Bytes per row and vocabulary entry that decoding needs beside the cache (fp32 logits, sampling noise).
+_VOCAB_BYTES = 48
+
+_DECODERS: "weakref.WeakKeyDictionary[PreTrainedModel, StaticDecoder]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -32,30 +45,26 @@ class Completion:
     stopped: bool
 
 
-def row_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any identifying parts (Python's ``hash`` is salted per process)."""
-    return zlib.crc32(":".join(map(str, parts)).encode()) * 2654435761 % (2**63 - 1)
+def pick_engine(chat: ChatModel, engine: str) -> str:
+    """``static`` or ``generate`` for this model; ``static`` on a model it cannot run is an error."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown generation engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "generate":
+        return engine
+    reason = unsupported(chat.model)
+    if reason is None:
+        return "static"
+    if engine == "static":
+        raise ValueError(f"engine=static cannot run {chat.name}: {reason}; use engine=generate (or auto)")
+    log.info("%s: %s, so generation uses transformers' generate", chat.name, reason)
+    return "generate"
 
 
-class SeededGumbelSampler(LogitsProcessor):
-    """Temperature sampling where row i draws from its own generator seeded by (seeds[i], step).
-
-    argmax(logits / T + Gumbel noise) is an exact sample of softmax(logits / T), so decoding greedily
-    after this processor samples, while keeping every row's draws independent of the batch.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float) -> None:
-        self.seeds = list(seeds)
-        self.temperature = temperature
-        self.step = 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniform = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
-        for row, seed in enumerate(self.seeds):
-            generator = torch.Generator(device=scores.device).manual_seed((seed + self.step * 1_000_003) % (2**63 - 1))
-            uniform[row].uniform_(1e-10, 1.0 - 1e-7, generator=generator)
-        self.step += 1
-        return scores.float() / self.temperature - torch.log(-torch.log(uniform))
+def _decoder(chat: ChatModel, cuda_graphs: bool) -> StaticDecoder:
+    decoder = _DECODERS.get(chat.model)
+    if decoder is None or decoder.use_graphs != (cuda_graphs and decoder.device.type == "cuda"):
+        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs)
+    return decoder
 
 
 def _count_tokens(row: torch.Tensor, stop_ids: torch.Tensor, pad_id: int) -> tuple[int, bool]:
@@ -73,58 +82,61 @@ def generate_chat(
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
     max_batch: int | None = None,
+    engine: str = "auto",
+    cuda_graphs: bool = True,
+    prefill_tokens: int = 16384,
 ) -> list[Completion]:
-    """Replies to every conversation, in input order. ``max_batch`` splits very large calls (memory)."""
+    """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch."""
     if not conversations:
         return []
-    order = list(range(len(conversations)))
-    step = max_batch or len(order)
-    if step < len(order):  # several batches: group similar lengths so that padding does not eat them
-        order.sort(key=lambda i: len(chat.tokenizer.apply_chat_template(conversations[i], add_generation_prompt=True, tokenize=False)))
+    if temperature > 0 and seeds is None:
+        raise ValueError("sampling (temperature > 0) needs one seed per row")
+    tokenizer = chat.tokenizer
+    texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    kind = pick_engine(chat, engine)
+    decoder = _decoder(chat, cuda_graphs) if kind == "static" else None
     results: dict[int, Completion] = {}
-    for start in range(0, len(order), step):
-        chunk = order[start : start + step]
+    start = 0
+    while start < len(order):
+        rows = min(max_batch or len(order), len(order) - start)
+        if decoder is not None:  # the cache of the batch's longest prompt must fit in free memory
+            longest = lengths[order[start + rows - 1]] + max_new_tokens
+            rows = min(rows, decoder.max_rows(longest, _VOCAB_BYTES * len(tokenizer)))
+        chunk = order[start : start + rows]
+        start += rows
+        batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)
         chunk_seeds = [seeds[i] for i in chunk] if seeds is not None else None
-        for i, completion in zip(chunk, _generate_batch(chat, [conversations[i] for i in chunk], max_new_tokens, temperature, chunk_seeds)):
-            results[i] = completion
+        started = time.perf_counter()
+        if decoder is not None:
+            new_tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, stop_ids=chat.stop_ids,
+                                          pad_id=tokenizer.pad_token_id, temperature=temperature, seeds=chunk_seeds, prefill_tokens=prefill_tokens)
+        else:
+            new_tokens = _generate(chat, batch, max_new_tokens, temperature, chunk_seeds)
+        seconds = (time.perf_counter() - started) / len(chunk)
+        for i, row in zip(chunk, new_tokens):
+            results[i] = _completion(chat, row, seconds)
     return [results[i] for i in range(len(conversations))]
 
 
+def _completion(chat: ChatModel, row: torch.Tensor, seconds: float) -> Completion:
+    count, stopped = _count_tokens(row, torch.tensor(chat.stop_ids), chat.tokenizer.pad_token_id)
+    text = chat.tokenizer.decode(row[:count], skip_special_tokens=True).strip()
+    return Completion(text=text, tokens=count, seconds=seconds, stopped=stopped)
+
+
 @torch.inference_mode()
-def _generate_batch(
-    chat: ChatModel,
-    conversations: list[Sequence[Message]],
-    max_new_tokens: int,
-    temperature: float,
-    seeds: list[int] | None,
-) -> list[Completion]:
-    tokenizer = chat.tokenizer
-    batch = tokenizer.apply_chat_template(
-        [list(c) for c in conversations],
-        add_generation_prompt=True,
-        padding=True,
-        return_tensors="pt",
-        return_dict=True,
-    ).to(chat.device)
+def _generate(chat: ChatModel, batch: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, seeds: list[int] | None) -> torch.Tensor:
+    """transformers' ``generate`` on one padded batch: the new tokens, on the CPU."""
     processors = LogitsProcessorList()
     if temperature > 0:
-        if seeds is None:
-            raise ValueError("sampling (temperature > 0) needs one seed per row")
         processors.append(SeededGumbelSampler(seeds, temperature))
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=chat.stop_ids,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=chat.tokenizer.pad_token_id,
     )
-    started = time.perf_counter()
     output = chat.model.generate(**batch, generation_config=config, logits_processor=processors)
-    seconds = (time.perf_counter() - started) / len(conversations)
-    new_tokens = output[:, batch["input_ids"].shape[1] :].cpu()
-    stop = torch.tensor(chat.stop_ids)
-    completions = []
-    for row in new_tokens:
-        count, stopped = _count_tokens(row, stop, tokenizer.pad_token_id)
-        text = tokenizer.decode(row[:count], skip_special_tokens=True).strip()
-        completions.append(Completion(text=text, tokens=count, seconds=seconds, stopped=stopped))
-    return completions
+    return output[:, batch["input_ids"].shape[1] :].cpu()

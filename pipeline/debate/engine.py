@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
-from pipeline.generation import Completion, Message, generate_chat, row_seed
+from pipeline.generation import Completion, Message, generate_chat
+from pipeline.sampling import row_seed
 from pipeline.models.loading import ChatModel
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class DebateSettings:
     max_new_tokens: int
     temperature: float
     batch_size: int
+    engine: str
+    cuda_graphs: bool
+    prefill_tokens: int
     final_answer: str
     system_prompt: str | None
     solve_prompt: str
@@ -50,6 +54,9 @@ class DebateSettings:
             max_new_tokens=debate["max_new_tokens"],
             temperature=float(debate["temperature"]),
             batch_size=debate["batch_size"],
+            engine=debate["engine"],
+            cuda_graphs=bool(debate["cuda_graphs"]),
+            prefill_tokens=debate["prefill_tokens"],
             final_answer=debate["final_answer"],
             system_prompt=debate["system_prompt"],
             solve_prompt=debate["prompts"]["solve"],
@@ -140,6 +147,9 @@ class DebateEngine:
             temperature=temperature,
             seeds=seeds,
             max_batch=self.settings.batch_size,
+            engine=self.settings.engine,
+            cuda_graphs=self.settings.cuda_graphs,
+            prefill_tokens=self.settings.prefill_tokens,
         )
 
     def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:

@@ -1,0 +1,356 @@
+"""The static decoder: the debate's fast engine, a KV cache allocated once and a decode step replayed as a CUDA graph.
+
+Plain ``generate`` spends most of a decode step on the host (hundreds of small kernel launches, cache
+bookkeeping) and, with a padding mask, copies every layer's keys and values four times over to expand
+grouped-query heads. This decoder runs the model's own modules (embeddings, norms, projections, rotary
+embedding, MLP, head) around its own attention and cache:
+
+- one preallocated cache per model, ``[layers, k/v, rows, kv_heads, columns, head_dim]``; rows are
+  left-padded into shared columns, so a step writes one column for every row;
+- grouped-query attention reads each key/value head once (the query heads of a group ride as a short
+  query sequence, no copies);
+- the whole step (forward, sampling, stop bookkeeping) is captured once as a CUDA graph per
+  (row bucket, column bucket) and replayed, so the host issues one launch per token;
+- rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
+  the front and the smaller graph takes over;
+- prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations).
+
+On a CPU the same code runs without graphs. Greedy and sampled outputs equal those of ``generate``
+(``tests/test_decode.py``); only Llama- and Qwen2-style decoders are supported, and ``engine=auto``
+falls back to ``generate`` for anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from pipeline.sampling import sample_tokens
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = ("llama", "qwen2")
+# Graph buckets: the key/value columns a step reads are rounded up to this many, so a turn replays a
+# handful of graphs instead of one per length.
+COLUMN_BUCKET = 64
+# The host checks for finished rows (and shrinks the batch) every this many steps: each check waits for
+# the GPU, and tokens past a stop are discarded anyway.
+CHECK_EVERY = 8
+# Activation memory kept free beside the cache (prefill chunk, logits, sampling noise), in bytes.
+RESERVE_BYTES = 3 * 2**30
+
+_LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()
+
+
+def unsupported(model: PreTrainedModel) -> str | None:
+    """Why the static decoder cannot run this model, or None when it can."""
+    config = model.config
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"architecture {config.model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})"
+    if getattr(model, "quantization_method", None) or getattr(model, "is_loaded_in_4bit", False):
+        return "quantised weights"
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        return f"{type(model).__name__} is not a plain causal LM (an unmerged adapter?)"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    return None
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm (normalise in float32, cast back, scale), with PyTorch's fused kernel."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def _fused(module: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The concatenated weight (and bias) of ``module``'s linear layers ``names``; the layers' parameters
+    are replaced by views of it. A module fused before is recognised and its matrix reused."""
+    linears = [getattr(module, name) for name in names]
+    fused = getattr(module, "_static_decoder_fused", None)
+    if fused is not None and fused[0].data_ptr() == linears[0].weight.data_ptr():
+        return fused
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = torch.cat([linear.bias for linear in linears]) if linears[0].bias is not None else None
+    offset = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight = torch.nn.Parameter(weight[offset : offset + rows], requires_grad=False)
+        if bias is not None:
+            linear.bias = torch.nn.Parameter(bias[offset : offset + rows], requires_grad=False)
+        offset += rows
+    module._static_decoder_fused = (weight, bias)
+    return weight, bias
+
+
+def _bucket(n: int) -> int:
+    """The power of two at or above ``n``: row buckets."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _round_columns(n: int) -> int:
+    return -(-n // COLUMN_BUCKET) * COLUMN_BUCKET
+
+
+@dataclass
+class _State:
+    """The per-row buffers a decode step reads and writes in place (a captured graph holds their addresses)."""
+
+    token: torch.Tensor  # [rows] the last token of each row
+    position: torch.Tensor  # [rows] its rotary position
+    start: torch.Tensor  # [rows] first non-padding column
+    done: torch.Tensor  # [rows] bool, the row has written a stop token
+    out: torch.Tensor  # [rows, max_new] generated tokens, padding after a stop
+    seeds: torch.Tensor  # [rows] sampling seeds
+    column: torch.Tensor  # [] the column this step writes
+    step: torch.Tensor  # [] the index of the token this step produces
+    stop: torch.Tensor  # the model's stop ids
+    pad: int
+
+    def permute(self, order: torch.Tensor) -> None:
+        for name in ("token", "position", "start", "done", "out", "seeds"):
+            buf = getattr(self, name)
+            buf[: len(order)] = buf[order]
+
+
+class StaticDecoder:
+    """Decodes batches of left-padded prompts for one model; keeps its cache and graphs between calls
+    while the next call fits them."""
+
+    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True) -> None:
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
+        config = model.config
+        self.model = model
+        self.layers = list(model.model.layers)
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.layers[0].self_attn.scaling
+        self.device = model.device
+        self.dtype = model.model.embed_tokens.weight.dtype
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.cache: torch.Tensor | None = None
+        self.state: _State | None = None
+        self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
+        self.pool = None
+        self.capture_seconds = 0.0
+        self._fuse_weights()
+        _LIVE.add(self)
+
+    # ---- memory ---------------------------------------------------------------------------------------
+    def bytes_per_token(self) -> int:
+        """Cache bytes for one token of one row (keys and values of every layer)."""
+        return 2 * len(self.layers) * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def release(self) -> None:
+        """Frees the cache and the graphs (another model on this device needs the memory)."""
+        self.cache = self.state = self.pool = None
+        self.graphs.clear()
+
+    def max_rows(self, columns: int, vocab_rows_cost: int) -> int:
+        """How many rows of ``columns`` fit in this device's free memory now (no limit on a CPU). Other
+        static decoders on this device give their caches back first: models take turns."""
+        if self.device.type != "cuda":
+            return 1 << 30
+        for other in list(_LIVE):
+            if other is not self and other.device == self.device:
+                other.release()
+        held = self.cache.numel() * self.cache.element_size() if self.cache is not None else 0
+        free = torch.cuda.mem_get_info(self.device)[0] + held
+        per_row = _round_columns(columns) * self.bytes_per_token() + vocab_rows_cost
+        return max(1, int((free - RESERVE_BYTES) // per_row))
+
+    def _ensure(self, rows: int, columns: int, max_new: int, stop_ids: list[int], pad: int) -> None:
+        """A cache (and row buffers) of at least ``rows`` x ``columns``; a bigger need, or other stop
+        tokens, drops the graphs."""
+        columns = _round_columns(columns)
+        s = self.state
+        if (s is not None and self.cache.shape[2] >= rows and self.cache.shape[4] >= columns and s.out.shape[1] >= max_new
+                and s.stop.tolist() == list(stop_ids) and s.pad == pad):
+            return
+        self.release()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        shape = (len(self.layers), 2, rows, self.kv_heads, columns, self.head_dim)
+        self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        zeros = lambda *s, dtype=torch.long: torch.zeros(s, dtype=dtype, device=self.device)  # noqa: E731
+        self.state = _State(zeros(rows), zeros(rows), zeros(rows), zeros(rows, dtype=torch.bool), zeros(rows, max_new),
+                            zeros(rows), zeros(), zeros(), torch.tensor(stop_ids, dtype=torch.long, device=self.device), pad)
+
+    # ---- the model ------------------------------------------------------------------------------------
+    def _fuse_weights(self) -> None:
+        """One matrix for q/k/v and one for gate/up per layer: one matmul instead of three and two. The
+        model's own projections become views into them, so memory does not grow and ``generate`` still
+        runs the same weights."""
+        self.qkv, self.gate_up = [], []
+        with torch.no_grad():
+            for layer in self.layers:
+                self.qkv.append(_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")))
+                self.gate_up.append(_fused(layer.mlp, ("gate_proj", "up_proj")))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, write: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Logits of the last position of every row. ``write(layer, k, v)`` stores the new keys/values and
+        returns the keys/values to attend to. Same arithmetic as the model's own forward, in fewer kernels."""
+        base = self.model.model
+        hidden = base.embed_tokens(ids)
+        cos, sin = base.rotary_emb(hidden, positions)
+        half = self.head_dim // 2
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
+        rows, length, _ = hidden.shape
+        group = self.heads // self.kv_heads
+        qk_heads = self.heads + self.kv_heads
+        for i, layer in enumerate(self.layers):
+            qkv = F.linear(_rms_norm(layer.input_layernorm, hidden), *self.qkv[i]).view(rows, length, qk_heads + self.kv_heads, self.head_dim)
+            qk = qkv[:, :, :qk_heads]
+            # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: q and k rotated together
+            qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
+            q, k, v = qk[:, :, : self.heads].transpose(1, 2), qk[:, :, self.heads :].transpose(1, 2), qkv[:, :, qk_heads:].transpose(1, 2)
+            keys, values = write(i, k, v)
+            if length == 1:  # decode: the query heads of a group are a short query sequence over one kv head
+                out = F.scaled_dot_product_attention(q.reshape(rows, self.kv_heads, group, self.head_dim), keys, values, attn_mask=mask, scale=self.scale)
+                out = out.reshape(rows, 1, -1)
+            else:  # prefill: expand kv heads to the query heads (once per prompt, cheap next to the matmuls)
+                keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
+                out = out.transpose(1, 2).reshape(rows, length, -1)
+            hidden = hidden + layer.self_attn.o_proj(out)
+            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), *self.gate_up[i]).chunk(2, -1)
+            hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        return self.model.lm_head(_rms_norm(base.norm, hidden[:, -1]))
+
+    def _prefill(self, ids: torch.Tensor, start: torch.Tensor, rows: slice) -> torch.Tensor:
+        length = ids.shape[1]
+        cols = torch.arange(length, device=self.device)
+        positions = (cols[None] - start[:, None]).clamp(min=0)
+        keys_ok = cols[None, None, :] >= start[:, None, None]
+        causal = cols[None, :, None] >= cols[None, None, :]
+        # A padding query sees only itself: every softmax row stays finite.
+        mask = (causal & keys_ok) | torch.eye(length, dtype=torch.bool, device=self.device)[None]
+
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.cache[layer, 0, rows, :, :length] = k
+            self.cache[layer, 1, rows, :, :length] = v
+            return k, v
+
+        return self._forward(ids, positions, mask[:, None], write)
+
+    def _step(self, rows: int, columns: int, temperature: float) -> None:
+        """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
+        s = self.state
+        cols = torch.arange(columns, device=self.device)
+        valid = (cols[None] >= s.start[:rows, None]) & (cols[None] <= s.column)
+        mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
+        index = s.column.view(1)
+
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = self.cache[layer, 0, :rows], self.cache[layer, 1, :rows]
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+            return keys[:, :, :columns], values[:, :, :columns]
+
+        logits = self._forward(s.token[:rows, None], s.position[:rows, None], mask, write)
+        token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
+        done = s.done[:rows]
+        token = torch.where(done, s.pad, token)
+        s.out[:rows].index_copy_(1, s.step.view(1), token[:, None])
+        done |= torch.isin(token, s.stop)
+        s.token[:rows] = token
+        s.position[:rows] += 1
+        s.column += 1
+        s.step += 1
+
+    def _replay(self, rows: int, columns: int, temperature: float) -> None:
+        if not self.use_graphs:
+            self._step(rows, columns, temperature)
+            return
+        key = (rows, columns, temperature)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._capture(rows, columns, temperature)
+        graph.replay()
+
+    def _capture(self, rows: int, columns: int, temperature: float) -> torch.cuda.CUDAGraph:
+        """Captures one step. Warm-up and capture run the step on scratch copies of the row state, so the
+        live state is untouched (its values are restored; the cache columns written are rewritten by the
+        real step)."""
+        started = time.perf_counter()
+        s = self.state
+        saved = {name: getattr(s, name).clone() for name in ("token", "position", "done", "out", "column", "step")}
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._step(rows, columns, temperature)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._step(rows, columns, temperature)
+        for name, value in saved.items():
+            getattr(s, name).copy_(value)
+        self.capture_seconds += time.perf_counter() - started
+        return graph
+
+    # ---- a call ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, stop_ids: list[int],
+                 pad_id: int, temperature: float = 0.0, seeds: list[int] | None = None, prefill_tokens: int = 16384) -> torch.Tensor:
+        """New tokens, ``[rows, max_new_tokens]`` on the CPU, padding after each row's stop token (as
+        ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device."""
+        if temperature > 0 and seeds is None:
+            raise ValueError("sampling (temperature > 0) needs one seed per row")
+        rows, length = ids.shape
+        self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id)
+        s = self.state
+        start = (attention_mask == 0).sum(1)
+        s.start[:rows] = start
+        s.done.zero_()
+        s.out.fill_(pad_id)
+        s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long) if seeds is not None else 0
+        chunk = max(1, prefill_tokens // length)
+        first = []
+        for r0 in range(0, rows, chunk):
+            part = slice(r0, min(rows, r0 + chunk))
+            first.append(sample_tokens(self._prefill(ids[part], start[part], part), temperature, s.seeds[part], 0))
+        token = torch.cat(first)
+        s.out[:rows, 0] = token
+        s.done[:rows] = torch.isin(token, s.stop)
+        s.token[:rows] = token
+        s.position[:rows] = length - start
+        s.column.fill_(length)
+        s.step.fill_(1)
+        capacity = self.cache.shape[2]
+        width: Callable[[int], int] = (lambda n: min(_bucket(n), capacity)) if self.use_graphs else int
+        slots = torch.arange(rows, device=self.device)  # slot -> input row
+        active = width(rows)
+        for step in range(1, max_new_tokens):
+            if (step - 1) % CHECK_EVERY == 0:
+                open_rows = int((~s.done[:rows]).sum())
+                if open_rows == 0:
+                    break
+                if width(open_rows) < active:
+                    active = width(open_rows)
+                    slots = self._compact(slots, rows, active, length + step - 1)
+            written = length + step  # columns holding keys/values once this step has written its own
+            columns = _round_columns(written) if self.use_graphs else written
+            self._replay(active, columns, temperature)
+        out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=self.device)
+        out[slots] = s.out[:rows, :max_new_tokens]
+        return out.cpu()
+
+    def _compact(self, slots: torch.Tensor, rows: int, keep: int, columns: int) -> torch.Tensor:
+        """Moves the open rows to the front, the first ``keep`` with their cache columns; finished rows
+        keep their output."""
+        s = self.state
+        order = torch.argsort(s.done[:rows].to(torch.int8), stable=True)
+        for layer in range(self.cache.shape[0]):
+            self.cache[layer, :, :keep, :, :columns] = self.cache[layer, :, :, :, :columns].index_select(1, order[:keep])
+        s.permute(order)
+        return slots[order]
