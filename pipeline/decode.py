@@ -64,7 +64,10 @@ def unsupported(model: PreTrainedModel) -> str | None:
 
 
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm (normalise in float32, cast back, scale), with PyTorch's fused kernel."""
+    """The model's RMSNorm with the normalisation in PyTorch's fused kernel: four kernels instead of
+    eight, and the same roundings as the model's own (normalise in float32, cast, then scale), so that
+    half-precision outputs match ``generate`` too. Passing the weight to the fused kernel would save two
+    more kernels but round once instead of twice."""
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
 
 

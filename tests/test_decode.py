@@ -1,0 +1,103 @@
+"""The static decoder gives the tokens transformers' ``generate`` gives: greedy and sampled, in float32 and
+bfloat16, whatever the batch, the padding, the row limit or the order of calls; and a whole debate (turns,
+solo answers, sampled votes) is the same record with either engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pipeline.config import load_config
+from pipeline.data import load_problems
+from pipeline.debate.engine import DebateEngine, DebateSettings
+from pipeline.generation import _DECODERS, generate_chat, pick_engine
+from pipeline.models.loading import ChatModel, load_chat_model
+from pipeline.models.registry import load_registry
+from pipeline.sampling import row_seed
+from tests.conftest import ROOT
+
+PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=24)
+# Prompts of several lengths (left padding differs per row); 200 new tokens: most rows stop early, one
+# or two run to the limit, so finished rows leave the batch mid-call.
+CONVERSATIONS = [[{"role": "user", "content": f"Solve: {p.question}"}] for p in PROBLEMS]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module", params=[(n, d, dev) for n in ("tiny-llama", "tiny-qwen2") for d in ("float32", "bfloat16") for dev in DEVICES],
+                ids=lambda p: "-".join(p))
+def chat(request: pytest.FixtureRequest) -> ChatModel:
+    torch.set_num_threads(2)
+    name, dtype, device = request.param
+    return load_chat_model(load_registry()[name], Path("/nonexistent"), dtype, torch.device(device))
+
+
+def _texts(chat: ChatModel, engine: str, **kwargs) -> list[str]:
+    return [c.text for c in generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine=engine, **kwargs)]
+
+
+def _same(chat: ChatModel, **kwargs) -> None:
+    reference = generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine="generate", **kwargs)
+    static = generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine="static", **kwargs)
+    assert [c.text for c in static] == [c.text for c in reference]
+    assert [(c.tokens, c.stopped) for c in static] == [(c.tokens, c.stopped) for c in reference]
+    assert any(c.stopped for c in reference) and len({c.tokens for c in reference}) > 3, "rows stop at different lengths"
+
+
+def test_greedy_tokens_equal_generate(chat: ChatModel) -> None:
+    if chat.device.type == "cuda" and chat.model.dtype != torch.float32:
+        pytest.skip("half precision on a GPU: cuBLAS picks other kernels for the fused projections")
+    _same(chat)
+
+
+def test_sampled_tokens_equal_generate(chat: ChatModel) -> None:
+    if chat.device.type == "cuda" and chat.model.dtype != torch.float32:
+        pytest.skip("half precision on a GPU: cuBLAS picks other kernels for the fused projections")
+    _same(chat, temperature=0.8, seeds=[row_seed(0, i, "vote") for i in range(len(CONVERSATIONS))])
+
+
+def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
+    if chat.device.type == "cuda" and chat.model.dtype != torch.float32:
+        pytest.skip("half precision on a GPU: cuBLAS picks other kernels for the fused projections")
+    whole = _texts(chat, "static")
+    in_fives = _texts(chat, "static", max_batch=5)
+    assert in_fives == _texts(chat, "generate", max_batch=5), "batches of 5 rows, as generate makes them"
+    if chat.model.dtype == torch.float32:  # half precision is not batch-invariant, for generate either
+        assert in_fives == whole
+    decoder = _DECODERS[chat.model]
+    cache = decoder.cache
+    few = [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="static")]
+    assert decoder.cache is cache, "a smaller call reuses the cache (and its graphs)"
+    assert few == [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="generate")]
+    assert _texts(chat, "static") == whole
+
+
+def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:
+    assert pick_engine(chat, "auto") == "static"
+
+
+def test_other_architectures_fall_back_to_generate_or_are_refused() -> None:
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32))
+    other = ChatModel(name="tiny-gpt2", model=gpt2, tokenizer=None, stop_ids=[0])
+    assert pick_engine(other, "auto") == "generate"
+    with pytest.raises(ValueError, match="engine=static cannot run tiny-gpt2: architecture 'gpt2' .*use engine=generate"):
+        pick_engine(other, "static")
+
+
+def test_a_whole_debate_is_the_same_record_with_either_engine() -> None:
+    registry = load_registry()
+    models = {k: load_chat_model(registry[n], Path("/nonexistent"), "float32", torch.device("cpu")) for k, n in zip("ab", ("tiny-llama", "tiny-qwen2"))}
+    cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=2", "debate.baselines.vote_k=3"])
+    records: dict[str, list[dict]] = {}
+    for engine in ("generate", "static"):
+        settings = DebateSettings.from_config({**cfg.debate, "engine": engine}, seed=0)
+        out: list[dict] = []
+        DebateEngine(models, settings).run(PROBLEMS[:8], out.append)
+        records[engine] = [{k: v for k, v in r.items() if k != "seconds"} | {"turns": [{k: v for k, v in t.items() if k != "seconds"} for t in r["turns"]]}
+                           for r in sorted(out, key=lambda r: r["index"])]
+    strip = lambda rs: [{**r, "solo": {m: {k: v for k, v in e.items() if k != "seconds"} for m, e in r["solo"].items()},  # noqa: E731
+                         "vote": {m: {k: v for k, v in e.items() if k != "seconds"} for m, e in r["vote"].items()}} for r in rs]
+    assert strip(records["static"]) == strip(records["generate"])
+    assert any(len(r["vote"]["a"]["samples"]) == 3 for r in records["static"])
