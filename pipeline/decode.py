@@ -2,11 +2,12 @@
 
 Plain ``generate`` spends most of a decode step on the host (hundreds of small kernel launches, cache
 bookkeeping) and, with a padding mask, copies every layer's keys and values four times over to expand
-grouped-query heads. This decoder runs the model's own modules (embeddings, norms, projections, rotary
-embedding, MLP, head) around its own attention and cache:
+grouped-query heads. This decoder runs the model's own parts (embeddings, norm weights, projection
+weights, rotary embedding, activation, head) around its own attention and cache:
 
 - one preallocated cache per model, ``[layers, k/v, rows, kv_heads, columns, head_dim]``; rows are
   left-padded into shared columns, so a step writes one column for every row;
+- on a GPU, q/k/v and gate/up are each one matmul (the model's weights become views of the fused ones);
 - grouped-query attention reads each key/value head once (the query heads of a group ride as a short
   query sequence, no copies);
 - the whole step (forward, sampling, stop bookkeeping) is captured once as a CUDA graph per
@@ -22,7 +23,6 @@ falls back to ``generate`` for anything else.
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from pipeline.sampling import sample_tokens
-
-log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 # Graph buckets: the key/value columns a step reads are rounded up to this many, so a turn replays a
@@ -189,10 +187,14 @@ class StaticDecoder:
 
     # ---- the model ------------------------------------------------------------------------------------
     def _fuse_weights(self) -> None:
-        """One matrix for q/k/v and one for gate/up per layer: one matmul instead of three and two. The
-        model's own projections become views into them, so memory does not grow and ``generate`` still
-        runs the same weights."""
+        """On a GPU, one matrix for q/k/v and one for gate/up per layer: one matmul instead of three and
+        two. The model's own projections become views into them, so memory does not grow and ``generate``
+        still runs the same weights. On a CPU the projections stay apart: a fused matmul sums in another
+        order, and there it buys little, while separate ones give ``generate``'s tokens bit for bit in
+        every precision."""
         self.qkv, self.gate_up = [], []
+        if self.device.type != "cuda":
+            return
         with torch.no_grad():
             for layer in self.layers:
                 self.qkv.append(_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")))
@@ -210,7 +212,10 @@ class StaticDecoder:
         group = self.heads // self.kv_heads
         qk_heads = self.heads + self.kv_heads
         for i, layer in enumerate(self.layers):
-            qkv = F.linear(_rms_norm(layer.input_layernorm, hidden), *self.qkv[i]).view(rows, length, qk_heads + self.kv_heads, self.head_dim)
+            attn, mlp = layer.self_attn, layer.mlp
+            x = _rms_norm(layer.input_layernorm, hidden)
+            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
+            qkv = qkv.view(rows, length, qk_heads + self.kv_heads, self.head_dim)
             qk = qkv[:, :, :qk_heads]
             # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: q and k rotated together
             qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
@@ -223,9 +228,10 @@ class StaticDecoder:
                 keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
                 out = out.transpose(1, 2).reshape(rows, length, -1)
-            hidden = hidden + layer.self_attn.o_proj(out)
-            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, hidden), *self.gate_up[i]).chunk(2, -1)
-            hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            hidden = hidden + attn.o_proj(out)
+            x = _rms_norm(layer.post_attention_layernorm, hidden)
+            gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
+            hidden = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
         return self.model.lm_head(_rms_norm(base.norm, hidden[:, -1]))
 
     def _prefill(self, ids: torch.Tensor, start: torch.Tensor, rows: slice) -> torch.Tensor:
