@@ -97,6 +97,7 @@ def generate_chat(
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     kind = pick_engine(chat, engine)
     decoder = _decoder(chat, cuda_graphs) if kind == "static" else None
+    stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     start = 0
     while start < len(order):
@@ -116,12 +117,12 @@ def generate_chat(
             new_tokens = _generate(chat, batch, max_new_tokens, temperature, chunk_seeds)
         seconds = (time.perf_counter() - started) / len(chunk)
         for i, row in zip(chunk, new_tokens):
-            results[i] = _completion(chat, row, seconds)
+            results[i] = _completion(chat, row, stop, seconds)
     return [results[i] for i in range(len(conversations))]
 
 
-def _completion(chat: ChatModel, row: torch.Tensor, seconds: float) -> Completion:
-    count, stopped = _count_tokens(row, torch.tensor(chat.stop_ids), chat.tokenizer.pad_token_id)
+def _completion(chat: ChatModel, row: torch.Tensor, stop: torch.Tensor, seconds: float) -> Completion:
+    count, stopped = _count_tokens(row, stop, chat.tokenizer.pad_token_id)
     text = chat.tokenizer.decode(row[:count], skip_special_tokens=True).strip()
     return Completion(text=text, tokens=count, seconds=seconds, stopped=stopped)
 

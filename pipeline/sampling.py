@@ -46,28 +46,30 @@ def gumbel_noise(seeds: torch.Tensor, step: torch.Tensor | int, vocab: int) -> t
     return -torch.log(-torch.log(uniform))
 
 
-def sample_tokens(scores: torch.Tensor, temperature: float, seeds: torch.Tensor | None, step: torch.Tensor | int) -> torch.Tensor:
-    """The next token of every row: argmax (temperature 0), or argmax(logits / T + Gumbel), which is an
-    exact sample of softmax(logits / T)."""
-    scores = scores.float()
-    if temperature > 0:
-        if seeds is None:
-            raise ValueError("sampling (temperature > 0) needs one seed per row")
-        scores = scores / temperature + gumbel_noise(seeds, step, scores.shape[-1])
-    return scores.argmax(-1)
+def sampling_scores(scores: torch.Tensor, temperature: float, seeds: torch.Tensor, step: torch.Tensor | int) -> torch.Tensor:
+    """logits / T + each row's Gumbel noise for this step: their argmax is an exact sample of
+    softmax(logits / T). Both engines sample through this."""
+    return scores.float() / temperature + gumbel_noise(seeds, step, scores.shape[-1])
+
+
+def sample_tokens(scores: torch.Tensor, temperature: float, seeds: torch.Tensor, step: torch.Tensor | int) -> torch.Tensor:
+    """The next token of every row: argmax (temperature 0) or a seeded sample."""
+    return (sampling_scores(scores, temperature, seeds, step) if temperature > 0 else scores.float()).argmax(-1)
 
 
 class SeededGumbelSampler(LogitsProcessor):
-    """The same per-row sampling inside transformers' ``generate``: scores become logits / T + the row's
-    noise for this step, and greedy decoding of those scores samples."""
+    """The same per-row sampling inside transformers' ``generate``: greedy decoding of the returned scores
+    samples."""
 
     def __init__(self, seeds: Sequence[int], temperature: float) -> None:
         self.seeds = list(seeds)
         self.temperature = temperature
         self.step = 0
+        self._seeds: torch.Tensor | None = None  # on the scores' device, made at the first step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        seeds = torch.tensor(self.seeds, dtype=torch.int64, device=scores.device)
-        noise = gumbel_noise(seeds, self.step, scores.shape[-1])
+        if self._seeds is None:
+            self._seeds = torch.tensor(self.seeds, dtype=torch.int64, device=scores.device)
+        out = sampling_scores(scores, self.temperature, self._seeds, self.step)
         self.step += 1
-        return scores.float() / self.temperature + noise
+        return out
