@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.submit import submit
 from pipeline.train.metrics import read_metrics
 from tests.conftest import ROOT
@@ -52,22 +54,41 @@ def _kill_after_checkpoint(results: Path, run_id: str, step: int, *extra: str) -
     return max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
-def _resume(results: Path, run_id: str, processes: int) -> dict:
-    submit([f"results_dir={results}", f"run_id={run_id}", "cluster=local", "wait=true", f"cluster.tasks_per_node={processes}"])
+def _resume(results: Path, run_id: str, processes: int, *extra: str) -> dict:
+    submit([f"results_dir={results}", f"run_id={run_id}", "cluster=local", "wait=true", f"cluster.tasks_per_node={processes}", *extra])
     folder = results / run_id / "train" / "tiny-llama"
     assert [r["step"] for r in read_metrics(folder / "metrics.jsonl")] == list(range(1, 13)), "every step once"
     return json.loads((folder / "training.json").read_text())
 
 
-def test_a_checkpoint_written_by_two_processes_resumes_on_one(results: Path) -> None:
-    saved = _kill_after_checkpoint(results, "two-to-one", 2, "cluster.tasks_per_node=2")
+@pytest.mark.parametrize("deepspeed", [None, "zero2", "zero3"])
+def test_a_checkpoint_written_by_two_processes_resumes_on_one(results: Path, deepspeed: str | None) -> None:
+    extra = [f"train.deepspeed={deepspeed}"] if deepspeed else []
+    saved = _kill_after_checkpoint(results, "two-to-one", 2, "cluster.tasks_per_node=2", *extra)
     assert 2 <= saved < 12
     done = _resume(results, "two-to-one", 1)
     assert done["resumed_from"] == saved and done["processes"] == 1 and done["steps"] == 12
+    # Same global batch as the checkpoints (4 pairs x 2 processes): one process accumulates 2 batches a step.
+    assert done["global_batch"] == 8 and done["per_device_batch_size"] == 4 and done["gradient_accumulation_steps"] == 2
+    if deepspeed:  # DeepSpeed refuses a ZeRO checkpoint of another rank count: it went through a universal one
+        log = (results / "two-to-one" / "logs" / "train-tiny-llama.log").read_text(encoding="utf-8")
+        assert f"checkpoint-{saved} was written by 2 rank(s), this job has 1: resuming through a universal checkpoint" in log
 
 
-def test_a_checkpoint_written_by_one_process_resumes_on_two(results: Path) -> None:
-    saved = _kill_after_checkpoint(results, "one-to-two", 2)
+@pytest.mark.parametrize("deepspeed", [None, "zero2"])
+def test_a_checkpoint_written_by_one_process_resumes_on_two(results: Path, deepspeed: str | None) -> None:
+    extra = [f"train.deepspeed={deepspeed}"] if deepspeed else []
+    saved = _kill_after_checkpoint(results, "one-to-two", 2, *extra)
     assert 2 <= saved < 12
     done = _resume(results, "one-to-two", 2)
     assert done["resumed_from"] == saved and done["processes"] == 2 and done["steps"] == 12
+    # Same global batch as the checkpoints (1 process x 4 pairs): 2 pairs per process, never more than configured.
+    assert done["global_batch"] == 4 and done["per_device_batch_size"] == 2 and done["gradient_accumulation_steps"] == 1
+
+
+def test_a_global_batch_that_the_new_process_count_cannot_make_up_is_a_clear_error(results: Path) -> None:
+    saved = _kill_after_checkpoint(results, "odd", 2)  # global batch 4 (1 process x 4 pairs)
+    assert saved >= 2
+    submit([f"results_dir={results}", "run_id=odd", "cluster=local", "wait=true", "cluster.tasks_per_node=3"])
+    log = (results / "odd" / "logs" / "train-tiny-llama.log").read_text(encoding="utf-8")
+    assert "trained with a global batch of 4 pairs, which 3 processes cannot share evenly: resume on a process count that divides 4" in log

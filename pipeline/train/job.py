@@ -23,6 +23,7 @@ from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import write_atomic
 from pipeline.shards import Unit
 from pipeline.tasks import ShardTask
+from pipeline.train.checkpoints import checkpoint_step, keep_global_batch, latest_checkpoint, resume_settings
 from pipeline.train.metrics import MetricsJSONL, read_metrics, rewind_metrics
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,13 @@ def train_units(config: dict[str, Any]) -> list[Unit]:
 
 
 def train_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
-    """Optimizer steps done / planned, from the metrics file (1/1 once the adapter is saved)."""
+    """Optimizer steps done / planned, from the metrics file (1/1 once the adapter is saved). The last step
+    counts only once the adapter is saved: a job killed between its last step and the save is unfinished."""
     folder = stage_dir / unit.part
     if (folder / DONE_FILE).exists():
         return 1, 1
     rows = read_metrics(folder / "metrics.jsonl")
-    return (rows[-1]["step"], rows[-1]["max_steps"]) if rows else (0, 1)
+    return (min(rows[-1]["step"], rows[-1]["max_steps"] - 1), rows[-1]["max_steps"]) if rows else (0, 1)
 
 
 def deepspeed_config(value: str | None) -> str | None:
@@ -115,11 +117,6 @@ def _wandb(train: dict[str, Any], folder: Path) -> list[str]:
     return ["wandb"]
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_4bit: bool) -> tuple[Any, Any]:
     """The base model (placed by the trainer, or on ``device`` in 4-bit) and its tokenizer."""
     from pipeline.models.loading import load_tokenizer, load_weights, prepare
@@ -129,7 +126,7 @@ def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_
     return load_weights(location, spec, dtype, device, load_in_4bit), load_tokenizer(location, spec)
 
 
-def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | None,
+def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | dict[str, Any] | None,
                 device: torch.device, seed: int, report_to: list[str], world: int = 1, rank: int = 0) -> Any:
     """TRL's ORPOConfig from the ``train`` config (the benchmark builds its trainer through here too)."""
     from trl.experimental.orpo import ORPOConfig
@@ -199,12 +196,16 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, bool(train["load_in_4bit"]))
     dataset, info = load_pairs(config)
     checkpoints = folder / "checkpoints"
-    last = _latest_checkpoint(checkpoints)
+    last = latest_checkpoint(checkpoints)
     if rank == 0:
-        rewind_metrics(folder / "metrics.jsonl", int(last.name.split("-")[-1]) if last else 0)
+        rewind_metrics(folder / "metrics.jsonl", checkpoint_step(last))
+    batch, accumulation = keep_global_batch(folder, int(train["per_device_batch_size"]), int(train["gradient_accumulation_steps"]),
+                                            world, resuming=last is not None, write=rank == 0)
+    train = {**train, "per_device_batch_size": batch, "gradient_accumulation_steps": accumulation}
     log.info("%s: %d pairs (%d mined), %s, %d process(es), deepspeed %s, resume from %s",
              name, info["pairs"], info["mined_rejected"], precision, world, train["deepspeed"], last.name if last else "step 0")
-    args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, deepspeed, device, int(config["seed"]),
+    args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
+                       device, int(config["seed"]),
                        report_to=_wandb(train, folder), world=world, rank=rank)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=lora_config(train), callbacks=[MetricsJSONL(folder / "metrics.jsonl")])
@@ -216,15 +217,19 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "key": key,
         "base": config["models"][key],
         "steps": trainer.state.global_step,
-        "resumed_from": int(last.name.split("-")[-1]) if last else 0,
+        "resumed_from": checkpoint_step(last),
         "pairs": info["pairs"],
         "mined_rejected": info["mined_rejected"],
         "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "processes": world,
+        "global_batch": batch * accumulation * world,
+        "per_device_batch_size": batch,
+        "gradient_accumulation_steps": accumulation,
         "deepspeed": train["deepspeed"],
         "load_in_4bit": bool(train["load_in_4bit"]),
         "train_loss": round(float(result.training_loss), 4),
+        "peak_memory_gib": _peak_memory_gib(device),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if trainer.is_world_process_zero():
@@ -232,6 +237,18 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         write_atomic(folder / DONE_FILE, json.dumps(summary, indent=2) + "\n")
     log.info("%s: trained %d steps in %.1f s, adapter in %s", name, summary["steps"], summary["seconds"], folder)
     return summary
+
+
+def _peak_memory_gib(device: torch.device) -> list[float] | None:
+    """Each process's peak GPU memory (rank order), the number that decides whether a ZeRO stage fits a card."""
+    if device.type != "cuda":
+        return None
+    mine = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [mine]
+    every: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    return every
 
 
 def _point_adapter_at_base(folder: Path, base: str) -> None:
