@@ -3,12 +3,16 @@
 The trainer is built exactly as the train job builds it (``pipeline.train.job.orpo_config`` / ``lora_config`` /
 ``deepspeed_config`` on ``configs/train.yaml``), only the model is a random-weight one of Llama-3.1-8B's shapes
 (speed depends on shapes, not values) and the data are synthetic pairs of an exact token length, so that every
-step processes the same, known number of tokens and no padding. One process, one GPU; ``--deepspeed zero2``
-runs the same step under DeepSpeed ZeRO-2 (the GPU smoke run of the training step).
+step processes the same, known number of tokens and no padding. One process per GPU: run it plainly for one
+GPU, or under ``torchrun --nproc-per-node N`` for N (data parallel, or ZeRO with ``--deepspeed zero2|zero3``:
+the trainer takes the distributed environment torchrun sets, as the train job takes the one submitit sets).
 
     # GPU: the real shapes (fp16 / bf16, plain or ZeRO-2)
     python benchmarks/bench_train.py --precision bf16 --deepspeed none --batch 4 --prompt-len 256 \\
         --completion-len 256 --steps 10 --warmup 3 --out benchmarks/results/train-bf16.json
+    # two GPUs of one host, ZeRO-3 (NCCL; per-device batch 4, so a global batch of 8 pairs)
+    torchrun --standalone --nproc-per-node 2 benchmarks/bench_train.py --precision bf16 --deepspeed zero3 --batch 4 \
+        --out benchmarks/results/train-2gpu-bf16-zero3.json
     # CPU: a tiny model, to check the script end to end
     python benchmarks/bench_train.py --shape tiny --precision fp32 --batch 2 --prompt-len 32 --completion-len 32 \\
         --steps 3 --warmup 1 --out /tmp/train-tiny.json
@@ -22,9 +26,9 @@ embeddings excluded; N_lora = the adapter's weights; L layers, d = the hidden si
 * hardware FLOPs = model FLOPs + what gradient checkpointing recomputes: one more forward of the decoder layers
   (2 N_layers + 2 N_lora + 4 L s d; lm_head is not recomputed).
 
-MFU and HFU are those rates over the GPU's dense fp16/bf16 peak (989.4 TFLOP/s for an H100/H200 SXM, 756 for an
-H100 PCIe; ``--peak-tflops`` for another). tokens/s = timed steps x batch x 2 (chosen and rejected) x s, over the
-wall time from the first timed step's start to the last one's end (logging and data loading between steps
+MFU and HFU are those rates per GPU over the GPU's dense fp16/bf16 peak (989.4 TFLOP/s for an H100/H200 SXM, 756 for an
+H100 PCIe; ``--peak-tflops`` for another). tokens/s = timed steps x batch x 2 (chosen and rejected) x s x processes, over
+rank 0's wall time from the first timed step's start to the last one's end (logging and data loading between steps
 included). An 8192^3 matrix product in the same dtype is timed first, as the ceiling this GPU reaches here.
 """
 
@@ -205,7 +209,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer, PrinterCallback, ProgressCallback
     from trl.experimental.orpo import ORPOTrainer
 
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.precision == "fp16" and device.type == "cpu":
@@ -215,13 +223,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ceiling = matmul_ceiling(dtype) if device.type == "cuda" else None
     train = train_settings(args)
     deepspeed = deepspeed_config(args.deepspeed) if args.deepspeed != "none" else None
-    if deepspeed:  # one process: DeepSpeed needs the torch.distributed environment, else it looks for MPI
+    if deepspeed and world == 1:  # one process: DeepSpeed needs the torch.distributed environment, else it looks for MPI
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
         os.environ.setdefault("MASTER_PORT", "29533")
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     seq = args.prompt_len + args.completion_len
-    rows = synthetic_pairs(tokenizer, args.prompt_len, args.completion_len, args.batch * (args.warmup + args.steps), args.seed)
+    rows = synthetic_pairs(tokenizer, args.prompt_len, args.completion_len, args.batch * world * (args.warmup + args.steps), args.seed)
     model = random_llama(args.shape, tokenizer, dtype, device)
     n_matmul, n_layers = matmul_params(model)
     n_total = sum(p.numel() for p in model.parameters())
@@ -229,7 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timer = step_timer(sync)
     with tempfile.TemporaryDirectory(prefix="bench_train-") as scratch:
-        config = orpo_config(train, scratch, "bench-train", args.precision, deepspeed, device, args.seed, report_to=[])
+        config = orpo_config(train, scratch, "bench-train", args.precision, deepspeed, device, args.seed, report_to=[],
+                             world=world, rank=rank)
         trainer = ORPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                               peft_config=lora_config(train), callbacks=[timer])
         for callback in (ProgressCallback, PrinterCallback):
@@ -239,28 +248,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"tokenized sequences have lengths {sorted(lengths)}, not {seq}")
         n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
-    if torch.distributed.is_initialized():  # DeepSpeed's process group
+    peak_gib = [torch.cuda.max_memory_allocated(device) / 2**30] if device.type == "cuda" else [None]
+    if torch.distributed.is_initialized():  # the trainer's (or DeepSpeed's) process group: every rank's peak
+        if world > 1:
+            every: list[Any] = [None] * world
+            torch.distributed.all_gather_object(every, peak_gib[0])
+            peak_gib = every
         torch.distributed.destroy_process_group()
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     timed_begins, timed_ends = timer.begins[args.warmup:], timer.ends[args.warmup:]
     if len(timed_ends) != args.steps:
         raise RuntimeError(f"{len(timer.ends)} steps ran, expected {args.warmup + args.steps}")
     step_seconds = [end - begin for begin, end in zip(timed_begins, timed_ends)]
     seconds = timed_ends[-1] - timed_begins[0]
-    tokens = args.steps * args.batch * 2 * seq
+    tokens = args.steps * args.batch * 2 * seq * world
     tokens_per_s = tokens / seconds
     checkpointing = bool(train["gradient_checkpointing"])
     spec = SHAPES[args.shape]
     flops = flops_per_token(n_matmul, n_layers, n_lora, spec["num_hidden_layers"], spec["hidden_size"], seq, checkpointing)
-    tflops = flops["model"] * tokens_per_s / 1e12
-    hw_tflops = flops["hardware"] * tokens_per_s / 1e12
+    tflops = flops["model"] * tokens_per_s / world / 1e12  # per GPU
+    hw_tflops = flops["hardware"] * tokens_per_s / world / 1e12
     peak = peak_tflops(gpu, args.peak_tflops) if device.type == "cuda" and args.precision != "fp32" else args.peak_tflops
     losses = [timer.losses[step] for step in sorted(timer.losses)]
     return {
         "command": shlex.join(["python", *sys.argv]),
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "gpu": gpu,
+        "processes": world,
+        "rank": rank,
         "versions": versions(),
         "shape": {"name": args.shape, **spec},
         "deepspeed_config": str(Path(deepspeed).relative_to(PROJECT_ROOT)) if deepspeed else None,
@@ -269,19 +284,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": {"total": n_total, "matmul": n_matmul, "matmul_in_layers": n_layers, "lora": n_lora},
         "flops_per_token": flops,
         "sequence_tokens": seq,
-        "tokens_per_step": args.batch * 2 * seq,
+        "tokens_per_step": args.batch * 2 * seq * world,
+        "global_batch_pairs": args.batch * world,
         "timed_steps": args.steps,
         "timed_seconds": seconds,
         "step_seconds": step_seconds,
         "step_seconds_median": statistics.median(step_seconds),
         "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_gpu": tokens_per_s / world,
         "model_tflops": tflops,
         "hardware_tflops": hw_tflops,
         "peak_tflops": peak,
         "mfu": tflops / peak if peak else None,
         "hfu": hw_tflops / peak if peak else None,
         "matmul_ceiling_tflops": ceiling,
-        "peak_memory_gib": peak_gib,
+        "peak_memory_gib": max(peak_gib) if peak_gib[0] is not None else None,
+        "peak_memory_gib_per_process": peak_gib,
         "losses": losses,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
@@ -309,14 +327,16 @@ def main() -> None:
     if min(args.prompt_len, args.completion_len) < 2 or args.steps < 1 or args.warmup < 0:
         parser.error("--prompt-len and --completion-len must be >= 2, --steps >= 1, --warmup >= 0")
     result = run(args)
+    if result["rank"] != 0:  # every rank measured the same run; rank 0 reports it
+        return
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
     hfu = f"{result['hfu']:.1%}" if result["hfu"] is not None else "n/a"
-    peak = f"{result['peak_memory_gib']:.1f}" if result["peak_memory_gib"] is not None else "n/a"
-    print(f"{result['gpu']} | {args.shape} {args.precision} deepspeed={args.deepspeed} "
+    peak = "/".join(f"{x:.1f}" for x in result["peak_memory_gib_per_process"]) if result["peak_memory_gib"] is not None else "n/a"
+    print(f"{result['gpu']} x {result['processes']} | {args.shape} {args.precision} deepspeed={args.deepspeed} "
           f"checkpointing={result['gradient_checkpointing']} batch={args.batch} seq={result['sequence_tokens']}")
     print(f"tokens/s {result['tokens_per_s']:.0f} | model {result['model_tflops']:.1f} TFLOP/s MFU {mfu} | "
           f"hardware {result['hardware_tflops']:.1f} TFLOP/s HFU {hfu} | {result['step_seconds_median']:.3f} s/step | "
-          f"peak {peak} GiB | loss {result['first_loss']} -> {result['last_loss']}")
+          f"peak {peak} GiB per GPU | loss {result['first_loss']} -> {result['last_loss']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
