@@ -55,7 +55,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
-from pipeline.train.job import deepspeed_config, lora_config, orpo_config  # noqa: E402
+from pipeline.train.job import deepspeed_config, lora_config, orpo_config, pin_attention_backend  # noqa: E402
 from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Llama-3.1-8B's config.json; "tiny" is for a CPU check of the script, not for numbers.
@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    pin_attention_backend(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.precision == "fp16" and device.type == "cpu":

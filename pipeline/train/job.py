@@ -103,6 +103,15 @@ def _device(local_rank: int, world: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def pin_attention_backend(device: torch.device) -> None:
+    """Gradient checkpointing recomputes each layer's forward in the backward pass and checks that it saved
+    the same tensors. On an H200 (torch 2.11) SDPA picked FlashAttention for the forward and cuDNN's attention
+    for the recompute, whose saved tensors differ ("CheckpointError: Recomputed values ... have different
+    metadata"); without cuDNN's kernel both passes take the same one. V100s have no cuDNN attention anyway."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def _wandb(train: dict[str, Any], folder: Path) -> list[str]:
     """wandb offline (files in the run folder) unless a key is set, or off. The key stays in the environment."""
     mode = train["wandb"]
@@ -192,6 +201,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     rank, world, local_rank = _distributed(deepspeed)
     device = _device(local_rank, world)
     precision = pick_precision(str(train["precision"]), device)
+    pin_attention_backend(device)
     spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
     model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, bool(train["load_in_4bit"]))
     dataset, info = load_pairs(config)
