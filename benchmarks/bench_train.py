@@ -231,6 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     seq = args.prompt_len + args.completion_len
     rows = synthetic_pairs(tokenizer, args.prompt_len, args.completion_len, args.batch * world * (args.warmup + args.steps), args.seed)
+    torch.manual_seed(args.seed)  # the same random weights in every run and on every rank (loss parity)
     model = random_llama(args.shape, tokenizer, dtype, device)
     n_matmul, n_layers = matmul_params(model)
     n_total = sum(p.numel() for p in model.parameters())

@@ -59,7 +59,10 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         out = args.out / f"train-{gpus}gpu-{args.precision}-{stage}-b{batch}.json"
         launcher = [sys.executable] if gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                        f"--nproc-per-node={gpus}"]
-        run([*launcher, str(BENCH), *common, "--deepspeed", stage, "--batch", str(batch), "--out", str(out)])
+        # One process that sees several GPUs and no process group: the HF Trainer would wrap the model in
+        # nn.DataParallel over all of them. A one-GPU row sees one GPU.
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"} if gpus == 1 else None
+        run([*launcher, str(BENCH), *common, "--deepspeed", stage, "--batch", str(batch), "--out", str(out)], env=env)
         results.append(json.loads(out.read_text(encoding="utf-8")))
     one = {r["deepspeed_config"]: r for r in results if r["processes"] == 1}
     print(f"\n| GPUs | ZeRO | per-device batch | tokens/s | per GPU | scaling efficiency | MFU | peak GiB per GPU |")
