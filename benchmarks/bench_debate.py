@@ -8,6 +8,8 @@ ratio. Baselines (solo, vote) are off: the seed had none, and they would only ad
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
     # GPU, random weights of the real shapes (Llama-3.1-8B and Qwen2-7B); speed depends on shapes only
     python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
+    # two GPUs: one model on each, two groups of debates in flight (debate.devices=split)
+    python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
 
 The one-at-a-time way costs the same per question whatever the count, so it runs on ``--seed-questions``
 of the questions and its questions/s is that rate (printed with the count it was measured on).
@@ -32,7 +34,7 @@ from pipeline.config import PROJECT_ROOT, load_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402
 from pipeline.generation import generate_chat  # noqa: E402
-from pipeline.models.device import pick_device, pick_dtype  # noqa: E402
+from pipeline.models.device import pick_devices, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
@@ -50,25 +52,28 @@ def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: to
     return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
 
 
-def load_pair(which: str, dtype_name: str, device: torch.device) -> dict[str, ChatModel]:
+def load_pair(which: str, dtype_name: str, devices: dict[str, torch.device]) -> dict[str, ChatModel]:
     if which == "random-8b":
-        dtype = pick_dtype(dtype_name, device)
-        return {"a": random_model("llama-3.1-8b", "tiny-llama", dtype, device), "b": random_model("qwen2-7b", "tiny-qwen2", dtype, device)}
+        dtype = pick_dtype(dtype_name, devices["a"])
+        return {"a": random_model("llama-3.1-8b", "tiny-llama", dtype, devices["a"]), "b": random_model("qwen2-7b", "tiny-qwen2", dtype, devices["b"])}
     registry = load_registry()
     names = {"tiny": ("tiny-llama", "tiny-qwen2"), "small": ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")}[which]
     cache = Path(load_config([]).paths.model_cache).expanduser()
-    return {k: load_chat_model(registry[n], cache, dtype_name, device) for k, n in zip("ab", names)}
+    return {k: load_chat_model(registry[n], cache, dtype_name, devices[k]) for k, n in zip("ab", names)}
 
 
-def measure(engine: DebateEngine, problems: list, group: int) -> dict[str, float]:
+def _sync() -> None:
+    for index in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(index)
+
+
+def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
+    """The shard's own loop (``run_all``: groups of ``batch_size``; two in flight when the models are split)."""
     records: list[dict[str, Any]] = []
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    _sync()
     started = time.perf_counter()
-    for start in range(0, len(problems), group):
-        engine.run(problems[start : start + group], records.append)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    engine.run_all(problems, records.append)
+    _sync()
     seconds = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in records)
     return {"questions": len(records), "seconds": seconds, "q_per_s": len(records) / seconds, "tok_per_s": tokens / seconds, "tokens": tokens}
@@ -86,14 +91,17 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", choices=["auto", "static", "generate"], help="the batched run's engine (debate.engine)")
     parser.add_argument("--seed-engine", default="generate", choices=["auto", "static", "generate"],
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
+    parser.add_argument("--devices", choices=["shared", "split"], default="shared",
+                        help="debate.devices: both models on the first GPU, or one GPU each (two groups in flight)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["both", "seed", "batched"], default="both", help="which way(s) to time")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    device = pick_device()
-    models = load_pair(args.models, args.dtype, device)
+    devices = pick_devices(args.devices)
+    device = devices["a"]
+    models = load_pair(args.models, args.dtype, devices)
     cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
                        "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
     settings = DebateSettings.from_config(cfg.debate, 0)
@@ -103,26 +111,27 @@ def main() -> None:
         for engine in {args.engine, args.seed_engine}:
             generate_chat(chat, warm, max_new_tokens=8, engine=engine)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
-    print(f"models={args.models} device={gpu} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
+    print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size}")
     print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}", flush=True)
     results: dict[str, dict[str, float]] = {}
     ways = []
     if args.mode in ("both", "seed"):
-        ways.append((f"one at a time (seed, {args.seed_engine})", replace(settings, engine=args.seed_engine, batch_size=1), args.seed_questions, 1))
+        ways.append((f"one at a time (seed, {args.seed_engine})", replace(settings, engine=args.seed_engine, batch_size=1), args.seed_questions))
     if args.mode in ("both", "batched"):
-        ways.append((f"batched shard ({args.engine})", replace(settings, engine=args.engine), args.questions, args.batch_size))
-    for label, way, count, group in ways:
-        m = results[label] = measure(DebateEngine(models, way), problems[:count], group)
+        ways.append((f"batched shard ({args.engine}, {args.devices})", replace(settings, engine=args.engine), args.questions))
+    for label, way, count in ways:
+        m = results[label] = measure(DebateEngine(models, way), problems[:count])
         print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}", flush=True)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peaks = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
+    peak = max(peaks, default=float("nan"))
     if len(results) == 2:
         seed, batched = results.values()
         print(f"speed-up: {batched['q_per_s'] / seed['q_per_s']:.1f}x questions/s, {batched['tok_per_s'] / seed['tok_per_s']:.1f}x tokens/s")
     if device.type == "cuda":
-        print(f"peak GPU memory {peak:.1f} GiB")
+        print(f"peak GPU memory {' / '.join(f'{p:.1f}' for p in peaks)} GiB")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "peak_gib": peak, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "peak_gib": peak, "peak_gib_per_gpu": peaks, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 CLUSTER_KINDS = ("local", "debug", "slurm")
 FINAL_ANSWER_RULES = ("last", "a", "b")
 DEBATE_ENGINES = ("auto", "static", "generate")
+DEBATE_DEVICES = ("auto", "shared", "split")
 GROUPS = ("stage", "cluster", "models")
 
 
@@ -212,6 +213,7 @@ def _validate_debate(cfg: DictConfig) -> None:
     _require_int(cfg, "debate.batch_size", 1)
     _require_int(cfg, "debate.prefill_tokens", 1)
     _require_choice(cfg, "debate.engine", DEBATE_ENGINES)
+    _require_choice(cfg, "debate.devices", DEBATE_DEVICES)
     _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
     _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)
     for key in ("debate.temperature", "debate.baselines.vote_temperature"):

@@ -23,6 +23,7 @@ falls back to ``generate`` for anything else.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from dataclasses import dataclass
@@ -315,6 +316,12 @@ class StaticDecoder:
         ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device."""
         if temperature > 0 and seeds is None:
             raise ValueError("sampling (temperature > 0) needs one seed per row")
+        # Streams and graph captures use the current device: make it this model's (two models, two GPUs).
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            return self._decode(ids, attention_mask, max_new_tokens, stop_ids, pad_id, temperature, seeds, prefill_tokens)
+
+    def _decode(self, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                temperature: float, seeds: list[int] | None, prefill_tokens: int) -> torch.Tensor:
         rows, length = ids.shape
         self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id)
         s = self.state

@@ -30,6 +30,7 @@ CASES = [
     (["debate.prompts.review=Check it."], "debate.prompts.review must contain the placeholder {other}"),
     (["debate.engine=vllm"], "debate.engine=vllm: not one of auto, static, generate"),
     (["debate.prefill_tokens=0"], "debate.prefill_tokens=0: must be a whole number >= 1"),
+    (["debate.devices=both"], "debate.devices=both: not one of auto, shared, split"),
     (["debate.cuda_graphs=maybe"], "debate.cuda_graphs=maybe: must be a boolean"),
     (["debate.baselines.vote_models=[a,c]"], "debate.baselines.vote_models has 'c'; valid entries: a, b"),
     (["models.dtype=fp8"], "models.dtype=fp8: not one of auto, float32, float16, bfloat16"),

@@ -95,9 +95,39 @@ def test_a_whole_debate_is_the_same_record_with_either_engine() -> None:
         settings = DebateSettings.from_config({**cfg.debate, "engine": engine}, seed=0)
         out: list[dict] = []
         DebateEngine(models, settings).run(PROBLEMS[:8], out.append)
-        records[engine] = [{k: v for k, v in r.items() if k != "seconds"} | {"turns": [{k: v for k, v in t.items() if k != "seconds"} for t in r["turns"]]}
-                           for r in sorted(out, key=lambda r: r["index"])]
-    strip = lambda rs: [{**r, "solo": {m: {k: v for k, v in e.items() if k != "seconds"} for m, e in r["solo"].items()},  # noqa: E731
-                         "vote": {m: {k: v for k, v in e.items() if k != "seconds"} for m, e in r["vote"].items()}} for r in rs]
-    assert strip(records["static"]) == strip(records["generate"])
+        records[engine] = _comparable(out)
+    assert records["static"] == records["generate"]
     assert any(len(r["vote"]["a"]["samples"]) == 3 for r in records["static"])
+
+
+def _comparable(records: list[dict]) -> list[dict]:
+    """Records without their timings, in problem order."""
+    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    return [drop(r) | {"turns": [drop(t) for t in r["turns"]], "solo": {m: drop(e) for m, e in r["solo"].items()},
+                       "vote": {m: drop(e) for m, e in r["vote"].items()}} for r in sorted(records, key=lambda r: r["index"])]
+
+
+def test_two_groups_in_flight_give_the_records_of_one_group_at_a_time() -> None:
+    """With the models on two GPUs, two groups of debates run at once (one thread each, a lock per model);
+    here both models sit on the CPU and the overlap is forced, which exercises the same threads and locks."""
+    registry = load_registry()
+    models = {k: load_chat_model(registry[n], Path("/nonexistent"), "float32", torch.device("cpu")) for k, n in zip("ab", ("tiny-llama", "tiny-qwen2"))}
+    cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=2", "debate.baselines.vote_k=2", "debate.batch_size=8"])
+    engine = DebateEngine(models, DebateSettings.from_config(cfg.debate, seed=0))
+    assert not engine.split()
+    one, two = [], []
+    engine.run_all(PROBLEMS[:8], one.append, parallel=False)
+    engine.run_all(PROBLEMS[:8], two.append, parallel=True)  # two groups of 4, each in its own thread
+    assert len(two) == 8 and _comparable(two) == _comparable(one)
+
+
+def test_split_devices_need_two_gpus() -> None:
+    from pipeline.models.device import pick_devices
+
+    if torch.cuda.device_count() >= 2:
+        assert pick_devices("split") == {"a": torch.device("cuda", 0), "b": torch.device("cuda", 1)}
+        return
+    with pytest.raises(RuntimeError, match=r"debate.devices=split puts each model on its own GPU, but this job sees \d GPU\(s\)"):
+        pick_devices("split")
+    devices = pick_devices("auto")
+    assert devices["a"] == devices["b"]

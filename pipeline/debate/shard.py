@@ -11,7 +11,7 @@ import torch
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
 from pipeline.debate.engine import DebateEngine, DebateSettings
-from pipeline.models.device import pick_device
+from pipeline.models.device import pick_devices
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
 from pipeline.shards import ShardWriter, Unit
@@ -45,22 +45,20 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
         todo = [p for p in mine if p.index not in writer.done_indices()]
         log.info("%s: %d problems, %d already done, %d to do", path.name, len(mine), len(mine) - len(todo), len(todo))
         if todo:
-            device = pick_device()
+            devices = pick_devices(cfg["debate"]["devices"])
             registry = load_registry()
             cache = project_path(cfg["paths"]["model_cache"])
             models = {
-                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], device)
+                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], devices[key])
                 for key in ("a", "b")
             }
             engine = DebateEngine(models, DebateSettings.from_config(cfg["debate"], cfg["seed"]))
-            group = int(cfg["debate"]["batch_size"])
 
             def emit(record: dict[str, Any]) -> None:
                 writer.append(record)
                 log.info("%s: %d/%d problems done", path.name, len(writer.records), len(mine))
 
-            for start in range(0, len(todo), group):
-                engine.run(todo[start : start + group], emit)
+            engine.run_all(todo, emit)
         done = len(writer.records)
     seconds = time.perf_counter() - started
     log.info("%s: complete, %d problems, %.1f s", path.name, done, seconds)

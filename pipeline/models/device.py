@@ -15,6 +15,19 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def pick_devices(mode: str) -> dict[str, torch.device]:
+    """Where models a and b sit (``debate.devices``): both on the first visible GPU (``shared``), one GPU
+    each (``split``), or split whenever the job sees two GPUs or more (``auto``)."""
+    first = pick_device()
+    gpus = torch.cuda.device_count() if first.type == "cuda" else 0
+    if mode == "split" and gpus < 2:
+        raise RuntimeError(f"debate.devices=split puts each model on its own GPU, but this job sees {gpus} GPU(s); "
+                           "ask for two (cluster.gpus_per_node=2) or use debate.devices=auto")
+    if mode == "shared" or gpus < 2:
+        return {"a": first, "b": first}
+    return {"a": torch.device("cuda", 0), "b": torch.device("cuda", 1)}
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX-512 BF16: there bf16 matmuls run several times faster than fp32 (measured 4.8x for
     Qwen2.5-0.5B generation on 2 cores); elsewhere bf16 on a CPU is slower than fp32."""
