@@ -301,7 +301,10 @@ class StaticDecoder:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # A capture stream of this model's device: torch.cuda.graph's default one is made once, on whichever
+        # device was current first, and a capture there records nothing of this device's kernels (an empty
+        # graph: the second model of a split pair would replay no-ops).
+        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
             self._step(rows, columns, temperature)
         for name, value in saved.items():
             getattr(s, name).copy_(value)

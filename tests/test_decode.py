@@ -131,3 +131,23 @@ def test_split_devices_need_two_gpus() -> None:
         pick_devices("split")
     devices = pick_devices("auto")
     assert devices["a"] == devices["b"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_pair_split_over_two_gpus_gives_the_records_of_one_gpu() -> None:
+    """debate.devices=split: model b on the second GPU captures and replays its own graphs there, and the
+    two groups in flight give the records both models on one GPU give."""
+    registry = load_registry()
+    cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=2", "debate.baselines.vote_k=2", "debate.batch_size=8"])
+    settings = DebateSettings.from_config(cfg.debate, seed=0)
+    records = {}
+    for label, devices in (("shared", ("cuda:0", "cuda:0")), ("split", ("cuda:0", "cuda:1"))):
+        models = {k: load_chat_model(registry[n], Path("/nonexistent"), "float32", torch.device(d))
+                  for k, n, d in zip("ab", ("tiny-llama", "tiny-qwen2"), devices)}
+        engine = DebateEngine(models, settings)
+        assert engine.split() == (label == "split")
+        out: list[dict] = []
+        engine.run_all(PROBLEMS[:8], out.append)
+        records[label] = _comparable(out)
+    assert records["split"] == records["shared"]
+    assert all(t["tokens"] > 0 for r in records["split"] for t in r["turns"])
