@@ -8,7 +8,7 @@ ratio. Baselines (solo, vote) are off: the seed had none, and they would only ad
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
     # GPU, random weights of the real shapes (Llama-3.1-8B and Qwen2-7B); speed depends on shapes only
     python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
-    # two GPUs: one model on each, two groups of debates in flight (debate.devices=split)
+    # two GPUs: one model on each (debate.devices=split)
     python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
 
 The one-at-a-time way costs the same per question whatever the count, so it runs on ``--seed-questions``
@@ -68,7 +68,7 @@ def _sync() -> None:
 
 
 def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
-    """The shard's own loop (``run_all``: groups of ``batch_size``; two in flight when the models are split)."""
+    """The shard's own loop (``run_all``: groups of ``batch_size``)."""
     records: list[dict[str, Any]] = []
     _sync()
     started = time.perf_counter()
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--seed-engine", default="generate", choices=["auto", "static", "generate"],
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",
-                        help="debate.devices: both models on the first GPU, or one GPU each (two groups in flight)")
+                        help="debate.devices: both models on the first GPU, or one GPU each")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["both", "seed", "batched"], default="both", help="which way(s) to time")
     parser.add_argument("--json", type=Path, help="also write the numbers here")

@@ -1,7 +1,6 @@
 """The debate engine: all open debates of a group advance together, one batched generate per turn.
 
-Round r is a turn of model a, then a turn of model b. With the models on two GPUs, two groups of debates
-are in flight at once, offset by one turn, so that neither GPU waits while the other model speaks. Each model sees the conversation so far from its
+Round r is a turn of model a, then a turn of model b. Each model sees the conversation so far from its
 own side: its earlier replies as assistant messages, the other model's replies quoted in user messages.
 A debate ends as soon as both models' latest answers agree numerically (it leaves the batch), or after
 ``max_rounds``. The baselines a reviewer asks for run in the same engine: each model alone, and a
@@ -11,9 +10,7 @@ majority vote of k sampled answers per model.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -141,50 +138,25 @@ class DebateEngine:
     def __init__(self, models: Mapping[str, ChatModel], settings: DebateSettings) -> None:
         self.models = models
         self.settings = settings
-        # A model serves one group at a time (its decoder holds one batch's cache and graphs).
-        self._serving = {key: threading.Lock() for key in models}
 
-    def split(self) -> bool:
-        """The models sit on two devices: two groups can be in flight, one with each model."""
-        return self.models["a"].device != self.models["b"].device
-
-    def run_all(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None], parallel: bool | None = None) -> None:
-        """Every problem, in groups of at most ``batch_size`` debates. ``parallel`` (default: the models are
-        split over two devices) runs two groups at once, one thread each: while model a writes one group's
-        turn, model b writes the other's, so both GPUs work. A group's records do not depend on the other
-        group (rows are independent and sampling is seeded per row), only the order they are emitted in."""
-        parallel = self.split() if parallel is None else parallel
+    def run_all(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
+        """Every problem, in groups of at most ``batch_size`` debates, one group after the other."""
         size = self.settings.batch_size
-        if parallel:
-            size = min(size, -(-len(problems) // 2))  # two groups at least, to have something to overlap
-        groups = [problems[i : i + size] for i in range(0, len(problems), size)]
-        if not parallel or len(groups) < 2:
-            for group in groups:
-                self.run(group, emit)
-            return
-        emitting = threading.Lock()
-
-        def emit_one(record: dict[str, Any]) -> None:
-            with emitting:
-                emit(record)
-
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="debate-group") as pool:
-            for future in [pool.submit(self.run, group, emit_one) for group in groups]:
-                future.result()
+        for start in range(0, len(problems), size):
+            self.run(problems[start : start + size], emit)
 
     def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float) -> list[Completion]:
-        with self._serving[speaker]:
-            return generate_chat(
-                self.models[speaker],
-                convs,
-                max_new_tokens=self.settings.max_new_tokens,
-                temperature=temperature,
-                seeds=seeds,
-                max_batch=self.settings.batch_size,
-                engine=self.settings.engine,
-                cuda_graphs=self.settings.cuda_graphs,
-                prefill_tokens=self.settings.prefill_tokens,
-            )
+        return generate_chat(
+            self.models[speaker],
+            convs,
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=temperature,
+            seeds=seeds,
+            max_batch=self.settings.batch_size,
+            engine=self.settings.engine,
+            cuda_graphs=self.settings.cuda_graphs,
+            prefill_tokens=self.settings.prefill_tokens,
+        )
 
     def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
         """Everything for a group of problems: baselines first, then the debate, emitting records as debates end."""
