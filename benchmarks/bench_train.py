@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_tflops(gpu, args.peak_tflops) if device.type == "cuda" and args.precision != "fp32" else args.peak_tflops
     losses = [timer.losses[step] for step in sorted(timer.losses)]
     return {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": shlex.join([*(["torchrun", "--standalone", f"--nproc-per-node={world}"] if world > 1 else ["python"]), *sys.argv]),
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "gpu": gpu,
         "processes": world,

@@ -77,7 +77,23 @@ def _check_training(cfg: DictConfig) -> None:
     names = [display_name(cfg.models[k]) for k in cfg.train.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"train.models: both models are {names[0]}; their adapters would share train/{names[0]}/")
+    _check_processes(cfg)
     _check_gpus(cfg)
+
+
+def _check_processes(cfg: DictConfig) -> None:
+    """Training runs one process per GPU. One process that sees several GPUs would be wrapped in
+    DataParallel by the trainer (slower, and a different batch than asked); several processes on one GPU
+    would share its memory."""
+    tasks = OmegaConf.select(cfg, "cluster.tasks_per_node")
+    gpus = OmegaConf.select(cfg, "cluster.gpus_per_node")
+    if cfg.cluster.kind == "local" and gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if cfg.cluster.kind != "debug" and tasks and gpus and tasks != gpus:
+        raise ConfigError(f"cluster.tasks_per_node={tasks} with {gpus} GPU(s) per node: training runs one process per GPU; "
+                          f"leave cluster.tasks_per_node unset or set it to {gpus}")
 
 
 def _check_gpus(cfg: DictConfig) -> None:

@@ -139,6 +139,8 @@ BAD = [
     (["train.deepspeed={ds}"], "does not parse as JSON"),
     (["train.deepspeed=zero4"], "train.deepspeed=zero4: no such file; use zero2, zero3, or a path to a DeepSpeed JSON config"),
     (["cluster=local", "cluster.gpus_per_node=2"], "cluster.gpus_per_node=2: this machine has 0 GPU(s)"),
+    (["cluster=slurm", "cluster.gpus_per_node=2", "cluster.tasks_per_node=1"],
+     "cluster.tasks_per_node=1 with 2 GPU(s) per node: training runs one process per GPU; leave cluster.tasks_per_node unset or set it to 2"),
     (["train.deepspeed=zero3", "train.load_in_4bit=true"], "4-bit weights cannot be partitioned"),
     (["train.models=[c]"], "train.models=['c']: list a and/or b"),
     (["train.precision=fp8"], "train.precision=fp8: not one of auto, fp16, bf16, fp32"),
