@@ -33,6 +33,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def checkpoint_step(checkpoint: Path | None) -> int:
+    """The optimizer step a checkpoint was saved at (0: no checkpoint, a fresh start)."""
     return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
 
 
