@@ -55,7 +55,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
-from pipeline.train.job import deepspeed_config, lora_config, orpo_config, pin_attention_backend  # noqa: E402
+from pipeline.train.job import deepspeed_config, lora_config, orpo_config, peak_memory_gib, pin_attention_backend  # noqa: E402
 from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Llama-3.1-8B's config.json; "tiny" is for a CPU check of the script, not for numbers.
@@ -250,12 +250,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"tokenized sequences have lengths {sorted(lengths)}, not {seq}")
         n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
-    peak_gib = [torch.cuda.max_memory_allocated(device) / 2**30] if device.type == "cuda" else [None]
-    if torch.distributed.is_initialized():  # the trainer's (or DeepSpeed's) process group: every rank's peak
-        if world > 1:
-            every: list[Any] = [None] * world
-            torch.distributed.all_gather_object(every, peak_gib[0])
-            peak_gib = every
+    peaks = peak_memory_gib(device)  # every rank's, gathered over the trainer's (or DeepSpeed's) process group
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
     timed_begins, timed_ends = timer.begins[args.warmup:], timer.ends[args.warmup:]
@@ -300,8 +296,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu": tflops / peak if peak else None,
         "hfu": hw_tflops / peak if peak else None,
         "matmul_ceiling_tflops": ceiling,
-        "peak_memory_gib": max(peak_gib) if peak_gib[0] is not None else None,
-        "peak_memory_gib_per_process": peak_gib,
+        "peak_memory_gib": max(peaks) if peaks else None,
+        "peak_memory_gib_per_process": peaks,
         "losses": losses,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
@@ -333,7 +329,7 @@ def main() -> None:
         return
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
     hfu = f"{result['hfu']:.1%}" if result["hfu"] is not None else "n/a"
-    peak = "/".join(f"{x:.1f}" for x in result["peak_memory_gib_per_process"]) if result["peak_memory_gib"] is not None else "n/a"
+    peak = "/".join(f"{x:.1f}" for x in result["peak_memory_gib_per_process"]) if result["peak_memory_gib_per_process"] else "n/a"
     print(f"{result['gpu']} x {result['processes']} | {args.shape} {args.precision} deepspeed={args.deepspeed} "
           f"checkpointing={result['gradient_checkpointing']} batch={args.batch} seq={result['sequence_tokens']}")
     print(f"tokens/s {result['tokens_per_s']:.0f} | model {result['model_tflops']:.1f} TFLOP/s MFU {mfu} | "

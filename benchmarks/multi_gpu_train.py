@@ -65,7 +65,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         run([*launcher, str(BENCH), *common, "--deepspeed", stage, "--batch", str(batch), "--out", str(out)], env=env)
         results.append(json.loads(out.read_text(encoding="utf-8")))
     one = {r["deepspeed_config"]: r for r in results if r["processes"] == 1}
-    print(f"\n| GPUs | ZeRO | per-device batch | tokens/s | per GPU | scaling efficiency | MFU | peak GiB per GPU |")
+    print("\n| GPUs | ZeRO | per-device batch | tokens/s | per GPU | scaling efficiency | MFU | peak GiB per GPU |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         base = one.get(r["deepspeed_config"])

@@ -55,8 +55,8 @@ def _kill_after_checkpoint(results: Path, run_id: str, step: int, *extra: str) -
     return max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
-def _resume(results: Path, run_id: str, processes: int, *extra: str) -> dict:
-    submit([f"results_dir={results}", f"run_id={run_id}", "cluster=local", "wait=true", f"cluster.tasks_per_node={processes}", *extra])
+def _resume(results: Path, run_id: str, processes: int) -> dict:
+    submit([f"results_dir={results}", f"run_id={run_id}", "cluster=local", "wait=true", f"cluster.tasks_per_node={processes}"])
     folder = results / run_id / "train" / "tiny-llama"
     assert [r["step"] for r in read_metrics(folder / "metrics.jsonl")] == list(range(1, 13)), "every step once"
     return json.loads((folder / "training.json").read_text())

@@ -243,7 +243,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "deepspeed": train["deepspeed"],
         "load_in_4bit": bool(train["load_in_4bit"]),
         "train_loss": round(float(result.training_loss), 4),
-        "peak_memory_gib": _peak_memory_gib(device),
+        "peak_memory_gib": peak_memory_gib(device),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if trainer.is_world_process_zero():
@@ -253,8 +253,9 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     return summary
 
 
-def _peak_memory_gib(device: torch.device) -> list[float] | None:
-    """Each process's peak GPU memory (rank order), the number that decides whether a ZeRO stage fits a card."""
+def peak_memory_gib(device: torch.device) -> list[float] | None:
+    """Each process's peak GPU memory in GiB (rank order; None on a CPU), the number that decides whether a
+    ZeRO stage fits a card. Every rank must call it: it gathers over the process group when there is one."""
     if device.type != "cuda":
         return None
     mine = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
