@@ -11,7 +11,8 @@ to that token, at the card's memory bandwidth (``--bandwidth``, default the card
 
     python benchmarks/bench_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 1 64 128 256 --engines static generate
 
-Engines: ``static`` (the suite's decoder: static KV cache, CUDA graphs), ``static-eager`` (the same
+Engines: ``static`` (the suite's decoder: static KV cache, CUDA graphs, its fused Triton kernels where
+they can run), ``static-torch`` (the same with PyTorch's kernels), ``static-eager`` (PyTorch's kernels
 without graphs), ``generate`` (transformers' plain ``generate``), ``compile`` (transformers' static
 cache with ``torch.compile``, its own fast path).
 """
@@ -58,8 +59,8 @@ def roofline_seconds(model: Any, batch: int, prompt: int, new: int, bandwidth: f
 def engine_call(name: str, model: Any, new: int) -> Callable[[torch.Tensor], Any]:
     """A function that generates ``new`` tokens for a batch of prompts with one engine."""
     mask_of = lambda ids: torch.ones_like(ids)  # noqa: E731
-    if name in ("static", "static-eager"):
-        decoder = StaticDecoder(model, cuda_graphs=name == "static")
+    if name.startswith("static"):
+        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name == "static" else "torch")
         call = lambda ids, n=new: decoder.generate(ids, mask_of(ids), max_new_tokens=n, stop_ids=[], pad_id=0)  # noqa: E731
         call.decoder = decoder  # type: ignore[attr-defined]
         return call
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="llama-3.1-8b")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 128, 256])
-    parser.add_argument("--engines", nargs="+", default=["static", "generate"], choices=["static", "static-eager", "generate", "compile"])
+    parser.add_argument("--engines", nargs="+", default=["static", "generate"], choices=["static", "static-torch", "static-eager", "generate", "compile"])
     parser.add_argument("--prompt", type=int, default=200)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--bandwidth", type=float, help="bytes/s (default: the card's data sheet)")

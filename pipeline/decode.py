@@ -14,7 +14,9 @@ weights, rotary embedding, activation, head) around its own attention and cache:
   (row bucket, column bucket) and replayed, so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
-- prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations).
+- prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations);
+- on a GPU Triton can run (compute capability 8.0+), a decode step's attention, rotary embedding, cache
+  write, norms, residuals and activation are ``pipeline.kernels``' fused kernels (``kernels=auto``).
 
 On a CPU the same code runs without graphs. Greedy and sampled outputs equal those of ``generate``
 (``tests/test_decode.py``); only Llama- and Qwen2-style decoders are supported, and ``engine=auto``
@@ -33,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from pipeline import kernels
+from pipeline.config import DEBATE_KERNELS as KERNELS
 from pipeline.sampling import sample_tokens
 
 SUPPORTED_TYPES = ("llama", "qwen2")
@@ -124,10 +128,12 @@ class StaticDecoder:
     """Decodes batches of left-padded prompts for one model; keeps its cache and graphs between calls
     while the next call fits them."""
 
-    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True) -> None:
+    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto") -> None:
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown decode kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
         config = model.config
         self.model = model
         self.layers = list(model.model.layers)
@@ -137,7 +143,10 @@ class StaticDecoder:
         self.scale = self.layers[0].self_attn.scaling
         self.device = model.device
         self.dtype = model.model.embed_tokens.weight.dtype
+        self.settings = (cuda_graphs, kernels)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.use_kernels = self._pick_kernels(kernels)
+        self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
         self.cache: torch.Tensor | None = None
         self.state: _State | None = None
         self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
@@ -145,6 +154,18 @@ class StaticDecoder:
         self.capture_seconds = 0.0
         self._fuse_weights()
         _LIVE.add(self)
+
+    def _pick_kernels(self, choice: str) -> bool:
+        """Whether decode steps run ``pipeline.kernels``: ``triton`` insists (an error where they cannot
+        run), ``torch`` declines, ``auto`` takes them wherever they can run."""
+        if choice == "torch":
+            return False
+        reason = kernels.usable(self.device)
+        if reason is None and self.model.config.hidden_act != "silu":
+            reason = f"activation {self.model.config.hidden_act!r} (the fused MLP kernel is SiLU's)"
+        if reason is not None and choice == "triton":
+            raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
+        return reason is None
 
     # ---- memory ---------------------------------------------------------------------------------------
     def bytes_per_token(self) -> int:
@@ -235,6 +256,29 @@ class StaticDecoder:
             hidden = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
         return self.model.lm_head(_rms_norm(base.norm, hidden[:, -1]))
 
+    def _fused_forward(self, rows: int, columns: int) -> torch.Tensor:
+        """The decode step's logits through ``pipeline.kernels``: the same arithmetic as ``_forward`` for one
+        token per row, with the cache write, attention and element-wise work in four kernels per layer.
+        Attention reads each row's own columns, from its first prompt token to the one written now."""
+        s = self.state
+        base = self.model.model
+        hidden = base.embed_tokens(s.token[:rows])
+        cos, sin = base.rotary_emb(hidden[:, None], s.position[:rows, None])
+        half = self.head_dim // 2
+        cos, sin = cos[:, 0].contiguous(), torch.cat((-sin[:, 0, :half], sin[:, 0, half:]), -1)
+        splits = kernels.attention_splits(rows, self.kv_heads, columns, self.processors)
+        delta = None
+        for i, layer in enumerate(self.layers):
+            norm = layer.input_layernorm
+            x = kernels.add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
+            q = kernels.rope_and_store(F.linear(x, *self.qkv[i]), cos, sin, self.cache[i], s.column, self.heads, self.kv_heads)
+            out = kernels.decode_attention(q, self.cache[i, 0], self.cache[i, 1], s.start, s.column, self.scale, splits)
+            hidden_delta = layer.self_attn.o_proj(out.view(rows, -1))
+            norm = layer.post_attention_layernorm
+            x = kernels.add_rms_norm(hidden, hidden_delta, norm.weight, norm.variance_epsilon)
+            delta = layer.mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
+        return self.model.lm_head(kernels.add_rms_norm(hidden, delta, base.norm.weight, base.norm.variance_epsilon))
+
     def _prefill(self, ids: torch.Tensor, start: torch.Tensor, rows: slice) -> torch.Tensor:
         length = ids.shape[1]
         cols = torch.arange(length, device=self.device)
@@ -254,6 +298,20 @@ class StaticDecoder:
     def _step(self, rows: int, columns: int, temperature: float) -> None:
         """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
         s = self.state
+        logits = self._fused_forward(rows, columns) if self.use_kernels else self._torch_step_logits(rows, columns)
+        token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
+        done = s.done[:rows]
+        token = torch.where(done, s.pad, token)
+        s.out[:rows].index_copy_(1, s.step.view(1), token[:, None])
+        done |= torch.isin(token, s.stop)
+        s.token[:rows] = token
+        s.position[:rows] += 1
+        s.column += 1
+        s.step += 1
+
+    def _torch_step_logits(self, rows: int, columns: int) -> torch.Tensor:
+        """The decode step's logits through PyTorch ops: an additive mask over the graph's columns."""
+        s = self.state
         cols = torch.arange(columns, device=self.device)
         valid = (cols[None] >= s.start[:rows, None]) & (cols[None] <= s.column)
         mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
@@ -265,16 +323,7 @@ class StaticDecoder:
             values.index_copy_(2, index, v)
             return keys[:, :, :columns], values[:, :, :columns]
 
-        logits = self._forward(s.token[:rows, None], s.position[:rows, None], mask, write)
-        token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
-        done = s.done[:rows]
-        token = torch.where(done, s.pad, token)
-        s.out[:rows].index_copy_(1, s.step.view(1), token[:, None])
-        done |= torch.isin(token, s.stop)
-        s.token[:rows] = token
-        s.position[:rows] += 1
-        s.column += 1
-        s.step += 1
+        return self._forward(s.token[:rows, None], s.position[:rows, None], mask, write)
 
     def _replay(self, rows: int, columns: int, temperature: float) -> None:
         if not self.use_graphs:

@@ -60,10 +60,10 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(chat: ChatModel, cuda_graphs: bool) -> StaticDecoder:
+def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str) -> StaticDecoder:
     decoder = _DECODERS.get(chat.model)
-    if decoder is None or decoder.use_graphs != (cuda_graphs and decoder.device.type == "cuda"):
-        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs)
+    if decoder is None or decoder.settings != (cuda_graphs, kernels):
+        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels)
     return decoder
 
 
@@ -84,6 +84,7 @@ def generate_chat(
     max_batch: int | None = None,
     engine: str = "auto",
     cuda_graphs: bool = True,
+    kernels: str = "auto",
     prefill_tokens: int = 16384,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch."""
@@ -96,7 +97,7 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     kind = pick_engine(chat, engine)
-    decoder = _decoder(chat, cuda_graphs) if kind == "static" else None
+    decoder = _decoder(chat, cuda_graphs, kernels) if kind == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     start = 0

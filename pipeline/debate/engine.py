@@ -35,6 +35,7 @@ class DebateSettings:
     batch_size: int
     engine: str
     cuda_graphs: bool
+    kernels: str
     prefill_tokens: int
     final_answer: str
     system_prompt: str | None
@@ -56,6 +57,7 @@ class DebateSettings:
             batch_size=debate["batch_size"],
             engine=debate["engine"],
             cuda_graphs=bool(debate["cuda_graphs"]),
+            kernels=debate["kernels"],
             prefill_tokens=debate["prefill_tokens"],
             final_answer=debate["final_answer"],
             system_prompt=debate["system_prompt"],
@@ -155,6 +157,7 @@ class DebateEngine:
             max_batch=self.settings.batch_size,
             engine=self.settings.engine,
             cuda_graphs=self.settings.cuda_graphs,
+            kernels=self.settings.kernels,
             prefill_tokens=self.settings.prefill_tokens,
         )
 

@@ -1,0 +1,88 @@
+"""Profile: where one decode step of the static decoder spends its GPU time, kernel by kernel.
+
+Random weights of a real shape, ``--batch`` rows of ``--prompt`` random tokens prefilled, then one decode
+step reading ``--columns`` cache columns run under ``torch.profiler`` (kernels launched one by one: each
+kernel takes the time it takes inside the step's CUDA graph). Prints the kernels grouped by kind, with
+the step's total, and the top kernels.
+
+    python benchmarks/profile_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 256 --kernels auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.decode import StaticDecoder  # noqa: E402
+from pipeline.models.device import pick_dtype  # noqa: E402
+from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
+
+# Kernel kinds by a word of the kernel's name, first match wins.
+KINDS = (("attention", ("attention", "fmha", "flash", "sdpa", "cudnn")), ("matmul", ("gemm", "nvjet", "cutlass", "sm90_", "sm80_")),
+         ("fused element-wise", ("_rope", "_add_rms", "_silu")), ("sampling", ("argmax", "topk", "sort", "multinomial")))
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    for kind, words in KINDS:
+        if any(word in lowered for word in words):
+            return kind
+    return "other element-wise / copies"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="llama-3.1-8b")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--prompt", type=int, default=200)
+    parser.add_argument("--columns", type=int, default=320, help="cache columns the step reads (a multiple of 64)")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"])
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
+    decoder = StaticDecoder(model, cuda_graphs=False, kernels=args.kernels)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=device)
+    decoder.generate(ids, torch.ones_like(ids), max_new_tokens=args.columns - args.prompt, stop_ids=[], pad_id=0)
+
+    def step() -> None:
+        """The step that writes the last of ``--columns`` columns (the state is rewound each time)."""
+        decoder.state.column.fill_(args.columns - 1)
+        decoder.state.step.fill_(1)
+        decoder._step(args.batch, args.columns, 0.0)
+
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: Triton compiles, cuBLAS picks its kernels
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type.name != "CUDA":
+            continue
+        for table in (by_kind[kind_of(event.name)], by_name[event.name]):
+            table[0] += event.device_time_total / 1e3
+            table[1] += 1
+    total = sum(ms for ms, _ in by_kind.values())
+    print(f"{args.shape} {args.dtype}, batch {args.batch}, {args.columns} columns, kernels={args.kernels} "
+          f"({'fused' if decoder.use_kernels else 'PyTorch'}): {total:.2f} ms of kernels in one step")
+    for kind, (ms, count) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {kind:<30}{ms:>8.2f} ms {ms / total:>5.0%} {int(count):>6} kernels")
+    print("top kernels:")
+    for name, (ms, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"  {ms:>8.3f} ms {int(count):>5}x  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()

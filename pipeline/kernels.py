@@ -1,0 +1,220 @@
+"""Triton kernels for the static decoder's decode step: what PyTorch runs as many small kernels, fused.
+
+A decode step at 64-256 rows is no longer bound by the weights alone: the batch's keys and values and
+some twenty element-wise kernels per layer (norms, rotary embedding, cache writes, residuals,
+activation) cost about as much as the matmuls. Four kernels replace them:
+
+- ``decode_attention``: grouped-query attention of one new token per row over that row's own cache
+  columns (from its first prompt token to the column just written, not the graph's whole bucket), the
+  query heads of a group reading each key/value once; long rows are split across programs and merged
+  (flash-decoding), so batch 1 still fills the GPU;
+- ``rope_and_store``: rotary embedding of q and k and the store of k and v into the cache column;
+- ``add_rms_norm``: residual add and RMSNorm in one pass;
+- ``silu_and_mul``: the gated MLP's activation.
+
+Each element-wise kernel rounds where the model's PyTorch ops round (normalise in float32, cast, then
+scale; every product and sum in the model's dtype, none fused into one multiply-add, as separate kernels
+cannot), so it gives the same values as the ops it replaces.
+Triton needs compute capability 8.0 or newer: a V100 keeps the PyTorch path. The step reads the column
+it writes from a device tensor, so the kernels replay inside a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _attention_partial(Q, K, V, Start, Column, Out, Lse, Final, stride_qr, stride_qh, stride_kr, stride_kh, stride_kc,
+                           stride_vr, stride_vh, stride_vc, scale, SPLITS: tl.constexpr, GROUP: tl.constexpr,
+                           BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+        """One (row, key/value head, split): softmax-weighted values of its share of the row's columns,
+        with the log-sum-exp that merges the shares; with one split, the output itself into ``Final``."""
+        row, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        first = tl.load(Start + row)
+        end = tl.load(Column) + 1
+        share = tl.cdiv(tl.cdiv(end - first, SPLITS), BLOCK_N) * BLOCK_N
+        lo = first + split * share
+        hi = tl.minimum(lo + share, end)
+        g = tl.arange(0, BLOCK_G)
+        d = tl.arange(0, HEAD_DIM)
+        heads = kv_head * GROUP + g
+        q = tl.load(Q + row * stride_qr + heads[:, None] * stride_qh + d[None, :], mask=g[:, None] < GROUP, other=0.0)
+        k_base = K + row * stride_kr + kv_head * stride_kh
+        v_base = V + row * stride_vr + kv_head * stride_vh
+        m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+        for c0 in range(lo, hi, BLOCK_N):
+            c = c0 + tl.arange(0, BLOCK_N)
+            ok = c < hi
+            k = tl.load(k_base + c[:, None] * stride_kc + d[None, :], mask=ok[:, None], other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            v = tl.load(v_base + c[:, None] * stride_vc + d[None, :], mask=ok[:, None], other=0.0)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            total = total * alpha + tl.sum(p, 1)
+            m = m_new
+        empty = total == 0.0
+        out = acc / tl.where(empty, 1.0, total)[:, None]
+        slot = (row * GROUP * tl.num_programs(1) + heads) * SPLITS + split
+        if SPLITS == 1:
+            tl.store(Final + slot[:, None] * HEAD_DIM + d[None, :], out.to(Final.dtype.element_ty), mask=g[:, None] < GROUP)
+        else:
+            tl.store(Out + slot[:, None] * HEAD_DIM + d[None, :], out, mask=g[:, None] < GROUP)
+            tl.store(Lse + slot, tl.where(empty, float("-inf"), m + tl.log(total)), mask=g < GROUP)
+
+    @triton.jit
+    def _attention_merge(Part, Lse, Out, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """One (row, query head): the splits' partial outputs weighted by their share of the softmax."""
+        head = tl.program_id(0)
+        s = tl.arange(0, BLOCK_S)
+        d = tl.arange(0, HEAD_DIM)
+        lse = tl.load(Lse + head * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
+        weight = tl.exp(lse - tl.max(lse, 0))
+        weight = weight / tl.sum(weight, 0)
+        part = tl.load(Part + (head * SPLITS + s)[:, None] * HEAD_DIM + d[None, :], mask=s[:, None] < SPLITS, other=0.0)
+        tl.store(Out + head * HEAD_DIM + d, tl.sum(part * weight[:, None], 0).to(Out.dtype.element_ty))
+
+    @triton.jit
+    def _rope_and_store(QKV, Cos, Sin, Q, Cache, Column, stride_qkv, stride_cache_row, stride_cache_head,
+                        stride_cache_kv, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        BLOCK_H: tl.constexpr):
+        """One row, ``BLOCK_H`` of its q/k/v heads: q rotated into Q, k rotated and v as is into the cache
+        column. The rotation rounds as ``x * cos + rotate_half(x) * sin`` does in the model's dtype."""
+        row = tl.program_id(0)
+        half: tl.constexpr = HEAD_DIM // 2
+        h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        d = tl.arange(0, HEAD_DIM)[None, :]
+        x = tl.load(QKV + row * stride_qkv + h * HEAD_DIM + d, mask=h < HEADS + 2 * KV_HEADS, other=0.0)
+        partner = tl.load(QKV + row * stride_qkv + h * HEAD_DIM + (d + half) % HEAD_DIM, mask=h < HEADS + KV_HEADS, other=0.0)
+        cos = tl.load(Cos + row * HEAD_DIM + d)
+        sin = tl.load(Sin + row * HEAD_DIM + d)
+        a = (x.to(tl.float32) * cos.to(tl.float32)).to(x.dtype)
+        b = (partner.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
+        rotated = (a.to(tl.float32) + b.to(tl.float32)).to(x.dtype)
+        column = tl.load(Column)
+        tl.store(Q + (row * HEADS + h) * HEAD_DIM + d, rotated, mask=h < HEADS)
+        is_k = (h >= HEADS) & (h < HEADS + KV_HEADS)
+        tl.store(Cache + row * stride_cache_row + (h - HEADS) * stride_cache_head + column * HEAD_DIM + d, rotated, mask=is_k)
+        is_v = (h >= HEADS + KV_HEADS) & (h < HEADS + 2 * KV_HEADS)
+        tl.store(Cache + stride_cache_kv + row * stride_cache_row + (h - HEADS - KV_HEADS) * stride_cache_head
+                 + column * HEAD_DIM + d, x, mask=is_v)
+
+    @triton.jit
+    def _add_rms_norm(Hidden, Delta, Weight, Normed, eps, WIDTH: tl.constexpr, BLOCK: tl.constexpr, ADD: tl.constexpr):
+        """One row: ``hidden += delta`` (in place, rounded to the dtype), then the weighted RMSNorm of it,
+        normalised in float32, cast, then scaled, as the model's norm rounds."""
+        row = tl.program_id(0)
+        i = tl.arange(0, BLOCK)
+        ok = i < WIDTH
+        x = tl.load(Hidden + row * WIDTH + i, mask=ok, other=0.0)
+        if ADD:
+            delta = tl.load(Delta + row * WIDTH + i, mask=ok, other=0.0)
+            x = (x.to(tl.float32) + delta.to(tl.float32)).to(x.dtype)
+            tl.store(Hidden + row * WIDTH + i, x, mask=ok)
+        xf = x.to(tl.float32)
+        rms = tl.rsqrt(tl.sum(xf * xf, 0) / WIDTH + eps)
+        w = tl.load(Weight + i, mask=ok, other=0.0)
+        normed = (xf * rms).to(x.dtype).to(tl.float32)
+        tl.store(Normed + row * WIDTH + i, (w.to(tl.float32) * normed).to(x.dtype), mask=ok)
+
+    @triton.jit
+    def _silu_and_mul(GateUp, Out, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+        """One block of one row: ``silu(gate) * up``, each op rounded to the dtype as PyTorch rounds it."""
+        row, block = tl.program_id(0), tl.program_id(1)
+        i = block * BLOCK + tl.arange(0, BLOCK)
+        ok = i < WIDTH
+        gate = tl.load(GateUp + row * 2 * WIDTH + i, mask=ok, other=0.0)
+        up = tl.load(GateUp + row * 2 * WIDTH + WIDTH + i, mask=ok, other=0.0)
+        g = gate.to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+        tl.store(Out + row * WIDTH + i, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=ok)
+
+
+def usable(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device``, or None when they can."""
+    if not HAVE_TRITON:
+        return "triton is not installed"
+    if device.type != "cuda":
+        return "not a CUDA device"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"compute capability {major}.{minor} (Triton needs 8.0 or newer)"
+    return None
+
+
+def attention_splits(rows: int, kv_heads: int, columns: int, processors: int, block: int = 64) -> int:
+    """How many programs share one row's columns: enough (rows x kv heads x splits) to give every
+    processor two programs, and no split shorter than one block."""
+    want = -(-2 * processors // (rows * kv_heads))
+    return max(1, min(want, columns // block))
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, column: torch.Tensor,
+                     scale: float, splits: int, block: int = 64) -> torch.Tensor:
+    """Attention of one query per row, ``q`` [rows, heads, dim], over ``keys``/``values`` [rows, kv_heads,
+    columns, dim] from column ``start[row]`` to ``column`` (inclusive, a 0-d device tensor). Returns
+    [rows, heads, dim] in q's dtype."""
+    rows, heads, dim = q.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    out = torch.empty_like(q)
+    part = torch.empty((rows, heads, splits, dim) if splits > 1 else (), dtype=torch.float32, device=q.device)
+    lse = torch.empty((rows, heads, splits) if splits > 1 else (), dtype=torch.float32, device=q.device)
+    _attention_partial[(rows, kv_heads, splits)](
+        q, keys, values, start, column, part, lse, out, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+        values.stride(0), values.stride(1), values.stride(2), scale, SPLITS=splits, GROUP=group,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim, BLOCK_N=block, IEEE=q.dtype == torch.float32)
+    if splits > 1:
+        _attention_merge[(rows * heads,)](part, lse, out, SPLITS=splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), HEAD_DIM=dim)
+    return out
+
+
+def rope_and_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor, column: torch.Tensor,
+                   heads: int, kv_heads: int) -> torch.Tensor:
+    """Rotates q and k of ``qkv`` [rows, (heads + 2 kv_heads) * dim] by ``cos``/``sin`` [rows, dim] (sin
+    with its first half negated: ``rotate_half(x) * sin`` is then the swapped halves of x times it); stores k and v in ``cache`` [2, rows, kv_heads,
+    columns, dim] at ``column``. Returns the rotated q, [rows, heads, dim]."""
+    rows = qkv.shape[0]
+    dim = cache.shape[-1]
+    q = torch.empty((rows, heads, dim), dtype=qkv.dtype, device=qkv.device)
+    block = 16
+    _rope_and_store[(rows, triton.cdiv(heads + 2 * kv_heads, block))](
+        qkv, cos, sin, q, cache, column, qkv.stride(0), cache.stride(1), cache.stride(2), cache.stride(0),
+        HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=dim, BLOCK_H=block, enable_fp_fusion=False)
+    return q
+
+
+def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``hidden += delta`` in place (when given), and returns ``weight * rms_norm(hidden)``; [rows, width]."""
+    rows, width = hidden.shape
+    normed = torch.empty_like(hidden)
+    _add_rms_norm[(rows,)](hidden, hidden if delta is None else delta, weight, normed, eps, WIDTH=width,
+                           BLOCK=triton.next_power_of_2(width), ADD=delta is not None, num_warps=8,
+                           enable_fp_fusion=False)
+    return normed
+
+
+def silu_and_mul(gate_up: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up`` [rows, 2 * width] holding gate then up; [rows, width]."""
+    rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty((rows, width), dtype=gate_up.dtype, device=gate_up.device)
+    _silu_and_mul[(rows, triton.cdiv(width, block))](gate_up, out, WIDTH=width, BLOCK=block, enable_fp_fusion=False)
+    return out

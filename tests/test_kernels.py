@@ -1,0 +1,116 @@
+"""The static decoder's Triton kernels give what the PyTorch ops they replace give: attention over each
+row's own columns (whatever its left padding and the number of splits), the rotary embedding and cache
+write bit for bit, the norm and the activation to the last rounding. On a CPU they run in Triton's
+interpreter (a subprocess: the interpreter is chosen when a kernel is defined); on a GPU, compiled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import kernels
+from pipeline.config import ConfigError, load_config
+from pipeline.decode import StaticDecoder
+from pipeline.models.loading import load_chat_model
+from pipeline.models.registry import load_registry
+from tests.conftest import ROOT
+
+needs_triton = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
+GPU = torch.cuda.is_available() and kernels.usable(torch.device("cuda")) is None
+
+
+def _reference_attention(q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, column: int, scale: float) -> torch.Tensor:
+    rows, heads, dim = q.shape
+    kv_heads, columns = cache.shape[2], cache.shape[3]
+    cols = torch.arange(columns, device=q.device)
+    valid = (cols[None] >= start[:, None]) & (cols[None] <= column)
+    mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
+    return F.scaled_dot_product_attention(grouped, cache[0], cache[1], attn_mask=mask, scale=scale).reshape(rows, heads, dim)
+
+
+def check_kernels(device: str, dtype: torch.dtype) -> None:
+    """Every kernel against its PyTorch ops on random inputs; raises AssertionError on a mismatch."""
+    torch.manual_seed(0)
+    rows, heads, kv_heads, dim, columns, column = 4, 8, 2, 64, 192, 150
+    # Rows with no padding, some, and a prompt that starts just before the column written now.
+    start = torch.tensor([0, 37, 120, 149], device=device)
+    cache = torch.randn(2, rows, kv_heads, columns, dim, dtype=dtype, device=device)
+    q = torch.randn(rows, heads, dim, dtype=dtype, device=device)
+    expected = _reference_attention(q, cache, start, column, 0.125)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for splits in (1, 3, 8):  # 8 splits of a 1-column row: seven empty ones merge away
+        out = kernels.decode_attention(q, cache[0], cache[1], start, torch.tensor(column, device=device), 0.125, splits, block=32)
+        torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance, msg=f"attention, {splits} splits")
+
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device)
+    cos, sin = torch.randn(rows, dim, dtype=dtype, device=device), torch.randn(rows, dim, dtype=dtype, device=device)
+    written = cache.clone()
+    rotated_q = kernels.rope_and_store(qkv, cos, sin, written, torch.tensor(column, device=device), heads, kv_heads)
+    x = qkv.view(rows, heads + 2 * kv_heads, dim)
+    qk = x[:, : heads + kv_heads]
+    half = dim // 2
+    rotated = qk * cos[:, None] + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin[:, None]
+    assert torch.equal(rotated_q, rotated[:, :heads]), "rotated q"
+    assert torch.equal(written[0, :, :, column], rotated[:, heads:]), "rotated k in the cache column"
+    assert torch.equal(written[1, :, :, column], x[:, heads + kv_heads :]), "v in the cache column"
+    others = torch.arange(columns, device=device) != column
+    assert torch.equal(written[:, :, :, others], cache[:, :, :, others]), "no other column written"
+
+    width = 96
+    hidden, delta = torch.randn(rows, width, dtype=dtype, device=device), torch.randn(rows, width, dtype=dtype, device=device)
+    weight = torch.randn(width, dtype=dtype, device=device)
+    summed = hidden + delta
+    normed = kernels.add_rms_norm(hidden, delta, weight, 1e-6)
+    assert torch.equal(hidden, summed), "the residual is added in place"
+    reference = weight * F.rms_norm(summed.float(), (width,), eps=1e-6).to(dtype)
+    torch.testing.assert_close(normed, reference, msg="add + RMSNorm")
+    torch.testing.assert_close(kernels.add_rms_norm(summed.clone(), None, weight, 1e-6), reference, msg="RMSNorm alone")
+
+    gate_up = torch.randn(rows, 2 * 300, dtype=dtype, device=device)
+    gate, up = gate_up.chunk(2, -1)
+    torch.testing.assert_close(kernels.silu_and_mul(gate_up, block=128), F.silu(gate) * up, msg="SiLU and mul")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernels_match_pytorch_in_the_interpreter(dtype: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = f"import torch; from tests.test_kernels import check_kernels; check_kernels('cpu', torch.{dtype})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kernels_match_pytorch_on_the_gpu(dtype: torch.dtype) -> None:
+    check_kernels("cuda", dtype)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
+    """The same prompts through both step paths: the same greedy tokens in float32."""
+    chat = load_chat_model(load_registry()[name], Path("/nonexistent"), "float32", torch.device("cuda"))
+    ids = torch.randint(3, chat.model.config.vocab_size, (6, 40), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1:, :7] = 0  # left padding
+    outs = [StaticDecoder(chat.model, kernels=k).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
+    assert torch.equal(*outs)
+
+
+def test_a_kernel_choice_that_cannot_run_is_refused() -> None:
+    chat = load_chat_model(load_registry()["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    with pytest.raises(ValueError, match="kernels=triton cannot run .* on cpu: (not a CUDA device|triton is not installed)"):
+        StaticDecoder(chat.model, kernels="triton")
+    with pytest.raises(ValueError, match="unknown decode kernels 'fast'; choose one of auto, triton, torch"):
+        StaticDecoder(chat.model, kernels="fast")
+    assert not StaticDecoder(chat.model, kernels="auto").use_kernels
+    with pytest.raises(ConfigError, match="debate.kernels"):
+        load_config(["debate.kernels=fast"])
