@@ -1,11 +1,13 @@
-"""Profile: where one decode step of the static decoder spends its GPU time, kernel by kernel.
+"""Profile: where the static decoder spends its GPU time, kernel by kernel, in a decode step or a prefill.
 
 Random weights of a real shape, ``--batch`` rows of ``--prompt`` random tokens prefilled, then one decode
 step reading ``--columns`` cache columns run under ``torch.profiler`` (kernels launched one by one: each
-kernel takes the time it takes inside the step's CUDA graph). Prints the kernels grouped by kind, with
-the step's total, and the top kernels.
+kernel takes the time it takes inside the step's CUDA graph). ``--phase prefill`` profiles the prefill
+of those prompts instead (a debate's later turns prefill ~1,500-token conversations). Prints the kernels
+grouped by kind, with the total, and the top kernels.
 
     python benchmarks/profile_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 256 --kernels auto
+    python benchmarks/profile_decode.py --phase prefill --batch 10 --prompt 1500
 """
 
 from __future__ import annotations
@@ -45,13 +47,14 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=200)
     parser.add_argument("--columns", type=int, default=320, help="cache columns the step reads (a multiple of 64)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"])
+    parser.add_argument("--phase", default="decode", choices=["decode", "prefill"])
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
     decoder = StaticDecoder(model, cuda_graphs=False, kernels=args.kernels)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=device)
-    decoder.generate(ids, torch.ones_like(ids), max_new_tokens=args.columns - args.prompt, stop_ids=[], pad_id=0)
+    decoder.generate(ids, torch.ones_like(ids), max_new_tokens=max(1, args.columns - args.prompt), stop_ids=[], pad_id=0)
 
     def step() -> None:
         """The step that writes the last of ``--columns`` columns (the state is rewound each time)."""
@@ -59,12 +62,17 @@ def main() -> None:
         decoder.state.step.fill_(1)
         decoder._step(args.batch, args.columns, 0.0)
 
+    def prefill() -> None:
+        decoder._prefill(ids, torch.zeros(args.batch, dtype=torch.long, device=device), slice(0, args.batch))
+
+    run = step if args.phase == "decode" else prefill
+
     with torch.inference_mode():
         for _ in range(3):  # warm-up: Triton compiles, cuBLAS picks its kernels
-            step()
+            run()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step()
+            run()
             torch.cuda.synchronize()
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -75,8 +83,9 @@ def main() -> None:
             table[0] += event.device_time_total / 1e3
             table[1] += 1
     total = sum(ms for ms, _ in by_kind.values())
-    print(f"{args.shape} {args.dtype}, batch {args.batch}, {args.columns} columns, kernels={args.kernels} "
-          f"({'fused' if decoder.use_kernels else 'PyTorch'}): {total:.2f} ms of kernels in one step")
+    what = f"one step over {args.columns} columns" if args.phase == "decode" else f"the prefill of {args.prompt}-token prompts"
+    print(f"{args.shape} {args.dtype}, batch {args.batch}, kernels={args.kernels} ({'fused' if decoder.use_kernels else 'PyTorch'}): "
+          f"{total:.2f} ms of kernels in {what}")
     for kind, (ms, count) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         print(f"  {kind:<30}{ms:>8.2f} ms {ms / total:>5.0%} {int(count):>6} kernels")
     print("top kernels:")

@@ -152,6 +152,9 @@ class StaticDecoder:
         self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
         self.pool = None
         self.capture_seconds = 0.0
+        # Where a call's time goes, summed over calls (benchmarks read them): prompts' prefill vs decode steps.
+        self.prefill_seconds = 0.0
+        self.prefill_tokens = 0
         self._fuse_weights()
         _LIVE.add(self)
 
@@ -383,11 +386,16 @@ class StaticDecoder:
         s.out.fill_(pad_id)
         s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long) if seeds is not None else 0
         chunk = max(1, prefill_tokens // length)
+        started = time.perf_counter()
         first = []
         for r0 in range(0, rows, chunk):
             part = slice(r0, min(rows, r0 + chunk))
             first.append(sample_tokens(self._prefill(ids[part], start[part], part), temperature, s.seeds[part], 0))
         token = torch.cat(first)
+        if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
+            torch.cuda.synchronize(self.device)
+        self.prefill_seconds += time.perf_counter() - started
+        self.prefill_tokens += int(attention_mask.sum())
         s.out[:rows, 0] = token
         s.done[:rows] = torch.isin(token, s.stop)
         s.token[:rows] = token
