@@ -70,17 +70,19 @@ def _sync() -> None:
 def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
     """The shard's own loop (``run_all``: groups of ``batch_size``)."""
     records: list[dict[str, Any]] = []
-    decoders = lambda: [_DECODERS[c.model] for c in engine.models.values() if c.model in _DECODERS]  # noqa: E731
-    prefill_before = sum(d.prefill_seconds for d in decoders())
+    counters = ("prefill_seconds", "prefill_tokens", "reused_tokens")
+    totals = lambda: {c: sum(getattr(_DECODERS[m.model], c) for m in engine.models.values() if m.model in _DECODERS) for c in counters}  # noqa: E731
+    before = totals()
     _sync()
     started = time.perf_counter()
     engine.run_all(problems, records.append)
     _sync()
     seconds = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in records)
-    prefill = sum(d.prefill_seconds for d in decoders()) - prefill_before
+    spent = {c: totals()[c] - before[c] for c in counters}
     return {"questions": len(records), "seconds": seconds, "q_per_s": len(records) / seconds, "tok_per_s": tokens / seconds, "tokens": tokens,
-            "prefill_s": prefill, "prefill_share": prefill / seconds}
+            "prefill_s": spent["prefill_seconds"], "prefill_share": spent["prefill_seconds"] / seconds,
+            "prefilled_tokens": spent["prefill_tokens"], "reused_tokens": spent["reused_tokens"]}
 
 
 def main() -> None:
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seed-engine", default="generate", choices=["auto", "static", "generate"],
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"], help="the static decoder's step kernels (debate.kernels)")
+    parser.add_argument("--reuse-kv", default="on", choices=["on", "off"], help="start each turn from the model's previous one (debate.reuse_kv)")
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",
                         help="debate.devices: both models on the first GPU, or one GPU each")
     parser.add_argument("--threads", type=int, default=2)
@@ -108,17 +111,17 @@ def main() -> None:
     device = devices["a"]
     models = load_pair(args.models, args.dtype, devices)
     cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
-                       f"debate.kernels={args.kernels}", "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
+                       f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
     settings = DebateSettings.from_config(cfg.debate, 0)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
     for chat in models.values():  # warm-up: kernels, allocator, caches
         for engine in {args.engine, args.seed_engine}:
-            generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels)
+            generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels, reuse_kv=args.reuse_kv == "on")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
-          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels}")
-    print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}{'prefill s':>11}", flush=True)
+          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv}")
+    print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}{'prefill s':>11}{'prompt tokens reused':>22}", flush=True)
     results: dict[str, dict[str, float]] = {}
     ways = []
     if args.mode in ("both", "seed"):
@@ -127,7 +130,8 @@ def main() -> None:
         ways.append((f"batched shard ({args.engine}, {args.devices})", replace(settings, engine=args.engine), args.questions))
     for label, way, count in ways:
         m = results[label] = measure(DebateEngine(models, way), problems[:count])
-        print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}{m['prefill_s']:>11.1f}", flush=True)
+        print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}{m['prefill_s']:>11.1f}"
+              f"{m['reused_tokens'] / max(1, m['reused_tokens'] + m['prefilled_tokens']):>22.0%}", flush=True)
     peaks = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
     peak = max(peaks, default=float("nan"))
     if len(results) == 2:

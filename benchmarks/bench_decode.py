@@ -60,7 +60,8 @@ def engine_call(name: str, model: Any, new: int) -> Callable[[torch.Tensor], Any
     """A function that generates ``new`` tokens for a batch of prompts with one engine."""
     mask_of = lambda ids: torch.ones_like(ids)  # noqa: E731
     if name.startswith("static"):
-        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name == "static" else "torch")
+        # Each call is a new batch: no reuse of the previous call's prompts (the debate benchmark measures that).
+        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name == "static" else "torch", reuse_kv=False)
         call = lambda ids, n=new: decoder.generate(ids, mask_of(ids), max_new_tokens=n, stop_ids=[], pad_id=0)  # noqa: E731
         call.decoder = decoder  # type: ignore[attr-defined]
         return call

@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
-    decoder = StaticDecoder(model, cuda_graphs=False, kernels=args.kernels)
+    decoder = StaticDecoder(model, cuda_graphs=False, kernels=args.kernels, reuse_kv=False)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=device)
     decoder.generate(ids, torch.ones_like(ids), max_new_tokens=max(1, args.columns - args.prompt), stop_ids=[], pad_id=0)
 

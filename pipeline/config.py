@@ -145,6 +145,12 @@ def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = Fa
         raise ConfigError(f"{key}={value}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
 
 
+def _require_bool(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value}: must be true or false")
+
+
 def _require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in tuple(choices):
@@ -215,6 +221,8 @@ def _validate_debate(cfg: DictConfig) -> None:
     _require_int(cfg, "debate.prefill_tokens", 1)
     _require_choice(cfg, "debate.engine", DEBATE_ENGINES)
     _require_choice(cfg, "debate.kernels", DEBATE_KERNELS)
+    for key in ("debate.cuda_graphs", "debate.reuse_kv"):
+        _require_bool(cfg, key)
     _require_choice(cfg, "debate.devices", DEBATE_DEVICES)
     _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
     _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)

@@ -5,8 +5,11 @@ bookkeeping) and, with a padding mask, copies every layer's keys and values four
 grouped-query heads. This decoder runs the model's own parts (embeddings, norm weights, projection
 weights, rotary embedding, activation, head) around its own attention and cache:
 
-- one preallocated cache per model, ``[layers, k/v, rows, kv_heads, columns, head_dim]``; rows are
-  left-padded into shared columns, so a step writes one column for every row;
+- one preallocated cache per model, a ``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer; rows
+  are left-padded into shared columns, so a step writes one column for every row;
+- turn to turn, a new prompt starts from the cache row that holds its longest prefix (the model's previous
+  turn: its prompt and its own reply, ``pipeline.prefix_cache``): those keys and values move to the new
+  row's columns and only the rest of the prompt is prefilled (``reuse_kv``);
 - on a GPU, q/k/v and gate/up are each one matmul (the model's weights become views of the fused ones);
 - grouped-query attention reads each key/value head once (the query heads of a group ride as a short
   query sequence, no copies);
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import numpy as np
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -37,6 +41,7 @@ from transformers import PreTrainedModel
 
 from pipeline import kernels
 from pipeline.config import DEBATE_KERNELS as KERNELS
+from pipeline.prefix_cache import PrefixIndex, Reuse
 from pipeline.sampling import sample_tokens
 
 SUPPORTED_TYPES = ("llama", "qwen2")
@@ -103,6 +108,28 @@ def _round_columns(n: int) -> int:
     return -(-n // COLUMN_BUCKET) * COLUMN_BUCKET
 
 
+def _move(dst: torch.Tensor, src: torch.Tensor, moves: tuple[torch.Tensor, ...]) -> None:
+    """Copies one layer's reused prefixes, keys then values (half the scratch memory of both at once):
+    ``moves`` = (new rows, new columns, old rows, old columns). The old entries are gathered before any is
+    written, so ``dst`` may be ``src`` with rows trading places."""
+    for kv in range(2):
+        dst[kv][moves[0], :, moves[1]] = src[kv][moves[2], :, moves[3]]
+
+
+def _chunks(widths: np.ndarray, budget: int) -> list[slice]:
+    """Consecutive rows in groups whose prefill (rows x the group's widest window) stays within ``budget``
+    tokens; a row wider than the budget goes alone."""
+    chunks, first, widest = [], 0, 0
+    for row, width in enumerate(widths):
+        widest_with = max(widest, int(width))
+        if row > first and (row - first + 1) * widest_with > budget:
+            chunks.append(slice(first, row))
+            first, widest_with = row, int(width)
+        widest = widest_with
+    chunks.append(slice(first, len(widths)))
+    return chunks
+
+
 @dataclass
 class _State:
     """The per-row buffers a decode step reads and writes in place (a captured graph holds their addresses)."""
@@ -128,7 +155,7 @@ class StaticDecoder:
     """Decodes batches of left-padded prompts for one model; keeps its cache and graphs between calls
     while the next call fits them."""
 
-    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto") -> None:
+    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto", reuse_kv: bool = True) -> None:
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
@@ -143,18 +170,21 @@ class StaticDecoder:
         self.scale = self.layers[0].self_attn.scaling
         self.device = model.device
         self.dtype = model.model.embed_tokens.weight.dtype
-        self.settings = (cuda_graphs, kernels)
+        self.settings = (cuda_graphs, kernels, reuse_kv)
+        self.reuse_kv = reuse_kv
+        self.index = PrefixIndex()
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.use_kernels = self._pick_kernels(kernels)
         self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
-        self.cache: torch.Tensor | None = None
+        self.cache: list[torch.Tensor] | None = None  # per layer: [k/v, rows, kv_heads, columns, head_dim]
         self.state: _State | None = None
         self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
         self.pool = None
         self.capture_seconds = 0.0
         # Where a call's time goes, summed over calls (benchmarks read them): prompts' prefill vs decode steps.
         self.prefill_seconds = 0.0
-        self.prefill_tokens = 0
+        self.prefill_tokens = 0  # prompt tokens prefilled
+        self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier call
         self._fuse_weights()
         _LIVE.add(self)
 
@@ -179,33 +209,59 @@ class StaticDecoder:
         """Frees the cache and the graphs (another model on this device needs the memory)."""
         self.cache = self.state = self.pool = None
         self.graphs.clear()
+        self.index.clear()
 
-    def max_rows(self, columns: int, vocab_rows_cost: int) -> int:
-        """How many rows of ``columns`` fit in this device's free memory now (no limit on a CPU). Other
-        static decoders on this device give their caches back first: models take turns."""
+    def held_bytes(self) -> int:
+        return sum(layer.numel() * layer.element_size() for layer in self.cache) if self.cache is not None else 0
+
+    def max_rows(self, columns: int, vocab_rows_cost: int, wanted: int) -> int:
+        """How many rows of ``columns`` fit in this device's free memory now, up to ``wanted`` (no limit on
+        a CPU). Other static decoders on this device keep their caches (and their rows' prefixes for the
+        next turn) while ``wanted`` rows fit beside them; otherwise they give them back: models take turns."""
         if self.device.type != "cuda":
-            return 1 << 30
-        for other in list(_LIVE):
-            if other is not self and other.device == self.device:
-                other.release()
-        held = self.cache.numel() * self.cache.element_size() if self.cache is not None else 0
-        free = torch.cuda.mem_get_info(self.device)[0] + held
+            return wanted
         per_row = _round_columns(columns) * self.bytes_per_token() + vocab_rows_cost
-        return max(1, int((free - RESERVE_BYTES) // per_row))
 
-    def _ensure(self, rows: int, columns: int, max_new: int, stop_ids: list[int], pad: int) -> None:
-        """A cache (and row buffers) of at least ``rows`` x ``columns``; a bigger need, or other stop
-        tokens, drops the graphs."""
+        def fitting() -> int:
+            free = torch.cuda.mem_get_info(self.device)[0] + self.held_bytes()
+            return int((free - RESERVE_BYTES) // per_row)
+
+        rows = fitting()
+        others = [d for d in list(_LIVE) if d is not self and d.device == self.device and d.cache is not None]
+        if rows < wanted and others:
+            for other in others:
+                other.release()
+            torch.cuda.empty_cache()
+            rows = fitting()
+        return max(1, min(rows, wanted))
+
+    def _ensure(self, rows: int, columns: int, max_new: int, stop_ids: list[int], pad: int,
+                moves: tuple[torch.Tensor, ...] | None) -> None:
+        """A cache (and row buffers) of at least ``rows`` x ``columns``, with the reused prefixes moved into
+        their new rows and columns: ``moves`` = (new rows, new columns, old rows, old columns), one entry
+        per token. A bigger need, or other stop tokens, drops the graphs; a bigger cache is built a layer
+        at a time, each old layer freed once its prefixes are copied out, so two caches never coexist."""
         columns = _round_columns(columns)
         s = self.state
-        if (s is not None and self.cache.shape[2] >= rows and self.cache.shape[4] >= columns and s.out.shape[1] >= max_new
+        if (s is not None and self.cache[0].shape[1] >= rows and self.cache[0].shape[3] >= columns and s.out.shape[1] >= max_new
                 and s.stop.tolist() == list(stop_ids) and s.pad == pad):
+            if moves is not None:
+                for layer in self.cache:
+                    _move(layer, layer, moves)
             return
+        old = self.cache if moves is not None else None
         self.release()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        shape = (len(self.layers), 2, rows, self.kv_heads, columns, self.head_dim)
-        self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cache = []
+        for i in range(len(self.layers)):
+            layer = torch.zeros((2, rows, self.kv_heads, columns, self.head_dim), dtype=self.dtype, device=self.device)
+            if old is not None:
+                _move(layer, old[i], moves)
+                old[i] = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            self.cache.append(layer)
         zeros = lambda *s, dtype=torch.long: torch.zeros(s, dtype=dtype, device=self.device)  # noqa: E731
         self.state = _State(zeros(rows), zeros(rows), zeros(rows), zeros(rows, dtype=torch.bool), zeros(rows, max_new),
                             zeros(rows), zeros(), zeros(), torch.tensor(stop_ids, dtype=torch.long, device=self.device), pad)
@@ -275,26 +331,31 @@ class StaticDecoder:
             norm = layer.input_layernorm
             x = kernels.add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
             q = kernels.rope_and_store(F.linear(x, *self.qkv[i]), cos, sin, self.cache[i], s.column, self.heads, self.kv_heads)
-            out = kernels.decode_attention(q, self.cache[i, 0], self.cache[i, 1], s.start, s.column, self.scale, splits)
+            out = kernels.decode_attention(q, self.cache[i][0], self.cache[i][1], s.start, s.column, self.scale, splits)
             hidden_delta = layer.self_attn.o_proj(out.view(rows, -1))
             norm = layer.post_attention_layernorm
             x = kernels.add_rms_norm(hidden, hidden_delta, norm.weight, norm.variance_epsilon)
             delta = layer.mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
         return self.model.lm_head(kernels.add_rms_norm(hidden, delta, base.norm.weight, base.norm.variance_epsilon))
 
-    def _prefill(self, ids: torch.Tensor, start: torch.Tensor, rows: slice) -> torch.Tensor:
-        length = ids.shape[1]
-        cols = torch.arange(length, device=self.device)
-        positions = (cols[None] - start[:, None]).clamp(min=0)
-        keys_ok = cols[None, None, :] >= start[:, None, None]
-        causal = cols[None, :, None] >= cols[None, None, :]
+    def _prefill(self, ids: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, rows: slice, end: int) -> torch.Tensor:
+        """Logits of the last prompt token of ``rows``, whose prompts end at column ``end``. ``ids`` are the
+        prompts' last columns (all of them, or a window when prefixes were reused); a row's keys and
+        values are written from column ``fresh`` on, and its queries attend to its columns from ``start``."""
+        width = ids.shape[1]
+        queries = torch.arange(end - width, end, device=self.device)
+        keys = torch.arange(end, device=self.device)
+        positions = (queries[None] - start[:, None]).clamp(min=0)
+        visible = (keys[None, None, :] >= start[:, None, None]) & (keys[None, None, :] <= queries[None, :, None])
         # A padding query sees only itself: every softmax row stays finite.
-        mask = (causal & keys_ok) | torch.eye(length, dtype=torch.bool, device=self.device)[None]
+        mask = visible | (keys[None, None, :] == queries[None, :, None])
+        new = (queries[None] >= fresh[:, None])[:, None, :, None]
 
         def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            self.cache[layer, 0, rows, :, :length] = k
-            self.cache[layer, 1, rows, :, :length] = v
-            return k, v
+            cache = self.cache[layer][:, rows]
+            window = cache[:, :, :, end - width : end]
+            window.copy_(torch.where(new, torch.stack((k, v)), window))
+            return cache[0, :, :, :end], cache[1, :, :, :end]
 
         return self._forward(ids, positions, mask[:, None], write)
 
@@ -321,7 +382,7 @@ class StaticDecoder:
         index = s.column.view(1)
 
         def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            keys, values = self.cache[layer, 0, :rows], self.cache[layer, 1, :rows]
+            keys, values = self.cache[layer][0, :rows], self.cache[layer][1, :rows]
             keys.index_copy_(2, index, k)
             values.index_copy_(2, index, v)
             return keys[:, :, :columns], values[:, :, :columns]
@@ -378,31 +439,40 @@ class StaticDecoder:
     def _decode(self, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
                 temperature: float, seeds: list[int] | None, prefill_tokens: int) -> torch.Tensor:
         rows, length = ids.shape
-        self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id)
-        s = self.state
+        if self.state is not None and (self.state.stop.tolist() != list(stop_ids) or self.state.pad != pad_id):
+            self.release()
         start = (attention_mask == 0).sum(1)
+        host_ids, host_start = ids.cpu().numpy(), start.cpu().numpy()
+        prompts = [host_ids[r, host_start[r] :] for r in range(rows)]
+        matches = [self.index.match(p) for p in prompts] if self.reuse_kv else [None] * rows
+        self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id, self._moves(matches, host_start))
+        s = self.state
         s.start[:rows] = start
         s.done.zero_()
         s.out.fill_(pad_id)
         s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long) if seeds is not None else 0
-        chunk = max(1, prefill_tokens // length)
+        reused = np.array([m.tokens if m is not None else 0 for m in matches], dtype=np.int64)
+        fresh = host_start + reused  # a row's first column to prefill
+        fresh_device = torch.from_numpy(fresh).to(self.device)
         started = time.perf_counter()
         first = []
-        for r0 in range(0, rows, chunk):
-            part = slice(r0, min(rows, r0 + chunk))
-            first.append(sample_tokens(self._prefill(ids[part], start[part], part), temperature, s.seeds[part], 0))
+        for part in _chunks(length - fresh, prefill_tokens):
+            width = int((length - fresh[part]).max())
+            logits = self._prefill(ids[part, length - width :], start[part], fresh_device[part], part, length)
+            first.append(sample_tokens(logits, temperature, s.seeds[part], 0))
         token = torch.cat(first)
         if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
             torch.cuda.synchronize(self.device)
         self.prefill_seconds += time.perf_counter() - started
-        self.prefill_tokens += int(attention_mask.sum())
+        self.prefill_tokens += int((length - fresh).sum())
+        self.reused_tokens += int(reused.sum())
         s.out[:rows, 0] = token
         s.done[:rows] = torch.isin(token, s.stop)
         s.token[:rows] = token
         s.position[:rows] = length - start
         s.column.fill_(length)
         s.step.fill_(1)
-        capacity = self.cache.shape[2]
+        capacity = self.cache[0].shape[1]
         width: Callable[[int], int] = (lambda n: min(_bucket(n), capacity)) if self.use_graphs else int
         slots = torch.arange(rows, device=self.device)  # slot -> input row
         active = width(rows)
@@ -413,20 +483,45 @@ class StaticDecoder:
                     break
                 if width(open_rows) < active:
                     active = width(open_rows)
-                    slots = self._compact(slots, rows, active, length + step - 1)
+                    slots = self._compact(slots, rows, length + step - 1)
             written = length + step  # columns holding keys/values once this step has written its own
             columns = _round_columns(written) if self.use_graphs else written
             self._replay(active, columns, temperature)
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=self.device)
         out[slots] = s.out[:rows, :max_new_tokens]
-        return out.cpu()
+        out = out.cpu()
+        self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), stop_ids)
+        return out
 
-    def _compact(self, slots: torch.Tensor, rows: int, keep: int, columns: int) -> torch.Tensor:
-        """Moves the open rows to the front, the first ``keep`` with their cache columns; finished rows
-        keep their output."""
+    def _moves(self, matches: list[Reuse | None], start: np.ndarray) -> tuple[torch.Tensor, ...] | None:
+        """Where each reused prefix goes: (new rows, new columns, old rows, old columns), one per token;
+        None when nothing is reused."""
+        pairs = [(i, m) for i, m in enumerate(matches) if m is not None]
+        if not pairs:
+            return None
+        spans = [np.arange(m.tokens) for _, m in pairs]
+        moves = (np.concatenate([np.full(m.tokens, i) for i, m in pairs]), np.concatenate([start[i] + s for (i, _), s in zip(pairs, spans)]),
+                 np.concatenate([np.full(m.tokens, m.row) for _, m in pairs]), np.concatenate([m.column + s for (_, m), s in zip(pairs, spans)]))
+        return tuple(torch.from_numpy(m).to(self.device) for m in moves)
+
+    def _remember(self, prompts: list[np.ndarray], start: np.ndarray, slots: np.ndarray, out: np.ndarray, stop_ids: list[int]) -> None:
+        """Records what each cache row holds after the call: its prompt and the generated tokens fed back
+        (all but the last of a row's tokens up to its stop: the last may never have been fed)."""
+        if not self.reuse_kv:
+            return
+        held = []
+        for row in slots:
+            stops = np.flatnonzero(np.isin(out[row], stop_ids))
+            fed = (int(stops[0]) + 1 if len(stops) else out.shape[1]) - 1
+            held.append((np.concatenate((prompts[row], out[row, :fed])), int(start[row])))
+        self.index.remember(held)
+
+    def _compact(self, slots: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+        """Moves the open rows to the front, with their cache columns and row state."""
         s = self.state
         order = torch.argsort(s.done[:rows].to(torch.int8), stable=True)
-        for layer in range(self.cache.shape[0]):
-            self.cache[layer, :, :keep, :, :columns] = self.cache[layer, :, :, :, :columns].index_select(1, order[:keep])
+        for layer in self.cache:  # finished rows keep their keys and values too: the next turn starts from them
+            for kv in layer:
+                kv[:rows, :, :columns] = kv[:rows, :, :columns].index_select(0, order)
         s.permute(order)
         return slots[order]

@@ -60,10 +60,10 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str) -> StaticDecoder:
+def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str, reuse_kv: bool) -> StaticDecoder:
     decoder = _DECODERS.get(chat.model)
-    if decoder is None or decoder.settings != (cuda_graphs, kernels):
-        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels)
+    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv):
+        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv)
     return decoder
 
 
@@ -85,6 +85,7 @@ def generate_chat(
     engine: str = "auto",
     cuda_graphs: bool = True,
     kernels: str = "auto",
+    reuse_kv: bool = True,
     prefill_tokens: int = 16384,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch."""
@@ -97,7 +98,7 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     kind = pick_engine(chat, engine)
-    decoder = _decoder(chat, cuda_graphs, kernels) if kind == "static" else None
+    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if kind == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     start = 0
@@ -105,7 +106,7 @@ def generate_chat(
         rows = min(max_batch or len(order), len(order) - start)
         if decoder is not None:  # the cache of the batch's longest prompt must fit in free memory
             longest = lengths[order[start + rows - 1]] + max_new_tokens
-            rows = min(rows, decoder.max_rows(longest, _VOCAB_BYTES * len(tokenizer)))
+            rows = decoder.max_rows(longest, _VOCAB_BYTES * len(tokenizer), rows)
         chunk = order[start : start + rows]
         start += rows
         batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)

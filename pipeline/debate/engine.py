@@ -36,6 +36,7 @@ class DebateSettings:
     engine: str
     cuda_graphs: bool
     kernels: str
+    reuse_kv: bool
     prefill_tokens: int
     final_answer: str
     system_prompt: str | None
@@ -58,6 +59,7 @@ class DebateSettings:
             engine=debate["engine"],
             cuda_graphs=bool(debate["cuda_graphs"]),
             kernels=debate["kernels"],
+            reuse_kv=bool(debate["reuse_kv"]),
             prefill_tokens=debate["prefill_tokens"],
             final_answer=debate["final_answer"],
             system_prompt=debate["system_prompt"],
@@ -158,6 +160,7 @@ class DebateEngine:
             engine=self.settings.engine,
             cuda_graphs=self.settings.cuda_graphs,
             kernels=self.settings.kernels,
+            reuse_kv=self.settings.reuse_kv,
             prefill_tokens=self.settings.prefill_tokens,
         )
 
