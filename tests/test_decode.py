@@ -59,22 +59,21 @@ def test_sampled_tokens_equal_generate(chat: ChatModel) -> None:
 
 
 def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
-    """Each call decoded afresh (``reuse_kv=False``): repeating a call must not start from its own prompts'
-    cache rows here. With reuse, a GPU prefills a one-token suffix with other cuBLAS kernels than a whole
-    prompt, so float32 tokens may part in the last bits (the debate test below covers reuse)."""
+    """Batch composition and call order, each call decoded afresh (``reuse_kv=False``): a repeated call
+    would otherwise start from its own earlier rows (turn-to-turn reuse has its own test below)."""
     if chat.device.type == "cuda" and chat.model.dtype != torch.float32:
         pytest.skip("half precision on a GPU: cuBLAS picks other kernels for the fused projections")
     whole = _texts(chat, "static", reuse_kv=False)
     in_fives = _texts(chat, "static", max_batch=5, reuse_kv=False)
     assert in_fives == _texts(chat, "generate", max_batch=5), "batches of 5 rows, as generate makes them"
     if chat.model.dtype == torch.float32:  # half precision is not batch-invariant, for generate either
-        assert in_fives == whole
+        assert in_fives == whole, "batches of 5 rows give the tokens of one batch of 24"
     decoder = _DECODERS[chat.model]
     cache = decoder.cache
     few = [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="static", reuse_kv=False)]
     assert decoder.cache is cache, "a smaller call reuses the cache (and its graphs)"
-    assert few == [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="generate")]
-    assert _texts(chat, "static", reuse_kv=False) == whole
+    assert few == [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="generate")], "3 rows in a 24-row cache"
+    assert _texts(chat, "static", reuse_kv=False) == whole, "the whole batch again, after smaller calls"
 
 
 def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:
