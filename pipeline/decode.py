@@ -325,13 +325,13 @@ class StaticDecoder:
         cos, sin = base.rotary_emb(hidden[:, None], s.position[:rows, None])
         half = self.head_dim // 2
         cos, sin = cos[:, 0].contiguous(), torch.cat((-sin[:, 0, :half], sin[:, 0, half:]), -1)
-        splits = kernels.attention_splits(rows, self.kv_heads, columns, self.processors)
+        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
         delta = None
         for i, layer in enumerate(self.layers):
             norm = layer.input_layernorm
             x = kernels.add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
             q = kernels.rope_and_store(F.linear(x, *self.qkv[i]), cos, sin, self.cache[i], s.column, self.heads, self.kv_heads)
-            out = kernels.decode_attention(q, self.cache[i][0], self.cache[i][1], s.start, s.column, self.scale, splits)
+            out = kernels.decode_attention(q, self.cache[i][0], self.cache[i][1], s.start, s.column, self.scale, splits, split_size)
             hidden_delta = layer.self_attn.o_proj(out.view(rows, -1))
             norm = layer.post_attention_layernorm
             x = kernels.add_rms_norm(hidden, hidden_delta, norm.weight, norm.variance_epsilon)

@@ -26,6 +26,12 @@ import importlib.util
 import torch
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
+# Key/value columns an attention program reads per loop step.
+BLOCK_COLUMNS = 64
+# In float32, a row's columns are split in pieces of this many from its own first column, whatever batch
+# it shares, so its attention is the same bits in a batch of 5 or of 24. Half precision picks the split
+# count for occupancy instead: its matmuls already part rows between batch sizes.
+INVARIANT_SPLIT = 256
 
 if HAVE_TRITON:
     import triton
@@ -33,14 +39,18 @@ if HAVE_TRITON:
 
     @triton.jit
     def _attention_partial(Q, K, V, Start, Column, Out, Lse, Final, stride_qr, stride_qh, stride_kr, stride_kh, stride_kc,
-                           stride_vr, stride_vh, stride_vc, scale, SPLITS: tl.constexpr, GROUP: tl.constexpr,
+                           stride_vr, stride_vh, stride_vc, scale, SPLITS: tl.constexpr, SPLIT_SIZE: tl.constexpr, GROUP: tl.constexpr,
                            BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
         """One (row, key/value head, split): softmax-weighted values of its share of the row's columns,
-        with the log-sum-exp that merges the shares; with one split, the output itself into ``Final``."""
+        with the log-sum-exp that merges the shares; with one split, the output itself into ``Final``. A
+        share is ``SPLIT_SIZE`` columns from the row's first, or (0) the row's columns over ``SPLITS``."""
         row, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         first = tl.load(Start + row)
         end = tl.load(Column) + 1
-        share = tl.cdiv(tl.cdiv(end - first, SPLITS), BLOCK_N) * BLOCK_N
+        if SPLIT_SIZE > 0:
+            share = SPLIT_SIZE
+        else:
+            share = tl.cdiv(tl.cdiv(end - first, SPLITS), BLOCK_N) * BLOCK_N
         lo = first + split * share
         hi = tl.minimum(lo + share, end)
         g = tl.arange(0, BLOCK_G)
@@ -81,16 +91,23 @@ if HAVE_TRITON:
             tl.store(Lse + slot, tl.where(empty, float("-inf"), m + tl.log(total)), mask=g < GROUP)
 
     @triton.jit
-    def _attention_merge(Part, Lse, Out, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr):
-        """One (row, query head): the splits' partial outputs weighted by their share of the softmax."""
+    def _attention_merge(Part, Lse, Out, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """One (row, query head): the splits' partial outputs weighted by their share of the softmax,
+        merged in split order, so that empty splits (log-sum-exp -inf) change no bit."""
         head = tl.program_id(0)
-        s = tl.arange(0, BLOCK_S)
         d = tl.arange(0, HEAD_DIM)
-        lse = tl.load(Lse + head * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
-        weight = tl.exp(lse - tl.max(lse, 0))
-        weight = weight / tl.sum(weight, 0)
-        part = tl.load(Part + (head * SPLITS + s)[:, None] * HEAD_DIM + d[None, :], mask=s[:, None] < SPLITS, other=0.0)
-        tl.store(Out + head * HEAD_DIM + d, tl.sum(part * weight[:, None], 0).to(Out.dtype.element_ty))
+        m = float("-inf")
+        total = 0.0
+        acc = tl.zeros([HEAD_DIM], tl.float32)
+        for split in range(SPLITS):
+            lse = tl.load(Lse + head * SPLITS + split)
+            m_new = tl.maximum(m, lse)
+            alpha = tl.exp(m - m_new)
+            weight = tl.exp(lse - m_new)
+            acc = acc * alpha + weight * tl.load(Part + (head * SPLITS + split) * HEAD_DIM + d)
+            total = total * alpha + weight
+            m = m_new
+        tl.store(Out + head * HEAD_DIM + d, (acc / total).to(Out.dtype.element_ty))
 
     @triton.jit
     def _rope_and_store(QKV, Cos, Sin, Q, Cache, Column, stride_qkv, stride_cache_row, stride_cache_head,
@@ -160,18 +177,22 @@ def usable(device: torch.device) -> str | None:
     return None
 
 
-def attention_splits(rows: int, kv_heads: int, columns: int, processors: int, block: int = 64) -> int:
-    """How many programs share one row's columns: enough (rows x kv heads x splits) to give every
-    processor two programs, and no split shorter than one block."""
+def attention_plan(rows: int, kv_heads: int, columns: int, processors: int, invariant: bool) -> tuple[int, int]:
+    """(splits, split size) for a step over ``columns``: how many programs share one row's columns.
+    ``invariant``: fixed pieces of ``INVARIANT_SPLIT`` columns (split size > 0). Otherwise enough splits
+    (rows x kv heads x splits) to give every processor two programs, none shorter than one block, each
+    row's columns shared evenly (split size 0)."""
+    if invariant:
+        return -(-columns // INVARIANT_SPLIT), INVARIANT_SPLIT
     want = -(-2 * processors // (rows * kv_heads))
-    return max(1, min(want, columns // block))
+    return max(1, min(want, columns // BLOCK_COLUMNS)), 0
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, column: torch.Tensor,
-                     scale: float, splits: int, block: int = 64) -> torch.Tensor:
+                     scale: float, splits: int, split_size: int = 0, block: int = BLOCK_COLUMNS) -> torch.Tensor:
     """Attention of one query per row, ``q`` [rows, heads, dim], over ``keys``/``values`` [rows, kv_heads,
-    columns, dim] from column ``start[row]`` to ``column`` (inclusive, a 0-d device tensor). Returns
-    [rows, heads, dim] in q's dtype."""
+    columns, dim] from column ``start[row]`` to ``column`` (inclusive, a 0-d device tensor), in ``splits``
+    programs per row (``attention_plan``). Returns [rows, heads, dim] in q's dtype."""
     rows, heads, dim = q.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
@@ -180,18 +201,19 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     lse = torch.empty((rows, heads, splits) if splits > 1 else (), dtype=torch.float32, device=q.device)
     _attention_partial[(rows, kv_heads, splits)](
         q, keys, values, start, column, part, lse, out, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2), scale, SPLITS=splits, GROUP=group,
+        values.stride(0), values.stride(1), values.stride(2), scale, SPLITS=splits, SPLIT_SIZE=split_size, GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim, BLOCK_N=block, IEEE=q.dtype == torch.float32)
     if splits > 1:
-        _attention_merge[(rows * heads,)](part, lse, out, SPLITS=splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), HEAD_DIM=dim)
+        _attention_merge[(rows * heads,)](part, lse, out, SPLITS=splits, HEAD_DIM=dim)
     return out
 
 
 def rope_and_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor, column: torch.Tensor,
                    heads: int, kv_heads: int) -> torch.Tensor:
     """Rotates q and k of ``qkv`` [rows, (heads + 2 kv_heads) * dim] by ``cos``/``sin`` [rows, dim] (sin
-    with its first half negated: ``rotate_half(x) * sin`` is then the swapped halves of x times it); stores k and v in ``cache`` [2, rows, kv_heads,
-    columns, dim] at ``column``. Returns the rotated q, [rows, heads, dim]."""
+    with its first half negated: ``rotate_half(x) * sin`` is then the swapped halves of x times it);
+    stores k and v in ``cache`` [2, rows, kv_heads, columns, dim] at ``column``. Returns the rotated q,
+    [rows, heads, dim]."""
     rows = qkv.shape[0]
     dim = cache.shape[-1]
     q = torch.empty((rows, heads, dim), dtype=qkv.dtype, device=qkv.device)

@@ -49,6 +49,19 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
         out = kernels.decode_attention(q, cache[0], cache[1], start, torch.tensor(column, device=device), 0.125, splits, block=32)
         torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance, msg=f"attention, {splits} splits")
 
+    if dtype == torch.float32:  # fixed pieces from the row's own first column: the same bits in any batch
+        row, first, count = 1, 37, column - 37 + 1
+        moved = torch.randn(2, 3, kv_heads, 320, dim, dtype=dtype, device=device)
+        moved[:, 2, :, 5 : 5 + count] = cache[:, row, :, first : column + 1]
+        elsewhere = torch.tensor([0, 40, 5], device=device)
+        for split_size in (32, kernels.INVARIANT_SPLIT):
+            here = kernels.decode_attention(q, cache[0], cache[1], start, torch.tensor(column, device=device), 0.125,
+                                            -(-columns // split_size), split_size, block=32)
+            there = kernels.decode_attention(torch.stack((q[0], q[2], q[row])), moved[0], moved[1], elsewhere,
+                                             torch.tensor(5 + count - 1, device=device), 0.125, -(-320 // split_size), split_size, block=32)
+            assert torch.equal(here[row], there[2]), f"a row's attention, pieces of {split_size}, in another batch"
+            torch.testing.assert_close(here, expected, atol=tolerance, rtol=tolerance, msg=f"attention, pieces of {split_size}")
+
     qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device)
     cos, sin = torch.randn(rows, dim, dtype=dtype, device=device), torch.randn(rows, dim, dtype=dtype, device=device)
     written = cache.clone()
