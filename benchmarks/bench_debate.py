@@ -2,12 +2,15 @@
 
 Both run the same debate engine on the same questions; the only difference is how many debates share a
 generate call (1, or the whole group). Prints questions/s and generated tokens/s side by side with the
-ratio. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
+ratio, and for the static decoder the seconds spent in prefill and the share of prompt tokens reused from
+the previous turn. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
 
     # CPU, the tiny pair (a real debate: models stop on their end-of-turn tokens)
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
     # GPU, random weights of the real shapes (Llama-3.1-8B and Qwen2-7B); speed depends on shapes only
     python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
+    # every turn prefilled whole, against the default (each turn starts from the model's previous one)
+    python benchmarks/bench_debate.py --models random-8b --mode batched --questions 256 --dtype bfloat16 --reuse-kv off
     # two GPUs: one model on each (debate.devices=split)
     python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
 
