@@ -109,13 +109,27 @@ def test_reusing_each_models_previous_turn_changes_no_record(device: str) -> Non
     of prefilling every conversation whole, and most prompt tokens are not prefilled again."""
     registry = load_registry()
     models = {k: load_chat_model(registry[n], Path("/nonexistent"), "float32", torch.device(device)) for k, n in zip("ab", ("tiny-llama", "tiny-qwen2"))}
-    cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=3", "debate.baselines.vote_k=3"])
+    _same_records_with_and_without_reuse(models, PROBLEMS[:16], ["debate.max_new_tokens=96", "debate.max_rounds=3", "debate.baselines.vote_k=3"])
+
+
+@pytest.mark.slow
+def test_the_small_pair_gives_the_same_records_with_reuse() -> None:
+    """The real small pair (Llama- and Qwen2-style, their own chat templates and stop tokens) in float32."""
+    cfg = load_config(["models=small"])
+    registry = load_registry()
+    cache = Path(cfg.paths.model_cache).expanduser()
+    models = {k: load_chat_model(registry[cfg.models[k]], cache, "float32", torch.device("cpu")) for k in "ab"}
+    _same_records_with_and_without_reuse(models, PROBLEMS[:4], ["models=small", "debate.max_new_tokens=64", "debate.max_rounds=2", "debate.baselines.vote_k=2"])
+
+
+def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems: list, overrides: list[str]) -> None:
+    cfg = load_config(overrides)
     records, reused, prefilled = {}, {}, {}
     for reuse in (False, True):
         for chat in models.values():
             _DECODERS.pop(chat.model, None)
         out: list[dict] = []
-        DebateEngine(models, DebateSettings.from_config({**cfg.debate, "reuse_kv": reuse}, seed=0)).run(PROBLEMS[:16], out.append)
+        DebateEngine(models, DebateSettings.from_config({**cfg.debate, "reuse_kv": reuse}, seed=0)).run(problems, out.append)
         records[reuse] = _comparable(out)
         decoders = [_DECODERS[chat.model] for chat in models.values()]
         reused[reuse] = sum(d.reused_tokens for d in decoders)
