@@ -82,7 +82,8 @@ def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
     _sync()
     seconds = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in records)
-    spent = {c: totals()[c] - before[c] for c in counters}
+    after = totals()
+    spent = {c: after[c] - before[c] for c in counters}
     return {"questions": len(records), "seconds": seconds, "q_per_s": len(records) / seconds, "tok_per_s": tokens / seconds, "tokens": tokens,
             "prefill_s": spent["prefill_seconds"], "prefill_share": spent["prefill_seconds"] / seconds,
             "prefilled_tokens": spent["prefill_tokens"], "reused_tokens": spent["reused_tokens"]}

@@ -212,6 +212,7 @@ class StaticDecoder:
         self.index.clear()
 
     def held_bytes(self) -> int:
+        """Bytes of this decoder's cache now (what giving it back would free)."""
         return sum(layer.numel() * layer.element_size() for layer in self.cache) if self.cache is not None else 0
 
     def max_rows(self, columns: int, vocab_rows_cost: int, wanted: int) -> int:
@@ -239,12 +240,12 @@ class StaticDecoder:
                 moves: tuple[torch.Tensor, ...] | None) -> None:
         """A cache (and row buffers) of at least ``rows`` x ``columns``, with the reused prefixes moved into
         their new rows and columns: ``moves`` = (new rows, new columns, old rows, old columns), one entry
-        per token. A bigger need, or other stop tokens, drops the graphs; a bigger cache is built a layer
-        at a time, each old layer freed once its prefixes are copied out, so two caches never coexist."""
+        per token. A bigger need drops the graphs (other stop tokens drop everything first, in ``_decode``); a
+        bigger cache is built a layer at a time, each old layer freed once its prefixes are copied out, so two
+        caches never coexist."""
         columns = _round_columns(columns)
         s = self.state
-        if (s is not None and self.cache[0].shape[1] >= rows and self.cache[0].shape[3] >= columns and s.out.shape[1] >= max_new
-                and s.stop.tolist() == list(stop_ids) and s.pad == pad):
+        if s is not None and self.cache[0].shape[1] >= rows and self.cache[0].shape[3] >= columns and s.out.shape[1] >= max_new:
             if moves is not None:
                 for layer in self.cache:
                     _move(layer, layer, moves)
