@@ -2,8 +2,8 @@
 
 Both run the same debate engine on the same questions; the only difference is how many debates share a
 generate call (1, or the whole group). Prints questions/s and generated tokens/s side by side with the
-ratio, and for the static decoder the seconds spent in prefill and the share of prompt tokens reused from
-the previous turn. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
+ratio, and for the static decoder the seconds spent in prefill, the share of prompt tokens reused from
+the previous turn and the share of the prefill's positions that were chunk padding. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
 
     # CPU, the tiny pair (a real debate: models stop on their end-of-turn tokens)
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
@@ -73,7 +73,7 @@ def _sync() -> None:
 def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
     """The shard's own loop (``run_all``: groups of ``batch_size``)."""
     records: list[dict[str, Any]] = []
-    counters = ("prefill_seconds", "prefill_tokens", "reused_tokens")
+    counters = ("prefill_seconds", "prefill_tokens", "prefill_positions", "reused_tokens")
     totals = lambda: {c: sum(getattr(_DECODERS[m.model], c) for m in engine.models.values() if m.model in _DECODERS) for c in counters}  # noqa: E731
     before = totals()
     _sync()
@@ -86,7 +86,8 @@ def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
     spent = {c: after[c] - before[c] for c in counters}
     return {"questions": len(records), "seconds": seconds, "q_per_s": len(records) / seconds, "tok_per_s": tokens / seconds, "tokens": tokens,
             "prefill_s": spent["prefill_seconds"], "prefill_share": spent["prefill_seconds"] / seconds,
-            "prefilled_tokens": spent["prefill_tokens"], "reused_tokens": spent["reused_tokens"]}
+            "prefilled_tokens": spent["prefill_tokens"], "reused_tokens": spent["reused_tokens"],
+            "prefill_padding": 1 - spent["prefill_tokens"] / spent["prefill_positions"] if spent["prefill_positions"] else 0.0}
 
 
 def main() -> None:
@@ -125,7 +126,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv}")
-    print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}{'prefill s':>11}{'prompt tokens reused':>22}", flush=True)
+    print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}{'prefill s':>11}{'prompt tokens reused':>22}{'prefill padding':>17}", flush=True)
     results: dict[str, dict[str, float]] = {}
     ways = []
     if args.mode in ("both", "seed"):
@@ -135,7 +136,7 @@ def main() -> None:
     for label, way, count in ways:
         m = results[label] = measure(DebateEngine(models, way), problems[:count])
         print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}{m['prefill_s']:>11.1f}"
-              f"{m['reused_tokens'] / max(1, m['reused_tokens'] + m['prefilled_tokens']):>22.0%}", flush=True)
+              f"{m['reused_tokens'] / max(1, m['reused_tokens'] + m['prefilled_tokens']):>22.0%}{m['prefill_padding']:>17.0%}", flush=True)
     peaks = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
     peak = max(peaks, default=float("nan"))
     if len(results) == 2:

@@ -3,11 +3,13 @@
 Random weights of a real shape, ``--batch`` rows of ``--prompt`` random tokens prefilled, then one decode
 step reading ``--columns`` cache columns run under ``torch.profiler`` (kernels launched one by one: each
 kernel takes the time it takes inside the step's CUDA graph). ``--phase prefill`` profiles the prefill
-of those prompts instead (a debate's later turns prefill ~1,500-token conversations). Prints the kernels
-grouped by kind, with the total, and the top kernels.
+of those prompts instead (a debate's later turns prefill ~1,500-token conversations), and ``--reused N``
+prefills only their tokens after the first N, attending to those N from the cache, as a turn that starts
+from the previous one does. Prints the kernels grouped by kind, with the total, and the top kernels.
 
     python benchmarks/profile_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 256 --kernels auto
     python benchmarks/profile_decode.py --phase prefill --batch 10 --prompt 1500
+    python benchmarks/profile_decode.py --phase prefill --batch 54 --prompt 1800 --reused 1500
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=320, help="cache columns the step reads (a multiple of 64)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"])
     parser.add_argument("--phase", default="decode", choices=["decode", "prefill"])
+    parser.add_argument("--reused", type=int, default=0, help="prefill: prompt tokens whose keys and values come from the cache")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -63,7 +66,8 @@ def main() -> None:
         decoder._step(args.batch, args.columns, 0.0)
 
     def prefill() -> None:
-        decoder._prefill(ids, torch.zeros(args.batch, dtype=torch.long, device=device), slice(0, args.batch))
+        rows = torch.zeros(args.batch, dtype=torch.long, device=device)
+        decoder._prefill(ids[:, args.reused :], rows, rows + args.reused, slice(0, args.batch), args.prompt)
 
     run = step if args.phase == "decode" else prefill
 
@@ -83,7 +87,8 @@ def main() -> None:
             table[0] += event.device_time_total / 1e3
             table[1] += 1
     total = sum(ms for ms, _ in by_kind.values())
-    what = f"one step over {args.columns} columns" if args.phase == "decode" else f"the prefill of {args.prompt}-token prompts"
+    what = f"one step over {args.columns} columns" if args.phase == "decode" else \
+        f"the prefill of {args.prompt}-token prompts" + (f", {args.reused} tokens of each from the cache" if args.reused else "")
     print(f"{args.shape} {args.dtype}, batch {args.batch}, kernels={args.kernels} ({'fused' if decoder.use_kernels else 'PyTorch'}): "
           f"{total:.2f} ms of kernels in {what}")
     for kind, (ms, count) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):

@@ -55,6 +55,8 @@ CHECK_EVERY = 8
 RESERVE_BYTES = 3 * 2**30
 
 _LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()
+# A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def unsupported(model: PreTrainedModel) -> str | None:
@@ -184,6 +186,7 @@ class StaticDecoder:
         # Where a call's time goes, summed over calls (benchmarks read them): prompts' prefill vs decode steps.
         self.prefill_seconds = 0.0
         self.prefill_tokens = 0  # prompt tokens prefilled
+        self.prefill_positions = 0  # positions the prefill computed: those tokens and the padding of their chunks
         self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier call
         self._fuse_weights()
         _LIVE.add(self)
@@ -282,88 +285,94 @@ class StaticDecoder:
                 self.qkv.append(_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")))
                 self.gate_up.append(_fused(layer.mlp, ("gate_proj", "up_proj")))
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, write: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Logits of the last position of every row. ``write(layer, k, v)`` stores the new keys/values and
-        returns the keys/values to attend to. Same arithmetic as the model's own forward, in fewer kernels."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Logits of the last position of every row of ``ids`` [rows, length]. ``attend(layer, qkv, cos, sin)``
+        rotates q and k of the layer's projections [tokens, heads + 2 kv heads, dim], stores the keys and
+        values and returns the attention output [tokens, heads * dim]. The rest is the model's own arithmetic
+        in fewer kernels: residual adds, norms and activation in PyTorch's ops, or in ``pipeline.kernels``
+        where they run (prefill and decode steps alike)."""
         base = self.model.model
-        hidden = base.embed_tokens(ids)
-        cos, sin = base.rotary_emb(hidden, positions)
+        rows, length = ids.shape
+        hidden = base.embed_tokens(ids.reshape(-1))  # [tokens, hidden]: the fused kernels take rows of one width
+        cos, sin = base.rotary_emb(hidden[None], positions.reshape(1, -1))
         half = self.head_dim // 2
-        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
-        rows, length, _ = hidden.shape
-        group = self.heads // self.kv_heads
-        qk_heads = self.heads + self.kv_heads
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            x = _rms_norm(layer.input_layernorm, hidden)
-            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
-            qkv = qkv.view(rows, length, qk_heads + self.kv_heads, self.head_dim)
-            qk = qkv[:, :, :qk_heads]
-            # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: q and k rotated together
-            qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
-            q, k, v = qk[:, :, : self.heads].transpose(1, 2), qk[:, :, self.heads :].transpose(1, 2), qkv[:, :, qk_heads:].transpose(1, 2)
-            keys, values = write(i, k, v)
-            if length == 1:  # decode: the query heads of a group are a short query sequence over one kv head
-                out = F.scaled_dot_product_attention(q.reshape(rows, self.kv_heads, group, self.head_dim), keys, values, attn_mask=mask, scale=self.scale)
-                out = out.reshape(rows, 1, -1)
-            else:  # prefill: expand kv heads to the query heads (once per prompt, cheap next to the matmuls)
-                keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
-                out = out.transpose(1, 2).reshape(rows, length, -1)
-            hidden = hidden + attn.o_proj(out)
-            x = _rms_norm(layer.post_attention_layernorm, hidden)
-            gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
-            hidden = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
-        return self.model.lm_head(_rms_norm(base.norm, hidden[:, -1]))
-
-    def _fused_forward(self, rows: int, columns: int) -> torch.Tensor:
-        """The decode step's logits through ``pipeline.kernels``: the same arithmetic as ``_forward`` for one
-        token per row, with the cache write, attention and element-wise work in four kernels per layer.
-        Attention reads each row's own columns, from its first prompt token to the one written now."""
-        s = self.state
-        base = self.model.model
-        hidden = base.embed_tokens(s.token[:rows])
-        cos, sin = base.rotary_emb(hidden[:, None], s.position[:rows, None])
-        half = self.head_dim // 2
-        cos, sin = cos[:, 0].contiguous(), torch.cat((-sin[:, 0, :half], sin[:, 0, half:]), -1)
-        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
+        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: the kernels' form too
+        cos, sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), -1)
         delta = None
         for i, layer in enumerate(self.layers):
-            norm = layer.input_layernorm
-            x = kernels.add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
-            q = kernels.rope_and_store(F.linear(x, *self.qkv[i]), cos, sin, self.cache[i], s.column, self.heads, self.kv_heads)
-            out = kernels.decode_attention(q, self.cache[i][0], self.cache[i][1], s.start, s.column, self.scale, splits, split_size)
-            hidden_delta = layer.self_attn.o_proj(out.view(rows, -1))
-            norm = layer.post_attention_layernorm
-            x = kernels.add_rms_norm(hidden, hidden_delta, norm.weight, norm.variance_epsilon)
-            delta = layer.mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
-        return self.model.lm_head(kernels.add_rms_norm(hidden, delta, base.norm.weight, base.norm.variance_epsilon))
+            attn, mlp = layer.self_attn, layer.mlp
+            hidden, x = self._add_norm(layer.input_layernorm, hidden, delta)
+            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
+            out = attend(i, qkv.view(rows * length, -1, self.head_dim), cos, sin)
+            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, attn.o_proj(out))
+            if self.use_kernels:
+                delta = mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
+            else:
+                gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
+                delta = mlp.down_proj(mlp.act_fn(gate) * up)
+        last = slice(length - 1, None, length)  # each row's last position
+        return self.model.lm_head(self._add_norm(base.norm, hidden[last], delta[last])[1])
+
+    def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden + delta`` (in place with the kernels) and its norm: the residual add and the next norm."""
+        if self.use_kernels:
+            hidden = hidden.contiguous()
+            return hidden, kernels.add_rms_norm(hidden, None if delta is None else delta.contiguous(), norm.weight, norm.variance_epsilon)
+        hidden = hidden if delta is None else hidden + delta
+        return hidden, _rms_norm(norm, hidden)
+
+    def _rotate(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q and k of ``qkv`` [tokens, heads + 2 kv heads, dim] rotated (in place with the kernels), and v."""
+        qk_heads = self.heads + self.kv_heads
+        if self.use_kernels:
+            qk = kernels.rotate(qkv, cos, sin, qk_heads)[:, :qk_heads]
+        else:
+            qk, half = qkv[:, :qk_heads], self.head_dim // 2
+            qk = qk * cos[:, None] + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin[:, None]
+        return qk[:, : self.heads], qk[:, self.heads :], qkv[:, qk_heads:]
+
+    def _fused_step_logits(self, rows: int, columns: int) -> torch.Tensor:
+        """The decode step's logits through ``pipeline.kernels``: rotary embedding and cache write in one
+        kernel, and attention reading each row's own columns, from its first prompt token to the one
+        written now."""
+        s = self.state
+        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
+
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            cache = self.cache[layer]
+            q = kernels.rope_and_store(qkv.view(rows, -1), cos, sin, cache, s.column, self.heads, self.kv_heads)
+            return kernels.decode_attention(q, cache[0], cache[1], s.start, s.column, self.scale, splits, split_size).view(rows, -1)
+
+        return self._forward(s.token[:rows, None], s.position[:rows, None], attend)
 
     def _prefill(self, ids: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, rows: slice, end: int) -> torch.Tensor:
         """Logits of the last prompt token of ``rows``, whose prompts end at column ``end``. ``ids`` are the
         prompts' last columns (all of them, or a window when prefixes were reused); a row's keys and
         values are written from column ``fresh`` on, and its queries attend to its columns from ``start``."""
-        width = ids.shape[1]
+        count, width = ids.shape
         queries = torch.arange(end - width, end, device=self.device)
         keys = torch.arange(end, device=self.device)
         positions = (queries[None] - start[:, None]).clamp(min=0)
         visible = (keys[None, None, :] >= start[:, None, None]) & (keys[None, None, :] <= queries[None, :, None])
         # A padding query sees only itself: every softmax row stays finite.
-        mask = visible | (keys[None, None, :] == queries[None, :, None])
+        mask = (visible | (keys[None, None, :] == queries[None, :, None]))[:, None]
         new = (queries[None] >= fresh[:, None])[:, None, :, None]
 
-        def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
             cache = self.cache[layer][:, rows]
             window = cache[:, :, :, end - width : end]
             window.copy_(torch.where(new, torch.stack((k, v)), window))
-            return cache[0, :, :, :end], cache[1, :, :, :end]
+            # Each kv head serves its group of query heads inside the kernel: no expanded copies.
+            out = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask, scale=self.scale, enable_gqa=True)
+            return out.transpose(1, 2).reshape(count * width, -1)
 
-        return self._forward(ids, positions, mask[:, None], write)
+        return self._forward(ids, positions, attend)
 
     def _step(self, rows: int, columns: int, temperature: float) -> None:
         """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
         s = self.state
-        logits = self._fused_forward(rows, columns) if self.use_kernels else self._torch_step_logits(rows, columns)
+        logits = self._fused_step_logits(rows, columns) if self.use_kernels else self._torch_step_logits(rows, columns)
         token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
         done = s.done[:rows]
         token = torch.where(done, s.pad, token)
@@ -382,13 +391,17 @@ class StaticDecoder:
         mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
         index = s.column.view(1)
 
-        def write(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            q, k, v = self._rotate(qkv, cos, sin)
             keys, values = self.cache[layer][0, :rows], self.cache[layer][1, :rows]
-            keys.index_copy_(2, index, k)
-            values.index_copy_(2, index, v)
-            return keys[:, :, :columns], values[:, :, :columns]
+            keys.index_copy_(2, index, k[:, :, None])
+            values.index_copy_(2, index, v[:, :, None])
+            # The query heads of a group are a short query sequence over their one kv head.
+            grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
+            return out.reshape(rows, -1)
 
-        return self._forward(s.token[:rows, None], s.position[:rows, None], mask, write)
+        return self._forward(s.token[:rows, None], s.position[:rows, None], attend)
 
     def _replay(self, rows: int, columns: int, temperature: float) -> None:
         if not self.use_graphs:
@@ -446,36 +459,43 @@ class StaticDecoder:
         host_ids, host_start = ids.cpu().numpy(), start.cpu().numpy()
         prompts = [host_ids[r, host_start[r] :] for r in range(rows)]
         matches = [self.index.match(p) for p in prompts] if self.reuse_kv else [None] * rows
-        self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id, self._moves(matches, host_start))
-        s = self.state
-        s.start[:rows] = start
-        s.done.zero_()
-        s.out.fill_(pad_id)
-        s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long) if seeds is not None else 0
         reused = np.array([m.tokens if m is not None else 0 for m in matches], dtype=np.int64)
         fresh = host_start + reused  # a row's first column to prefill
-        fresh_device = torch.from_numpy(fresh).to(self.device)
+        # Cache row i holds input row order[i], widest prefill first: rows that share a prefill chunk have
+        # similar widths, so little of a chunk is padding (with reuse, widths no longer follow prompt lengths).
+        order = np.argsort(fresh - length, kind="stable")
+        slot = np.empty(rows, dtype=np.int64)
+        slot[order] = np.arange(rows)
+        self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id, self._moves(matches, host_start, slot))
+        s = self.state
+        slots = torch.from_numpy(order).to(self.device)  # slot -> input row
+        s.start[:rows] = start[slots]
+        s.done.zero_()
+        s.out.fill_(pad_id)
+        s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long)[order] if seeds is not None else 0
+        widths = length - fresh[order]
+        ids, fresh_device = ids[slots], torch.from_numpy(fresh[order]).to(self.device)
         started = time.perf_counter()
         first = []
-        for part in _chunks(length - fresh, prefill_tokens):
-            width = int((length - fresh[part]).max())
-            logits = self._prefill(ids[part, length - width :], start[part], fresh_device[part], part, length)
+        for part in _chunks(widths, prefill_tokens):
+            widest = int(widths[part].max())
+            logits = self._prefill(ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
             first.append(sample_tokens(logits, temperature, s.seeds[part], 0))
+            self.prefill_positions += widest * (part.stop - part.start)
         token = torch.cat(first)
         if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
             torch.cuda.synchronize(self.device)
         self.prefill_seconds += time.perf_counter() - started
-        self.prefill_tokens += int((length - fresh).sum())
+        self.prefill_tokens += int(widths.sum())
         self.reused_tokens += int(reused.sum())
         s.out[:rows, 0] = token
         s.done[:rows] = torch.isin(token, s.stop)
         s.token[:rows] = token
-        s.position[:rows] = length - start
+        s.position[:rows] = length - s.start[:rows]
         s.column.fill_(length)
         s.step.fill_(1)
         capacity = self.cache[0].shape[1]
         width: Callable[[int], int] = (lambda n: min(_bucket(n), capacity)) if self.use_graphs else int
-        slots = torch.arange(rows, device=self.device)  # slot -> input row
         active = width(rows)
         for step in range(1, max_new_tokens):
             if (step - 1) % CHECK_EVERY == 0:
@@ -494,14 +514,14 @@ class StaticDecoder:
         self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), stop_ids)
         return out
 
-    def _moves(self, matches: list[Reuse | None], start: np.ndarray) -> tuple[torch.Tensor, ...] | None:
-        """Where each reused prefix goes: (new rows, new columns, old rows, old columns), one per token;
-        None when nothing is reused."""
+    def _moves(self, matches: list[Reuse | None], start: np.ndarray, slot: np.ndarray) -> tuple[torch.Tensor, ...] | None:
+        """Where each reused prefix goes: (new rows, new columns, old rows, old columns), one per token, for
+        input row i in cache row ``slot[i]``; None when nothing is reused."""
         pairs = [(i, m) for i, m in enumerate(matches) if m is not None]
         if not pairs:
             return None
         spans = [np.arange(m.tokens) for _, m in pairs]
-        moves = (np.concatenate([np.full(m.tokens, i) for i, m in pairs]), np.concatenate([start[i] + s for (i, _), s in zip(pairs, spans)]),
+        moves = (np.concatenate([np.full(m.tokens, slot[i]) for i, m in pairs]), np.concatenate([start[i] + s for (i, _), s in zip(pairs, spans)]),
                  np.concatenate([np.full(m.tokens, m.row) for _, m in pairs]), np.concatenate([m.column + s for (_, m), s in zip(pairs, spans)]))
         return tuple(torch.from_numpy(m).to(self.device) for m in moves)
 

@@ -1,6 +1,6 @@
 """The static decoder's Triton kernels give what the PyTorch ops they replace give: attention over each
-row's own columns (whatever its left padding and the number of splits), the rotary embedding and cache
-write bit for bit, the norm and the activation to the last rounding. On a CPU they run in Triton's
+row's own columns (whatever its left padding and the number of splits), the rotary embedding (with the
+cache write, or in place) bit for bit, the norm and the activation to the last rounding. On a CPU they run in Triton's
 interpreter (a subprocess: the interpreter is chosen when a kernel is defined); on a GPU, compiled."""
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     assert torch.equal(written[1, :, :, column], x[:, heads + kv_heads :]), "v in the cache column"
     others = torch.arange(columns, device=device) != column
     assert torch.equal(written[:, :, :, others], cache[:, :, :, others]), "no other column written"
+    in_place = x.clone()
+    assert kernels.rotate(in_place, cos, sin, heads + kv_heads) is in_place
+    assert torch.equal(in_place[:, : heads + kv_heads], rotated), "the prefill's q and k rotated in place"
+    assert torch.equal(in_place[:, heads + kv_heads :], x[:, heads + kv_heads :]), "v left as it was"
 
     width = 96
     hidden, delta = torch.randn(rows, width, dtype=dtype, device=device), torch.randn(rows, width, dtype=dtype, device=device)
