@@ -17,9 +17,11 @@ weights, rotary embedding, activation, head) around its own attention and cache:
   (row bucket, column bucket) and replayed, so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
-- prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations);
+- prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
+  call's rows laid out widest prefill first so that a chunk's rows have similar widths;
 - on a GPU Triton can run (compute capability 8.0+), a decode step's attention, rotary embedding, cache
-  write, norms, residuals and activation are ``pipeline.kernels``' fused kernels (``kernels=auto``).
+  write, norms, residuals and activation are ``pipeline.kernels``' fused kernels (``kernels=auto``), and so
+  are the prefill's rotary embedding, norms, residuals and activation.
 
 On a CPU the same code runs without graphs. Greedy and sampled outputs equal those of ``generate``
 (``tests/test_decode.py``); only Llama- and Qwen2-style decoders are supported, and ``engine=auto``
