@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pipeline.config import load_config
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine, DebateSettings
+from pipeline.decode import StaticDecoder
 from pipeline.generation import _DECODERS, generate_chat, pick_engine
 from pipeline.models.loading import ChatModel, load_chat_model
 from pipeline.models.registry import load_registry
@@ -74,6 +75,25 @@ def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
     assert decoder.cache is cache, "a smaller call reuses the cache (and its graphs)"
     assert few == [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="generate")], "3 rows in a 24-row cache"
     assert _texts(chat, "static", reuse_kv=False) == whole, "the whole batch again, after smaller calls"
+
+
+def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:
+    """A call's rows are prefilled widest first: rows of alternating lengths are not padded to the longest
+    in every chunk, and each row still gets the tokens it gets alone."""
+    chat = load_chat_model(load_registry()["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    long, short = 40, 10
+    ids = torch.randint(3, chat.model.config.vocab_size, (4, long))
+    mask = torch.ones_like(ids)
+    mask[1::2, : long - short] = 0  # rows 1 and 3 are short, left-padded
+    ids[mask == 0] = 0
+    decoder = StaticDecoder(chat.model, reuse_kv=False)
+    out = decoder.generate(ids, mask, max_new_tokens=12, stop_ids=[], pad_id=0, prefill_tokens=2 * long)
+    assert decoder.prefill_tokens == 2 * long + 2 * short
+    assert decoder.prefill_positions == decoder.prefill_tokens, "the two long rows share a chunk, the two short ones another"
+    for row in range(4):
+        alone = ids[row : row + 1, long - int(mask[row].sum()) :]
+        expected = StaticDecoder(chat.model, reuse_kv=False).generate(alone, torch.ones_like(alone), max_new_tokens=12, stop_ids=[], pad_id=0)
+        assert torch.equal(out[row], expected[0]), f"row {row}"
 
 
 def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:
