@@ -120,17 +120,17 @@ def _move(dst: torch.Tensor, src: torch.Tensor, moves: tuple[torch.Tensor, ...])
         dst[kv][moves[0], :, moves[1]] = src[kv][moves[2], :, moves[3]]
 
 
-def _chunks(widths: np.ndarray, budget: int) -> list[slice]:
-    """Consecutive rows in groups whose prefill (rows x the group's widest window) stays within ``budget``
-    tokens; a row wider than the budget goes alone."""
-    chunks, first, widest = [], 0, 0
-    for row, width in enumerate(widths):
-        widest_with = max(widest, int(width))
-        if row > first and (row - first + 1) * widest_with > budget:
+def _chunks(costs: np.ndarray, budget: int) -> list[slice]:
+    """Consecutive rows in groups whose prefill (rows x the group's widest cost: the tokens a row prefills,
+    or the columns it attends to) stays within ``budget`` tokens; a row costlier than the budget goes alone."""
+    chunks, first, costliest = [], 0, 0
+    for row, cost in enumerate(costs):
+        costliest_with = max(costliest, int(cost))
+        if row > first and (row - first + 1) * costliest_with > budget:
             chunks.append(slice(first, row))
-            first, widest_with = row, int(width)
-        widest = widest_with
-    chunks.append(slice(first, len(widths)))
+            first, costliest_with = row, int(cost)
+        costliest = costliest_with
+    chunks.append(slice(first, len(costs)))
     return chunks
 
 
@@ -180,6 +180,7 @@ class StaticDecoder:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.use_kernels = self._pick_kernels(kernels)
         self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
+        self.gqa_in_kernel = self._gqa_in_kernel()
         self.cache: list[torch.Tensor] | None = None  # per layer: [k/v, rows, kv_heads, columns, head_dim]
         self.state: _State | None = None
         self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
@@ -204,6 +205,17 @@ class StaticDecoder:
         if reason is not None and choice == "triton":
             raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
         return reason is None
+
+    def _gqa_in_kernel(self) -> bool:
+        """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
+        copied to its group of query heads. Measured (torch 2.11, H200): with a mask, of the GPU kernels only
+        cuDNN's, which SDPA prefers in half precision on compute capability 9.0+, serves grouped heads (half
+        the time of copying them); the memory-efficient kernel, all a V100 has and float32's kernel on any
+        GPU, needs equal head counts, and ``enable_gqa`` would fall back to the math kernel and its
+        [queries x columns] scores (11 GiB more for one 16k-token chunk). On a CPU, as ``generate`` does."""
+        if self.device.type != "cuda":
+            return True
+        return self.dtype != torch.float32 and torch.cuda.get_device_capability(self.device)[0] >= 9
 
     # ---- memory ---------------------------------------------------------------------------------------
     def bytes_per_token(self) -> int:
@@ -359,14 +371,17 @@ class StaticDecoder:
         # A padding query sees only itself: every softmax row stays finite.
         mask = (visible | (keys[None, None, :] == queries[None, :, None]))[:, None]
         new = (queries[None] >= fresh[:, None])[:, None, :, None]
+        group = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
 
         def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
             q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
             cache = self.cache[layer][:, rows]
             window = cache[:, :, :, end - width : end]
             window.copy_(torch.where(new, torch.stack((k, v)), window))
-            # Each kv head serves its group of query heads inside the kernel: no expanded copies.
-            out = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask, scale=self.scale, enable_gqa=True)
+            keys, values = cache[0, :, :, :end], cache[1, :, :, :end]
+            if group > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
+                keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=group == 1)
             return out.transpose(1, 2).reshape(count * width, -1)
 
         return self._forward(ids, positions, attend)
@@ -479,7 +494,10 @@ class StaticDecoder:
         ids, fresh_device = ids[slots], torch.from_numpy(fresh[order]).to(self.device)
         started = time.perf_counter()
         first = []
-        for part in _chunks(widths, prefill_tokens):
+        # Where the kv heads are copied to the query heads, a row's copies span all ``length`` columns, however
+        # few it prefills: a chunk is then bounded by the columns its rows attend to, as whole prompts are.
+        costs = widths if self.gqa_in_kernel else np.full(rows, length)
+        for part in _chunks(costs, prefill_tokens):
             widest = int(widths[part].max())
             logits = self._prefill(ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
             first.append(sample_tokens(logits, temperature, s.seeds[part], 0))

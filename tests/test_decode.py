@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.config import load_config
@@ -94,6 +95,34 @@ def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:
         alone = ids[row : row + 1, long - int(mask[row].sum()) :]
         expected = StaticDecoder(chat.model, reuse_kv=False).generate(alone, torch.ones_like(alone), max_new_tokens=12, stop_ids=[], pad_id=0)
         assert torch.equal(out[row], expected[0]), f"row {row}"
+
+
+def test_copying_kv_heads_in_the_prefill_changes_no_token() -> None:
+    """The prefill of GPUs whose fused attention needs equal head counts (a V100; float32 on any GPU): kv
+    heads copied to their query heads, and chunks bounded by the columns their rows attend to rather than
+    the tokens they prefill. A call, then the next turn starting from its cache: the tokens of the prefill
+    that keeps the kv heads grouped."""
+    chat = load_chat_model(load_registry()["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    assert chat.model.config.num_key_value_heads < chat.model.config.num_attention_heads
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, chat.model.config.vocab_size, (6, 30), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[::2, :9] = 0
+    ids[mask == 0] = 0
+    news = torch.randint(3, chat.model.config.vocab_size, (6, 5), generator=generator)
+    calls = {}
+    for grouped in (True, False):
+        decoder = StaticDecoder(chat.model)
+        decoder.gqa_in_kernel = grouped
+        first = decoder.generate(ids, mask, max_new_tokens=10, stop_ids=[], pad_id=0, prefill_tokens=64)
+        turns = [torch.cat((ids[r, mask[r] == 1], first[r], news[r])) for r in range(6)]
+        width = max(len(t) for t in turns)
+        next_ids = torch.stack([F.pad(t, (width - len(t), 0)) for t in turns])
+        next_mask = torch.stack([F.pad(torch.ones_like(t), (width - len(t), 0)) for t in turns])
+        second = decoder.generate(next_ids, next_mask, max_new_tokens=10, stop_ids=[], pad_id=0, prefill_tokens=64)
+        assert decoder.reused_tokens > decoder.prefill_tokens / 2, "the second call starts from the first's cache"
+        calls[grouped] = (first, second)
+    assert all(torch.equal(a, b) for a, b in zip(calls[True], calls[False]))
 
 
 def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:
