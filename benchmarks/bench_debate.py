@@ -3,7 +3,8 @@
 Both run the same debate engine on the same questions; the only difference is how many debates share a
 generate call (1, or the whole group). Prints questions/s and generated tokens/s side by side with the
 ratio, and for the static decoder the seconds spent in prefill, the share of prompt tokens reused from
-the previous turn and the share of the prefill's positions that were chunk padding. Baselines (solo, vote) are off: the seed had none, and they would only add the same work to both.
+the previous turn and the share of the prefill's positions that were chunk padding. Baselines (solo,
+vote) are off: the seed had none, and they would only add the same work to both.
 
     # CPU, the tiny pair (a real debate: models stop on their end-of-turn tokens)
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16

@@ -66,8 +66,8 @@ def main() -> None:
         decoder._step(args.batch, args.columns, 0.0)
 
     def prefill() -> None:
-        rows = torch.zeros(args.batch, dtype=torch.long, device=device)
-        decoder._prefill(ids[:, args.reused :], rows, rows + args.reused, slice(0, args.batch), args.prompt)
+        start = torch.zeros(args.batch, dtype=torch.long, device=device)
+        decoder._prefill(ids[:, args.reused :], start, start + args.reused, slice(0, args.batch), args.prompt)
 
     run = step if args.phase == "decode" else prefill
 

@@ -371,7 +371,7 @@ class StaticDecoder:
         # A padding query sees only itself: every softmax row stays finite.
         mask = (visible | (keys[None, None, :] == queries[None, :, None]))[:, None]
         new = (queries[None] >= fresh[:, None])[:, None, :, None]
-        group = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
+        copies = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
 
         def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
             q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
@@ -379,9 +379,9 @@ class StaticDecoder:
             window = cache[:, :, :, end - width : end]
             window.copy_(torch.where(new, torch.stack((k, v)), window))
             keys, values = cache[0, :, :, :end], cache[1, :, :, :end]
-            if group > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
-                keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=group == 1)
+            if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
+                keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
             return out.transpose(1, 2).reshape(count * width, -1)
 
         return self._forward(ids, positions, attend)

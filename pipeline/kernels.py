@@ -113,6 +113,14 @@ if HAVE_TRITON:
         tl.store(Out + head * HEAD_DIM + d, (acc / total).to(Out.dtype.element_ty))
 
     @triton.jit
+    def _rounded_rotation(x, partner, cos, sin):
+        """``x * cos + rotate_half(x) * sin`` (``partner``: x's halves swapped, sin's first half negated), each
+        product and the sum rounded to x's dtype as the model's separate PyTorch ops round them."""
+        a = (x.to(tl.float32) * cos.to(tl.float32)).to(x.dtype)
+        b = (partner.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
+        return (a.to(tl.float32) + b.to(tl.float32)).to(x.dtype)
+
+    @triton.jit
     def _rope_and_store(QKV, Cos, Sin, Q, Cache, Column, stride_qkv, stride_cache_row, stride_cache_head,
                         stride_cache_kv, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                         BLOCK_H: tl.constexpr):
@@ -126,9 +134,7 @@ if HAVE_TRITON:
         partner = tl.load(QKV + row * stride_qkv + h * HEAD_DIM + (d + half) % HEAD_DIM, mask=h < HEADS + KV_HEADS, other=0.0)
         cos = tl.load(Cos + row * HEAD_DIM + d)
         sin = tl.load(Sin + row * HEAD_DIM + d)
-        a = (x.to(tl.float32) * cos.to(tl.float32)).to(x.dtype)
-        b = (partner.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
-        rotated = (a.to(tl.float32) + b.to(tl.float32)).to(x.dtype)
+        rotated = _rounded_rotation(x, partner, cos, sin)
         column = tl.load(Column)
         tl.store(Q + (row * HEADS + h) * HEAD_DIM + d, rotated, mask=h < HEADS)
         is_k = (h >= HEADS) & (h < HEADS + KV_HEADS)
@@ -139,8 +145,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _rotate(QKV, Cos, Sin, stride_token, QK_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr):
-        """One token, ``BLOCK_H`` of its q/k heads rotated in place, rounded as ``_rope_and_store`` rounds.
-        A program loads whole heads before it stores them, and no two programs share a head."""
+        """One token, ``BLOCK_H`` of its q/k heads rotated in place. A program loads whole heads before it stores them, and no two programs share a head."""
         token = tl.program_id(0)
         half: tl.constexpr = HEAD_DIM // 2
         h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
@@ -150,9 +155,7 @@ if HAVE_TRITON:
         partner = tl.load(QKV + token * stride_token + h * HEAD_DIM + (d + half) % HEAD_DIM, mask=ok, other=0.0)
         cos = tl.load(Cos + token * HEAD_DIM + d)
         sin = tl.load(Sin + token * HEAD_DIM + d)
-        a = (x.to(tl.float32) * cos.to(tl.float32)).to(x.dtype)
-        b = (partner.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
-        tl.store(QKV + token * stride_token + h * HEAD_DIM + d, (a.to(tl.float32) + b.to(tl.float32)).to(x.dtype), mask=ok)
+        tl.store(QKV + token * stride_token + h * HEAD_DIM + d, _rounded_rotation(x, partner, cos, sin), mask=ok)
 
     @triton.jit
     def _add_rms_norm(Hidden, Delta, Weight, Normed, eps, WIDTH: tl.constexpr, BLOCK: tl.constexpr, ADD: tl.constexpr):
