@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,17 @@ def _distributed(deepspeed: str | None) -> tuple[int, int, int]:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     elif deepspeed:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("MASTER_PORT", str(29500 + os.getpid() % 1000))})
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port()))})
     return rank, world, local
+
+
+def _free_port() -> int:
+    """A port no process on this node listens on now: two single-process DeepSpeed jobs that share a node
+    (two array tasks, or a test beside a job) must not both bind one, which a port derived from the process
+    id could not promise."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _device(local_rank: int, world: int) -> torch.device:
