@@ -28,13 +28,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_decode import bandwidth_of  # noqa: E402  (benchmarks/, the script's own folder)
+from bench_train import peak_tflops  # noqa: E402
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES  # noqa: E402
 
 # Weight copies a timing loop cycles through: more bytes than any GPU's L2 cache for every projection.
 COPIES = 6
-# Dense half-precision tensor-core peak of the cards measured here (data sheets, TFLOP/s).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
 def projections(shape: str) -> dict[str, tuple[int, int, int]]:
@@ -97,8 +96,8 @@ def main() -> None:
     dtype = pick_dtype(args.dtype, device)
     name = torch.cuda.get_device_name(device)
     bandwidth = bandwidth_of(name)
-    peak = next((tflops for card, tflops in PEAK_TFLOPS.items() if card in name), float("nan"))
-    print(f"{name}: {bandwidth / 1e12:.2f} TB/s, {peak:.0f} TFLOP/s; {args.shape}, {dtype}")
+    peak = peak_tflops(name, None)
+    print(f"{name}: {bandwidth / 1e12:.2f} TB/s, {f'{peak:.0f}' if peak else 'unknown'} TFLOP/s peak; {args.shape}, {dtype}")
     rows_out = []
     for batch in args.batch:
         step = {"cublas": 0.0, "triton": 0.0, "roofline": 0.0}
