@@ -12,7 +12,7 @@ from tests.conftest import run_submit
 
 CASES = [
     (["stage=debat"], "unknown stage 'debat'; valid choices: all, debate, eval, train"),
-    (["models=huge"], "unknown models 'huge'; valid choices: small, tiny, v100"),
+    (["models=huge"], "unknown models 'huge'; valid choices: mini, small, tiny, v100"),
     (["cluster=k8s"], "unknown cluster 'k8s'; valid choices: debug, local, slurm"),
     (["shard=2"], "unknown key 'shard'; valid keys here: cluster, data, debate, "),
     (["debate.rounds=2"], "unknown key 'debate.rounds'; valid keys here: baselines, batch_size, "),

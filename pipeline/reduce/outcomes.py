@@ -1,0 +1,94 @@
+"""Per-question outcomes in a compact file: each method's extracted answer and whether it is right.
+
+A run's shards hold whole transcripts (megabytes on the full test set); what a results page needs is far
+less: per question, per method, the answer and its verdict. Reducers write that as ``<where>_outcomes.csv``
+(``index, gold``, then an ``answer`` and a ``right`` column per method). Such a file can be committed, and
+every accuracy, interval and paired test of a table recomputed from it (``python jobs/outcomes.py FILE``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+
+Verdict = tuple[str | None, bool]
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Gold answers and each method's (answer, right) per question index, methods in column order."""
+
+    gold: dict[int, str]
+    methods: dict[str, dict[int, Verdict]]
+
+
+def to_csv(outcomes: Outcomes) -> str:
+    """The file's text: one row per question, an ``<method> | answer`` and ``<method> | right`` column each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", "gold", *(f"{m} | {col}" for m in outcomes.methods for col in ("answer", "right"))])
+    for index in sorted(outcomes.gold):
+        row: list[object] = [index, outcomes.gold[index]]
+        for verdicts in outcomes.methods.values():
+            answer, right = verdicts.get(index, (None, None))  # type: ignore[arg-type]
+            row += ["" if answer is None else answer, "" if right is None else int(right)]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+class OutcomesFileError(ValueError):
+    """An outcomes file that does not have the layout ``to_csv`` writes; the message names file and line."""
+
+
+def read_csv(path: Path) -> Outcomes:
+    """Parses a file written by :func:`to_csv`; a question a method did not answer is absent from it."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0][:2] != ["index", "gold"] or len(rows[0]) % 2:
+        raise OutcomesFileError(f"{path}:1: not an outcomes file (expected 'index,gold,<method> | answer,<method> | right,...')")
+    names = [col.rsplit(" | ", 1)[0] for col in rows[0][2::2]]
+    gold: dict[int, str] = {}
+    methods: dict[str, dict[int, Verdict]] = {name: {} for name in names}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise OutcomesFileError(f"{path}:{line}: {len(row)} fields, the header has {len(rows[0])}")
+        try:
+            index = int(row[0])
+            gold[index] = row[1]
+            for name, answer, right in zip(names, row[2::2], row[3::2]):
+                if right != "":
+                    methods[name][index] = (answer or None, {"1": True, "0": False}[right])
+        except (ValueError, KeyError):
+            raise OutcomesFileError(f"{path}:{line}: an index that is not an integer or a 'right' that is not 0 or 1") from None
+    return Outcomes(gold, methods)
+
+
+def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
+    """Accuracy with its n and 95% interval per method, then ``reference`` (default: the first method)
+    against each other method on the questions both answered, with McNemar's exact p."""
+    names = list(outcomes.methods)
+    reference = reference or names[0]
+    if reference not in outcomes.methods:
+        raise KeyError(f"no method {reference!r} in the file; it has: {', '.join(names)}")
+    lines = ["| method | accuracy | 95% CI | correct / n |", "|---|---|---|---|"]
+    for name in names:
+        flags = [right for _, right in outcomes.methods[name].values()]
+        k, n = sum(flags), len(flags)
+        low, high = wilson_interval(k, n)
+        lines.append(f"| {name} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
+    lines += ["", f"| {reference} against | questions | only {reference} right | only the other right | difference | McNemar exact p |",
+              "|---|---|---|---|---|---|"]
+    mine = outcomes.methods[reference]
+    for name in names:
+        if name == reference:
+            continue
+        pairs = [(mine[i][1], v[1]) for i, v in outcomes.methods[name].items() if i in mine]
+        first = sum(x and not y for x, y in pairs)
+        second = sum(y and not x for x, y in pairs)
+        diff = (first - second) / len(pairs) if pairs else 0.0
+        lines.append(f"| {name} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {mcnemar_exact(first, second):.3g} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""The reducers' paired statistics: McNemar's exact test, the debate's agreement kinds, fine-tuned against base."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.reduce.debate import agreement, agreement_kind, markdown, summarize
+from pipeline.reduce.eval import against_base
+from pipeline.reduce.eval import markdown as markdown_eval
+from pipeline.reduce.stats import mcnemar_exact
+
+
+def test_mcnemar_exact_by_hand() -> None:
+    # 1 question only the first method got, 5 only the second: n = 6 discordant pairs, each a fair coin
+    # under the null. P(X <= 1) = (C(6,0) + C(6,1)) / 2^6 = 7/64; two-sided: 14/64.
+    assert mcnemar_exact(1, 5) == pytest.approx(14 / 64)
+    assert mcnemar_exact(5, 1) == pytest.approx(14 / 64)
+    # All 6 discordant pairs on one side: 2 * 1/64.
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    # Balanced discordance is no evidence at all (the doubled tail is capped at 1).
+    assert mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0
+    # 10 vs 30 (n = 40): the tail sum by hand in exact integers.
+    tail = sum(math.comb(40, i) for i in range(11)) / 2**40
+    assert mcnemar_exact(10, 30) == pytest.approx(2 * tail)
+    assert mcnemar_exact(10, 30) < 0.005
+
+
+def test_mcnemar_refuses_negative_counts() -> None:
+    with pytest.raises(ValueError, match="discordant counts"):
+        mcnemar_exact(-1, 2)
+
+
+def _record(index: int, gold: str, a_first: str, b_solo: str | None, final: str, agreed: bool) -> dict:
+    solo = {"a": {"answer": a_first, "correct": a_first == gold, "tokens": 10, "seconds": 1.0}}
+    if b_solo is not None:
+        solo["b"] = {"answer": b_solo, "correct": b_solo == gold, "tokens": 10, "seconds": 1.0}
+    turns = [{"model": "a", "round": 1, "answer": a_first, "text": "", "tokens": 10, "seconds": 1.0},
+             {"model": "b", "round": 1, "answer": final, "text": "", "tokens": 10, "seconds": 1.0}]
+    return {"index": index, "gold": gold, "turns": turns, "final_answer": final, "agreed": agreed, "rounds": 1,
+            "correct": final == gold, "first_answers": {"a": a_first, "b": final}, "solo": solo, "vote": {},
+            "tokens": 20, "seconds": 2.0}
+
+
+RECORDS = [
+    _record(0, "5", "5", "5", "5", True),    # both had it alone
+    _record(1, "5", "5", "7", "5", True),    # b took a's right answer: b's wrong answer fixed
+    _record(2, "5", "6", "5", "6", True),    # b took a's wrong answer: b gave up its right one
+    _record(3, "5", "6", "7", "6", True),    # b took a's wrong answer; b was wrong alone too
+    _record(4, "5", "6", "5", "5", True),    # a took b's right answer
+    _record(5, "5", "6", "7", "8", True),    # both moved
+    _record(6, "5", "6", "7", "7", False),   # never agreed
+]
+
+
+def test_agreement_tells_copying_from_correcting() -> None:
+    assert [agreement_kind(r) for r in RECORDS] == [
+        "independent", "b_adopted", "b_adopted", "b_adopted", "a_adopted", "both_moved", "no_agreement"]
+    rows = {row["kind"]: row for row in agreement(RECORDS)}
+    assert rows["b_adopted"] == {"kind": "b_adopted", "label": "b took a's answer", "debates": 3, "right": 1, "wrong": 2,
+                                 "fixed_own_wrong": 1, "gave_up_own_right": 1}
+    assert rows["a_adopted"]["fixed_own_wrong"] == 1 and rows["a_adopted"]["gave_up_own_right"] == 0
+    assert (rows["independent"]["debates"], rows["both_moved"]["debates"], rows["no_agreement"]["debates"]) == (1, 1, 1)
+
+
+def test_without_b_alone_agreement_is_not_called_independent() -> None:
+    record = _record(0, "5", "5", None, "5", True)
+    assert agreement_kind(record) == "b_unknown"
+
+
+def test_the_debate_table_carries_paired_tests_and_agreement() -> None:
+    config = {"models": {"a": "m-a", "b": "m-b"},
+              "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}}}
+    summary = summarize(RECORDS, config)
+    by_method = {p["against"]: p for p in summary["paired"]}
+    # debate right on 0, 1, 4; a alone right on 0, 1; b alone right on 0, 2, 4.
+    assert by_method["m-a alone"] == {"against": "m-a alone", "n": 7, "only_debate_right": 1, "only_baseline_right": 0,
+                                          "difference": round(1 / 7, 4), "p_value": 1.0}
+    assert (by_method["m-b alone"]["only_debate_right"], by_method["m-b alone"]["only_baseline_right"]) == (1, 1)
+    table = markdown(summary, "r", [])
+    assert "| m-a alone | 7 | 1 | 0 | +14.3 pts | 1 |" in table
+    assert "| b took a's answer | 3 | 1 | 2 | 1 | 1 |" in table
+
+
+def _eval_record(index: int, response: str, right: bool) -> dict:
+    return {"index": index, "response": response, "correct": {"strict-match": right, "flexible-extract": right}}
+
+
+def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:
+    base = {"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}
+    same = against_base({"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}, base)
+    assert {r["identical_responses"] for r in same} == {6} and {r["p_value"] for r in same} == {1.0}
+    assert "WARNING: model a's fine-tuned responses on gsm8k are identical" in markdown_eval([], "r", [], "eval_finetuned", same)
+    moved = against_base({"a/gsm8k": [_eval_record(i, f"new{i}", True) for i in range(6)]}, base)
+    strict = next(r for r in moved if r["filter"] == "strict-match")
+    assert (strict["identical_responses"], strict["only_finetuned_right"], strict["only_base_right"]) == (0, 3, 0)
+    assert (strict["base_accuracy"], strict["accuracy"]) == (0.5, 1.0)
+    assert strict["p_value"] == pytest.approx(0.25)
