@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import project_path  # noqa: E402
+from pipeline.config import ConfigError, project_path  # noqa: E402
 from pipeline.monitor import format_status, list_runs, resolve_run, run_status  # noqa: E402
 
 
@@ -21,17 +21,21 @@ def main() -> int:
     if args.run_id is None:
         runs = list_runs(project_path(args.results_dir))
         for run in runs:
-            s = run_status(run)
+            try:
+                s = run_status(run)
+            except ConfigError as err:
+                print(f"{run.run_id:<28} damaged: {err}")
+                continue
             print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {s['done']}/{s['total']} {s['what']}")
         if not runs:
             print(f"no runs under {project_path(args.results_dir)}")
         return 0
     try:
         run = resolve_run(args.results_dir, args.run_id)
-    except FileNotFoundError as err:
+        print(format_status(run_status(run)))
+    except (FileNotFoundError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_status(run_status(run)))
     return 0
 
 

@@ -8,6 +8,8 @@ before anything is submitted.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -47,6 +49,11 @@ def _compose(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def _printable(text: str) -> str:
+    """Text for a one-line message: control characters (a pasted newline) shown as escapes."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
@@ -67,15 +74,15 @@ def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
         return ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(_sibling_keys(key))}")
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        return ConfigError(f"'{bad[0]}' is not a key=value override")
+        return ConfigError(f"'{_printable(bad[0])}' is not a key=value override")
     for override in overrides:
         try:
             OverridesParser.create().parse_overrides([override])
         except HydraException as parse_err:
             return ConfigError(
-                f"cannot parse the override '{override}' ({_first_line(str(parse_err))}); quote a value with special characters: key='...'"
+                f"cannot parse the override '{_printable(override)}' ({_first_line(str(parse_err))}); quote a value with special characters: key='...'"
             )
-    return ConfigError(f"cannot parse the overrides {' '.join(overrides)}: {_first_line(text)}")
+    return ConfigError(f"cannot parse the overrides {_printable(' '.join(overrides))}: {_first_line(text)}")
 
 
 def _sibling_keys(dotted: str) -> list[str]:
@@ -137,12 +144,43 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = False) -> None:
+# The largest whole number a setting may take unless it says otherwise: counts beyond it cannot be
+# allocated or looped over, and C/CUDA code downstream takes 32-bit integers.
+INT_MAX = 2**31 - 1
+# Seeds reach numpy's legacy seeding (transformers' set_seed), which takes 0..2**32 - 1.
+SEED_MAX = 2**32 - 1
+
+
+def _show_scalar(value: Any) -> str:
+    """A value as the user would type it: null, true/false, the number or the text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return _show(value)
+
+
+def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = False, maximum: int = INT_MAX) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and nullable:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={value}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
+        raise ConfigError(f"{key}={_show_scalar(value)}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
+    if value > maximum:
+        raise ConfigError(f"{key}={value}: must be a whole number from {minimum} to {maximum}")
+
+
+def _require_number(cfg: DictConfig, key: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
+    """A finite number above ``low`` (or at it, unless ``strict``) and below ``high``: NaN and infinity pass
+    every comparison test a range check makes, so they are refused by name."""
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{key}={_show_scalar(value)}: must be a finite number" + (f" > {low:g}" if strict else f" >= {low:g}"))
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key}={value}: must be a number {'>' if strict else '>='} {low:g}")
+    if high is not None and value >= high:
+        raise ConfigError(f"{key}={value}: must be a number below {high:g}")
+    return float(value)
 
 
 def _require_bool(cfg: DictConfig, key: str) -> None:
@@ -157,8 +195,28 @@ def _require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
         raise ConfigError(f"{key}={value}: not one of {', '.join(choices)}")
 
 
+def _check_override_forms(overrides: list[str]) -> None:
+    """What Hydra would accept but the suite does not mean: deleting a key (``~key``) leaves the code without
+    a setting it reads."""
+    for override in overrides:
+        if override.startswith("~"):
+            raise ConfigError(f"'{override}': deleting a key is not supported; set it to null (key=null) or leave it out")
+
+
+def check_given_once(overrides: list[str]) -> None:
+    """A key typed twice on one command line: Hydra would silently keep the last value, which is rarely
+    what the person meant (the command line only; programs layer overrides on purpose)."""
+    seen: dict[str, str] = {}
+    for override in overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        if "=" in override and key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]} and {override}); give it once")
+        seen[key] = override
+
+
 def load_config(overrides: list[str]) -> DictConfig:
     """Composes ``configs/`` with the overrides and validates everything that does not need data or models."""
+    _check_override_forms(overrides)
     try:
         cfg = _compose(list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as err:
@@ -174,15 +232,21 @@ def load_config(overrides: list[str]) -> DictConfig:
 
 
 def _validate_values(cfg: DictConfig) -> None:
+    _refuse_secret_values(OmegaConf.to_container(cfg, resolve=True))
     _require_int(cfg, "shards", 1)
     _require_int(cfg, "limit", 1, nullable=True)
-    _require_int(cfg, "seed", 0)
+    _require_int(cfg, "seed", 0, maximum=SEED_MAX)
+    _require_int(cfg, "paths.min_free_mib", 0)
     if cfg.run_id is not None:
         run_id = str(cfg.run_id)
-        if not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        if not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
             raise ConfigError(
-                f"run_id={run_id}: use letters, digits, '.', '_' and '-' only (no '/', no '..', at most 100 characters)"
+                f"run_id={_printable(run_id)}: use letters, digits, '.', '_' and '-' only (no '/', no '..', no control characters, at most 100 characters)"
             )
+        reserved = {Path(str(cfg.paths.transcript_log)).name, "README.md"}
+        if run_id in reserved or run_id.endswith((".log", ".lock")):
+            raise ConfigError(f"run_id={run_id}: the name of one of the suite's own files in {cfg.results_dir}/ "
+                              f"({', '.join(sorted(reserved))}, *.log, *.lock); pick another")
     _require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
     if cfg.cluster.kind == "slurm":
         _require_int(cfg, "cluster.max_requeues", 0)
@@ -209,7 +273,10 @@ def _validate_values(cfg: DictConfig) -> None:
         _validate_eval(cfg)
     if cfg.stage in ("train", "all"):
         _validate_train(cfg)
-    data_file = project_path(cfg.data.path) / f"{cfg.data.split}.jsonl"
+    data_dir = project_path(cfg.data.path)
+    if not data_dir.is_dir():
+        raise ConfigError(f"data.path={cfg.data.path}: no such folder (it holds <split>.jsonl files, e.g. test.jsonl)")
+    data_file = data_dir / f"{cfg.data.split}.jsonl"
     if not data_file.is_file():
         raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
 
@@ -227,9 +294,7 @@ def _validate_debate(cfg: DictConfig) -> None:
     _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
     _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)
     for key in ("debate.temperature", "debate.baselines.vote_temperature"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{key}={value}: must be a number >= 0")
+        _require_number(cfg, key, 0.0)
     for name, placeholder in (("solve", "{question}"), ("review", "{other}")):
         if placeholder not in cfg.debate.prompts[name]:
             raise ConfigError(f"debate.prompts.{name} must contain the placeholder {placeholder}")
@@ -284,14 +349,10 @@ def _validate_train(cfg: DictConfig) -> None:
     _require_int(cfg, "train.max_steps", 1, nullable=True)
     _require_int(cfg, "train.lora.r", 1)
     _require_int(cfg, "train.lora.alpha", 1)
-    for key, low in (("epochs", 0.0), ("beta", 0.0), ("learning_rate", 0.0)):
-        value = cfg.train[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= low:
-            raise ConfigError(f"train.{key}={value}: must be a number > {low:g}")
-    if not 0 <= cfg.train.lora.dropout < 1:
-        raise ConfigError(f"train.lora.dropout={cfg.train.lora.dropout}: must be in [0, 1)")
-    if not 0 <= cfg.train.warmup:
-        raise ConfigError(f"train.warmup={cfg.train.warmup}: must be >= 0 (a fraction of the steps below 1, or a step count)")
+    for key in ("epochs", "beta", "learning_rate"):
+        _require_number(cfg, f"train.{key}", 0.0, strict=True)
+    _require_number(cfg, "train.lora.dropout", 0.0, high=1.0)
+    _require_number(cfg, "train.warmup", 0.0)
     if not list(cfg.train.lora.target_modules):
         raise ConfigError("train.lora.target_modules is empty: name the layers LoRA adapts, e.g. [q_proj, v_proj]")
     _require_choice(cfg, "train.precision", PRECISIONS)
@@ -305,6 +366,9 @@ def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
 
 
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key|apikey|key)$", re.I)
+_SECRET_ENV = re.compile(r"(token|secret|passw|api_?key|_key$|credential)", re.I)
+# Shorter values ("1", "true") would match ordinary settings by coincidence.
+_SECRET_MIN_LENGTH = 6
 
 
 def _drop_secrets(node: Any) -> Any:
@@ -313,3 +377,20 @@ def _drop_secrets(node: Any) -> Any:
     if isinstance(node, list):
         return [_drop_secrets(v) for v in node]
     return node
+
+
+def _refuse_secret_values(node: Any, where: str = "") -> None:
+    """A setting that holds the value of a secret environment variable (``${oc.env:HF_TOKEN}`` put into a
+    prompt) would be written into the run folder (its config, the jobs' files): refused, naming the key and
+    the variable, never the value."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_secret_values(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_secret_values(value, f"{where}[{i}]")
+    elif isinstance(node, str) and not _SECRET_KEY.search(where.rsplit(".", 1)[-1]):
+        for name, value in os.environ.items():
+            if _SECRET_ENV.search(name) and len(value) >= _SECRET_MIN_LENGTH and value in node:
+                raise ConfigError(f"{where} holds the value of the secret ${name}; secrets stay in the environment "
+                                  "and out of settings (they would be written into the run folder)")

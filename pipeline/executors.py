@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
 from pipeline.runs import Run
-from pipeline.tasks import ReduceJob, ShardJob, ShardTask
+from pipeline.tasks import Process, ReduceJob, ShardJob, ShardTask, process_start
 
 JOBS_FILE = "jobs.jsonl"
 
@@ -121,8 +121,9 @@ class Launcher:
         extra["dependency"] = "afterany:" + ":".join(ids)
         executor.update_parameters(slurm_additional_parameters=extra)
 
-    def _pids(self, jobs: Sequence[submitit.Job]) -> list[int] | None:
-        return [int(j.job_id) for j in jobs] if self.kind == "local" else None
+    def _pids(self, jobs: Sequence[submitit.Job]) -> list[Process] | None:
+        """Local jobs to wait for, each as (pid, start time): a pid alone could be another process by then."""
+        return [(int(j.job_id), process_start(int(j.job_id))) for j in jobs] if self.kind == "local" else None
 
     def submit(
         self,
@@ -187,6 +188,8 @@ class Launcher:
             "shards": {t.unit.label: j.job_id for t, j in zip(tasks, jobs)},
             "reduce": reduce_job.job_id,
         }
+        if self.kind == "local":  # a local job id is a pid: its start time tells it from a later process of that pid
+            entry["started"] = {j.job_id: process_start(int(j.job_id)) for j in (*jobs, reduce_job)}
         self.run.launch_dir.mkdir(parents=True, exist_ok=True)
         with (self.run.launch_dir / JOBS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")

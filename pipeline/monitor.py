@@ -38,8 +38,15 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _local_state(job_id: str) -> str:
-    return "RUNNING" if job_id.isdigit() and process_alive(int(job_id)) else "ENDED"
+def _local_state(job_id: str, started: dict[str, int | None]) -> str:
+    """A local job (a pid) runs while the process of that pid and recorded start time does."""
+    return "RUNNING" if job_id.isdigit() and process_alive(int(job_id), started.get(job_id)) else "ENDED"
+
+
+def _started(subs: list[dict[str, Any]]) -> dict[str, int | None]:
+    """The recorded start time of every local job of the run (submissions made before they were recorded
+    have none: such jobs are never taken for running, nor signalled)."""
+    return {job: start for sub in subs for job, start in sub.get("started", {}).items()}
 
 
 def run_status(run: Run) -> dict[str, Any]:
@@ -54,7 +61,8 @@ def run_status(run: Run) -> dict[str, Any]:
         reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
     ids = [*latest.values(), *reducers.values()]
-    states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j) for j in ids}
+    started = _started(subs)
+    states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j, started) for j in ids}
     rows, tables = [], []
     for where, kind in steps:
         stage = STAGES[kind]
@@ -104,7 +112,7 @@ def list_runs(results_dir: Path) -> list[Run]:
 def cancel_run(run: Run) -> list[str]:
     """Cancels every job of the run that may still be queued or running; returns their ids."""
     subs = submissions(run)
-    ids = [j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])]
+    ids = list(dict.fromkeys(j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])))
     if not subs:
         return []
     if subs[-1]["cluster"] == "slurm":
@@ -112,11 +120,30 @@ def cancel_run(run: Run) -> list[str]:
         subprocess.run(["scancel", *arrays], check=False)
         return arrays
     cancelled = []
+    started = _started(subs)
     for job in ids:
-        if job.isdigit() and process_alive(int(job)):
-            os.kill(int(job), signal.SIGINT)  # what submitit's LocalJob.cancel sends; its controller bypasses SIGTERM
+        if job.isdigit() and _signal_if_same(int(job), started.get(job)):
             cancelled.append(job)
     return cancelled
+
+
+def _signal_if_same(pid: int, started: int | None) -> bool:
+    """SIGINT (what submitit's LocalJob.cancel sends; its controller bypasses SIGTERM) to the process recorded
+    as (pid, start time) and to no other: the pid is pinned with a pidfd first, then its start time checked,
+    so a process that took over the pid in between is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not process_alive(pid, started):
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGINT)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def resolve_run(results_dir: str, run_id: str) -> Run:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,9 @@ class Run:
         return self.root / stage
 
     def saved_config(self) -> DictConfig:
-        return OmegaConf.load(self.config_path)
+        """The run's ``config.yaml``; one that is empty, does not parse or names no stage is a ConfigError
+        naming the file (a damaged run folder is the user's to fix, not a traceback)."""
+        return load_saved(self.config_path)
 
     def saved_config_container(self) -> dict[str, Any]:
         """The config the run was created with, as plain data (what tasks and reducers read)."""
@@ -61,23 +64,78 @@ class Run:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else self.saved_config_container()
 
 
+def load_saved(path: Path) -> DictConfig:
+    """A saved run config, checked enough to be used: a mapping that names its stage."""
+    try:
+        saved = OmegaConf.load(path)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the run's config ({err.strerror})") from None
+    except Exception as err:  # yaml's and OmegaConf's parse errors have no common base but Exception
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: the run's config does not parse ({first}); restore it or start a new run") from None
+    if not isinstance(saved, DictConfig) or "stage" not in saved:
+        raise ConfigError(f"{path}: the run's config is empty or not a config (no 'stage'); restore it or start a new run")
+    return saved
+
+
 def new_run_id() -> str:
     """Sortable by time, unique enough for concurrent submits: ``20261124-153012-a3f9``."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def adopt_saved(cfg: DictConfig, overridden: set[str]) -> None:
-    """Resuming ``run_id=<id>``: result settings not given again on the command line (``overridden`` holds
-    the top-level names that were) come from the run's saved config, so the id alone resumes a run."""
+def adopt_saved(cfg: DictConfig, given: set[str]) -> None:
+    """Resuming ``run_id=<id>``: every result setting not given again on the command line (``given`` holds
+    the dotted keys that were) comes from the run's saved config, leaf by leaf, so the id alone resumes a
+    run, and a default changed since the run was made does not count as a difference."""
     if cfg.run_id is None:
         return
     path = project_path(cfg.results_dir) / str(cfg.run_id) / "config.yaml"
     if not path.exists():
         return
-    saved = OmegaConf.load(path)
+    saved = load_saved(path)
     for key in RESULT_KEYS:
-        if key not in overridden and key in saved:
-            cfg[key] = saved[key]
+        if key not in saved or key in given:
+            continue
+        merged = OmegaConf.create({key: saved[key]})
+        for dotted in sorted(g for g in given if g.startswith(key + ".")):
+            OmegaConf.update(merged, dotted, OmegaConf.select(cfg, dotted), merge=False, force_add=True)
+        cfg[key] = merged[key]
+
+
+def check_run_id(cfg: DictConfig, given: set[str]) -> None:
+    """``run_id=<id>`` without a run folder behind it: a mistyped resume would silently start the default
+    run, so a new run under a chosen id must name its stage; a folder whose config.yaml is gone but whose
+    shards are there is refused, since nothing would then stop records of other settings joining them."""
+    if cfg.run_id is None:
+        return
+    results = project_path(cfg.results_dir)
+    run = Run(results / str(cfg.run_id))
+    if run.config_path.exists():
+        return
+    if run.root.is_dir() and any(run.root.glob("**/shard-*.jsonl")):
+        raise ConfigError(f"run {run.run_id}: its config.yaml is missing but its shards are there ({run.root}); restore "
+                          "config.yaml, or move the folder away to start again")
+    if "stage" not in given:
+        runs = sorted(p.parent.name for p in results.glob("*/config.yaml"))
+        known = f"runs in {results}: {', '.join(runs[:10])}{', ...' if len(runs) > 10 else ''}" if runs else f"no runs in {results}"
+        raise ConfigError(f"run_id={cfg.run_id}: no such run ({known}); to start a new run with this id, name its stage, "
+                          f"e.g. stage={cfg.stage} run_id={cfg.run_id}")
+
+
+def check_free_space(cfg: DictConfig) -> None:
+    """Refuses a submission whose results folder's file system is nearly full (``paths.min_free_mib``): past
+    that point submitit's own files and the task logs would be the first to fail, before any shard could say so."""
+    folder = project_path(cfg.results_dir)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return
+    free = stats.f_bavail * stats.f_frsize / 2**20
+    if free < cfg.paths.min_free_mib:
+        raise ConfigError(f"results_dir={cfg.results_dir}: {free:.0f} MiB free on its file system, below paths.min_free_mib="
+                          f"{cfg.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
 def open_run(cfg: DictConfig) -> tuple[Run, bool]:
@@ -85,31 +143,70 @@ def open_run(cfg: DictConfig) -> tuple[Run, bool]:
 
     Returns the run and whether it already existed. Sets ``cfg.run_id`` for a new run.
     """
+    check_free_space(cfg)
     results = project_path(cfg.results_dir)
     if cfg.run_id is None:
         cfg.run_id = new_run_id()
     run = Run(results / str(cfg.run_id))
-    existed = run.config_path.exists()
+    existed = run.config_path.exists() or not _create_config(cfg, run)
     if existed:
         _check_resume(cfg, run.saved_config(), run)
-    else:
-        try:
-            for folder in (run.root, run.launch_dir, run.logs_dir):
-                folder.mkdir(parents=True, exist_ok=True)
-            run.config_path.write_text(to_yaml(cfg), encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"results_dir={cfg.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
     if not os.access(run.root, os.W_OK):
         raise ConfigError(f"results_dir={cfg.results_dir}: the run folder {run.root} is read-only")
     return run, existed
 
 
+def _create_config(cfg: DictConfig, run: Run) -> bool:
+    """Writes a new run's config.yaml, whole, only if there is none: written beside it, then hard-linked into
+    place, which fails when another submission got there first. Of two submissions of one new run id at the
+    same moment, one creates the run and the other is checked against it as a resume. False when the
+    config was already there."""
+    try:
+        for folder in (run.root, run.launch_dir, run.logs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=run.root)
+        tmp = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(to_yaml(cfg))
+        try:
+            os.link(tmp, run.config_path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+    except OSError as err:
+        raise ConfigError(f"results_dir={cfg.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
+
+
+def _first_difference(new: Any, old: Any, where: str) -> tuple[str, Any, Any] | None:
+    """The first dotted key at which two config values differ, with both values."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            found = _first_difference(new.get(key), old.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    return None if new == old else (where, new, old)
+
+
 def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run) -> None:
+    new_all = OmegaConf.to_container(cfg, resolve=True)
+    old_all = OmegaConf.to_container(saved, resolve=True)
     for key in RESULT_KEYS:
-        new: Any = OmegaConf.to_container(cfg, resolve=True).get(key)
-        old: Any = OmegaConf.to_container(saved, resolve=True).get(key)
-        if new != old:
-            shown = old if not isinstance(old, dict) else "the values in its config.yaml"
+        found = _first_difference(new_all.get(key), old_all.get(key), key)
+        if found:
+            where, new, old = found
             raise ConfigError(
-                f"run {run.run_id} was made with {key}={shown}; resume it with the same {key} (see {run.config_path})"
+                f"run {run.run_id} was made with {where}={_shown(old)} (this submission: {_shown(new)}); resume it with "
+                f"the same {where}, or leave it out (see {run.config_path})"
             )
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    return text if len(text) <= 60 and "\n" not in text else text.replace("\n", " ")[:57] + "..."

@@ -11,13 +11,14 @@ A shard is the unit of truth. Its file is the only state a shard task keeps, so 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Mapping
 
 class ShardCorruptError(RuntimeError):
     """A line in the middle of a shard file is not a valid record."""
@@ -77,11 +78,38 @@ class Unit:
         return f"{where}-shard-{self.shard:05d}-of-{self.shards:05d}" if where else f"shard-{self.shard:05d}-of-{self.shards:05d}"
 
 
-def _parse_lines(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """A short, stable digest of the settings that decide a record's content."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """What every record of one unit's shard must hold: the keys its readers use, and the fingerprint of the
+    settings it was made with. The fingerprint is written into each record, so a shard can never be merged
+    with records made under other settings, whatever happened to the run's config.yaml."""
+
+    required: tuple[str, ...]
+    fingerprint: str
+
+    def problem(self, record: dict[str, Any]) -> str | None:
+        """Why ``record`` does not belong to this shard, or None."""
+        missing = [key for key in self.required if key not in record]
+        if missing:
+            return f"incomplete record (no {missing[0]!r}); delete that line to redo its question"
+        made_with = record.get("settings")
+        if made_with != self.fingerprint:
+            made = f"settings {made_with}" if made_with else "no settings fingerprint (an older suite's record)"
+            return (f"a record made with other settings ({made}; this run's are {self.fingerprint}): merging it would "
+                    "mix two experiments; move the file away, or resume with the settings it was made with")
+        return None
+
+
+def _parse_lines(path: Path, data: bytes, schema: RecordSchema | None = None) -> tuple[list[dict[str, Any]], int]:
     """Records of a shard's bytes, and the length of the part made of whole lines.
 
     Every record is written as one line ending in a newline in a single write, so only the bytes after the
-    last newline can be torn; every newline-terminated line must be a valid record.
+    last newline can be torn; every newline-terminated line must be a valid record (of ``schema``, if given).
     """
     valid = data.rfind(b"\n") + 1
     records: list[dict[str, Any]] = []
@@ -94,15 +122,19 @@ def _parse_lines(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
             raise ShardCorruptError(
                 f"{path}:{line_no}: corrupt record ({err}); fix or delete that line, then rerun the shard"
             ) from None
+        problem = schema.problem(record) if schema else None
+        if problem:
+            raise ShardCorruptError(f"{path}:{line_no}: {problem}")
         records.append(record)
     return records, valid
 
 
-def read_shard(path: Path) -> list[dict[str, Any]]:
-    """The complete records of a shard file; a torn last line is ignored, a corrupt middle line raises."""
+def read_shard(path: Path, schema: RecordSchema | None = None) -> list[dict[str, Any]]:
+    """The complete records of a shard file; a torn last line is ignored, a corrupt middle line raises, and
+    so does (given ``schema``) a record that is incomplete or was made with other settings."""
     if not path.exists():
         return []
-    return _parse_lines(path, path.read_bytes())[0]
+    return _parse_lines(path, path.read_bytes(), schema)[0]
 
 
 class ShardWriter:
@@ -112,8 +144,9 @@ class ShardWriter:
     complete line, flushes and fsyncs it, so a killed job loses at most the records still in flight.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: RecordSchema | None = None) -> None:
         self.path = path
+        self.schema = schema
         self.records: list[dict[str, Any]] = []
         self._done: set[int] = set()
         self._lock_fd: int | None = None
@@ -131,7 +164,7 @@ class ShardWriter:
             raise ShardBusyError(f"{self.path} is being written by another process")
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
         data = self.path.read_bytes()
-        self.records, valid = _parse_lines(self.path, data)
+        self.records, valid = _parse_lines(self.path, data, self.schema)
         self._done = {int(r["index"]) for r in self.records}
         if valid < len(data):
             os.ftruncate(self._fd, valid)
@@ -159,6 +192,8 @@ class ShardWriter:
             raise RuntimeError("ShardWriter.append outside its 'with' block")
         if int(record["index"]) in self._done:
             raise RuntimeError(f"{self.path}: question {record['index']} is already recorded")
+        if self.schema is not None:
+            record = {**record, "settings": self.schema.fingerprint}
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         size = os.fstat(self._fd).st_size
         try:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.debate.shard import debate_units, run_debate_shard
-from pipeline.harness.shard import eval_units, run_eval_shard
+from pipeline.debate.shard import debate_schema, debate_units, run_debate_shard
+from pipeline.harness.shard import eval_schema, eval_units, run_eval_shard
 from pipeline.reduce.debate import reduce_debate
 from pipeline.reduce.eval import reduce_eval
 from pipeline.reduce.train import reduce_train
-from pipeline.shards import Unit, read_shard
+from pipeline.shards import RecordSchema, Unit, read_shard
 from pipeline.tasks import ShardTask
 from pipeline.train.job import run_train, train_progress, train_units
 
@@ -39,14 +39,16 @@ class Stage:
     progress: Callable[[Path, Unit], tuple[int, int]] = records_progress
     # One process per GPU (the train stage); the sharded stages run one process per array task.
     per_gpu: bool = False
+    # What a unit's records must hold (sharded stages): their keys and the fingerprint of their settings.
+    schema: Callable[[dict[str, Any], Unit], RecordSchema] | None = None
 
     def table_file(self, where: str) -> str:
         return self.table.format(where=where)
 
 
 STAGES: dict[str, Stage] = {
-    "debate": Stage("debate", debate_units, run_debate_shard, reduce_debate, "{where}_accuracy.md", "problems"),
-    "eval": Stage("eval", eval_units, run_eval_shard, reduce_eval, "{where}_accuracy.md", "samples"),
+    "debate": Stage("debate", debate_units, run_debate_shard, reduce_debate, "{where}_accuracy.md", "problems", schema=debate_schema),
+    "eval": Stage("eval", eval_units, run_eval_shard, reduce_eval, "{where}_accuracy.md", "samples", schema=eval_schema),
     "train": Stage("train", train_units, run_train, reduce_train, "{where}_summary.md", "steps", train_progress, per_gpu=True),
 }
 

@@ -9,6 +9,7 @@ before it (SLURM ``afterany`` dependencies; on the local executor each job waits
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError, load_config, project_path, to_yaml
+from pipeline.config import ConfigError, check_given_once, load_config, project_path, to_yaml
 from pipeline.data import load_problems
 from pipeline.executors import Launcher, job_name
 from pipeline.models.loading import prepare
@@ -28,7 +29,7 @@ from pipeline.models.registry import check_available, load_registry, resolve_mod
 from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import write_atomic
 from pipeline.reduce.summary import write_run_readme
-from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, open_run
+from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
 from pipeline.reduce.collect import check_files
 from pipeline.stages import CHAIN, STAGES, Stage, records_progress
 from pipeline.tasks import ShardTask
@@ -51,6 +52,25 @@ def _check_models(config: dict[str, Any], keys: Sequence[str]) -> None:
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
             prepare(spec, cache)
+        if spec.source != "hub":
+            _check_context(config, key, Path(prepare(spec, cache)))
+
+
+def _check_context(config: dict[str, Any], key: str, folder: Path) -> None:
+    """Token counts the model cannot hold (its ``max_position_embeddings``): refused here rather than failing
+    in every shard. Only models with a local config.json are checked (a hub model's config is on the nodes)."""
+    try:
+        context = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    counts = {"debate": [("debate.max_new_tokens", config["debate"]["max_new_tokens"])],
+              "eval": [("eval.max_gen_toks", config["eval"]["max_gen_toks"])],
+              "train": [("train.max_length", config["train"]["max_length"])]}
+    stages = ("debate", "eval", "train") if config["stage"] == "all" else (config["stage"],)
+    for name, value in (item for stage in stages for item in counts[stage]):
+        if value is not None and value >= context:
+            raise ConfigError(f"{name}={value}: models.{key} ({config['models'][key]}) holds at most {context} tokens "
+                              f"(max_position_embeddings); use 1..{context - 1}")
 
 
 def _check_data(cfg: DictConfig) -> int:
@@ -120,7 +140,7 @@ def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[Sha
     units, stage_dir = stage.units(config), run.stage_dir(where)
     if stage.progress is records_progress:
         try:
-            checks = check_files(stage_dir, units)[1]
+            checks = check_files(stage_dir, units, (lambda unit: stage.schema(config, unit)) if stage.schema else None)[1]
         except ValueError as err:
             raise ConfigError(str(err)) from None
         corrupt = [c.error for c in checks if c.error]
@@ -149,7 +169,9 @@ def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, di
 def submit(overrides: Sequence[str]) -> dict[str, Any]:
     """Validates, submits, and (with wait=true) waits for the last reducer. Returns what the user is told."""
     cfg = load_config(list(overrides))
-    adopt_saved(cfg, {o.lstrip("+").split("=", 1)[0].split(".", 1)[0] for o in overrides})
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    check_run_id(cfg, given)
+    adopt_saved(cfg, given)
     total = _check_data(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     _check_models(config, _model_keys(config))
@@ -174,10 +196,31 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     info = _info(cfg, run, resumed, total, submitted, final)
     _announce(info)
     if cfg.wait or cfg.cluster.kind == "debug":
-        result = final.result()
+        result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "all")
         info["result"] = result
         print(result["table"], flush=True)
     return info
+
+
+def _wait_for(final: Any, run: Run, where: str) -> dict[str, Any]:
+    """The last reducer's result; a reducer that failed is one line pointing at its log (the traceback is in
+    the log, not the terminal), and the run stays resumable."""
+    try:
+        return final.result()
+    except Exception as err:  # noqa: BLE001 - submitit re-raises whatever the job raised, wrapped
+        raised = [line.strip() for line in str(err).splitlines() if _EXCEPTION_LINE.match(line.strip())]
+        last = raised[-1] if raised else type(err).__name__
+        raise ReducerFailed(f"the {where} reducer failed ({last}); its log: {run.logs_dir / f'reduce-{where}.log'}; "
+                            f"rerun it with: python jobs/submit.py run_id={run.run_id}") from None
+
+
+# The last line of a Python traceback: ``IsADirectoryError: [Errno 21] ...`` (submitit wraps the job's
+# traceback in its own message, followed by the paths of its log files).
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b: ")
+
+
+class ReducerFailed(RuntimeError):
+    """The reducer of a waited-for run raised; the message is one line for the user."""
 
 
 def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[dict[str, Any]], final: Any) -> dict[str, Any]:
@@ -220,10 +263,14 @@ def main(argv: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        check_given_once(list(argv))
         info = submit(argv)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ReducerFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     result = info.get("result")
     if result is not None and not result["complete"]:
         return 1

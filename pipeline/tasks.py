@@ -60,14 +60,31 @@ class ShardTask:
 def setup_task_logging(run: Run, label: str) -> None:
     """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too)."""
     run.logs_dir.mkdir(parents=True, exist_ok=True)
+    # A handler that cannot write (a full disk under submitit's or SLURM's own log files) must not print a
+    # traceback per log line; the task log's own handler says it once (_LogFile).
+    logging.raiseExceptions = False
     fmt = logging.Formatter(f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    for handler in (logging.FileHandler(run.logs_dir / f"{label}.log"), logging.StreamHandler(sys.stderr)):
+    for handler in (_LogFile(run.logs_dir / f"{label}.log"), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+class _LogFile(logging.FileHandler):
+    """A task's log file that, when it cannot be written (a full disk), says so once in one line on stderr
+    and carries on: logging's default prints a traceback for every line it fails to write."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            err = sys.exc_info()[1]
+            reason = getattr(err, "strerror", None) or str(err)
+            print(f"{self.baseFilename}: cannot write the task log ({reason}); logging to stderr only", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -109,7 +126,7 @@ class ShardJob(submitit.helpers.Checkpointable):
     """The array item's callable: ``fn(task)``, under a local slot when the executor has no throttle, and
     after the given local processes (the previous step of a chain) have ended."""
 
-    def __init__(self, fn: Callable[[ShardTask], dict[str, Any]], local_slots: int | None = None, wait_pids: list[int] | None = None) -> None:
+    def __init__(self, fn: Callable[[ShardTask], dict[str, Any]], local_slots: int | None = None, wait_pids: list[Process] | None = None) -> None:
         self.fn = fn
         self.local_slots = local_slots
         self.wait_pids = wait_pids or []
@@ -126,21 +143,33 @@ class ShardJob(submitit.helpers.Checkpointable):
                 return self.fn(task)
 
 
-def _wait_for_pids(pids: list[int]) -> None:
-    while any(process_alive(pid) for pid in pids):
+Process = tuple[int, "int | None"]
+
+
+def _wait_for_pids(processes: list[Process]) -> None:
+    while any(process_alive(pid, started) for pid, started in processes):
         time.sleep(1.0)
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, field 22 of ``/proc/<pid>/stat``), or None when there
+    is no such process. With the pid it names one process: a pid the system reused has another start time."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
+            return int(stat.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Whether the process recorded as (``pid``, ``started``) still runs: the same pid with the same start
+    time, not a zombie. A process whose start time was not recorded is never taken for alive, so nothing
+    waits on, or signals, a process it cannot identify."""
+    if started is None or process_start(pid) != started:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
 
@@ -148,7 +177,7 @@ def process_alive(pid: int) -> bool:
 class ReduceJob(submitit.helpers.Checkpointable):
     """The reducer's callable: ``fn(run_root, where)``, after the given local processes have ended."""
 
-    def __init__(self, fn: Callable[[str, str], dict[str, Any]], wait_pids: list[int] | None = None) -> None:
+    def __init__(self, fn: Callable[[str, str], dict[str, Any]], wait_pids: list[Process] | None = None) -> None:
         self.fn = fn
         self.wait_pids = wait_pids or []
 

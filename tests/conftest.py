@@ -31,6 +31,7 @@ def results(tmp_path: Path) -> Path:
 def tiny_overrides(results: Path, *extra: str) -> list[str]:
     """A fast debate on the tiny pair: few tokens, two rounds, small votes."""
     return [
+        "stage=debate",
         "models=tiny",
         f"results_dir={results}",
         "debate.max_new_tokens=96",

@@ -14,7 +14,7 @@ from pipeline.debate.engine import DebateEngine, DebateSettings
 from pipeline.models.device import pick_devices
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
-from pipeline.shards import ShardWriter, Unit
+from pipeline.shards import RecordSchema, ShardWriter, Unit, fingerprint
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,27 @@ def debate_units(config: dict[str, Any]) -> list[Unit]:
     return [Unit("", s, shards, tuple(p.index for p in shard_problems(config, s, shards))) for s in range(shards)]
 
 
+# What every debate record holds (what the reducer reads).
+RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "agreed", "rounds", "correct", "first_answers",
+               "solo", "vote", "tokens", "seconds")
+# Debate settings that do not change a record: how the work is batched and run (the same seed gives the same
+# records at any batch size, engine or device layout).
+_RUN_ONLY = ("batch_size", "engine", "cuda_graphs", "kernels", "reuse_kv", "prefill_tokens", "devices")
+
+
+def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+    """The debate records' keys and the fingerprint of what decides them: the data, the models and their
+    precision, the seed, and every debate setting but the run-only ones."""
+    models = config["models"]
+    settings = {
+        "data": config["data"]["split"],
+        "models": {"a": models["a"], "b": models["b"], "dtype": models["dtype"]},
+        "seed": config["seed"],
+        "debate": {k: v for k, v in config["debate"].items() if k not in _RUN_ONLY},
+    }
+    return RecordSchema(RECORD_KEYS, fingerprint(settings))
+
+
 def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     """Resumable: skips problems already in the shard file; returns a summary for the submitter."""
     cfg = task.config
@@ -41,7 +62,7 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     path = task.path
     mine = shard_problems(cfg, task.unit.shard, task.unit.shards)
     started = time.perf_counter()
-    with ShardWriter(path) as writer:
+    with ShardWriter(path, debate_schema(cfg, task.unit)) as writer:
         todo = [p for p in mine if p.index not in writer.done_indices()]
         log.info("%s: %d problems, %d already done, %d to do", path.name, len(mine), len(mine) - len(todo), len(todo))
         if todo:

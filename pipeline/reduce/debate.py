@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from pipeline.answers import same_answer
 from pipeline.config import project_path
-from pipeline.debate.shard import debate_units
+from pipeline.debate.shard import debate_schema, debate_units
 from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
 from pipeline.reduce.files import BLOCK_END, BLOCK_START, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
@@ -288,7 +288,7 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems")
+    by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems", lambda unit: debate_schema(config, unit))
     if "table" in result:
         return result
     records = by_part.get("", [])

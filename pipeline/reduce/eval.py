@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.harness.shard import eval_units
+from pipeline.harness.shard import eval_schema, eval_units
 from pipeline.reduce.collect import ShardCheck, begin_reduce, collect, incomplete_note
 from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import save_figure, write_atomic
@@ -175,7 +175,8 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
     """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing."""
     if where == "eval" or not run.stage_dir("eval").is_dir():
         return []
-    base, _ = collect(run.stage_dir("eval"), eval_units(run.stage_config("eval")))
+    base_config = run.stage_config("eval")
+    base, _ = collect(run.stage_dir("eval"), eval_units(base_config), lambda unit: eval_schema(base_config, unit))
     return against_base(by_part, base)
 
 
@@ -184,7 +185,7 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
-    by_part, checks, result = begin_reduce(run, where, eval_units(config), "questions")
+    by_part, checks, result = begin_reduce(run, where, eval_units(config), "questions", lambda unit: eval_schema(config, unit))
     if "table" in result:
         return result
     incomplete = not result["complete"]
