@@ -112,7 +112,7 @@ def check_run_id(cfg: DictConfig, given: set[str]) -> None:
     run = Run(results / str(cfg.run_id))
     if run.config_path.exists():
         return
-    if run.root.is_dir() and any(run.root.glob("**/shard-*.jsonl")):
+    if run.root.is_dir() and any(shard.stat().st_size > 0 for shard in run.root.glob("**/shard-*.jsonl")):
         raise ConfigError(f"run {run.run_id}: its config.yaml is missing but its shards are there ({run.root}); restore "
                           "config.yaml, or move the folder away to start again")
     if "stage" not in given:

@@ -28,9 +28,16 @@ def results(tmp_path: Path) -> Path:
     return folder
 
 
+def layered(overrides: list[str]) -> list[str]:
+    """Defaults then a test's own overrides, as one command line: the last value of a key wins (the command
+    line itself refuses a key given twice)."""
+    last = {o.lstrip("+").split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.lstrip("+").split("=", 1)[0]] == i]
+
+
 def tiny_overrides(results: Path, *extra: str) -> list[str]:
     """A fast debate on the tiny pair: few tokens, two rounds, small votes."""
-    return [
+    return layered([
         "stage=debate",
         "models=tiny",
         f"results_dir={results}",
@@ -39,7 +46,18 @@ def tiny_overrides(results: Path, *extra: str) -> list[str]:
         "debate.baselines.vote_k=3",
         "cluster.cpus_per_task=1",
         *extra,
-    ]
+    ])
+
+
+def copy_run(run: Path, name: str) -> Path:
+    """A copy of a finished run under another id, beside it: a case can damage it without touching others."""
+    import shutil
+
+    target = run.parent / name
+    shutil.copytree(run, target)
+    config = (run / "config.yaml").read_text()
+    (target / "config.yaml").write_text(config.replace(f"run_id: {run.name}", f"run_id: {name}"))
+    return target
 
 
 def run_submit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,14 +11,14 @@ from pipeline.monitor import format_status, run_status
 from pipeline.runs import Run
 from pipeline.shards import read_shard
 from pipeline.submit import main, submit
-from tests.conftest import ROOT
+from tests.conftest import ROOT, layered
 
 TASKS = "tasks=[gsm8k,gsm8k_cot_llama]"
 
 
 def eval_overrides(results: Path, *extra: str) -> list[str]:
     """A quick eval on the tiny pair: 6 questions, short generations, a fixed batch."""
-    return [
+    return layered([
         "stage=eval",
         "models=tiny",
         f"results_dir={results}",
@@ -28,7 +28,7 @@ def eval_overrides(results: Path, *extra: str) -> list[str]:
         "eval.chunk_size=2",
         "cluster.cpus_per_task=1",
         *extra,
-    ]
+    ])
 
 
 def _rows(run_dir: Path) -> list[dict]:

@@ -14,7 +14,7 @@ import pipeline.shards as shards_module
 from pipeline.reduce.debate import reduce_debate
 from pipeline.shards import ShardWriteError, ShardWriter, read_shard
 from pipeline.submit import main, submit
-from tests.conftest import ROOT, run_submit, tiny_overrides
+from tests.conftest import ROOT, copy_run, run_submit, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return results / "done"
 
 
-def _copy(run: Path, name: str) -> Path:
-    target = run.parent / name
-    shutil.copytree(run, target)
-    (target / "config.yaml").write_text((run / "config.yaml").read_text().replace("run_id: done", f"run_id: {name}"))
-    return target
-
-
 def test_a_reducer_started_while_a_shard_runs_says_so_and_merges_nothing(finished: Path) -> None:
-    run = _copy(finished, "early")
+    run = copy_run(finished, "early")
     for table in run.glob("debate_accuracy.*"):
         table.unlink()
     with ShardWriter(run / "debate" / "shard-00001-of-00004.jsonl"):
@@ -45,7 +38,7 @@ def test_a_reducer_started_while_a_shard_runs_says_so_and_merges_nothing(finishe
 
 
 def test_a_shard_file_of_another_shard_count_is_refused(finished: Path, capsys: pytest.CaptureFixture) -> None:
-    run = _copy(finished, "mixed-count")
+    run = copy_run(finished, "mixed-count")
     shutil.copy(run / "debate" / "shard-00000-of-00004.jsonl", run / "debate" / "shard-00000-of-00002.jsonl")
     assert main([f"results_dir={run.parent}", "run_id=mixed-count", "cluster=debug"]) == 2
     err = capsys.readouterr().err
@@ -54,7 +47,7 @@ def test_a_shard_file_of_another_shard_count_is_refused(finished: Path, capsys: 
 
 
 def test_a_shard_from_another_run_is_refused_naming_the_file(finished: Path, capsys: pytest.CaptureFixture) -> None:
-    run = _copy(finished, "mixed-run")
+    run = copy_run(finished, "mixed-run")
     shutil.copy(run / "debate" / "shard-00003-of-00004.jsonl", run / "debate" / "shard-00000-of-00004.jsonl")
     assert main([f"results_dir={run.parent}", "run_id=mixed-run", "cluster=debug"]) == 2
     err = capsys.readouterr().err

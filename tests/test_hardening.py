@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run, open_run
 from pipeline.submit import main, submit
 from pipeline.tasks import process_alive, process_start
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, copy_run, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +29,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("hardening") / "results"
     submit(tiny_overrides(results, "limit=4", "shards=2", "cluster=debug", "run_id=done"))
     return results / "done"
-
-
-def _copy(run: Path, name: str) -> Path:
-    target = run.parent / name
-    shutil.copytree(run, target)
-    (target / "config.yaml").write_text((run / "config.yaml").read_text().replace("run_id: done", f"run_id: {name}"))
-    return target
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -50,7 +42,7 @@ def test_records_carry_the_fingerprint_of_their_settings(finished: Path) -> None
 
 def test_a_run_whose_config_is_gone_is_refused_and_nothing_is_written(finished: Path, capsys: pytest.CaptureFixture) -> None:
     """The reported case: config.yaml deleted, a shard cut, resubmitted with other rounds."""
-    run = _copy(finished, "no-config")
+    run = copy_run(finished, "no-config")
     (run / "config.yaml").unlink()
     shard = run / "debate" / "shard-00001-of-00002.jsonl"
     shard.write_text(shard.read_text().splitlines()[0] + "\n")
@@ -65,7 +57,7 @@ def test_a_run_whose_config_is_gone_is_refused_and_nothing_is_written(finished: 
 def test_records_of_other_settings_are_never_merged(finished: Path, capsys: pytest.CaptureFixture) -> None:
     """Even with a config.yaml that agrees with the submission, a record made under other settings (here: a
     shard line of a 3-round run) is named with its file and line by the submitter and by the reducer."""
-    run = _copy(finished, "mixed-settings")
+    run = copy_run(finished, "mixed-settings")
     shard = run / "debate" / "shard-00000-of-00002.jsonl"
     lines = shard.read_text().splitlines()
     other = {**json.loads(lines[1]), "settings": "0123456789abcdef"}
@@ -78,7 +70,7 @@ def test_records_of_other_settings_are_never_merged(finished: Path, capsys: pyte
 
 
 def test_an_incomplete_record_is_named_not_counted_as_done(finished: Path, capsys: pytest.CaptureFixture) -> None:
-    run = _copy(finished, "incomplete")
+    run = copy_run(finished, "incomplete")
     shard = run / "debate" / "shard-00001-of-00002.jsonl"
     lines = shard.read_text().splitlines()
     broken = json.loads(lines[0])
@@ -94,7 +86,7 @@ def test_an_incomplete_record_is_named_not_counted_as_done(finished: Path, capsy
 
 
 def test_a_resume_refused_names_the_sub_key_and_writes_nothing(finished: Path, capsys: pytest.CaptureFixture) -> None:
-    run = _copy(finished, "other-rounds")
+    run = copy_run(finished, "other-rounds")
     before = _files(run)
     assert main([f"results_dir={run.parent}", "run_id=other-rounds", "cluster=debug", "debate.max_rounds=3"]) == 2
     err = capsys.readouterr().err
@@ -105,7 +97,7 @@ def test_a_resume_refused_names_the_sub_key_and_writes_nothing(finished: Path, c
 def test_a_default_changed_since_the_run_was_made_is_no_difference(finished: Path) -> None:
     """A saved run whose prompt differs from today's default resumes with its own, also when a sibling key
     of the same section is given again (settings are adopted leaf by leaf, not section by section)."""
-    run = _copy(finished, "old-default")
+    run = copy_run(finished, "old-default")
     config = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(config.replace("Problem: {question}", "Problem (old wording): {question}"))
     for shard in (run / "debate").glob("shard-*.jsonl"):
@@ -116,7 +108,7 @@ def test_a_default_changed_since_the_run_was_made_is_no_difference(finished: Pat
 
 @pytest.mark.parametrize("content", ["", "stage: [unclosed\n", "- just\n- a list\n"])
 def test_a_damaged_config_is_one_line_for_submit_and_status(finished: Path, content: str) -> None:
-    run = _copy(finished, f"damaged-{len(content)}")
+    run = copy_run(finished, f"damaged-{len(content)}")
     (run / "config.yaml").write_text(content)
     for command in ([sys.executable, str(ROOT / "jobs" / "submit.py"), f"results_dir={run.parent}", f"run_id={run.name}"],
                     [sys.executable, str(ROOT / "jobs" / "status.py"), run.name, "--results-dir", str(run.parent)]):
@@ -164,7 +156,7 @@ def test_cancel_and_status_never_touch_a_process_they_cannot_identify(finished: 
     """A recorded job id whose pid now belongs to another process (here: a stranger's sleep, recorded with
     another start time, as after pid reuse) is neither signalled nor shown running; the same pid with its
     own start time is both."""
-    run = _copy(finished, "reused-pid")
+    run = copy_run(finished, "reused-pid")
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         start = process_start(stranger.pid)
@@ -196,7 +188,7 @@ def test_a_secret_interpolated_into_a_setting_is_refused(results: Path, capsys: 
 def test_a_failed_reducer_under_wait_is_one_line(finished: Path) -> None:
     """The reducer cannot write its table (a folder stands where the file goes): the command's last line says
     so and where its log is, exit 1, no traceback in the terminal."""
-    run = _copy(finished, "reducer-fails")
+    run = copy_run(finished, "reducer-fails")
     (run / "debate_accuracy.md").unlink()
     (run / "debate_accuracy.md").mkdir()
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "submit.py"), f"results_dir={run.parent}", "run_id=reducer-fails",

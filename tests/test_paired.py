@@ -98,3 +98,42 @@ def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:
     assert (strict["identical_responses"], strict["only_finetuned_right"], strict["only_base_right"]) == (0, 3, 0)
     assert (strict["base_accuracy"], strict["accuracy"]) == (0.5, 1.0)
     assert strict["p_value"] == pytest.approx(0.25)
+
+
+def test_outcomes_round_trip_and_recompute_the_tables(tmp_path) -> None:
+    from pipeline.reduce.outcomes import Outcomes, markdown as outcomes_markdown, read_csv, to_csv
+
+    outcomes = Outcomes({0: "5", 1: "7", 2: "1/2"}, {"debate": {0: ("5", True), 1: (None, False), 2: ("0.5", True)},
+                                                    "a alone": {0: ("4", False), 2: ("1/2", True)}})
+    path = tmp_path / "debate_outcomes.csv"
+    path.write_text(to_csv(outcomes))
+    assert read_csv(path) == outcomes  # an unanswered question stays unanswered, an unparsable answer None
+    table = outcomes_markdown(read_csv(path))
+    assert "| debate | 66.7% | 20.8% - 93.8% | 2 / 3 |" in table
+    assert "| a alone | 2 | 1 | 0 | +50.0 pts | 1 |" in table  # paired only on the 2 questions a answered
+
+
+def test_a_damaged_outcomes_file_names_file_and_line(tmp_path) -> None:
+    from pipeline.reduce.outcomes import OutcomesFileError, read_csv
+
+    path = tmp_path / "x.csv"
+    path.write_text("index,gold,debate | answer,debate | right\n0,5,5,1\n1,7,7,yes\n")
+    with pytest.raises(OutcomesFileError, match=r"x.csv:3: an index that is not an integer or a 'right' that is not 0 or 1"):
+        read_csv(path)
+
+
+def test_every_committed_outcomes_file_recomputes_the_table_in_docs_results() -> None:
+    """docs/results.md quotes `jobs/outcomes.py` on each committed file: the quote must be what it prints."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    page = (ROOT / "docs" / "results.md").read_text()
+    files = sorted((ROOT / "docs" / "results").glob("*.csv"))
+    assert files
+    for path in files:
+        out = subprocess.run([sys.executable, str(ROOT / "jobs" / "outcomes.py"), str(path.relative_to(ROOT))],
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        table = out.split("\n\n", 1)[1].strip()
+        assert table in page, f"docs/results.md does not quote the tables of {path.name}"

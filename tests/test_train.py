@@ -17,12 +17,12 @@ from pipeline.shards import ShardWriter
 from pipeline.submit import main, submit
 from pipeline.train.metrics import CURVES, read_metrics
 from pipeline.train.pairs import corrupt_solution, gsm8k_pairs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, layered
 
 
 def train_overrides(results: Path, *extra: str) -> list[str]:
     """A few quick ORPO steps on the tiny Llama: short sequences, no gradient accumulation."""
-    return [
+    return layered([
         "stage=train",
         "models=tiny",
         "train.models=[a]",
@@ -36,7 +36,7 @@ def train_overrides(results: Path, *extra: str) -> list[str]:
         "train.wandb=disabled",
         "cluster.cpus_per_task=1",
         *extra,
-    ]
+    ])
 
 
 def test_a_few_lora_steps_give_finite_losses_an_adapter_and_curves(results: Path) -> None:

@@ -88,8 +88,9 @@ def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
 def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     """Every linear layer as a dynamic int8 layer (weights int8 per output channel, activations quantized
     per call; torch's fbgemm kernels). On a 2-core AVX2 CPU, where float32 matmuls of a few rows run at
-    15 GFLOP/s, a decode step of Qwen2.5-Coder-1.5B is 5.4x faster (measured: docs/results.md); answers
-    differ from float32's. ``torch.ao.quantization`` is deprecated upstream but present in the pinned torch."""
+    15 GFLOP/s, a decode step of Qwen2.5-Coder-1.5B is 5.4x faster (measured: docs/results.md). Answers differ
+    from float32's, and an input is quantized with one scale for all its rows, so a row's answer can depend
+    on the rows batched with it. ``torch.ao.quantization`` is deprecated upstream but present in the pinned torch."""
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
