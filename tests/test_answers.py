@@ -139,6 +139,12 @@ def test_parse_gold_errors_quote_the_text(solution, quoted):
         ("First \\boxed{10}, then corrected: \\boxed{12}", "12"),
         ("\\boxed{12} and later \\boxed{?}", "12"),
         ("\\boxed{} but the total is 9", "9"),
+        # as Qwen2.5-Coder-1.5B-Instruct writes them (docs/results.md)
+        ("Thus, Janet makes \\(\\boxed{24}\\) dollars every day at the farmers' market.", "24"),
+        ("The amount of the loss is:\n\\[ \\boxed{-50000} \\]", "-50000"),
+        ("```output\n1260\n```\nThe total cost of the pastries Toula bought is \\(\\boxed{1260}\\).", "1260"),
+        ("Thus, Eliza's earnings for the week are \\(\\boxed{0.55}\\).", "0.55"),
+        ("= 240 miles\nSo, John is 0 miles from home at the end of those 4 hours.", "4"),
         # 3. "the answer is N" / "answer: N"
         ("The answer is 18", "18"),
         ("The final answer is $18.", "18"),

@@ -1,0 +1,56 @@
+"""One model alone on the first N test questions with the debate's solve prompt: accuracy, tokens and speed.
+
+Used to choose the prompts and the precision of the default pair (docs/results.md, "Choosing the prompts"):
+
+    python benchmarks/probe_solo.py qwen2.5-coder-1.5b-instruct --questions 30 --tokens 384 --dtype int8
+
+It runs the suite's own path (registry, GGUF cache, loader, ``generate_chat`` with the static decoder), greedy,
+one batch of all the questions, and prints each answer's tail with its verdict.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.answers import extract_answer, same_answer  # noqa: E402
+from pipeline.config import load_config, project_path  # noqa: E402
+from pipeline.data import load_problems  # noqa: E402
+from pipeline.generation import generate_chat  # noqa: E402
+from pipeline.models.loading import load_chat_model  # noqa: E402
+from pipeline.models.registry import load_registry  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a registered model name")
+    parser.add_argument("--questions", type=int, default=30)
+    parser.add_argument("--tokens", type=int, default=320)
+    parser.add_argument("--dtype", default="int8")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config([])
+    chat = load_chat_model(load_registry()[args.model], project_path(cfg.paths.model_cache), args.dtype, torch.device("cpu"))
+    problems = load_problems(project_path(cfg.data.path) / "test.jsonl", args.questions)
+    convs = [[{"role": "user", "content": cfg.debate.prompts.solve.format(question=p.question)}] for p in problems]
+    started = time.perf_counter()
+    outs = generate_chat(chat, convs, max_new_tokens=args.tokens)
+    seconds = time.perf_counter() - started
+    right = 0
+    for p, out in zip(problems, outs):
+        answer = extract_answer(out.text)
+        ok = same_answer(answer, p.gold)
+        right += ok
+        print(f"--- {p.index} gold {p.gold} answer {answer} {'right' if ok else 'wrong'}, {out.tokens} tokens, stopped {out.stopped}")
+        print(out.text[-300:])
+    tokens = sum(o.tokens for o in outs)
+    print(f"{args.model} ({args.dtype}): {right} / {len(problems)} right; {tokens} new tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
