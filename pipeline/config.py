@@ -151,7 +151,7 @@ INT_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1
 
 
-def _show_scalar(value: Any) -> str:
+def show_scalar(value: Any) -> str:
     """A value as the user would type it: null, true/false, the number or the text."""
     if value is None:
         return "null"
@@ -165,7 +165,7 @@ def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = Fa
     if value is None and nullable:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={_show_scalar(value)}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
+        raise ConfigError(f"{key}={show_scalar(value)}: must be a whole number >= {minimum}" + (" or null" if nullable else ""))
     if value > maximum:
         raise ConfigError(f"{key}={value}: must be a whole number from {minimum} to {maximum}")
 
@@ -175,7 +175,7 @@ def _require_number(cfg: DictConfig, key: str, low: float, *, strict: bool = Fal
     every comparison test a range check makes, so they are refused by name."""
     value = OmegaConf.select(cfg, key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigError(f"{key}={_show_scalar(value)}: must be a finite number" + (f" > {low:g}" if strict else f" >= {low:g}"))
+        raise ConfigError(f"{key}={show_scalar(value)}: must be a finite number" + (f" > {low:g}" if strict else f" >= {low:g}"))
     if value < low or (strict and value == low):
         raise ConfigError(f"{key}={value}: must be a number {'>' if strict else '>='} {low:g}")
     if high is not None and value >= high:

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError, project_path, to_yaml
+from pipeline.config import ConfigError, project_path, show_scalar, to_yaml
 
 # Settings that decide a run's results: a resubmission with other values would mix two experiments.
 STAGE_CONFIG = "stage.yaml"
@@ -204,9 +204,6 @@ def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run) -> None:
 
 
 def _shown(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    text = str(value)
+    """A config value for a one-line message: as typed, a long or multi-line text cut short."""
+    text = show_scalar(value)
     return text if len(text) <= 60 and "\n" not in text else text.replace("\n", " ")[:57] + "..."

@@ -151,27 +151,28 @@ def _wait_for_pids(processes: list[Process]) -> None:
         time.sleep(1.0)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start(pid: int) -> int | None:
     """When the process started (clock ticks since boot, field 22 of ``/proc/<pid>/stat``), or None when there
     is no such process. With the pid it names one process: a pid the system reused has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return int(stat.read().rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def process_alive(pid: int, started: int | None) -> bool:
     """Whether the process recorded as (``pid``, ``started``) still runs: the same pid with the same start
     time, not a zombie. A process whose start time was not recorded is never taken for alive, so nothing
     waits on, or signals, a process it cannot identify."""
-    if started is None or process_start(pid) != started:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    fields = _stat(pid)
+    return started is not None and fields is not None and len(fields) > 19 and int(fields[19]) == started and fields[0] != "Z"
 
 
 class ReduceJob(submitit.helpers.Checkpointable):
