@@ -55,7 +55,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
-from pipeline.train.job import deepspeed_config, lora_config, orpo_config, peak_memory_gib, pin_attention_backend  # noqa: E402
+from pipeline.train.deepspeed import deepspeed_config  # noqa: E402
+from pipeline.train.job import lora_config, orpo_config, peak_memory_gib, pin_attention_backend  # noqa: E402
 from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Llama-3.1-8B's config.json; "tiny" is for a CPU check of the script, not for numbers.

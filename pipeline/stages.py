@@ -7,18 +7,15 @@ added in one place. A stage runs in a folder of the run (``where``): its own nam
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.debate.shard import debate_schema, debate_units, run_debate_shard
-from pipeline.harness.shard import eval_schema, eval_units, run_eval_shard
-from pipeline.reduce.debate import reduce_debate
-from pipeline.reduce.eval import reduce_eval
-from pipeline.reduce.train import reduce_train
+from pipeline.debate.units import debate_schema, debate_units
+from pipeline.harness.units import eval_schema, eval_units
 from pipeline.shards import RecordSchema, Unit, read_shard
-from pipeline.tasks import ShardTask
-from pipeline.train.job import run_train, train_progress, train_units
+from pipeline.train.units import train_progress, train_units
 
 
 def records_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
@@ -28,13 +25,18 @@ def records_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage: its units (array items), the task callable, the reducer and its main table."""
+    """A stage: its units (array items), the task callable, the reducer and its main table.
+
+    The task and the reducer are named (``module:function``) and imported when a job is submitted: they
+    pull in torch, transformers or lm-eval, which the status command and a refused submission never need.
+    """
 
     name: str
     units: Callable[[dict[str, Any]], list[Unit]]
-    run_task: Callable[[ShardTask], dict[str, Any]]
-    reduce: Callable[[str, str], dict[str, Any]]
+    task: str
+    reducer: str
     table: str
+    # What the stage's work is counted in (status, progress): problems, samples, steps.
     what: str
     progress: Callable[[Path, Unit], tuple[int, int]] = records_progress
     # One process per GPU (the train stage); the sharded stages run one process per array task.
@@ -45,11 +47,29 @@ class Stage:
     def table_file(self, where: str) -> str:
         return self.table.format(where=where)
 
+    @property
+    def run_task(self) -> Callable[..., dict[str, Any]]:
+        """The callable one array task runs (imported now)."""
+        return _named(self.task)
+
+    @property
+    def reduce(self) -> Callable[[str, str], dict[str, Any]]:
+        """The reducer's callable (imported now)."""
+        return _named(self.reducer)
+
+
+def _named(name: str) -> Callable[..., Any]:
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
 
 STAGES: dict[str, Stage] = {
-    "debate": Stage("debate", debate_units, run_debate_shard, reduce_debate, "{where}_accuracy.md", "problems", schema=debate_schema),
-    "eval": Stage("eval", eval_units, run_eval_shard, reduce_eval, "{where}_accuracy.md", "samples", schema=eval_schema),
-    "train": Stage("train", train_units, run_train, reduce_train, "{where}_summary.md", "steps", train_progress, per_gpu=True),
+    "debate": Stage("debate", debate_units, "pipeline.debate.shard:run_debate_shard", "pipeline.reduce.debate:reduce_debate",
+                    "{where}_accuracy.md", "problems", schema=debate_schema),
+    "eval": Stage("eval", eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
+                  "{where}_accuracy.md", "samples", schema=eval_schema),
+    "train": Stage("train", train_units, "pipeline.train.job:run_train", "pipeline.reduce.train:reduce_train",
+                   "{where}_summary.md", "steps", train_progress, per_gpu=True),
 }
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.

@@ -24,9 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import ConfigError, check_given_once, load_config, project_path, to_yaml
 from pipeline.data import load_problems
 from pipeline.executors import Launcher, job_name
-from pipeline.models.loading import prepare
-from pipeline.models.registry import check_available, load_registry, resolve_model
-from pipeline.reduce.debate import display_name
+from pipeline.models.registry import check_available, display_name, load_registry, resolve_model
 from pipeline.reduce.files import write_atomic
 from pipeline.reduce.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
@@ -45,6 +43,8 @@ def _model_keys(config: dict[str, Any]) -> list[str]:
 
 
 def _check_models(config: dict[str, Any], keys: Sequence[str]) -> None:
+    from pipeline.models.loading import prepare  # torch and transformers: only once the config is valid
+
     registry = load_registry()
     cache = project_path(config["paths"]["model_cache"])
     for key in keys:
@@ -86,7 +86,7 @@ def _check_data(cfg: DictConfig) -> int:
 
 def _check_training(cfg: DictConfig) -> None:
     """The training set's fields, the DeepSpeed config, and GPUs: what would otherwise fail inside the job."""
-    from pipeline.train.job import deepspeed_config
+    from pipeline.train.deepspeed import deepspeed_config
     from pipeline.train.pairs import check_dataset
 
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -16,45 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
-from pipeline.data import load_problems, shard_slice
 from pipeline.harness.tasks import run_options, task_config
+from pipeline.harness.units import eval_schema, questions
 from pipeline.reduce.files import write_atomic
-from pipeline.shards import RecordSchema, ShardWriter, Unit, fingerprint
+from pipeline.shards import ShardWriter
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger(__name__)
-
-
-def _questions(config: dict[str, Any]) -> list:
-    data = config["data"]
-    return load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
-
-
-def eval_units(config: dict[str, Any]) -> list[Unit]:
-    """The eval array: model x task x shard, each shard a contiguous slice of the first ``limit`` questions."""
-    total, shards = len(_questions(config)), int(config["shards"])
-    return [
-        Unit(f"{model}/{task}", s, shards, tuple(shard_slice(total, s, shards)))
-        for model in config["eval"]["models"]
-        for task in config["tasks"]
-        for s in range(shards)
-    ]
-
-
-# What every eval record holds (what the reducer reads).
-RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracted", "correct", "seconds")
-
-
-def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
-    """The eval records' keys and the fingerprint of what decides one part's records: its model and the
-    precision, the data, the seed and the generation settings (not the batch or chunk sizes)."""
-    key, task = unit.part.split("/")
-    ev = config["eval"]
-    settings = {
-        "data": config["data"]["split"], "model": config["models"][key], "dtype": config["models"]["dtype"], "task": task,
-        "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
-    }
-    return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
 def _harness_model(config: dict[str, Any], key: str, threads: int) -> Any:
@@ -107,7 +75,7 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
     config = task.config
     key, name = task.unit.part.split("/")
     data_dir = project_path(config["data"]["path"])
-    golds = {p.index: p.gold for p in _questions(config)}
+    golds = {p.index: p.gold for p in questions(config)}
     options = run_options(name, {k: config["eval"][k] for k in ("apply_chat_template", "fewshot_as_multiturn")})
     gen_kwargs = {"max_gen_toks": int(config["eval"]["max_gen_toks"])} if config["eval"]["max_gen_toks"] else None
     started = time.perf_counter()

@@ -138,5 +138,5 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, dtype_name: str, device: t
         model = quantize_int8(model)
     model.eval()
     stop_ids = stop_token_ids(tokenizer, model, spec.stop_tokens)
-    log.info("loaded %s from %s (%s, %s); stop ids %s", spec.name, location, "int8 linear layers" if dtype_name == "int8" else dtype, device, stop_ids)
-    return ChatModel(name=spec.name, model=model, tokenizer=tokenizer, stop_ids=stop_ids)
+    log.info("loaded %s from %s (%s, %s); stop ids %s", spec.label, location, "int8 linear layers" if dtype_name == "int8" else dtype, device, stop_ids)
+    return ChatModel(name=spec.label, model=model, tokenizer=tokenizer, stop_ids=stop_ids)

@@ -36,6 +36,34 @@ class ModelSpec:
     # A PEFT adapter folder applied on top of the model above (a fine-tuned model of the train stage).
     adapter: str | None = None
 
+    @property
+    def label(self) -> str:
+        """How logs name the model: a fine-tuned one as its base and its adapter, never as the base alone."""
+        return f"{self.name} + adapter ({self.adapter})" if self.adapter else self.name
+
+
+def display_name(model: str) -> str:
+    """A short name for a ``models.*`` value, for folder names: a registered name as it is, a model folder
+    by its last path part."""
+    return Path(model).name if "/" in model else model
+
+
+def model_label(value: str, results_dir: str | Path | None = None) -> str:
+    """How tables name a ``models.*`` value: a registered name or model folder by its short name; a PEFT
+    adapter folder as ``<base> + adapter (<folder>)``, the folder relative to the results folder when
+    inside it, so a fine-tuned model is never read as its base."""
+    folder = project_path(value)
+    if not folder.is_dir() and results_dir is not None:
+        folder = project_path(results_dir) / value
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return display_name(value)
+    shown = folder
+    if results_dir is not None and folder.is_relative_to(project_path(results_dir)):
+        shown = folder.relative_to(project_path(results_dir))
+    return f"{display_name(str(base))} + adapter ({shown})"
+
 
 def load_registry(path: Path = REGISTRY_PATH) -> dict[str, ModelSpec]:
     """Every registered model, by name."""
@@ -97,7 +125,7 @@ def _adapter_spec(key: str, folder: Path, registry: Mapping[str, ModelSpec]) -> 
         base = ModelSpec(name=base_ref, source="hub", hub_id=base_ref)
     if base.adapter:
         raise ConfigError(f"{key}={folder}: its base {base_ref} is itself an adapter; merge it first")
-    return replace(base, name=folder.name, adapter=str(folder))
+    return replace(base, adapter=str(folder))
 
 
 def check_available(key: str, spec: ModelSpec) -> None:

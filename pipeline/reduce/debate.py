@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 from pipeline.answers import same_answer
 from pipeline.config import project_path
-from pipeline.debate.shard import debate_schema, debate_units
+from pipeline.debate.units import debate_schema, debate_units
+from pipeline.models.registry import model_label
 from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
 from pipeline.reduce.files import BLOCK_END, BLOCK_START, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
@@ -25,11 +26,6 @@ from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
 
 log = logging.getLogger(__name__)
-
-
-def display_name(model: str) -> str:
-    """A registered name as it is; a model folder by its last path part (tables stay readable)."""
-    return Path(model).name if "/" in model else model
 
 
 def _row(method: str, correct: Iterable[bool], tokens: Iterable[int], seconds: Iterable[float]) -> dict[str, Any]:
@@ -137,7 +133,7 @@ def _alone(record: dict[str, Any], key: str) -> str | None:
 
 def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
-    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
+    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
     debate = config["debate"]
     rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
     paired = []
@@ -172,7 +168,7 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
 
 def outcomes(records: list[dict[str, Any]], config: dict[str, Any]) -> Outcomes:
     """Every method's answer and verdict per question (the compact file a results page is recomputed from)."""
-    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
+    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
     debate = config["debate"]
     methods: dict[str, dict[int, tuple[str | None, bool]]] = {"debate": {r["index"]: (r["final_answer"], bool(r["correct"])) for r in records}}
     for method, entries in baselines(records, models, debate):
@@ -270,7 +266,7 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
 
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """The run's transcripts as text: question, discussion, final answer, correct."""
-    models = {key: display_name(config["models"][key]) for key in ("a", "b")}
+    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
     out = [f"{BLOCK_START}{run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     for r in records:
         verdict = "correct" if r["correct"] else "wrong"

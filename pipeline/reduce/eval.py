@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.harness.shard import eval_schema, eval_units
+from pipeline.harness.units import eval_schema, eval_units
+from pipeline.models.registry import model_label
 from pipeline.reduce.collect import ShardCheck, begin_reduce, collect, incomplete_note
-from pipeline.reduce.debate import display_name
 from pipeline.reduce.files import save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
@@ -54,7 +54,7 @@ def summarize(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any]) 
         for task in config["tasks"]:
             records = by_part.get(f"{key}/{task}", [])
             filters = sorted({f for r in records for f in r["correct"]}, key=lambda f: (f != "strict-match", f))
-            rows += [_row(display_name(config["models"][key]), key, task, f, records) for f in filters]
+            rows += [_row(model_label(config["models"][key], config.get("results_dir")), key, task, f, records) for f in filters]
     return rows
 
 
@@ -166,7 +166,7 @@ def outcomes(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], l
             for r in by_part.get(f"{key}/{task}", []):
                 gold[r["index"]] = r["gold"]
                 for name, right in r["correct"].items():
-                    column = methods.setdefault(f"{label}{display_name(config['models'][key])} ({key}) {task} {name}", {})
+                    column = methods.setdefault(f"{label}{model_label(config['models'][key], config.get('results_dir'))} ({key}) {task} {name}", {})
                     column[r["index"]] = (r["extracted"].get(name), bool(right))
     return Outcomes(gold, methods)
 

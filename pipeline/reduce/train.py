@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.reduce.files import save_figure, write_atomic
 from pipeline.runs import Run
-from pipeline.train.job import DONE_FILE, train_units
+from pipeline.train.units import DONE_FILE, train_units
 from pipeline.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)

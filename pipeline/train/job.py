@@ -19,50 +19,17 @@ from typing import Any
 
 import torch
 
-from pipeline.config import CONFIG_DIR, ConfigError, project_path
-from pipeline.reduce.debate import display_name
+from pipeline.config import project_path
+from pipeline.models.registry import display_name
 from pipeline.reduce.files import write_atomic
-from pipeline.shards import Unit
 from pipeline.tasks import ShardTask
+from pipeline.train.callbacks import MetricsJSONL
+from pipeline.train.deepspeed import deepspeed_config
 from pipeline.train.checkpoints import checkpoint_step, keep_global_batch, latest_checkpoint, resume_settings
-from pipeline.train.metrics import MetricsJSONL, read_metrics, rewind_metrics
+from pipeline.train.metrics import rewind_metrics
+from pipeline.train.units import DONE_FILE
 
 log = logging.getLogger(__name__)
-
-DONE_FILE = "training.json"
-
-
-def train_units(config: dict[str, Any]) -> list[Unit]:
-    """One unit per model to train, named after the model: ``train/<model>/``."""
-    return [Unit(display_name(config["models"][key]), 0, 1, ()) for key in config["train"]["models"]]
-
-
-def train_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
-    """Optimizer steps done / planned, from the metrics file (1/1 once the adapter is saved). The last step
-    counts only once the adapter is saved: a job killed between its last step and the save is unfinished."""
-    folder = stage_dir / unit.part
-    if (folder / DONE_FILE).exists():
-        return 1, 1
-    rows = read_metrics(folder / "metrics.jsonl")
-    return (min(rows[-1]["step"], rows[-1]["max_steps"] - 1), rows[-1]["max_steps"]) if rows else (0, 1)
-
-
-def deepspeed_config(value: str | None) -> str | None:
-    """``zero2`` / ``zero3`` -> ``configs/deepspeed/<name>.json``; a path stays a path; it must parse as JSON."""
-    if not value:
-        return None
-    path = CONFIG_DIR / "deepspeed" / f"{value}.json" if "/" not in value and not value.endswith(".json") else project_path(value)
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "deepspeed").glob("*.json")))
-        raise ConfigError(f"train.deepspeed={value}: no such file; use {names}, or a path to a DeepSpeed JSON config")
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"train.deepspeed={value}: {path} does not parse as JSON ({err})") from None
-    if not isinstance(settings, dict) or "zero_optimization" not in settings:
-        raise ConfigError(f"train.deepspeed={value}: {path} has no zero_optimization section")
-    return str(path)
-
 
 def pick_precision(name: str, device: torch.device) -> str:
     """auto: bf16 where the GPU has it, fp16 on older GPUs (V100), fp32 on a CPU. TRL's ORPOConfig turns

@@ -1,0 +1,47 @@
+"""The debate array: which problems each shard owns, and what its records must hold.
+
+Kept apart from the shard runner (which loads torch and the models) so that the submitter, the status
+command and the reducer read a run's plan in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import project_path
+from pipeline.data import load_problems, shard_slice
+from pipeline.shards import RecordSchema, Unit, fingerprint
+
+
+def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
+    """The problems one shard owns (a contiguous slice of the first ``limit`` problems)."""
+    data = config["data"]
+    problems = load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
+    return [problems[i] for i in shard_slice(len(problems), shard, shards)]
+
+
+def debate_units(config: dict[str, Any]) -> list[Unit]:
+    """The debate array: one unit per shard, each a slice of the problems."""
+    shards = int(config["shards"])
+    return [Unit("", s, shards, tuple(p.index for p in shard_problems(config, s, shards))) for s in range(shards)]
+
+
+# What every debate record holds (what the reducer reads).
+RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "agreed", "rounds", "correct", "first_answers",
+               "solo", "vote", "tokens", "seconds")
+# Debate settings that do not change a record: how the work is batched and run (the same seed gives the same
+# records at any batch size, engine or device layout).
+_RUN_ONLY = ("batch_size", "engine", "cuda_graphs", "kernels", "reuse_kv", "prefill_tokens", "devices")
+
+
+def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+    """The debate records' keys and the fingerprint of what decides them: the data, the models and their
+    precision, the seed, and every debate setting but the run-only ones."""
+    models = config["models"]
+    settings = {
+        "data": config["data"]["split"],
+        "models": {"a": models["a"], "b": models["b"], "dtype": models["dtype"]},
+        "seed": config["seed"],
+        "debate": {k: v for k, v in config["debate"].items() if k not in _RUN_ONLY},
+    }
+    return RecordSchema(RECORD_KEYS, fingerprint(settings))
