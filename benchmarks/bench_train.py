@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timer = step_timer(sync)
     with tempfile.TemporaryDirectory(prefix="bench_train-") as scratch:
         config = orpo_config(train, scratch, "bench-train", args.precision, deepspeed, device, args.seed, report_to=[],
-                             world=world, rank=rank)
+                             world=world)
         trainer = ORPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                               peft_config=lora_config(train), callbacks=[timer])
         for callback in (ProgressCallback, PrinterCallback):

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import ConfigError, project_path  # noqa: E402
-from pipeline.monitor import format_status, list_runs, resolve_run, run_status  # noqa: E402
+from pipeline.monitor import format_status, list_runs, progress_summary, resolve_run, run_status  # noqa: E402
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
             except ConfigError as err:
                 print(f"{run.run_id:<28} damaged: {err}")
                 continue
-            print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {s['done']}/{s['total']} {s['what']}")
+            print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {progress_summary(s)}")
         if not runs:
             print(f"no runs under {project_path(args.results_dir)}")
         return 0

@@ -237,6 +237,8 @@ def _validate_values(cfg: DictConfig) -> None:
     _require_int(cfg, "limit", 1, nullable=True)
     _require_int(cfg, "seed", 0, maximum=SEED_MAX)
     _require_int(cfg, "paths.min_free_mib", 0)
+    _require_number(cfg, "progress.refresh_s", 0.05)
+    _require_number(cfg, "progress.log_every_s", 0)
     if cfg.run_id is not None:
         run_id = str(cfg.run_id)
         if not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:

@@ -57,6 +57,8 @@ CHECK_EVERY = 8
 RESERVE_BYTES = 3 * 2**30
 
 _LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()
+# Progress of one decode call: (step, rows still open, tokens generated so far, an estimate).
+StepReport = Callable[[int, int, int], None]
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -458,17 +460,19 @@ class StaticDecoder:
     # ---- a call ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, stop_ids: list[int],
-                 pad_id: int, temperature: float = 0.0, seeds: list[int] | None = None, prefill_tokens: int = 16384) -> torch.Tensor:
+                 pad_id: int, temperature: float = 0.0, seeds: list[int] | None = None, prefill_tokens: int = 16384,
+                 on_step: StepReport | None = None) -> torch.Tensor:
         """New tokens, ``[rows, max_new_tokens]`` on the CPU, padding after each row's stop token (as
-        ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device."""
+        ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device. ``on_step(step, open
+        rows, tokens so far)`` is called at each check for finished rows (no extra wait for the GPU)."""
         if temperature > 0 and seeds is None:
             raise ValueError("sampling (temperature > 0) needs one seed per row")
         # Streams and graph captures use the current device: make it this model's (two models, two GPUs).
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            return self._decode(ids, attention_mask, max_new_tokens, stop_ids, pad_id, temperature, seeds, prefill_tokens)
+            return self._decode(ids, attention_mask, max_new_tokens, stop_ids, pad_id, temperature, seeds, prefill_tokens, on_step)
 
     def _decode(self, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-                temperature: float, seeds: list[int] | None, prefill_tokens: int) -> torch.Tensor:
+                temperature: float, seeds: list[int] | None, prefill_tokens: int, on_step: StepReport | None) -> torch.Tensor:
         rows, length = ids.shape
         if self.state is not None and (self.state.stop.tolist() != list(stop_ids) or self.state.pad != pad_id):
             self.release()
@@ -517,9 +521,14 @@ class StaticDecoder:
         capacity = self.cache[0].shape[1]
         width: Callable[[int], int] = (lambda n: min(_bucket(n), capacity)) if self.use_graphs else int
         active = width(rows)
+        tokens, open_rows = rows, rows  # every row has its first token
         for step in range(1, max_new_tokens):
             if (step - 1) % CHECK_EVERY == 0:
+                if step > 1:  # the rows open at the last check wrote a token a step since (about: some stopped)
+                    tokens += open_rows * CHECK_EVERY
                 open_rows = int((~s.done[:rows]).sum())
+                if on_step is not None:
+                    on_step(step, open_rows, tokens)
                 if open_rows == 0:
                     break
                 if width(open_rows) < active:

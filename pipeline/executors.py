@@ -59,6 +59,7 @@ class Launcher:
         self.cfg = cfg
         self.run = run
         self.kind = cfg.cluster.kind
+        self._progress = OmegaConf.to_container(cfg.progress, resolve=True)
 
     def _executor(self, name: str, timeout_min: int, processes: int = 1) -> submitit.AutoExecutor:
         c = self.cfg.cluster
@@ -160,7 +161,7 @@ class Launcher:
                 _debug_run(job)
         try:
             with _scheduler_refusal(f"{where} reduce job"):
-                reduce_job = reducer.submit(ReduceJob(reduce_fn, self._pids([*after, *jobs])), str(self.run.root), where)
+                reduce_job = reducer.submit(ReduceJob(reduce_fn, self._progress, self._pids([*after, *jobs])), str(self.run.root), where)
         except SubmissionRefused:
             if self.kind == "slurm" and jobs:
                 subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
@@ -175,7 +176,7 @@ class Launcher:
         executor = self._executor(job_name("summary", self.run.run_id), self._reduce_limit())
         self._depend(executor, after)
         with _scheduler_refusal("summary job"):
-            job = executor.submit(ReduceJob(fn, self._pids(after)), str(self.run.root), "all")
+            job = executor.submit(ReduceJob(fn, self._progress, self._pids(after)), str(self.run.root), "summary")
         self._record("summary", job_name("summary", self.run.run_id), [], [], job)
         return job
 

@@ -16,19 +16,21 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from pipeline.config import DEBATE_ENGINES as ENGINES
-from pipeline.decode import StaticDecoder, unsupported
+from pipeline.decode import CHECK_EVERY, StaticDecoder, StepReport, unsupported
 from pipeline.models.loading import ChatModel
 from pipeline.sampling import SeededGumbelSampler
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+# A call's progress: (rows finished, tokens generated so far, fraction of the call's work done).
+Report = Callable[[int, int, float], None]
 # Bytes per row and vocabulary entry that decoding needs beside the cache (fp32 logits, sampling noise).
 _VOCAB_BYTES = 48
 
@@ -87,8 +89,10 @@ def generate_chat(
     kernels: str = "auto",
     reuse_kv: bool = True,
     prefill_tokens: int = 16384,
+    report: Report | None = None,
 ) -> list[Completion]:
-    """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch."""
+    """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch. ``report``
+    hears how far the call is, every few decode steps (progress for the people watching a shard)."""
     if not conversations:
         return []
     if temperature > 0 and seeds is None:
@@ -111,16 +115,49 @@ def generate_chat(
         start += rows
         batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)
         chunk_seeds = [seeds[i] for i in chunk] if seeds is not None else None
+        on_step = _chunk_report(report, len(results), sum(c.tokens for c in results.values()), len(chunk), len(order), max_new_tokens)
         started = time.perf_counter()
         if decoder is not None:
             new_tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, stop_ids=chat.stop_ids,
-                                          pad_id=tokenizer.pad_token_id, temperature=temperature, seeds=chunk_seeds, prefill_tokens=prefill_tokens)
+                                          pad_id=tokenizer.pad_token_id, temperature=temperature, seeds=chunk_seeds, prefill_tokens=prefill_tokens,
+                                          on_step=on_step)
         else:
-            new_tokens = _generate(chat, batch, max_new_tokens, temperature, chunk_seeds)
+            new_tokens = _generate(chat, batch, max_new_tokens, temperature, chunk_seeds, on_step)
         seconds = (time.perf_counter() - started) / len(chunk)
         for i, row in zip(chunk, new_tokens):
             results[i] = _completion(chat, row, stop, seconds)
+        if report is not None:
+            report(len(results), sum(c.tokens for c in results.values()), len(results) / len(order))
     return [results[i] for i in range(len(conversations))]
+
+
+def _chunk_report(report: Report | None, rows_before: int, tokens_before: int, rows: int, total: int, max_new_tokens: int) -> StepReport | None:
+    """One batch's decode steps as the whole call's progress: its rows count once finished, and its share of
+    the work by steps taken out of at most ``max_new_tokens``."""
+    if report is None:
+        return None
+
+    def on_step(step: int, open_rows: int, tokens: int) -> None:
+        report(rows_before + rows - open_rows, tokens_before + tokens, (rows_before + rows * min(1.0, step / max_new_tokens)) / total)
+
+    return on_step
+
+
+class _Watch(StoppingCriteria):
+    """Never stops anything: reports ``generate``'s progress every ``CHECK_EVERY`` steps, as the static
+    decoder does (rows count as finished once they have written a stop token)."""
+
+    def __init__(self, on_step: StepReport, prompt: int, stop_ids: list[int]) -> None:
+        self.on_step, self.prompt, self.stop = on_step, prompt, torch.tensor(stop_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt
+        if (step - 1) % CHECK_EVERY == 0:
+            new = input_ids[:, self.prompt :]
+            finished = torch.isin(new, self.stop.to(new.device)).any(dim=1)
+            first = torch.where(finished, torch.isin(new, self.stop.to(new.device)).int().argmax(dim=1) + 1, step)
+            self.on_step(step, int((~finished).sum()), int(first.sum()))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _completion(chat: ChatModel, row: torch.Tensor, stop: torch.Tensor, seconds: float) -> Completion:
@@ -130,7 +167,8 @@ def _completion(chat: ChatModel, row: torch.Tensor, stop: torch.Tensor, seconds:
 
 
 @torch.inference_mode()
-def _generate(chat: ChatModel, batch: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, seeds: list[int] | None) -> torch.Tensor:
+def _generate(chat: ChatModel, batch: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, seeds: list[int] | None,
+              on_step: StepReport | None = None) -> torch.Tensor:
     """transformers' ``generate`` on one padded batch: the new tokens, on the CPU."""
     processors = LogitsProcessorList()
     if temperature > 0:
@@ -141,5 +179,6 @@ def _generate(chat: ChatModel, batch: dict[str, torch.Tensor], max_new_tokens: i
         eos_token_id=chat.stop_ids,
         pad_token_id=chat.tokenizer.pad_token_id,
     )
-    output = chat.model.generate(**batch, generation_config=config, logits_processor=processors)
+    watch = StoppingCriteriaList([_Watch(on_step, batch["input_ids"].shape[1], chat.stop_ids)] if on_step else [])
+    output = chat.model.generate(**batch, generation_config=config, logits_processor=processors, stopping_criteria=watch)
     return output[:, batch["input_ids"].shape[1] :].cpu()

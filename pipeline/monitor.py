@@ -10,14 +10,18 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
 from pipeline.executors import submissions
+from pipeline.progress import describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
-from pipeline.tasks import process_alive
+from pipeline.tasks import REDUCE_LABEL, process_alive
+
+BAR = 20
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -38,9 +42,13 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _local_state(job_id: str, started: dict[str, int | None]) -> str:
-    """A local job (a pid) runs while the process of that pid and recorded start time does."""
-    return "RUNNING" if job_id.isdigit() and process_alive(int(job_id), started.get(job_id)) else "ENDED"
+def _local_state(job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
+    """A local job (a pid) is alive while the process of that pid and recorded start time is: PENDING while
+    its progress file says it waits (for a slot of ``cluster.array_parallelism``, or for an earlier job), as
+    SLURM shows a job held by its array's throttle or a dependency; RUNNING once its work has begun."""
+    if not (job_id.isdigit() and process_alive(int(job_id), started.get(job_id))):
+        return "ENDED"
+    return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
 
 
 def _started(subs: list[dict[str, Any]]) -> dict[str, int | None]:
@@ -60,47 +68,76 @@ def run_status(run: Run) -> dict[str, Any]:
         latest.update({(sub["stage"], label): job for label, job in sub["shards"].items()})
         reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
-    ids = [*latest.values(), *reducers.values()]
     started = _started(subs)
-    states = _slurm_states(ids) if cluster == "slurm" else {j: _local_state(j, started) for j in ids}
-    rows, tables = [], []
+    shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label))
+             for where, kind in steps for unit in STAGES[kind].units(run.stage_config(where))}
+    shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
+    jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}
+    if cluster == "slurm":
+        scheduler = _slurm_states(list(jobs.values()))
+        states = {key: scheduler.get(job, "-") for key, job in jobs.items()}
+    else:
+        states = {key: _local_state(job, started, shots.get(key)) for key, job in jobs.items()}
+    rows, tables, totals = [], [], []
     for where, kind in steps:
         stage = STAGES[kind]
         tables.append(run.root / stage.table_file(where))
+        step_done = step_total = 0
         for unit in stage.units(run.stage_config(where)):
             done, total = stage.progress(run.stage_dir(where), unit)
-            job = latest.get((where, unit.label))
+            shot = shots.get((where, unit.label))
             label = unit.label if len(steps) == 1 else f"{where}/{unit.label}"
-            rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": job,
-                         "state": states.get(job, "-") if job else "-", "done": done, "total": total})
-    done, total = sum(r["done"] for r in rows), sum(r["total"] for r in rows)
+            state = states.get((where, unit.label), "-")
+            rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": latest.get((where, unit.label)),
+                         "state": state, "done": done, "total": total, "what": stage.what,
+                         "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
+                         "note": shot.get("note", "") if shot and state in ("RUNNING", "PENDING") else "",
+                         "updated": shot.get("updated") if shot else None})
+            step_done, step_total = step_done + done, step_total + total
+        totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total})
+    done = sum(t["done"] for t in totals)
+    complete = all(t["done"] == t["total"] and t["total"] for t in totals)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
     final = run.root / "README.md" if config["stage"] == "all" else tables[-1]
-    overall = "complete" if done == total and final.exists() else ("running" if active else "incomplete")
-    reduce_job = reducers.get("summary") or reducers.get(steps[-1][0])
+    overall = "complete" if complete and final.exists() else ("running" if active else "incomplete")
+    reduce_where = "summary" if "summary" in reducers else steps[-1][0]
     return {
         "run_id": run.run_id,
         "stage": config["stage"],
-        "what": STAGES[steps[-1][1]].what if len(steps) == 1 else "units of work",
         "cluster": cluster,
+        "steps": totals,
         "shards": rows,
-        "reduce": {"job": reduce_job, "state": states.get(reduce_job, "-") if reduce_job else "-"},
+        "reduce": {"job": reducers.get(reduce_where), "state": states.get((reduce_where, REDUCE_LABEL), "-")},
         "done": done,
-        "total": total,
         "state": overall,
     }
 
 
-def format_status(status: dict[str, Any]) -> str:
-    width = max([5, *(len(r["label"]) for r in status["shards"])])
+def progress_summary(status: dict[str, Any]) -> str:
+    """``12/20 problems``; for a chain, every step's: ``eval 40/40 samples · train 2/4 steps · ...``."""
+    steps = status["steps"]
+    if len(steps) == 1:
+        return f"{steps[0]['done']}/{steps[0]['total'] or '?'} {steps[0]['what']}"
+    return " · ".join(f"{s['where']} {s['done']}/{s['total'] or '?'} {s['what']}" for s in steps)
+
+
+def format_status(status: dict[str, Any], now: float | None = None) -> str:
+    """The status screen: the run's line, then one line per task (job, scheduler state, work done, what it
+    is doing now and when it last said so), then the reducer."""
+    now = time.time() if now is None else now
+    width = max([6, *(len(r["label"]) for r in status["shards"])])
+    done_width = max([8, *(len(f"{r['done']}/{r['total'] or '?'} {r['what']}") for r in status["shards"])])
     lines = [
-        f"run {status['run_id']} ({status['stage']}, {status['cluster']}): {status['state']}, "
-        f"{status['done']}/{status['total']} {status['what']}",
-        f"{'task':<{width}}  {'job':<14} {'state':<12} progress",
+        f"run {status['run_id']} ({status['stage']}, {status['cluster']}): {status['state']}, {progress_summary(status)}",
+        f"{'task':<{width}}  {'job':<14} {'state':<10} {'done':<{done_width}} {'':<{BAR}} now",
     ]
     for r in status["shards"]:
-        bar = "#" * int(20 * r["done"] / r["total"]) if r["total"] else ""
-        lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<12} {r['done']:>4}/{r['total']:<4} {bar:<20}")
+        bar = "#" * int(BAR * r["done"] / r["total"]) if r["total"] else ""
+        work = f"{r['done']}/{r['total'] or '?'} {r['what']}"
+        now_doing = r["phase"] or r["note"]
+        if now_doing and r["updated"]:
+            now_doing += f" ({format_duration(now - r['updated'])} ago)"
+        lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<10} {work:<{done_width}} {bar:<{BAR}} {now_doing}".rstrip())
     lines.append(f"{'reduce':<{width}}  {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
     return "\n".join(lines)
 

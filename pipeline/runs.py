@@ -48,6 +48,10 @@ class Run:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def progress_path(self, where: str, label: str) -> Path:
+        """Where a task of a stage says what it is doing (``pipeline.progress``); ``_reduce`` is the reducer's."""
+        return self.root / "progress" / where / f"{label}.json"
+
     def saved_config(self) -> DictConfig:
         """The run's ``config.yaml``; one that is empty, does not parse or names no stage is a ConfigError
         naming the file (a damaged run folder is the user's to fix, not a traceback)."""

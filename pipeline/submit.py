@@ -30,7 +30,9 @@ from pipeline.reduce.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
 from pipeline.reduce.collect import check_files
 from pipeline.stages import CHAIN, STAGES, Stage, records_progress
-from pipeline.tasks import ShardTask
+from pipeline.progress import mark_submitted
+from pipeline.tasks import REDUCE_LABEL, ShardTask
+from pipeline.watch import Step, watch
 
 log = logging.getLogger("gsm8k-slurm")
 
@@ -134,9 +136,10 @@ def _check_gpus(cfg: DictConfig) -> None:
             raise ConfigError(f"cluster.gpus_per_node={wanted}: the nodes of {where} have at most {max(counts, default=0)} GPU(s) (sinfo %G: {' '.join(gres) or 'none'})")
 
 
-def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[ShardTask]:
-    """The stage's units that still have work: a resubmission of a run only sends those. The shard files of
-    a sharded stage are read once, and must all be this run's and readable."""
+def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> tuple[list[ShardTask], dict[str, tuple[int, int]]]:
+    """The stage's units that still have work (a resubmission of a run only sends those), and every unit's
+    work done / total by its label. The shard files of a sharded stage are read once, and must all be this
+    run's and readable."""
     units, stage_dir = stage.units(config), run.stage_dir(where)
     if stage.progress is records_progress:
         try:
@@ -149,8 +152,9 @@ def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> list[Sha
         progress = {c.unit: (c.done, c.expected) for c in checks}
     else:
         progress = {unit: stage.progress(stage_dir, unit) for unit in units}
-    return [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config)
-            for unit in units if progress[unit][0] < progress[unit][1] or progress[unit][1] == 0]
+    tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config)
+             for unit in units if progress[unit][0] < progress[unit][1] or progress[unit][1] == 0]
+    return tasks, {unit.label: progress[unit] for unit in units}
 
 
 def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, dict[str, Any]]]:
@@ -186,17 +190,24 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     for where, stage, step_config in steps:
         if cfg.stage == "all":
             write_atomic(run.stage_dir(where) / STAGE_CONFIG, to_yaml(step_config))
-        tasks = plan(stage, step_config, run, where)
+        tasks, before = plan(stage, step_config, run, where)
+        for task in tasks:
+            mark_submitted(task.progress_path, task.label)
+        mark_submitted(run.progress_path(where, REDUCE_LABEL), f"reduce-{where}")
         jobs, reduce_job = launcher.submit(where, stage.run_task, tasks, stage.reduce, per_gpu=stage.per_gpu, after=after)
-        submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job})
+        submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job,
+                          "units": stage.units(step_config), "before": before})
         after = [*jobs, reduce_job]
     final = submitted[-1]["reduce"]
     if cfg.stage == "all":
+        mark_submitted(run.progress_path("summary", REDUCE_LABEL), "reduce-summary")
         final = launcher.submit_summary(write_run_readme, after)
     info = _info(cfg, run, resumed, total, submitted, final)
     _announce(info)
+    if cfg.wait and cfg.cluster.kind != "debug":  # the debug executor has run everything by now
+        watch([Step(s["where"], s["stage"], s["units"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
     if cfg.wait or cfg.cluster.kind == "debug":
-        result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "all")
+        result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "summary")
         info["result"] = result
         print(result["table"], flush=True)
     return info

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import submitit
 
+from pipeline import progress
 from pipeline.runs import Run
 from pipeline.shards import Unit
 
@@ -56,6 +57,10 @@ class ShardTask:
     def label(self) -> str:
         return f"{self.stage}-{self.unit.label}"
 
+    @property
+    def progress_path(self) -> Path:
+        return self.run.progress_path(self.stage, self.unit.label)
+
 
 def setup_task_logging(run: Run, label: str) -> None:
     """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too)."""
@@ -89,12 +94,34 @@ class _LogFile(logging.FileHandler):
 
 @contextlib.contextmanager
 def _logged_failure(label: str) -> Iterator[None]:
-    """The task's own log says why it failed (submitit keeps the traceback only in its stderr file)."""
+    """The task's own log and progress file say why it failed (submitit keeps the traceback only in its
+    stderr file)."""
     try:
         yield
-    except Exception as err:
-        log.error("%s failed: %s: %s", label, type(err).__name__, err)
+        progress.current().set_state("done")
+    except BaseException as err:
+        progress.current().set_state("failed", f"{type(err).__name__}: {err}"[:300])
+        if isinstance(err, Exception):
+            log.error("%s failed: %s: %s", label, type(err).__name__, err)
         raise
+
+
+def _start_progress(path: Path, label: str, settings: dict[str, Any], waits: int, slots: int | None) -> None:
+    """The task's progress file, from its first moment: ``pending`` while it waits (as SLURM shows a job that
+    waits for a dependency or a free array slot), ``running`` once its work starts."""
+    reporter = progress.start(path if _rank() == 0 else None, label, float(settings["refresh_s"]), float(settings["log_every_s"]))
+    if waits:
+        reporter.set_state("pending", f"waiting for {waits} earlier job(s) to end")
+    elif slots is not None:
+        reporter.set_state("pending", f"waiting for a free slot (cluster.array_parallelism={slots})")
+
+
+def _rank() -> int:
+    """This process's rank in its job: a train job runs one process per GPU, and only rank 0 reports."""
+    try:
+        return submitit.JobEnvironment().global_rank
+    except (RuntimeError, KeyError, ValueError):
+        return 0
 
 
 class _Slot:
@@ -133,13 +160,16 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         setup_task_logging(task.run, task.label)
-        if self.wait_pids:
-            log.info("waiting for %d earlier processes to end", len(self.wait_pids))
-            _wait_for_pids(self.wait_pids)
+        _start_progress(task.progress_path, task.label, task.config["progress"], len(self.wait_pids), self.local_slots)
         with _logged_failure(task.label):
+            if self.wait_pids:
+                log.info("waiting for %d earlier processes to end", len(self.wait_pids))
+                _wait_for_pids(self.wait_pids)
             if self.local_slots is None:
+                progress.current().set_state("running")
                 return self.fn(task)
             with _Slot(task.run.launch_dir / "slots", self.local_slots):
+                progress.current().set_state("running")
                 return self.fn(task)
 
 
@@ -176,17 +206,26 @@ def process_alive(pid: int, started: int | None) -> bool:
 
 
 class ReduceJob(submitit.helpers.Checkpointable):
-    """The reducer's callable: ``fn(run_root, where)``, after the given local processes have ended."""
+    """The reducer's callable: ``fn(run_root, where)``, after the given local processes have ended;
+    ``settings`` are the run's ``progress`` settings."""
 
-    def __init__(self, fn: Callable[[str, str], dict[str, Any]], wait_pids: list[Process] | None = None) -> None:
+    def __init__(self, fn: Callable[[str, str], dict[str, Any]], settings: dict[str, Any], wait_pids: list[Process] | None = None) -> None:
         self.fn = fn
+        self.settings = settings
         self.wait_pids = wait_pids or []
 
     def __call__(self, run_root: str, where: str) -> dict[str, Any]:
         label = f"reduce-{where}"
-        setup_task_logging(Run(Path(run_root)), label)
-        if self.wait_pids:
-            log.info("waiting for %d processes to end", len(self.wait_pids))
-            _wait_for_pids(self.wait_pids)
+        run = Run(Path(run_root))
+        setup_task_logging(run, label)
+        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.settings, len(self.wait_pids), None)
         with _logged_failure(label):
+            if self.wait_pids:
+                log.info("waiting for %d processes to end", len(self.wait_pids))
+                _wait_for_pids(self.wait_pids)
+            progress.current().set_state("running")
             return self.fn(run_root, where)
+
+
+# The progress file of a stage's reducer: ``progress/<where>/_reduce.json``.
+REDUCE_LABEL = "_reduce"

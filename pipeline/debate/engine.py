@@ -14,11 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from pipeline import progress
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
 from pipeline.generation import Completion, Message, generate_chat
-from pipeline.sampling import row_seed
 from pipeline.models.loading import ChatModel
+from pipeline.sampling import row_seed
 
 log = logging.getLogger(__name__)
 
@@ -142,27 +143,34 @@ class DebateEngine:
     def __init__(self, models: Mapping[str, ChatModel], settings: DebateSettings) -> None:
         self.models = models
         self.settings = settings
+        # Named in progress lines when a shard's problems run in several groups (``debate.batch_size``).
+        self.group = ""
 
     def run_all(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
         """Every problem, in groups of at most ``batch_size`` debates, one group after the other."""
         size = self.settings.batch_size
-        for start in range(0, len(problems), size):
+        groups = (len(problems) + size - 1) // size
+        for n, start in enumerate(range(0, len(problems), size)):
+            self.group = f"group {n + 1}/{groups}: " if groups > 1 else ""
             self.run(problems[start : start + size], emit)
 
-    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float) -> list[Completion]:
-        return generate_chat(
-            self.models[speaker],
-            convs,
-            max_new_tokens=self.settings.max_new_tokens,
-            temperature=temperature,
-            seeds=seeds,
-            max_batch=self.settings.batch_size,
-            engine=self.settings.engine,
-            cuda_graphs=self.settings.cuda_graphs,
-            kernels=self.settings.kernels,
-            reuse_kv=self.settings.reuse_kv,
-            prefill_tokens=self.settings.prefill_tokens,
-        )
+    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str) -> list[Completion]:
+        """One batched generation, reported as one phase of the task's progress."""
+        with progress.current().phase(f"{self.group}{phase}", len(convs), "rows") as watched:
+            return generate_chat(
+                self.models[speaker],
+                convs,
+                max_new_tokens=self.settings.max_new_tokens,
+                temperature=temperature,
+                seeds=seeds,
+                max_batch=self.settings.batch_size,
+                engine=self.settings.engine,
+                cuda_graphs=self.settings.cuda_graphs,
+                kernels=self.settings.kernels,
+                reuse_kv=self.settings.reuse_kv,
+                prefill_tokens=self.settings.prefill_tokens,
+                report=watched.update,
+            )
 
     def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
         """Everything for a group of problems: baselines first, then the debate, emitting records as debates end."""
@@ -175,7 +183,7 @@ class DebateEngine:
                     return
                 convs = [conversation(speaker, d, s) for d in open_debates]
                 seeds = [row_seed(s.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
-                completions = self._generate(speaker, convs, seeds, s.temperature)
+                completions = self._generate(speaker, convs, seeds, s.temperature, f"debate round {round_no}, model {speaker}")
                 for debate, completion in zip(open_debates, completions):
                     debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
                     if debate.both_spoke() and same_answer(debate.latest("a"), debate.latest("b")):
@@ -198,14 +206,14 @@ class DebateEngine:
         if s.solo:
             convs = [conversation("b", d, s) for d in fresh]
             seeds = [row_seed(s.seed, p.index, "solo", "b") for p in problems]
-            for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature)):
+            for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature, "model b alone")):
                 out[p.index]["solo"]["b"] = {"answer": extract_answer(c.text), "tokens": c.tokens, "seconds": round(c.seconds, 4)}
             log.info("solo baseline, model b: %d problems", len(problems))
         for speaker in s.vote_models:
             rows = [(d, j) for d in fresh for j in range(s.vote_k)]
             convs = [conversation(speaker, d, s) for d, _ in rows]
             seeds = [row_seed(s.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
-            completions = self._generate(speaker, convs, seeds, s.vote_temperature)
+            completions = self._generate(speaker, convs, seeds, s.vote_temperature, f"vote of {s.vote_k}, model {speaker}")
             for n, p in enumerate(problems):
                 mine = completions[n * s.vote_k : (n + 1) * s.vote_k]  # rows are grouped by problem, k each
                 samples = [extract_answer(c.text) for c in mine]

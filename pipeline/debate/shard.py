@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pipeline import progress
 from pipeline.config import project_path
 from pipeline.debate.engine import DebateEngine, DebateSettings
 from pipeline.debate.units import debate_schema, shard_problems
@@ -31,18 +32,23 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     with ShardWriter(path, debate_schema(cfg, task.unit)) as writer:
         todo = [p for p in mine if p.index not in writer.done_indices()]
         log.info("%s: %d problems, %d already done, %d to do", path.name, len(mine), len(mine) - len(todo), len(todo))
+        reporter = progress.current()
+        reporter.set_work(len(writer.records), len(mine), "problems")
         if todo:
             devices = pick_devices(cfg["debate"]["devices"])
             registry = load_registry()
             cache = project_path(cfg["paths"]["model_cache"])
+            reporter.set_state("running", "loading the models")
             models = {
                 key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], devices[key])
                 for key in ("a", "b")
             }
             engine = DebateEngine(models, DebateSettings.from_config(cfg["debate"], cfg["seed"]))
+            reporter.set_state("running")
 
             def emit(record: dict[str, Any]) -> None:
                 writer.append(record)
+                reporter.set_work(len(writer.records), len(mine), "problems")
                 log.info("%s: %d/%d problems done", path.name, len(writer.records), len(mine))
 
             engine.run_all(todo, emit)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.config import project_path
 from pipeline.harness.tasks import run_options, task_config
 from pipeline.harness.units import eval_schema, questions
@@ -23,25 +24,6 @@ from pipeline.shards import ShardWriter
 from pipeline.tasks import ShardTask
 
 log = logging.getLogger(__name__)
-
-
-def _harness_model(config: dict[str, Any], key: str, threads: int) -> Any:
-    """lm-eval's HFLM around a model loaded by the suite's loader (the same path the debate uses)."""
-    import torch
-    from lm_eval.models.huggingface import HFLM
-
-    from pipeline.models.device import pick_device
-    from pipeline.models.loading import load_chat_model
-    from pipeline.models.registry import load_registry, resolve_model
-
-    torch.set_num_threads(threads)
-    spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
-    device = pick_device()
-    loaded = load_chat_model(spec, project_path(config["paths"]["model_cache"]), config["models"]["dtype"], device)
-    batch = config["eval"]["batch_size"]
-    if device.type == "cpu" and str(batch).startswith("auto"):
-        batch = int(config["eval"]["cpu_batch_size"])
-    return HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch, max_batch_size=int(config["eval"]["max_batch_size"]))
 
 
 def _records(output: dict[str, Any], task: str, model: str, golds: dict[int, str], seconds: float) -> list[dict[str, Any]]:
@@ -72,6 +54,8 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from pipeline.harness.model import harness_model
+
     config = task.config
     key, name = task.unit.part.split("/")
     data_dir = project_path(config["data"]["path"])
@@ -82,28 +66,36 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
     with ShardWriter(task.path, eval_schema(config, task.unit)) as writer:
         todo = [i for i in task.unit.indices if i not in writer.done_indices()]
         log.info("%s: %d questions, %d already done, %d to do", task.label, len(task.unit.indices), len(task.unit.indices) - len(todo), len(todo))
+        reporter = progress.current()
+        reporter.set_work(len(writer.records), len(task.unit.indices), "samples")
         if todo:
-            lm = _harness_model(config, key, task.threads)
+            reporter.set_state("running", "loading the model")
+            lm = harness_model(config, key, task.threads)
+            reporter.set_state("running")
             manager = TaskManager(include_defaults=False)
             chunk = int(config["eval"]["chunk_size"])
-            for start in range(0, len(todo), chunk):
-                docs = todo[start : start + chunk]
-                t0 = time.perf_counter()
-                output = lm_eval.simple_evaluate(
-                    model=lm,
-                    tasks=[task_config(name, data_dir, config["data"]["split"])],
-                    task_manager=manager,
-                    samples={name: docs},
-                    gen_kwargs=gen_kwargs,
-                    log_samples=True,
-                    random_seed=int(config["seed"]),
-                    **options,
-                )
-                seconds = (time.perf_counter() - t0) / len(docs)
-                _save_results(task.path, docs, output)
-                for record in _records(output, name, config["models"][key], golds, seconds):
-                    writer.append(record)
-                log.info("%s: %d/%d questions done", task.label, len(writer.records), len(task.unit.indices))
+            with reporter.phase(f"lm-eval {task.unit.part}", len(todo), "samples") as phase:
+                lm.watch(phase)
+                for start in range(0, len(todo), chunk):
+                    docs = todo[start : start + chunk]
+                    t0 = time.perf_counter()
+                    output = lm_eval.simple_evaluate(
+                        model=lm,
+                        tasks=[task_config(name, data_dir, config["data"]["split"])],
+                        task_manager=manager,
+                        samples={name: docs},
+                        gen_kwargs=gen_kwargs,
+                        log_samples=True,
+                        random_seed=int(config["seed"]),
+                        **options,
+                    )
+                    seconds = (time.perf_counter() - t0) / len(docs)
+                    _save_results(task.path, docs, output)
+                    for record in _records(output, name, config["models"][key], golds, seconds):
+                        writer.append(record)
+                    lm.finished(len(writer.records) - (len(task.unit.indices) - len(todo)))
+                    reporter.set_work(len(writer.records), len(task.unit.indices), "samples")
+                    log.info("%s: %d/%d questions done", task.label, len(writer.records), len(task.unit.indices))
         done = len(writer.records)
     seconds = time.perf_counter() - started
     log.info("%s: complete, %d questions, %.1f s", task.label, done, seconds)

@@ -15,7 +15,7 @@ TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fi
           "eval_finetuned": "3. Fine-tuned models (lm-evaluation-harness)", "debate": "4. Debate of the fine-tuned models"}
 
 
-def write_run_readme(run_root: str, where: str = "all") -> dict[str, Any]:
+def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
     """Collects each step's table (and its PNGs) into the run's README; says which steps have no table."""
     run = Run(Path(run_root))
     parts = [f"# Run {run.run_id}: eval -> train -> eval fine-tuned -> debate", "",

@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipeline import progress
+
 
 class MetricsJSONL(TrainerCallback):
     """Appends ``{"step", "max_steps", "epoch", "time", <logged values>}`` per log, flushed and fsynced,
@@ -29,3 +31,27 @@ class MetricsJSONL(TrainerCallback):
             handle.write(json.dumps(line) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+class StepProgress(TrainerCallback):
+    """The trainer's optimizer steps as the task's progress (rank 0): one phase from the first step to the
+    last, and the unit's work in steps."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.phase: progress.Phase | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.phase = progress.current().begin_phase(self.name, state.max_steps, "steps")
+            self.phase.update(state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.phase is not None:
+            progress.current().set_work(state.global_step, state.max_steps, "steps")
+            self.phase.update(state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.phase is not None:
+            progress.current().end_phase()
+            self.phase = None

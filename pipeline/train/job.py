@@ -23,7 +23,7 @@ from pipeline.config import project_path
 from pipeline.models.registry import display_name
 from pipeline.reduce.files import write_atomic
 from pipeline.tasks import ShardTask
-from pipeline.train.callbacks import MetricsJSONL
+from pipeline.train.callbacks import MetricsJSONL, StepProgress
 from pipeline.train.deepspeed import deepspeed_config
 from pipeline.train.checkpoints import checkpoint_step, keep_global_batch, latest_checkpoint, resume_settings
 from pipeline.train.metrics import rewind_metrics
@@ -113,7 +113,7 @@ def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_
 
 
 def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | dict[str, Any] | None,
-                device: torch.device, seed: int, report_to: list[str], world: int = 1, rank: int = 0) -> Any:
+                device: torch.device, seed: int, report_to: list[str], world: int = 1) -> Any:
     """TRL's ORPOConfig from the ``train`` config (the benchmark builds its trainer through here too)."""
     from trl.experimental.orpo import ORPOConfig
 
@@ -148,7 +148,8 @@ def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision
         remove_unused_columns=False,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False if world > 1 else None,
-        disable_tqdm=rank != 0,
+        # The task's own progress (file, log lines, the waiting submitter) replaces the trainer's bar.
+        disable_tqdm=True,
     )
 
 
@@ -197,9 +198,9 @@ def run_train(task: ShardTask) -> dict[str, Any]:
              name, info["pairs"], info["mined_rejected"], precision, world, train["deepspeed"], last.name if last else "step 0")
     args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
                        device, int(config["seed"]),
-                       report_to=_wandb(train, folder), world=world, rank=rank)
+                       report_to=_wandb(train, folder), world=world)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=lora_config(train), callbacks=[MetricsJSONL(folder / "metrics.jsonl")])
+                          peft_config=lora_config(train), callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     trainer.save_model(str(folder))
