@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.cli import run_command  # noqa: E402
 from pipeline.reduce.outcomes import OutcomesFileError, markdown, read_csv  # noqa: E402
 
 
@@ -30,4 +31,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

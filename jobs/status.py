@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.cli import run_command  # noqa: E402
 from pipeline.config import ConfigError, project_path  # noqa: E402
 from pipeline.monitor import format_status, list_runs, progress_summary, resolve_run, run_status  # noqa: E402
 
@@ -40,4 +41,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

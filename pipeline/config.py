@@ -49,6 +49,11 @@ def _compose(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def load_defaults() -> DictConfig:
+    """The config with no override (what ``--help`` lists), unresolved: interpolations read as written."""
+    return _compose([])
+
+
 def _printable(text: str) -> str:
     """Text for a one-line message: control characters (a pasted newline) shown as escapes."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

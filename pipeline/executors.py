@@ -25,6 +25,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
+from pipeline.local_executor import DetachedLocalExecutor
 from pipeline.runs import Run
 from pipeline.tasks import Process, ReduceJob, ShardJob, ShardTask, process_start
 
@@ -61,8 +62,10 @@ class Launcher:
         self.kind = cfg.cluster.kind
         self._progress = OmegaConf.to_container(cfg.progress, resolve=True)
 
-    def _executor(self, name: str, timeout_min: int, processes: int = 1) -> submitit.AutoExecutor:
+    def _executor(self, name: str, timeout_min: int, processes: int = 1) -> submitit.Executor:
         c = self.cfg.cluster
+        if self.kind == "local":
+            return self._local_executor(timeout_min, processes)
         extra = {"slurm_max_num_timeout": int(c.max_requeues)} if self.kind == "slurm" else {}
         executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster=self.kind, **extra)
         params: dict[str, Any] = {"name": name, "timeout_min": timeout_min}
@@ -81,12 +84,17 @@ class Launcher:
                 slurm_signal_delay_s=int(c.signal_delay_s),
                 slurm_additional_parameters=OmegaConf.to_container(c.additional) or None,
             )
-        elif self.kind == "local":
-            # submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for some.
-            params.update(tasks_per_node=processes, gpus_per_node=self._local_gpus())
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            if visible and all(part.strip().isdigit() for part in visible.split(",")):
-                params.update(visible_gpus=tuple(int(part) for part in visible.split(",")))
+        executor.update_parameters(**params)
+        return executor
+
+    def _local_executor(self, timeout_min: int, processes: int) -> DetachedLocalExecutor:
+        """submitit's local executor, its jobs detached from this terminal (``pipeline.local_executor``)."""
+        executor = DetachedLocalExecutor(folder=self.run.launch_dir)
+        # submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for some.
+        params: dict[str, Any] = {"timeout_min": timeout_min, "tasks_per_node": processes, "gpus_per_node": self._local_gpus()}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if visible and all(part.strip().isdigit() for part in visible.split(",")):
+            params.update(visible_gpus=tuple(int(part) for part in visible.split(",")))
         executor.update_parameters(**params)
         return executor
 
@@ -113,7 +121,7 @@ class Launcher:
         so it gets their limit."""
         return int(self.cfg.cluster.reduce_timeout_min if self.kind == "slurm" else self.cfg.cluster.timeout_min)
 
-    def _depend(self, executor: submitit.AutoExecutor, after: Sequence[submitit.Job]) -> None:
+    def _depend(self, executor: submitit.Executor, after: Sequence[submitit.Job]) -> None:
         """SLURM: start after every given job has ended, whatever its outcome (afterany)."""
         if self.kind != "slurm" or not after:
             return

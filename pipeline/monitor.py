@@ -19,7 +19,7 @@ from pipeline.executors import submissions
 from pipeline.progress import describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
-from pipeline.tasks import REDUCE_LABEL, process_alive
+from pipeline.tasks import CANCELLED, REDUCE_LABEL, process_alive
 
 BAR = 20
 
@@ -45,10 +45,15 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def _local_state(job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
     """A local job (a pid) is alive while the process of that pid and recorded start time is: PENDING while
     its progress file says it waits (for a slot of ``cluster.array_parallelism``, or for an earlier job), as
-    SLURM shows a job held by its array's throttle or a dependency; RUNNING once its work has begun."""
-    if not (job_id.isdigit() and process_alive(int(job_id), started.get(job_id))):
-        return "ENDED"
-    return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
+    SLURM shows a job held by its array's throttle or a dependency; RUNNING once its work has begun. An
+    ended one is COMPLETED, FAILED or CANCELLED as its progress file says (sacct's words), else ENDED."""
+    if job_id.isdigit() and process_alive(int(job_id), started.get(job_id)):
+        return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
+    if shot is not None and shot["state"] == "done":
+        return "COMPLETED"
+    if shot is not None and shot["state"] == "failed":
+        return "CANCELLED" if shot.get("note", "").startswith(CANCELLED) else "FAILED"
+    return "ENDED"
 
 
 def _started(subs: list[dict[str, Any]]) -> dict[str, int | None]:
@@ -91,7 +96,7 @@ def run_status(run: Run) -> dict[str, Any]:
             rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": latest.get((where, unit.label)),
                          "state": state, "done": done, "total": total, "what": stage.what,
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
-                         "note": shot.get("note", "") if shot and state in ("RUNNING", "PENDING") else "",
+                         "note": shot.get("note", "") if shot and state in ("RUNNING", "PENDING", "FAILED") else "",
                          "updated": shot.get("updated") if shot else None})
             step_done, step_total = step_done + done, step_total + total
         totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total})

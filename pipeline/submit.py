@@ -204,10 +204,14 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
         final = launcher.submit_summary(write_run_readme, after)
     info = _info(cfg, run, resumed, total, submitted, final)
     _announce(info)
-    if cfg.wait and cfg.cluster.kind != "debug":  # the debug executor has run everything by now
-        watch([Step(s["where"], s["stage"], s["units"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
     if cfg.wait or cfg.cluster.kind == "debug":
-        result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "summary")
+        try:
+            if cfg.cluster.kind != "debug":  # the debug executor has run everything by now
+                watch([Step(s["where"], s["stage"], s["units"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
+            result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "summary")
+        except KeyboardInterrupt:
+            raise StoppedWatching(f"stopped watching; run {run.run_id} goes on. Watch it: python jobs/status.py {run.run_id}; "
+                                  f"cancel it: python jobs/cancel.py {run.run_id}") from None
         info["result"] = result
         print(result["table"], flush=True)
     return info
@@ -232,6 +236,10 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\
 
 class ReducerFailed(RuntimeError):
     """The reducer of a waited-for run raised; the message is one line for the user."""
+
+
+class StoppedWatching(RuntimeError):
+    """Ctrl-C while waiting for a run: the jobs are not the submitter's to stop (they run detached)."""
 
 
 def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[dict[str, Any]], final: Any) -> dict[str, Any]:
@@ -271,11 +279,19 @@ def _announce(info: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point: one line and exit 2 on bad input, no traceback, nothing submitted."""
+    if any(arg in ("-h", "--help", "help") for arg in argv):
+        from pipeline.usage import usage
+
+        print(usage())
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_given_once(list(argv))
         info = submit(argv)
+    except StoppedWatching as err:
+        print(err, file=sys.stderr)
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

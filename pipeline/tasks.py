@@ -100,10 +100,15 @@ def _logged_failure(label: str) -> Iterator[None]:
         yield
         progress.current().set_state("done")
     except BaseException as err:
-        progress.current().set_state("failed", f"{type(err).__name__}: {err}"[:300])
+        note = CANCELLED if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"[:300]
+        progress.current().set_state("failed", note)
         if isinstance(err, Exception):
             log.error("%s failed: %s: %s", label, type(err).__name__, err)
         raise
+
+
+# The note of a task stopped by SIGINT: what jobs/cancel.py (and submitit's cancel) sends a local job.
+CANCELLED = "cancelled (SIGINT)"
 
 
 def _start_progress(path: Path, label: str, settings: dict[str, Any], waits: int, slots: int | None) -> None:

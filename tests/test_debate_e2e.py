@@ -127,8 +127,8 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_tables(local_run: dict, tmp_
 
 def test_status_and_cancel_work_for_local_runs(local_run: dict) -> None:
     status = run_status(Run(local_run["run"]))
-    assert status["state"] == "complete" and status["done"] == status["total"] == 16
-    assert [(r["shard"], r["done"], r["total"], r["state"]) for r in status["shards"]] == [(i, 4, 4, "ENDED") for i in range(4)]
+    assert status["state"] == "complete" and status["done"] == status["steps"][0]["total"] == 16
+    assert [(r["shard"], r["done"], r["total"], r["state"]) for r in status["shards"]] == [(i, 4, 4, "COMPLETED") for i in range(4)]
     assert "run e2e (debate, local): complete, 16/16 problems" in format_status(status)
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "cancel.py"), "e2e", "--results-dir", str(local_run["results"])],
                           capture_output=True, text=True, timeout=120)

@@ -165,7 +165,7 @@ def test_cancel_and_status_never_touch_a_process_they_cannot_identify(finished: 
             _local_entry(run, stranger.pid, recorded)
             assert cancel_run(Run(run)) == []
             status = run_status(Run(run))
-            assert {row["state"] for row in status["shards"]} == {"ENDED"} and status["reduce"]["state"] == "ENDED"
+            assert {row["state"] for row in status["shards"]} == {"COMPLETED"} and status["reduce"]["state"] == "COMPLETED"
             time.sleep(0.2)
             assert stranger.poll() is None, "the stranger was signalled"
         _local_entry(run, stranger.pid, start)
