@@ -213,6 +213,27 @@ def test_stage_all_runs_the_chain_with_dependencies(tmp_path: Path) -> None:
     assert run_status(Run(results / "chain"))["state"] == "complete"
 
 
+def test_status_shows_tasks_held_by_the_array_throttle_and_the_dependency_as_pending(tmp_path: Path) -> None:
+    """The same PENDING-vs-RUNNING as on the local executor, from squeue: with cluster.array_parallelism=1 one
+    task runs, the others wait (JobArrayTaskLimit), and the reducer waits on its afterany dependency."""
+    results = tmp_path / "results"
+    info = submit(slurm_overrides(results, "limit=6", "shards=3", "run_id=throttled", "cluster.array_parallelism=1"))
+    run = Run(results / "throttled")
+    seen: list[dict] = []
+
+    def one_running() -> bool:
+        status = run_status(run)
+        seen.append(status)
+        return [r["state"] for r in status["shards"]].count("RUNNING") == 1
+
+    wait_until("one running shard", one_running, timeout=120, every=0.2)
+    status = seen[-1]
+    assert sorted(r["state"] for r in status["shards"]) == ["PENDING", "PENDING", "RUNNING"], format_status(status)
+    assert status["reduce"]["state"] == "PENDING" and status["state"] == "running"
+    wait_for_run(results / "throttled", info["name"])
+    assert {r["state"] for r in run_status(run)["shards"]} == {"COMPLETED"}
+
+
 def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
     done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
     assert done.returncode == 2
