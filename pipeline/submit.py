@@ -252,6 +252,7 @@ def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[
         "stage": cfg.stage,
         "problems": total,
         "shards": cfg.shards,
+        "work": describe_work(cfg, total),
         "steps": [{"where": s["where"], "jobs": [j.job_id for j in s["jobs"]], "reduce": s["reduce"].job_id,
                    "submitted": [t.unit.label for t in s["tasks"]], "table": f"{run.root}/{s['stage'].table_file(s['where'])}"}
                   for s in submitted],
@@ -264,9 +265,28 @@ def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[
     }
 
 
+def describe_work(cfg: DictConfig, problems: int) -> str:
+    """What the stage will do, in its own units: problems and shards; models x tasks; pairs and steps."""
+    train = cfg.train
+    if train.dataset == "gsm8k":
+        available = len((project_path(cfg.data.path) / f"{train.dataset_split}.jsonl").read_text(encoding="utf-8").splitlines())
+        pairs = f"{min(available, train.max_samples or available)} pairs (GSM8K {train.dataset_split})"
+    else:
+        pairs = f"{'up to ' + str(train.max_samples) if train.max_samples else 'all'} pairs ({train.dataset})"
+    steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
+    trained = f"{len(train.models)} model(s) trained on {pairs}, {steps}"
+    if cfg.stage == "train":
+        return trained
+    if cfg.stage == "eval":
+        return f"{len(cfg.eval.models)} model(s) x {len(cfg.tasks)} task(s) on {problems} problems, {cfg.shards} shard(s) each"
+    if cfg.stage == "debate":
+        return f"{problems} problems, {cfg.shards} shard(s)"
+    return f"eval -> train -> eval fine-tuned -> debate on {problems} problems, {cfg.shards} shard(s) a step; {trained}"
+
+
 def _announce(info: dict[str, Any]) -> None:
     resumed = " (resumed: only unfinished work)" if info["resumed"] else ""
-    lines = [f"run {info['run_id']}{resumed}: stage={info['stage']}, {info['problems']} problems, {info['shards']} shard(s), cluster={info['cluster']}"]
+    lines = [f"run {info['run_id']}{resumed}: stage={info['stage']}, {info['work']}, cluster={info['cluster']}"]
     for step in info["steps"]:
         jobs = ", ".join(step["jobs"]) or "none, all done"
         lines.append(f"  {step['where']:<15} jobs ({len(step['jobs'])}): {jobs}; reduce {step['reduce']} -> {step['table']}")

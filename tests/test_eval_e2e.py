@@ -125,7 +125,7 @@ def test_an_adapter_folder_is_a_model(tmp_path: Path, results: Path) -> None:
     info = submit(eval_overrides(results, "tasks=[gsm8k]", "eval.models=[a]", f"models.a={adapter}", "limit=2", "cluster=debug"))
     assert info["result"]["complete"]
     rows = info["result"]["rows"]
-    assert {r["model"] for r in rows} == {"tiny-llama-lora"} and all(r["n"] == 2 for r in rows)
+    assert {r["model"] for r in rows} == {f"tiny-llama + adapter ({adapter})"} and all(r["n"] == 2 for r in rows)
 
 
 def test_a_missing_adapter_is_refused_before_anything_is_submitted(results: Path, capsys: pytest.CaptureFixture) -> None:

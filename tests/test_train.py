@@ -112,7 +112,11 @@ def test_stage_all_chains_eval_train_eval_debate_on_the_local_executor(results: 
     for png in ("eval_accuracy.png", "train_curves.png", "eval_finetuned_accuracy.png", "debate_accuracy_per_round.png"):
         assert f"]({png})" in readme and (run / png).exists()
     tuned = json.loads((run / "eval_finetuned_accuracy.json").read_text())["rows"]
-    assert {r["model"] for r in tuned} == {"tiny-llama", "tiny-qwen2"}
+    assert {r["model"] for r in tuned} == {"tiny-llama + adapter (chain/train/tiny-llama)", "tiny-qwen2 + adapter (chain/train/tiny-qwen2)"}
+    assert "| tiny-llama + adapter (chain/train/tiny-llama) (a) |" in (run / "eval_finetuned_accuracy.md").read_text()
+    logs = "".join(p.read_text() for p in (run / "logs").glob("eval_finetuned-*.log"))
+    assert f"loaded tiny-llama + adapter ({run / 'train' / 'tiny-llama'})" in logs, "a fine-tuned model is never logged as its base"
+    assert "Models: a = tiny-llama + adapter (chain/train/tiny-llama)" in (run / "debate_accuracy.md").read_text()
     debate_models = (run / "debate" / "stage.yaml").read_text()
     assert str(run / "train" / "tiny-llama") in debate_models, "the debate takes the fine-tuned adapters"
 

@@ -177,3 +177,31 @@ def test_every_task_writes_its_progress_and_logs_its_phases(results: Path) -> No
     for phase in ("model b alone", "vote of 3, model a", "vote of 3, model b", "debate round 1, model a", "debate round 1, model b"):
         assert re.search(rf"{phase}: \d+/\d+ rows, [\d.]+ tok/s", log), phase
         assert re.search(rf"{phase}: \d+ rows in \d+s, \d+ tokens", log), phase
+
+
+def test_plots_are_scaled_to_their_data_and_titled() -> None:
+    """Accuracies of a few percent fill the plot instead of one line at the bottom of a 0-100% axis."""
+    from pipeline.reduce.debate import rounds_figure
+    from pipeline.reduce.eval import figure
+
+    low = {"accuracy": 0.02, "ci95_low": 0.005, "ci95_high": 0.07}
+    summary = {"per_round": [{"method": "after round 1", **low}], "n": 100, "models": {"a": "x", "b": "y + adapter (r/train/y)"},
+               "methods": [{"method": "debate", **low}, {"method": "x alone", "accuracy": 0.03}]}
+    ax = rounds_figure(summary, "r1").axes[0]
+    assert 0.07 < ax.get_ylim()[1] < 0.1
+    assert "run r1, n=100" in ax.get_title() and "y + adapter (r/train/y)" in ax.get_title()
+    rows = [{"model": "x", "task": "gsm8k", "filter": "strict-match", "n": 100, **low}]
+    ax = figure(rows, "GSM8K accuracy, run r1, n=100").axes[0]
+    assert 0.07 < ax.get_ylim()[1] < 0.1 and ax.get_title() == "GSM8K accuracy, run r1, n=100"
+
+
+def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.submit import describe_work
+
+    train = load_config(["stage=train", "train.max_samples=8", "train.max_steps=2", "train.models=[a]"])
+    assert describe_work(train, 1319) == "1 model(s) trained on 8 pairs (GSM8K train), 2 steps"
+    full = load_config(["stage=train", "train.max_samples=null"])
+    assert describe_work(full, 1319) == "2 model(s) trained on 7473 pairs (GSM8K train), 1 epoch(s)"
+    assert describe_work(load_config(["stage=eval", "shards=2"]), 40) == "2 model(s) x 1 task(s) on 40 problems, 2 shard(s) each"
+    assert describe_work(load_config(["stage=debate", "shards=4"]), 16) == "16 problems, 4 shard(s)"

@@ -20,7 +20,7 @@ from pipeline.config import project_path
 from pipeline.debate.units import debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
-from pipeline.reduce.files import BLOCK_END, BLOCK_START, append_block_once, save_figure, write_atomic
+from pipeline.reduce.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
@@ -193,7 +193,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     lines += [
         f"Models: a = {summary['models']['a']}, b = {summary['models']['b']}; {summary['n']} GSM8K problems.",
         "",
-        "| method | accuracy | 95% CI | correct / n | tokens / question | seconds / question |",
+        "| method | accuracy | 95% CI | correct / n | tokens / question | seconds / question (batched) |",
         "|---|---|---|---|---|---|",
     ]
     for r in summary["methods"]:
@@ -227,6 +227,10 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         f"flips from model a's first answer: right->wrong {d['flips_right_to_wrong']}, wrong->right {d['flips_wrong_to_right']}; "
         f"unparsable final answers: {d['unparsable_final_answers']} (scored wrong).",
         "",
+        "Tokens / question: generated over all of a question's turns (or samples). Seconds / question (batched): each "
+        "batch's wall time divided by its rows, summed over the question's turns: its share of batched generation, "
+        "not the time it would take alone.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -239,7 +243,7 @@ def _csv(summary: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def plot_rounds(summary: dict[str, Any], path: Path) -> None:
+def rounds_figure(summary: dict[str, Any], run_id: str) -> Any:
     """Accuracy after each round with its interval, against each baseline as a line: where people look."""
     import matplotlib
 
@@ -256,12 +260,12 @@ def plot_rounds(summary: dict[str, Any], path: Path) -> None:
         ax.axhline(row["accuracy"], linestyle=("--", ":", "-.", (0, (5, 1)))[i % 4], color=f"C{i + 1}", label=row["method"])
     ax.set_xticks(xs)
     ax.set_xlabel("round")
-    ax.set_ylabel("accuracy on GSM8K")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{summary['models']['a']} vs {summary['models']['b']}, n={summary['n']}")
+    accuracy_axis(ax, max([r["ci95_high"] for r in rounds] + [row["accuracy"] for row in summary["methods"]]))
+    ax.set_title(f"Debate accuracy per round (95% CI), run {run_id}, n={summary['n']}\n"
+                 f"a = {summary['models']['a']}, b = {summary['models']['b']}", fontsize=8)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
@@ -300,7 +304,7 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
     write_atomic(run.root / "debate_outcomes.csv", to_csv(outcomes(records, config)))
     write_atomic(run.root / "debate_accuracy.md", table)
-    plot_rounds(summary, run.root / "debate_accuracy_per_round.png")
+    save_figure(rounds_figure(summary, run.run_id), run.root / "debate_accuracy_per_round.png")
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.harness.units import eval_schema, eval_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import ShardCheck, begin_reduce, collect, incomplete_note
-from pipeline.reduce.files import save_figure, write_atomic
+from pipeline.reduce.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
@@ -109,7 +109,7 @@ def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], 
     if done < expected:
         lines += [f"**PARTIAL: {done} of {expected} questions; the numbers below cover only those.**", ""]
     lines += [
-        "| model | task | filter | accuracy | stderr | 95% CI | correct / n | time (s) |",
+        "| model | task | filter | accuracy | s.e. (pts) | 95% CI | correct / n | time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -117,7 +117,8 @@ def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], 
             f"| {r['model']} ({r['key']}) | {r['task']} | {r['filter']} | {100 * r['accuracy']:.1f}% | {100 * r['stderr']:.1f} | "
             f"{100 * r['ci95_low']:.1f}% - {100 * r['ci95_high']:.1f}% | {r['correct']} / {r['n']} | {r['seconds']} |"
         )
-    lines += ["", "Time: the lm-eval calls' wall time, summed over the shards (model loading excluded).", ""]
+    lines += ["", "s.e.: the standard error of the accuracy, in percentage points (lm-eval's stderr). "
+              "Time: the lm-eval calls' wall time, summed over the shards (model loading excluded).", ""]
     if base:
         lines += _against_base_lines(base)
     return "\n".join(lines)
@@ -131,7 +132,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], title: str) -> Any:
     """Grouped bars: accuracy with its 95% interval, one group per model x task, one bar per filter."""
     import matplotlib
 
@@ -150,11 +151,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                [mine[g]["ci95_high"] - mine[g]["accuracy"] for g in groups if g in mine]]
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, fontsize=8)
-    ax.set_ylabel("accuracy on GSM8K")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    accuracy_axis(ax, max(r["ci95_high"] for r in rows))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, title="lm-eval filter", title_fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def outcomes(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], label: str) -> Outcomes:
@@ -201,7 +202,9 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(rows))
     write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(by_part, config, "" if where == "eval" else "fine-tuned ")))
     write_atomic(run.root / f"{where}_accuracy.md", table)
-    plot(rows, run.root / f"{where}_accuracy.png")
+    n = max(r["n"] for r in rows)
+    title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
+    save_figure(figure(rows, title), run.root / f"{where}_accuracy.png")
     result["table"] = table
     result["rows"] = rows
     log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])

@@ -19,7 +19,7 @@ PANELS = (("loss", "ORPO loss"), ("nll_loss", "NLL of chosen"), ("log_odds_ratio
           ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def curves_figure(curves: dict[str, list[dict[str, Any]]], run_id: str) -> Any:
     """One panel per metric, one line per model: where people look to see whether training went well."""
     import matplotlib
 
@@ -36,8 +36,9 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
+    fig.suptitle(f"ORPO training of the LoRA adapters, run {run_id} (per optimizer step)", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
@@ -72,5 +73,5 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     write_atomic(run.root / f"{where}_summary.json", json.dumps({"models": rows, "missing": missing}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_summary.md", table)
     if curves:
-        plot_curves(curves, run.root / f"{where}_curves.png")
+        save_figure(curves_figure(curves, run.run_id), run.root / f"{where}_curves.png")
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "rows": rows, "table": table}
