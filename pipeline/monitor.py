@@ -96,7 +96,7 @@ def run_status(run: Run) -> dict[str, Any]:
             rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": latest.get((where, unit.label)),
                          "state": state, "done": done, "total": total, "what": stage.what,
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
-                         "note": shot.get("note", "") if shot and state in ("RUNNING", "PENDING", "FAILED") else "",
+                         "note": _note(state, shot),
                          "updated": shot.get("updated") if shot else None})
             step_done, step_total = step_done + done, step_total + total
         totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total})
@@ -116,6 +116,16 @@ def run_status(run: Run) -> dict[str, Any]:
         "done": done,
         "state": overall,
     }
+
+
+def _note(state: str, shot: dict[str, Any] | None) -> str:
+    """What a live or failed task last said beside its phase: what it waits for, that it loads its models,
+    why it failed. A job the scheduler runs whose process has not written yet is starting (imports)."""
+    if shot is None or state not in ("RUNNING", "PENDING", "FAILED"):
+        return ""
+    if state == "RUNNING" and shot["state"] == "pending":
+        return "starting"
+    return shot.get("note", "")
 
 
 def progress_summary(status: dict[str, Any]) -> str:

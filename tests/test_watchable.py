@@ -205,3 +205,14 @@ def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> Non
     assert describe_work(full, 1319) == "2 model(s) trained on 7473 pairs (GSM8K train), 1 epoch(s)"
     assert describe_work(load_config(["stage=eval", "shards=2"]), 40) == "2 model(s) x 1 task(s) on 40 problems, 2 shard(s) each"
     assert describe_work(load_config(["stage=debate", "shards=4"]), 16) == "16 problems, 4 shard(s)"
+
+
+def test_building_the_package_prints_no_warning(tmp_path: Path) -> None:
+    """What jobs/setup.sh's editable install runs (setuptools' PEP 660 hook) and a plain wheel build: no
+    BuildBackendWarning (data folders outside the packages, a meta-path-finder editable install)."""
+    script = ("import sys; from setuptools import build_meta\n"
+              f"build_meta.build_editable({str(tmp_path / 'editable')!r}); build_meta.build_wheel({str(tmp_path / 'wheel')!r})")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in (done.stdout + done.stderr).splitlines() if "Warning" in line]  # Python warning categories
+    assert noise == [], noise
