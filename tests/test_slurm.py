@@ -234,6 +234,19 @@ def test_status_shows_tasks_held_by_the_array_throttle_and_the_dependency_as_pen
     assert {r["state"] for r in run_status(run)["shards"]} == {"COMPLETED"}
 
 
+def test_the_readme_slurm_block_is_what_submit_prints(tmp_path: Path) -> None:
+    """README's "On SLURM" example, run as written (in a temporary results folder), then cancelled."""
+    from tests.readme_blocks import README, block, shape
+
+    args = ["stage=debate", "shards=8", "limit=32", "models=tiny", "cluster=slurm", "cluster.cpus_per_task=1", "run_id=demo-slurm"]
+    assert "python jobs/submit.py " + " ".join(args) in README.read_text()
+    done = run_submit(*args, "debate.max_new_tokens=96", "debate.max_rounds=2", f"results_dir={tmp_path}", timeout=300)
+    ids = re.findall(r"jobs \(\d+\): (\d+)_.*; reduce (\d+) ->", done.stdout)
+    subprocess.run(["scancel", *(ids[0] if ids else ())], check=False)
+    assert done.returncode == 0, done.stderr
+    assert shape(done.stdout) == shape(block("slurm-submit"))
+
+
 def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
     done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
     assert done.returncode == 2
