@@ -88,6 +88,7 @@ def run_status(run: Run) -> dict[str, Any]:
         stage = STAGES[kind]
         tables.append(run.root / stage.table_file(where))
         step_done = step_total = 0
+        unknown = False  # a unit whose total is not known yet (a train job before its first step)
         for unit in stage.units(run.stage_config(where)):
             done, total = stage.progress(run.stage_dir(where), unit)
             shot = shots.get((where, unit.label))
@@ -98,10 +99,10 @@ def run_status(run: Run) -> dict[str, Any]:
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
                          "note": _note(state, shot),
                          "updated": shot.get("updated") if shot else None})
-            step_done, step_total = step_done + done, step_total + total
-        totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total})
+            step_done, step_total, unknown = step_done + done, step_total + total, unknown or total == 0
+        totals.append({"where": where, "what": stage.what, "done": step_done, "total": None if unknown else step_total})
     done = sum(t["done"] for t in totals)
-    complete = all(t["done"] == t["total"] and t["total"] for t in totals)
+    complete = all(t["total"] and t["done"] == t["total"] for t in totals)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
     final = run.root / "README.md" if config["stage"] == "all" else tables[-1]
     overall = "complete" if complete and final.exists() else ("running" if active else "incomplete")

@@ -48,6 +48,7 @@ def _bar(done: int, total: int) -> str:
 def step_line(step: Step, run: Run, elapsed: float) -> str:
     """The step's display now, from its tasks' progress files."""
     done = total = 0
+    unknown = False  # a unit whose total is not known yet (a train job before its first step)
     states: Counter[str] = Counter()
     phases: list[dict[str, Any]] = []
     for unit in step.units:
@@ -59,10 +60,10 @@ def step_line(step: Step, run: Run, elapsed: float) -> str:
                 unit_done, unit_total = shot["work"]["done"], shot["work"]["total"]
             if shot["state"] == "running" and shot.get("phase"):
                 phases.append(shot["phase"])
-        done, total = done + unit_done, total + unit_total
+        done, total, unknown = done + unit_done, total + unit_total, unknown or unit_total == 0
     reducer = read_progress(run.progress_path(step.where, REDUCE_LABEL))
     what = step.stage.what
-    parts = [f"{step.where:<14} {_bar(done, total)} {done}/{total or '?'} {what}"]
+    parts = [f"{step.where:<14} {_bar(done, total)} {done}/{'?' if unknown else total} {what}"]
     tasks = len(step.units)
     if reducer is not None and reducer["state"] == "running":
         parts.append("merging the shards")
