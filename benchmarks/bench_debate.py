@@ -35,9 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import PROJECT_ROOT, load_config  # noqa: E402
+from pipeline.stages import checked_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402
-from pipeline.generation import _DECODERS, generate_chat  # noqa: E402
+from pipeline.engine.generation import _DECODERS, generate_chat  # noqa: E402
 from pipeline.models.device import pick_devices, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
@@ -116,7 +117,7 @@ def main() -> None:
     devices = pick_devices(args.devices)
     device = devices["a"]
     models = load_pair(args.models, args.dtype, devices)
-    cfg = load_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
+    cfg = checked_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
                        f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
     settings = DebateSettings.from_config(cfg.debate, 0)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)

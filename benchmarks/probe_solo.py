@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.answers import extract_answer, same_answer  # noqa: E402
 from pipeline.config import load_config, project_path  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
-from pipeline.generation import generate_chat  # noqa: E402
+from pipeline.engine.generation import generate_chat  # noqa: E402
 from pipeline.models.loading import load_chat_model  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
 

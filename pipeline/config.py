@@ -27,10 +27,6 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 CLUSTER_KINDS = ("local", "debug", "slurm")
-FINAL_ANSWER_RULES = ("last", "a", "b")
-DEBATE_ENGINES = ("auto", "static", "generate")
-DEBATE_KERNELS = ("auto", "triton", "torch")
-DEBATE_DEVICES = ("auto", "shared", "split")
 GROUPS = ("stage", "cluster", "models")
 
 
@@ -165,7 +161,7 @@ def show_scalar(value: Any) -> str:
     return _show(value)
 
 
-def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = False, maximum: int = INT_MAX) -> None:
+def require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = False, maximum: int = INT_MAX) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and nullable:
         return
@@ -175,7 +171,7 @@ def _require_int(cfg: DictConfig, key: str, minimum: int, *, nullable: bool = Fa
         raise ConfigError(f"{key}={value}: must be a whole number from {minimum} to {maximum}")
 
 
-def _require_number(cfg: DictConfig, key: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
+def require_number(cfg: DictConfig, key: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
     """A finite number above ``low`` (or at it, unless ``strict``) and below ``high``: NaN and infinity pass
     every comparison test a range check makes, so they are refused by name."""
     value = OmegaConf.select(cfg, key)
@@ -188,13 +184,13 @@ def _require_number(cfg: DictConfig, key: str, low: float, *, strict: bool = Fal
     return float(value)
 
 
-def _require_bool(cfg: DictConfig, key: str) -> None:
+def require_bool(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value}: must be true or false")
 
 
-def _require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
+def require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in tuple(choices):
         raise ConfigError(f"{key}={value}: not one of {', '.join(choices)}")
@@ -238,12 +234,12 @@ def load_config(overrides: list[str]) -> DictConfig:
 
 def _validate_values(cfg: DictConfig) -> None:
     _refuse_secret_values(OmegaConf.to_container(cfg, resolve=True))
-    _require_int(cfg, "shards", 1)
-    _require_int(cfg, "limit", 1, nullable=True)
-    _require_int(cfg, "seed", 0, maximum=SEED_MAX)
-    _require_int(cfg, "paths.min_free_mib", 0)
-    _require_number(cfg, "progress.refresh_s", 0.05)
-    _require_number(cfg, "progress.log_every_s", 0)
+    require_int(cfg, "shards", 1)
+    require_int(cfg, "limit", 1, nullable=True)
+    require_int(cfg, "seed", 0, maximum=SEED_MAX)
+    require_int(cfg, "paths.min_free_mib", 0)
+    require_number(cfg, "progress.refresh_s", 0.05)
+    require_number(cfg, "progress.log_every_s", 0)
     if cfg.run_id is not None:
         run_id = str(cfg.run_id)
         if not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
@@ -254,11 +250,11 @@ def _validate_values(cfg: DictConfig) -> None:
         if run_id in reserved or run_id.endswith((".log", ".lock")):
             raise ConfigError(f"run_id={run_id}: the name of one of the suite's own files in {cfg.results_dir}/ "
                               f"({', '.join(sorted(reserved))}, *.log, *.lock); pick another")
-    _require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
+    require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
     if cfg.cluster.kind == "slurm":
-        _require_int(cfg, "cluster.max_requeues", 0)
-        _require_int(cfg, "cluster.reduce_timeout_min", 1)
-        _require_int(cfg, "cluster.signal_delay_s", 1)
+        require_int(cfg, "cluster.max_requeues", 0)
+        require_int(cfg, "cluster.reduce_timeout_min", 1)
+        require_int(cfg, "cluster.signal_delay_s", 1)
         if cfg.cluster.timeout_min * 60 <= cfg.cluster.signal_delay_s + 60:
             raise ConfigError(
                 f"cluster.signal_delay_s={cfg.cluster.signal_delay_s} with cluster.timeout_min={cfg.cluster.timeout_min}: "
@@ -266,104 +262,20 @@ def _validate_values(cfg: DictConfig) -> None:
             )
         if shutil.which("sbatch") is None:
             raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
-    _require_int(cfg, "cluster.array_parallelism", 1)
-    _require_int(cfg, "cluster.cpus_per_task", 1, nullable=cfg.cluster.kind != "slurm")
-    _require_int(cfg, "cluster.timeout_min", 1)
-    _require_int(cfg, "cluster.tasks_per_node", 1, nullable=True)
-    _require_choice(cfg, "models.dtype", DTYPES)
+    require_int(cfg, "cluster.array_parallelism", 1)
+    require_int(cfg, "cluster.cpus_per_task", 1, nullable=cfg.cluster.kind != "slurm")
+    require_int(cfg, "cluster.timeout_min", 1)
+    require_int(cfg, "cluster.tasks_per_node", 1, nullable=True)
+    require_choice(cfg, "models.dtype", DTYPES)
     for key in ("models.a", "models.b"):
         if not isinstance(OmegaConf.select(cfg, key), str) or not OmegaConf.select(cfg, key):
             raise ConfigError(f"{key} is empty: give a registered model name or a model folder")
-    if cfg.stage in ("debate", "all"):
-        _validate_debate(cfg)
-    if cfg.stage in ("eval", "all"):
-        _validate_eval(cfg)
-    if cfg.stage in ("train", "all"):
-        _validate_train(cfg)
     data_dir = project_path(cfg.data.path)
     if not data_dir.is_dir():
         raise ConfigError(f"data.path={cfg.data.path}: no such folder (it holds <split>.jsonl files, e.g. test.jsonl)")
     data_file = data_dir / f"{cfg.data.split}.jsonl"
     if not data_file.is_file():
         raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
-
-
-def _validate_debate(cfg: DictConfig) -> None:
-    _require_int(cfg, "debate.max_rounds", 1)
-    _require_int(cfg, "debate.max_new_tokens", 1)
-    _require_int(cfg, "debate.batch_size", 1)
-    _require_int(cfg, "debate.prefill_tokens", 1)
-    _require_choice(cfg, "debate.engine", DEBATE_ENGINES)
-    _require_choice(cfg, "debate.kernels", DEBATE_KERNELS)
-    for key in ("debate.cuda_graphs", "debate.reuse_kv"):
-        _require_bool(cfg, key)
-    _require_choice(cfg, "debate.devices", DEBATE_DEVICES)
-    _require_int(cfg, "debate.baselines.vote_k", 1, nullable=True)
-    _require_choice(cfg, "debate.final_answer", FINAL_ANSWER_RULES)
-    for key in ("debate.temperature", "debate.baselines.vote_temperature"):
-        _require_number(cfg, key, 0.0)
-    for name, placeholder in (("solve", "{question}"), ("review", "{other}")):
-        if placeholder not in cfg.debate.prompts[name]:
-            raise ConfigError(f"debate.prompts.{name} must contain the placeholder {placeholder}")
-    bad = [m for m in cfg.debate.baselines.vote_models if m not in ("a", "b")]
-    if bad:
-        raise ConfigError(f"debate.baselines.vote_models has '{bad[0]}'; valid entries: a, b")
-
-
-def _validate_eval(cfg: DictConfig) -> None:
-    from pipeline.harness.tasks import run_options, task_names
-
-    valid = task_names()
-    tasks = list(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else [cfg.tasks]
-    if not tasks:
-        raise ConfigError(f"tasks=[]: give at least one task; valid tasks: {', '.join(valid)}")
-    for task in tasks:
-        if task not in valid:
-            raise ConfigError(f"unknown task '{task}'; valid tasks: {', '.join(valid)}")
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"tasks={tasks}: a task is listed twice")
-    models = list(cfg.eval.models)
-    if not models or any(m not in ("a", "b") for m in models) or len(set(models)) != len(models):
-        raise ConfigError(f"eval.models={models}: list a and/or b (the models of the pair), each once")
-    batch = cfg.eval.batch_size
-    if not ((isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1) or re.fullmatch(r"auto(:[1-9][0-9]*)?", str(batch))):
-        raise ConfigError(f"eval.batch_size={batch}: must be a whole number >= 1, auto, or auto:N")
-    _require_int(cfg, "eval.max_batch_size", 1)
-    _require_int(cfg, "eval.cpu_batch_size", 1)
-    _require_int(cfg, "eval.chunk_size", 1)
-    _require_int(cfg, "eval.max_gen_toks", 1, nullable=True)
-    for key in ("apply_chat_template", "fewshot_as_multiturn"):
-        if cfg.eval[key] is not None and not isinstance(cfg.eval[key], bool):
-            raise ConfigError(f"eval.{key}={cfg.eval[key]}: must be true, false or null (null: the task's own)")
-    for task in tasks:
-        run_options(task, {k: cfg.eval[k] for k in ("apply_chat_template", "fewshot_as_multiturn")})
-
-
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
-
-
-def _validate_train(cfg: DictConfig) -> None:
-    models = list(cfg.train.models)
-    if not models or any(m not in ("a", "b") for m in models) or len(set(models)) != len(models):
-        raise ConfigError(f"train.models={models}: list a and/or b (the models of the pair), each once")
-    if not str(cfg.train.dataset or "").strip():
-        raise ConfigError("train.dataset is empty: use gsm8k, a .jsonl/.json file, or a hub dataset name")
-    for key in ("per_device_batch_size", "gradient_accumulation_steps", "save_steps", "save_total_limit", "logging_steps"):
-        _require_int(cfg, f"train.{key}", 1)
-    _require_int(cfg, "train.max_length", 16)
-    _require_int(cfg, "train.max_samples", 1, nullable=True)
-    _require_int(cfg, "train.max_steps", 1, nullable=True)
-    _require_int(cfg, "train.lora.r", 1)
-    _require_int(cfg, "train.lora.alpha", 1)
-    for key in ("epochs", "beta", "learning_rate"):
-        _require_number(cfg, f"train.{key}", 0.0, strict=True)
-    _require_number(cfg, "train.lora.dropout", 0.0, high=1.0)
-    _require_number(cfg, "train.warmup", 0.0)
-    if not list(cfg.train.lora.target_modules):
-        raise ConfigError("train.lora.target_modules is empty: name the layers LoRA adapts, e.g. [q_proj, v_proj]")
-    _require_choice(cfg, "train.precision", PRECISIONS)
-    _require_choice(cfg, "train.wandb", WANDB_MODES)
 
 
 def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 
 log = logging.getLogger(__name__)
 

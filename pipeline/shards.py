@@ -6,6 +6,9 @@ A shard is the unit of truth. Its file is the only state a shard task keeps, so 
 - a corrupt line anywhere else stops everything with the file and line named, since silently skipping it
   would lose a record and silently redoing it would write a question twice;
 - two processes never append to the same shard at once (an exclusive lock), so nothing is written twice.
+
+Reading a stage's shards back lives here too: every record, one check per unit (how far it got), and a
+refusal of files that are not the run's. The submitter (what is left to do) and the reducers use it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 class ShardCorruptError(RuntimeError):
     """A line in the middle of a shard file is not a valid record."""
@@ -215,3 +218,77 @@ class ShardWriter:
                 os.close(fd)
         self._fd = self._lock_fd = None
 
+
+# What a unit's records must hold, by unit (None: any records).
+SchemaOf = Callable[[Unit], RecordSchema] | None
+
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """How far one shard got."""
+
+    unit: Unit
+    done: int
+    error: str | None = None
+    running: bool = False
+
+    @property
+    def expected(self) -> int:
+        return len(self.unit.indices)
+
+    @property
+    def state(self) -> str:
+        if self.running:
+            return "running"
+        if self.error:
+            return "corrupt"
+        return "complete" if self.done == self.expected else ("missing" if self.done == 0 else "partial")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"part": self.unit.part, "shard": self.unit.shard, "state": self.state, "done": self.done,
+                "expected": self.expected, "error": self.error}
+
+
+def collect(stage_dir: Path, units: list[Unit], schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
+    """Records per part, in index order, and one check per unit. With ``schema_of``, a record that is
+    incomplete or was made with other settings makes its shard corrupt (file and line named)."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    checks: list[ShardCheck] = []
+    for unit in units:
+        path = unit.path(stage_dir)
+        if shard_in_use(path):
+            checks.append(ShardCheck(unit, len(read_shard(path)), running=True))
+            continue
+        try:
+            found = read_shard(path, schema_of(unit) if schema_of else None)
+        except ShardCorruptError as err:
+            checks.append(ShardCheck(unit, 0, str(err)))
+            continue
+        expected = set(unit.indices)
+        stray = [r["index"] for r in found if r["index"] not in expected]
+        if stray:
+            raise ValueError(f"{path}: holds record {stray[0]}, which is not in shard {unit.shard} of {unit.shards} (a shard of another run?)")
+        if len({r["index"] for r in found}) != len(found):
+            raise ValueError(f"{path}: a record is written twice")
+        records.setdefault(unit.part, []).extend(found)
+        checks.append(ShardCheck(unit, len(found)))
+    return {part: sorted(rs, key=lambda r: r["index"]) for part, rs in records.items()}, checks
+
+
+def stray_files(stage_dir: Path, units: list[Unit]) -> list[Path]:
+    """Shard files in the stage's folders that no unit of this run owns: another shard count's, or files
+    copied in from elsewhere. Merging around them would silently drop or mix records."""
+    owned = {unit.path(stage_dir) for unit in units}
+    folders = {unit.path(stage_dir).parent for unit in units}
+    return sorted(p for folder in folders for p in folder.glob("shard-*.jsonl") if p not in owned)
+
+
+def check_files(stage_dir: Path, units: list[Unit], schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck]]:
+    """Records and checks, after making sure every shard file is this run's: raises ValueError naming the
+    first file of another shard count in the folder, or whose records belong to other shards."""
+    stray = stray_files(stage_dir, units)
+    if stray:
+        count = units[0].shards if units else 0
+        raise ValueError(f"{stray[0]}: a shard file of another shard count or run (this run has {count} shards per part); move it away")
+    return collect(stage_dir, units, schema_of)

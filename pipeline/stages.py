@@ -12,9 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from omegaconf import DictConfig
+
+from pipeline.config import load_config
+from pipeline.debate.checks import check_debate
 from pipeline.debate.units import debate_schema, debate_units
+from pipeline.harness.checks import check_eval
 from pipeline.harness.units import eval_schema, eval_units
 from pipeline.shards import RecordSchema, Unit, read_shard
+from pipeline.train.checks import check_train
 from pipeline.train.units import train_progress, train_units
 
 
@@ -32,6 +38,8 @@ class Stage:
     """
 
     name: str
+    # Its keys' checks (``debate.*``, ``eval.*``, ``train.*``): run before anything is submitted.
+    check: Callable[[DictConfig], None]
     units: Callable[[dict[str, Any]], list[Unit]]
     task: str
     reducer: str
@@ -64,13 +72,23 @@ def _named(name: str) -> Callable[..., Any]:
 
 
 STAGES: dict[str, Stage] = {
-    "debate": Stage("debate", debate_units, "pipeline.debate.shard:run_debate_shard", "pipeline.reduce.debate:reduce_debate",
+    "debate": Stage("debate", check_debate, debate_units, "pipeline.debate.shard:run_debate_shard", "pipeline.reduce.debate:reduce_debate",
                     "{where}_accuracy.md", "problems", schema=debate_schema),
-    "eval": Stage("eval", eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
+    "eval": Stage("eval", check_eval, eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
                   "{where}_accuracy.md", "samples", schema=eval_schema),
-    "train": Stage("train", train_units, "pipeline.train.job:run_train", "pipeline.reduce.train:reduce_train",
+    "train": Stage("train", check_train, train_units, "pipeline.train.job:run_train", "pipeline.reduce.train:reduce_train",
                    "{where}_summary.md", "steps", train_progress, per_gpu=True),
 }
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.
 CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("debate", "debate"))
+
+
+def checked_config(overrides: list[str]) -> DictConfig:
+    """The config with the overrides, its common keys checked (``load_config``) and then the keys of every
+    stage it runs (``stage=all``: all three), each by its own stage."""
+    cfg = load_config(overrides)
+    kinds = dict.fromkeys(kind for _, kind in CHAIN) if cfg.stage == "all" else (cfg.stage,)
+    for kind in kinds:
+        STAGES[kind].check(cfg)
+    return cfg

@@ -21,15 +21,15 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import ConfigError, check_given_once, load_config, project_path, to_yaml
+from pipeline.config import ConfigError, check_given_once, project_path, to_yaml
 from pipeline.data import load_problems
 from pipeline.executors import Launcher, job_name
 from pipeline.models.registry import check_available, display_name, load_registry, resolve_model
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 from pipeline.reduce.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
-from pipeline.reduce.collect import check_files
-from pipeline.stages import CHAIN, STAGES, Stage, records_progress
+from pipeline.shards import check_files
+from pipeline.stages import CHAIN, STAGES, Stage, checked_config, records_progress
 from pipeline.progress import mark_submitted
 from pipeline.tasks import REDUCE_LABEL, ShardTask
 from pipeline.watch import Step, watch
@@ -172,7 +172,7 @@ def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, di
 
 def submit(overrides: Sequence[str]) -> dict[str, Any]:
     """Validates, submits, and (with wait=true) waits for the last reducer. Returns what the user is told."""
-    cfg = load_config(list(overrides))
+    cfg = checked_config(list(overrides))
     given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
     check_run_id(cfg, given)
     adopt_saved(cfg, given)

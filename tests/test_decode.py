@@ -14,11 +14,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pipeline.config import load_config
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine, DebateSettings
-from pipeline.decode import StaticDecoder
-from pipeline.generation import _DECODERS, generate_chat, pick_engine
+from pipeline.engine.decode import StaticDecoder
+from pipeline.engine.generation import _DECODERS, generate_chat, pick_engine
 from pipeline.models.loading import ChatModel, load_chat_model
 from pipeline.models.registry import load_registry
-from pipeline.sampling import row_seed
+from pipeline.engine.sampling import row_seed
 from tests.conftest import ROOT
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=24)

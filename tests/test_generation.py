@@ -9,8 +9,8 @@ import torch
 
 from pipeline.data import load_problems
 from pipeline.debate.engine import majority
-from pipeline.generation import generate_chat
-from pipeline.sampling import row_seed
+from pipeline.engine.generation import generate_chat
+from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import load_chat_model, stop_token_ids
 from pipeline.models.registry import load_registry
 from tests.conftest import ROOT

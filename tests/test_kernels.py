@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import kernels
-from pipeline.config import ConfigError, load_config
-from pipeline.decode import StaticDecoder
+from pipeline.engine import kernels
+from pipeline.config import ConfigError
+from pipeline.stages import checked_config
+from pipeline.engine.decode import StaticDecoder
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry
 from tests.conftest import ROOT
@@ -130,4 +131,4 @@ def test_a_kernel_choice_that_cannot_run_is_refused() -> None:
         StaticDecoder(chat.model, kernels="fast")
     assert not StaticDecoder(chat.model, kernels="auto").use_kernels
     with pytest.raises(ConfigError, match="debate.kernels"):
-        load_config(["debate.kernels=fast"])
+        checked_config(["debate.kernels=fast"])

@@ -491,7 +491,7 @@ def test_debate_reducer_killed_mid_write(debate_clean: dict[str, Any], tmp_path:
     assert log.count(marker) == 1 and log.startswith(marker) and log.endswith(end)
     assert _without_timestamp(log) == clean_block
     leftovers = sorted(p.name for p in run.glob(".debate_accuracy*"))
-    assert leftovers == [], "a writer removes the temporaries that killed writers left (pipeline/reduce/files.py)"
+    assert leftovers == [], "a writer removes the temporaries that killed writers left (pipeline/files.py)"
     killed = [t for t in tries if t["landed"] != "finished before the kill"]
     _note("debate_reducer", {
         "undisturbed": timing,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.decode import _chunks
-from pipeline.prefix_cache import KEY_TOKENS, PrefixIndex, Reuse, common_prefix
+from pipeline.engine.decode import _chunks
+from pipeline.engine.prefix_cache import KEY_TOKENS, PrefixIndex, Reuse, common_prefix
 
 
 def _tokens(*parts: range) -> np.ndarray:

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 from pipeline import progress
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
-from pipeline.generation import Completion, Message, generate_chat
+from pipeline.engine.generation import Completion, Message, generate_chat
 from pipeline.models.loading import ChatModel
-from pipeline.sampling import row_seed
+from pipeline.engine.sampling import row_seed
 
 log = logging.getLogger(__name__)
 

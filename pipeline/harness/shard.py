@@ -19,7 +19,7 @@ from pipeline import progress
 from pipeline.config import project_path
 from pipeline.harness.tasks import run_options, task_config
 from pipeline.harness.units import eval_schema, questions
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 from pipeline.shards import ShardWriter
 from pipeline.tasks import ShardTask
 

@@ -19,11 +19,12 @@ from pipeline.answers import same_answer
 from pipeline.config import project_path
 from pipeline.debate.units import debate_schema, debate_units
 from pipeline.models.registry import model_label
-from pipeline.reduce.collect import ShardCheck, begin_reduce, incomplete_note
-from pipeline.reduce.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
+from pipeline.reduce.collect import begin_reduce, incomplete_note
+from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
+from pipeline.shards import ShardCheck
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from typing import Any
 
 from pipeline.harness.units import eval_schema, eval_units
 from pipeline.models.registry import model_label
-from pipeline.reduce.collect import ShardCheck, begin_reduce, collect, incomplete_note
-from pipeline.reduce.files import accuracy_axis, save_figure, write_atomic
+from pipeline.reduce.collect import begin_reduce, incomplete_note
+from pipeline.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
+from pipeline.shards import ShardCheck, collect
 
 log = logging.getLogger(__name__)
 

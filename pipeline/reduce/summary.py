@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
 

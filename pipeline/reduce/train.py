@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.reduce.files import save_figure, write_atomic
+from pipeline.files import save_figure, write_atomic
 from pipeline.runs import Run
 from pipeline.train.units import DONE_FILE, train_units
 from pipeline.train.metrics import read_metrics

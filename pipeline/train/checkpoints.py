@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import project_path
 from pipeline.models.registry import display_name
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 from pipeline.tasks import ShardTask
 from pipeline.train.callbacks import MetricsJSONL, StepProgress
 from pipeline.train.deepspeed import deepspeed_config

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.reduce.files import write_atomic
+from pipeline.files import write_atomic
 
 # What ORPO logs that a person looks at; anything else it logs is kept too.
 CURVES = ("loss", "nll_loss", "log_odds_ratio", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

@@ -1,4 +1,5 @@
-"""Writing results so that a reducer killed mid-write never leaves a half-written table or log."""
+"""Files written so that a process killed mid-write never leaves half of one: atomic replacement (tables,
+progress, configs) and once-only appends to a shared log. Every layer writes through here."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ weights, rotary embedding, activation, head) around its own attention and cache:
 - one preallocated cache per model, a ``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer; rows
   are left-padded into shared columns, so a step writes one column for every row;
 - turn to turn, a new prompt starts from the cache row that holds its longest prefix (the model's previous
-  turn: its prompt and its own reply, ``pipeline.prefix_cache``): those keys and values move to the new
+  turn: its prompt and its own reply, ``pipeline.engine.prefix_cache``): those keys and values move to the new
   row's columns and only the rest of the prompt is prefilled (``reuse_kv``);
 - on a GPU, q/k/v and gate/up are each one matmul (the model's weights become views of the fused ones);
 - grouped-query attention reads each key/value head once (the query heads of a group ride as a short
@@ -20,7 +20,7 @@ weights, rotary embedding, activation, head) around its own attention and cache:
 - prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
   call's rows laid out widest prefill first so that a chunk's rows have similar widths;
 - on a GPU Triton can run (compute capability 8.0+), a decode step's attention, rotary embedding, cache
-  write, norms, residuals and activation are ``pipeline.kernels``' fused kernels (``kernels=auto``), and so
+  write, norms, residuals and activation are ``pipeline.engine.kernels``' fused kernels (``kernels=auto``), and so
   are the prefill's rotary embedding, norms, residuals and activation.
 
 On a CPU the same code runs without graphs. Greedy and sampled outputs equal those of ``generate``
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from pipeline import kernels
-from pipeline.config import DEBATE_KERNELS as KERNELS
-from pipeline.prefix_cache import PrefixIndex, Reuse
-from pipeline.sampling import sample_tokens
+from pipeline.engine import kernels
+from pipeline.engine import KERNELS
+from pipeline.engine.prefix_cache import PrefixIndex, Reuse
+from pipeline.engine.sampling import sample_tokens
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 # Graph buckets: the key/value columns a step reads are rounded up to this many, so a turn replays a
@@ -197,7 +197,7 @@ class StaticDecoder:
         _LIVE.add(self)
 
     def _pick_kernels(self, choice: str) -> bool:
-        """Whether decode steps run ``pipeline.kernels``: ``triton`` insists (an error where they cannot
+        """Whether decode steps run ``pipeline.engine.kernels``: ``triton`` insists (an error where they cannot
         run), ``torch`` declines, ``auto`` takes them wherever they can run."""
         if choice == "torch":
             return False
@@ -305,7 +305,7 @@ class StaticDecoder:
         """Logits of the last position of every row of ``ids`` [rows, length]. ``attend(layer, qkv, cos, sin)``
         rotates q and k of the layer's projections [tokens, heads + 2 kv heads, dim], stores the keys and
         values and returns the attention output [tokens, heads * dim]. The rest is the model's own arithmetic
-        in fewer kernels: residual adds, norms and activation in PyTorch's ops, or in ``pipeline.kernels``
+        in fewer kernels: residual adds, norms and activation in PyTorch's ops, or in ``pipeline.engine.kernels``
         where they run (prefill and decode steps alike)."""
         base = self.model.model
         rows, length = ids.shape
@@ -348,7 +348,7 @@ class StaticDecoder:
         return qk[:, : self.heads], qk[:, self.heads :], qkv[:, qk_heads:]
 
     def _fused_step_logits(self, rows: int, columns: int) -> torch.Tensor:
-        """The decode step's logits through ``pipeline.kernels``: rotary embedding and cache write in one
+        """The decode step's logits through ``pipeline.engine.kernels``: rotary embedding and cache write in one
         kernel, and attention reading each row's own columns, from its first prompt token to the one
         written now."""
         s = self.state

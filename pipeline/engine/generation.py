@@ -3,9 +3,9 @@
 This is the engine the debate spends its time in. Rows are rendered with the model's own chat template,
 sorted by length (less padding), cut into batches that fit (``max_batch``, and the GPU's free memory for
 the static decoder), left-padded and decoded together; each row stops on any of the model's end-of-turn
-ids. Two engines give the same tokens (tested): ``static`` (``pipeline.decode``: a preallocated KV cache
+ids. Two engines give the same tokens (tested): ``static`` (``pipeline.engine.decode``: a preallocated KV cache
 and CUDA-graph decode steps, the fast one) and transformers' ``generate`` (any model); ``auto`` takes
-the static decoder wherever it supports the model. Sampling is seeded per row (``pipeline.sampling``),
+the static decoder wherever it supports the model. Sampling is seeded per row (``pipeline.engine.sampling``),
 so a question's sampled answer does not depend on which other questions share its batch, on the engine,
 or on a resume.
 """
@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
-from pipeline.config import DEBATE_ENGINES as ENGINES
-from pipeline.decode import CHECK_EVERY, StaticDecoder, StepReport, unsupported
+from pipeline.engine import ENGINES
+from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport, unsupported
 from pipeline.models.loading import ChatModel
-from pipeline.sampling import SeededGumbelSampler
+from pipeline.engine.sampling import SeededGumbelSampler
 
 log = logging.getLogger(__name__)
 
