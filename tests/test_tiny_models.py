@@ -1,4 +1,4 @@
-"""The committed ``tiny`` model pair (built by ``python -m pipeline.models.tiny``).
+"""The committed ``tiny`` model pair (built by ``python tools/build_tiny_models.py``).
 
 Loads both fixtures the way the suite does (AutoTokenizer / AutoModelForCausalLM from a local
 folder, offline) and checks that they behave like small chat models: the real special tokens and
@@ -64,7 +64,7 @@ def pair(request):
     name = request.param
     path = ASSETS / name
     if not (path / "model.safetensors").exists():
-        pytest.fail(f"{path} is missing: build it with `python -m pipeline.models.tiny --out {ASSETS}`")
+        pytest.fail(f"{path} is missing: build it with `python tools/build_tiny_models.py --out {ASSETS}`")
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -31,7 +31,7 @@ of the gold solution, which is what the model is then trained to write.
 
 Usage::
 
-    HF_HUB_OFFLINE=1 python -m pipeline.models.tiny --out pipeline/assets/tiny \
+    HF_HUB_OFFLINE=1 python tools/build_tiny_models.py --out pipeline/assets/tiny \
         --data pipeline/assets/gsm8k --sft-steps 1000 --seed 0
 
 (the command that built the committed fixture, everything else at its defaults; ``BUILD.json``
@@ -780,7 +780,7 @@ def main(argv=None) -> int:
     else:
         models = {name: build_one(name, data, args, log=_log) for name in args.models}
     record = {
-        "command": "python -m pipeline.models.tiny " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python tools/build_tiny_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "args": vars(args),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": __import__("tokenizers").__version__},
