@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
-from pipeline.executors import submissions
+from pipeline.launch import submissions
+from pipeline.launch.local import process_alive
 from pipeline.progress import describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
-from pipeline.tasks import CANCELLED, REDUCE_LABEL, process_alive
+from pipeline.tasks import CANCELLED, REDUCE_LABEL
 
 BAR = 20
 

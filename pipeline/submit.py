@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError, check_given_once, project_path, to_yaml
 from pipeline.data import load_problems
-from pipeline.executors import Launcher, job_name
+from pipeline.launch import job_name, launcher_for
 from pipeline.models.registry import check_available, display_name, load_registry, resolve_model
 from pipeline.files import write_atomic
-from pipeline.reduce.summary import write_run_readme
+from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
 from pipeline.shards import check_files
 from pipeline.stages import CHAIN, STAGES, Stage, checked_config, records_progress
@@ -183,7 +183,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
         _check_training(cfg)
     run, resumed = open_run(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    launcher = Launcher(cfg, run)
+    launcher = launcher_for(cfg, run)
     steps = chain_configs(config, run) if cfg.stage == "all" else [(cfg.stage, STAGES[cfg.stage], config)]
     after: list[Any] = []
     submitted: list[dict[str, Any]] = []

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.executors import JOBS_FILE
+from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run, open_run
 from pipeline.submit import main, submit
-from pipeline.tasks import process_alive, process_start
+from pipeline.launch.local import process_alive, process_start
 from tests.conftest import ROOT, copy_run, tiny_overrides
 
 

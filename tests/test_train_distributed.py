@@ -8,6 +8,7 @@ between process counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,12 @@ def test_one_and_two_processes_give_the_same_losses_for_the_same_global_batch(re
     assert all(abs(x - y) < 0.05 for x, y in zip(a, b)), (a, b)
 
 
+def _local_jobs(run: Path) -> list[int]:
+    """The pids of a run's local jobs (each the leader of its session and process group)."""
+    return [int(job) for line in (run / "launch" / "jobs.jsonl").read_text().splitlines()
+            for job in (*json.loads(line)["shards"].values(), json.loads(line)["reduce"])]
+
+
 def _kill_after_checkpoint(results: Path, run_id: str, step: int, *extra: str) -> int:
     """Starts a train run, SIGKILLs its whole process group once checkpoint ``step`` is saved; returns the last saved step."""
     args = train_overrides(results, "cluster=local", "wait=true", f"run_id={run_id}", "train.max_steps=12", "train.save_steps=1",
@@ -50,7 +57,10 @@ def _kill_after_checkpoint(results: Path, run_id: str, step: int, *extra: str) -
     deadline = time.time() + 300
     while time.time() < deadline and not (checkpoints / f"checkpoint-{step}" / "trainer_state.json").exists():
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the submitter; its local jobs run detached, each in a session of its own
+    for job in _local_jobs(results / run_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job, signal.SIGKILL)  # the job's controller and its task processes
     proc.wait()
     return max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 

@@ -1,0 +1,163 @@
+"""What every backend shares: a stage's array, then its reducer ordered after it; a chain's summary job
+after everything; each submission recorded in ``launch/jobs.jsonl`` for the status and cancel commands.
+
+A backend (``local``, ``slurm``, ``debug``: one small class each) says how to build its submitit executor,
+how a job is ordered after earlier ones, and what else it must do around a submission. Job bodies
+(``pipeline.tasks``) know nothing of the backend: a backend that holds jobs itself hands them a gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import ConfigError
+from pipeline.runs import Run
+from pipeline.tasks import ReduceJob, ShardJob, ShardTask
+
+JOBS_FILE = "jobs.jsonl"
+
+
+class SubmissionRefused(ConfigError):
+    """The scheduler refused a job (an unknown partition, an impossible request): its words, on one line."""
+
+
+@contextlib.contextmanager
+def scheduler_refusal(what: str) -> Iterator[None]:
+    """submitit prints sbatch's stderr and raises with it; make that one line naming what was refused."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except submitit.core.utils.FailedJobError as err:
+        words = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or captured.getvalue().strip()
+        raise SubmissionRefused(f"SLURM refused the {what}: {words}") from None
+
+
+def job_name(stage: str, run_id: str) -> str:
+    """Reads well in ``squeue``: ``gsm8k-debate-20261124-153012-a3f9``."""
+    return f"gsm8k-{stage}-{run_id}"
+
+
+class Launcher:
+    """Submits the steps of one run through one backend's submitit executor."""
+
+    kind = ""
+
+    def __init__(self, cfg: DictConfig, run: Run) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.progress = OmegaConf.to_container(cfg.progress, resolve=True)
+
+    # ---- what a backend says -----------------------------------------------------------------------
+    def executor(self, name: str, timeout_min: int, processes: int) -> submitit.Executor:
+        raise NotImplementedError
+
+    def gpus(self) -> int:
+        """GPUs a job gets."""
+        return int(OmegaConf.select(self.cfg, "cluster.gpus_per_node") or 0)
+
+    def reduce_limit(self) -> int:
+        """A reducer's time limit (minutes)."""
+        return int(self.cfg.cluster.timeout_min)
+
+    def order_after(self, executor: submitit.Executor, after: Sequence[submitit.Job]) -> None:
+        """Make the next submission start after ``after`` (a scheduler dependency); none by default."""
+
+    def gate(self, after: Sequence[submitit.Job], array: bool) -> ContextManager[Any] | None:
+        """What holds a job inside its process until it may run; none by default."""
+        return None
+
+    def submit_array(self, executor: submitit.Executor, fn: Callable[[ShardTask], dict[str, Any]], tasks: Sequence[ShardTask],
+                     per_gpu: bool, after: Sequence[submitit.Job]) -> list[submitit.Job]:
+        return executor.map_array(ShardJob(fn, self.gate(after, array=True)), list(tasks))
+
+    def submitted(self, jobs: Sequence[submitit.Job]) -> None:
+        """Called with each batch of jobs once submitted."""
+
+    def withdraw(self, jobs: Sequence[submitit.Job]) -> None:
+        """Take back jobs whose reducer the scheduler refused; nothing by default."""
+
+    def recorded(self, jobs: Sequence[submitit.Job]) -> dict[str, Any]:
+        """What else the backend keeps of a submission in jobs.jsonl."""
+        return {}
+
+    # ---- shared ------------------------------------------------------------------------------------
+    def processes(self, per_gpu: bool) -> int:
+        """Processes per job: for a per-GPU stage (train), ``cluster.tasks_per_node`` or one per GPU; else one."""
+        if not per_gpu:
+            return 1
+        if OmegaConf.select(self.cfg, "cluster.tasks_per_node"):
+            return int(self.cfg.cluster.tasks_per_node)
+        return max(1, self.gpus())
+
+    def submit(
+        self,
+        where: str,
+        task_fn: Callable[[ShardTask], dict[str, Any]],
+        tasks: Sequence[ShardTask],
+        reduce_fn: Callable[[str, str], dict[str, Any]],
+        *,
+        per_gpu: bool = False,
+        after: Sequence[submitit.Job] = (),
+    ) -> tuple[list[submitit.Job], submitit.Job]:
+        """The stage's array, then its reducer; both after ``after`` (the previous step of a chain).
+        Returns the jobs and records them in launch/."""
+        name = job_name(where, self.run.run_id)
+        jobs: list[submitit.Job] = []
+        if tasks:
+            executor = self.executor(name, int(self.cfg.cluster.timeout_min), self.processes(per_gpu))
+            self.order_after(executor, after)
+            with scheduler_refusal(f"{where} array"):
+                jobs = self.submit_array(executor, task_fn, tasks, per_gpu, after)
+            self.submitted(jobs)
+        reducer = self.executor(f"{name}-reduce", self.reduce_limit(), 1)
+        self.order_after(reducer, jobs or after)
+        try:
+            with scheduler_refusal(f"{where} reduce job"):
+                reduce_job = reducer.submit(ReduceJob(reduce_fn, self.progress, self.gate([*after, *jobs], array=False)), str(self.run.root), where)
+        except SubmissionRefused:
+            self.withdraw(jobs)
+            raise
+        self.submitted([reduce_job])  # before the next step of a chain, as its jobs come after it
+        self._record(where, name, tasks, jobs, reduce_job)
+        return jobs, reduce_job
+
+    def submit_summary(self, fn: Callable[[str, str], dict[str, Any]], after: Sequence[submitit.Job]) -> submitit.Job:
+        """The last job of a chain: after everything, whatever its outcome."""
+        name = job_name("summary", self.run.run_id)
+        executor = self.executor(name, self.reduce_limit(), 1)
+        self.order_after(executor, after)
+        with scheduler_refusal("summary job"):
+            job = executor.submit(ReduceJob(fn, self.progress, self.gate(after, array=False)), str(self.run.root), "summary")
+        self.submitted([job])
+        self._record("summary", name, [], [], job)
+        return job
+
+    def _record(self, where: str, name: str, tasks: Sequence[ShardTask], jobs: Sequence[submitit.Job], reduce_job: submitit.Job) -> None:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "stage": where,
+            "cluster": self.kind,
+            "name": name,
+            "shards": {t.unit.label: j.job_id for t, j in zip(tasks, jobs)},
+            "reduce": reduce_job.job_id,
+            **self.recorded([*jobs, reduce_job]),
+        }
+        self.run.launch_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run.launch_dir / JOBS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def submissions(run: Run) -> list[dict[str, Any]]:
+    """Every submission recorded for a run, oldest first."""
+    path = run.launch_dir / JOBS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

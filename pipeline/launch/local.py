@@ -1,0 +1,220 @@
+"""The local backend: submitit's local executor, with what it lacks supplied here and nowhere else.
+
+submitit's local executor starts every job at once, drops dependencies and throttles nothing. So:
+- each array task holds one of ``cluster.array_parallelism`` slot locks while it works (a counting
+  semaphore of lock files in the run's ``launch/slots/``);
+- each job of a later step first waits until the processes of the earlier ones have ended, each known by
+  its pid and start time (a pid alone could name another process by then);
+- a per-GPU stage's jobs (train) run one after the other, each taking every GPU it is given.
+A job waits inside its process (``LocalGate``), reporting ``pending`` with what it waits for, as SLURM
+shows a job held by its array's throttle or a dependency.
+
+Every job runs detached from the terminal that submitted it, as SLURM jobs do. submitit (1.5) starts each
+local job's controller with the submitter's stdin, stdout and stderr, in the submitter's process group:
+a Ctrl-C in that terminal would kill every job of the run, a cancel would print each controller's
+``KeyboardInterrupt`` traceback into that terminal, and ``submit.py ... | tee log`` would block until the
+last job ends. Here the controller starts in a session of its own, reads nothing, and writes to
+``launch/<job id>_controller.log``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import submitit
+from omegaconf import OmegaConf
+from submitit.local import local
+
+from pipeline import progress
+from pipeline.launch.base import Launcher
+from pipeline.tasks import ShardJob, ShardTask
+
+log = logging.getLogger(__name__)
+
+# A local job as (pid, start time in clock ticks since boot): one process, even after its pid is reused.
+Process = tuple[int, "int | None"]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, field 22 of ``/proc/<pid>/stat``), or None when there
+    is no such process. With the pid it names one process: a pid the system reused has another start time."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Whether the process recorded as (``pid``, ``started``) still runs: the same pid with the same start
+    time, not a zombie. A process whose start time was not recorded is never taken for alive, so nothing
+    waits on, or signals, a process it cannot identify."""
+    fields = _stat(pid)
+    return started is not None and fields is not None and len(fields) > 19 and int(fields[19]) == started and fields[0] != "Z"
+
+
+class _Slot:
+    """An exclusive lock on one of ``count`` slot files: a counting semaphore across processes."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.folder, self.count = folder, count
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_Slot":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            for k in range(self.count):
+                fd = os.open(self.folder / f"slot-{k}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.fd = fd
+                    return self
+                except BlockingIOError:
+                    os.close(fd)
+            time.sleep(0.5)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+class LocalGate:
+    """What holds a local job until it may run: the earlier processes it comes after, then (an array task)
+    a free slot. Pickled with the job; entered inside the job's process."""
+
+    def __init__(self, after: list[Process], slots: tuple[Path, int] | None = None) -> None:
+        self.after, self.slots = after, slots
+        self._slot: _Slot | None = None
+
+    def __enter__(self) -> "LocalGate":
+        if self.after:
+            progress.current().set_state("pending", f"waiting for {len(self.after)} earlier job(s) to end")
+            log.info("waiting for %d earlier processes to end", len(self.after))
+            while any(process_alive(pid, started) for pid, started in self.after):
+                time.sleep(1.0)
+        if self.slots is not None:
+            folder, count = self.slots
+            progress.current().set_state("pending", f"waiting for a free slot (cluster.array_parallelism={count})")
+            self._slot = _Slot(folder, count).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._slot is not None:
+            self._slot.__exit__(*exc)
+
+
+class DetachedLocalExecutor(submitit.LocalExecutor):
+    """``submitit.LocalExecutor`` whose jobs do not share the submitter's terminal or process group."""
+
+    def _submit_command(self, command: str) -> local.LocalJob:
+        # submitit's LocalExecutor._submit_command, with the controller started by _start_controller.
+        ntasks = self.parameters.get("tasks_per_node", 1)
+        n_gpus = self.parameters.get("gpus_per_node", 0)
+        visible_gpus = self.parameters.get("visible_gpus", ())
+        gpus = range(n_gpus) if visible_gpus == () else visible_gpus[:n_gpus]
+        process = _start_controller(
+            folder=self.folder,
+            command=command,
+            tasks_per_node=ntasks,
+            cuda_devices=",".join(str(k) for k in gpus),
+            timeout_min=self.parameters.get("timeout_min", 2.0),
+            signal_delay_s=self.parameters.get("signal_delay_s", 30),
+            stderr_to_stdout=self.parameters.get("stderr_to_stdout", False),
+            setup=self.parameters.get("setup", ()),
+        )
+        return local.LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
+
+
+def _start_controller(folder: Path, command: str, tasks_per_node: int, cuda_devices: str, timeout_min: float,
+                      signal_delay_s: int, stderr_to_stdout: bool, setup: Sequence[str]) -> "subprocess.Popen[bytes]":
+    """submitit's ``local.start_controller`` (same environment, same command), detached."""
+    env = dict(os.environ)
+    env.update(
+        SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
+        SUBMITIT_LOCAL_COMMAND=command,
+        SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * timeout_min)),
+        SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(signal_delay_s)),
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+        SUBMITIT_STDERR_TO_STDOUT="1" if stderr_to_stdout else "",
+        SUBMITIT_EXECUTOR="local",
+        CUDA_VISIBLE_DEVICES=cuda_devices,
+        SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
+    )
+    proc_cmd: Any = [sys.executable, "-m", "submitit.local._local", str(folder)]
+    if setup:
+        proc_cmd = " && ".join([*setup, shlex.join(proc_cmd)])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    # The log is named after the job id (the pid) once it is known; the open file keeps its data.
+    fd, scratch = tempfile.mkstemp(prefix="controller-", suffix=".log", dir=folder)
+    try:
+        process = subprocess.Popen(proc_cmd, shell=bool(setup), env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        os.close(fd)
+    os.replace(scratch, Path(folder) / f"{process.pid}_controller.log")
+    return process
+
+
+class LocalLauncher(Launcher):
+    """cluster=local: submitit's local executor, detached, with the ordering and throttle it lacks."""
+
+    kind = "local"
+
+    def executor(self, name: str, timeout_min: int, processes: int) -> DetachedLocalExecutor:
+        executor = DetachedLocalExecutor(folder=self.run.launch_dir)
+        # submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for some.
+        params: dict[str, Any] = {"timeout_min": timeout_min, "tasks_per_node": processes, "gpus_per_node": self.gpus()}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if visible and all(part.strip().isdigit() for part in visible.split(",")):
+            params.update(visible_gpus=tuple(int(part) for part in visible.split(",")))
+        executor.update_parameters(**params)
+        return executor
+
+    def gpus(self) -> int:
+        """``cluster.gpus_per_node``, or every GPU of this machine."""
+        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        return int(gpus)
+
+    def gate(self, after: Sequence[submitit.Job], array: bool) -> LocalGate:
+        slots = (self.run.launch_dir / "slots", int(self.cfg.cluster.array_parallelism)) if array else None
+        return LocalGate(_processes(after), slots)
+
+    def submit_array(self, executor: submitit.Executor, fn: Callable[[ShardTask], dict[str, Any]], tasks: Sequence[ShardTask],
+                     per_gpu: bool, after: Sequence[submitit.Job]) -> list[submitit.Job]:
+        """A per-GPU stage's jobs one after the other (each takes every GPU); an array's all at once, each
+        waiting for a slot."""
+        if not per_gpu:
+            return super().submit_array(executor, fn, tasks, per_gpu, after)
+        jobs: list[submitit.Job] = []
+        for task in tasks:
+            jobs.append(executor.submit(ShardJob(fn, LocalGate(_processes([*after, *jobs]))), task))
+        return jobs
+
+    def recorded(self, jobs: Sequence[submitit.Job]) -> dict[str, Any]:
+        """A local job id is a pid: its start time tells it from a later process of that pid."""
+        return {"started": {j.job_id: process_start(int(j.job_id)) for j in jobs}}
+
+
+def _processes(jobs: Sequence[submitit.Job]) -> list[Process]:
+    """Local jobs to wait for, each as (pid, start time)."""
+    return [(int(j.job_id), process_start(int(j.job_id))) for j in jobs]
