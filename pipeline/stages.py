@@ -19,6 +19,7 @@ from pipeline.debate.checks import check_debate
 from pipeline.debate.units import debate_schema, debate_units
 from pipeline.harness.checks import check_eval
 from pipeline.harness.units import eval_schema, eval_units
+from pipeline.reduce import debate as debate_outputs, eval as eval_outputs, train as train_outputs
 from pipeline.shards import RecordSchema, Unit, read_shard
 from pipeline.train.checks import check_train
 from pipeline.train.units import train_progress, train_units
@@ -43,7 +44,9 @@ class Stage:
     units: Callable[[dict[str, Any]], list[Unit]]
     task: str
     reducer: str
+    # The reducer's main table and its plots, as names with ``{where}`` (the reducer's own constants).
     table: str
+    plots: tuple[str, ...]
     # What the stage's work is counted in (status, progress): problems, samples, steps.
     what: str
     progress: Callable[[Path, Unit], tuple[int, int]] = records_progress
@@ -54,6 +57,9 @@ class Stage:
 
     def table_file(self, where: str) -> str:
         return self.table.format(where=where)
+
+    def plot_files(self, where: str) -> list[str]:
+        return [plot.format(where=where) for plot in self.plots]
 
     @property
     def run_task(self) -> Callable[..., dict[str, Any]]:
@@ -73,11 +79,11 @@ def _named(name: str) -> Callable[..., Any]:
 
 STAGES: dict[str, Stage] = {
     "debate": Stage("debate", check_debate, debate_units, "pipeline.debate.shard:run_debate_shard", "pipeline.reduce.debate:reduce_debate",
-                    "{where}_accuracy.md", "problems", schema=debate_schema),
+                    debate_outputs.TABLE, debate_outputs.PLOTS, "problems", schema=debate_schema),
     "eval": Stage("eval", check_eval, eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
-                  "{where}_accuracy.md", "samples", schema=eval_schema),
+                  eval_outputs.TABLE, eval_outputs.PLOTS, "samples", schema=eval_schema),
     "train": Stage("train", check_train, train_units, "pipeline.train.job:run_train", "pipeline.reduce.train:reduce_train",
-                   "{where}_summary.md", "steps", train_progress, per_gpu=True),
+                   train_outputs.TABLE, train_outputs.PLOTS, "steps", train_progress, per_gpu=True),
 }
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.

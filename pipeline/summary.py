@@ -9,8 +9,6 @@ from pipeline.files import write_atomic
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
 
-PLOTS = {"eval": ("eval_accuracy.png",), "train": ("train_curves.png",),
-         "eval_finetuned": ("eval_finetuned_accuracy.png",), "debate": ("debate_accuracy_per_round.png",)}
 TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fine-tuning",
           "eval_finetuned": "3. Fine-tuned models (lm-evaluation-harness)", "debate": "4. Debate of the fine-tuned models"}
 
@@ -30,7 +28,7 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
             continue
         body = table.read_text(encoding="utf-8").split("\n", 1)[1].strip()
         parts += [body, ""]
-        parts += [f"![{png}]({png})\n" for png in PLOTS[step] if (run.root / png).exists()]
+        parts += [f"![{png}]({png})\n" for png in STAGES[kind].plot_files(step) if (run.root / png).exists()]
     text = "\n".join(parts)
     write_atomic(run.root / "README.md", text)
     resume = f"python jobs/submit.py stage=all run_id={run.run_id}" if missing else None

@@ -284,8 +284,13 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
     return "\n".join(out) + "\n\n"
 
 
+# What the reducer writes in the run folder (the stage table and the run README read these names).
+TABLE = "{where}_accuracy.md"
+PLOTS = ("{where}_accuracy_per_round.png",)
+
+
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
-    """Writes ``debate_accuracy.{md,csv,json}``, ``debate_outcomes.csv`` and the per-round PNG; logs
+    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv`` and the per-round PNG; logs
     transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
@@ -301,11 +306,11 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     table = markdown(summary, run.run_id, checks)
     if incomplete:
         table += incomplete_note(checks, result["resume"])
-    write_atomic(run.root / "debate_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
-    write_atomic(run.root / "debate_accuracy.csv", _csv(summary))
-    write_atomic(run.root / "debate_outcomes.csv", to_csv(outcomes(records, config)))
-    write_atomic(run.root / "debate_accuracy.md", table)
-    save_figure(rounds_figure(summary, run.run_id), run.root / "debate_accuracy_per_round.png")
+    write_atomic(run.root / f"{where}_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
+    write_atomic(run.root / f"{where}_accuracy.csv", _csv(summary))
+    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(records, config)))
+    write_atomic(run.root / TABLE.format(where=where), table)
+    save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))

@@ -182,6 +182,11 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
     return against_base(by_part, base)
 
 
+# What the reducer writes in the run folder (the stage table and the run README read these names).
+TABLE = "{where}_accuracy.md"
+PLOTS = ("{where}_accuracy.png",)
+
+
 def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial.
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
@@ -202,10 +207,10 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     write_atomic(run.root / f"{where}_accuracy.json", json.dumps({"rows": rows, "against_base": base, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(rows))
     write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(by_part, config, "" if where == "eval" else "fine-tuned ")))
-    write_atomic(run.root / f"{where}_accuracy.md", table)
+    write_atomic(run.root / TABLE.format(where=where), table)
     n = max(r["n"] for r in rows)
     title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
-    save_figure(figure(rows, title), run.root / f"{where}_accuracy.png")
+    save_figure(figure(rows, title), run.root / PLOTS[0].format(where=where))
     result["table"] = table
     result["rows"] = rows
     log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])

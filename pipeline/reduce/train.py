@@ -41,6 +41,11 @@ def curves_figure(curves: dict[str, list[dict[str, Any]]], run_id: str) -> Any:
     return fig
 
 
+# What the reducer writes in the run folder (the stage table and the run README read these names).
+TABLE = "{where}_summary.md"
+PLOTS = ("{where}_curves.png",)
+
+
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     """Writes the summary and curves; says which models are not trained yet and how to resume."""
     run = Run(Path(run_root))
@@ -71,7 +76,7 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     lines += ["", f"Use a fine-tuned model anywhere: `models.a={run.run_id}/{where}/<model>`.", ""]
     table = "\n".join(lines)
     write_atomic(run.root / f"{where}_summary.json", json.dumps({"models": rows, "missing": missing}, indent=2) + "\n")
-    write_atomic(run.root / f"{where}_summary.md", table)
+    write_atomic(run.root / TABLE.format(where=where), table)
     if curves:
-        save_figure(curves_figure(curves, run.run_id), run.root / f"{where}_curves.png")
+        save_figure(curves_figure(curves, run.run_id), run.root / PLOTS[0].format(where=where))
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "rows": rows, "table": table}
