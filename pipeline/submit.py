@@ -29,7 +29,8 @@ from pipeline.files import write_atomic
 from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
 from pipeline.shards import check_files
-from pipeline.stages import CHAIN, STAGES, Stage, checked_config, records_progress
+from pipeline.stage import Stage, records_progress
+from pipeline.stages import CHAIN, STAGES, checked_config
 from pipeline.progress import mark_submitted
 from pipeline.tasks import REDUCE_LABEL, ShardTask
 from pipeline.watch import Step, watch

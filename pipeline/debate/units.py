@@ -45,3 +45,8 @@ def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
         "debate": {k: v for k, v in config["debate"].items() if k not in _RUN_ONLY},
     }
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
+
+
+# The reducer's main table and its plots in the run folder, with {where} (the step's folder).
+TABLE = "{where}_accuracy.md"
+PLOTS = ("{where}_accuracy_per_round.png",)

@@ -1,1 +1,11 @@
-"""The eval stage: lm-evaluation-harness on GSM8K, sharded over models x tasks x slices of the test set."""
+"""The eval stage: lm-evaluation-harness on GSM8K, sharded over models x tasks x slices of the test set.
+
+Its plug-in object, ``STAGE``, is what the rest of the suite sees of it (``pipeline.stage``).
+"""
+
+from pipeline.harness.checks import check_eval
+from pipeline.harness.units import PLOTS, TABLE, eval_schema, eval_units
+from pipeline.stage import Stage
+
+STAGE = Stage("eval", check_eval, eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
+              TABLE, PLOTS, "samples", schema=eval_schema)

@@ -44,3 +44,8 @@ def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
         "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
     }
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
+
+
+# The reducer's main table and its plots in the run folder, with {where} (the step's folder).
+TABLE = "{where}_accuracy.md"
+PLOTS = ("{where}_accuracy.png",)

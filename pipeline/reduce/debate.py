@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from pipeline.answers import same_answer
 from pipeline.config import project_path
-from pipeline.debate.units import debate_schema, debate_units
+from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
@@ -282,11 +282,6 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
             out.append(t["text"])
     out.append(f"{BLOCK_END}{run_id}")
     return "\n".join(out) + "\n\n"
-
-
-# What the reducer writes in the run folder (the stage table and the run README read these names).
-TABLE = "{where}_accuracy.md"
-PLOTS = ("{where}_accuracy_per_round.png",)
 
 
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.harness.units import eval_schema, eval_units
+from pipeline.harness.units import PLOTS, TABLE, eval_schema, eval_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import accuracy_axis, save_figure, write_atomic
@@ -180,11 +180,6 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
     base_config = run.stage_config("eval")
     base, _ = collect(run.stage_dir("eval"), eval_units(base_config), lambda unit: eval_schema(base_config, unit))
     return against_base(by_part, base)
-
-
-# What the reducer writes in the run folder (the stage table and the run README read these names).
-TABLE = "{where}_accuracy.md"
-PLOTS = ("{where}_accuracy.png",)
 
 
 def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.files import save_figure, write_atomic
 from pipeline.runs import Run
-from pipeline.train.units import DONE_FILE, train_units
+from pipeline.train.units import DONE_FILE, PLOTS, TABLE, train_units
 from pipeline.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ def curves_figure(curves: dict[str, list[dict[str, Any]]], run_id: str) -> Any:
     fig.suptitle(f"ORPO training of the LoRA adapters, run {run_id} (per optimizer step)", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-# What the reducer writes in the run folder (the stage table and the run README read these names).
-TABLE = "{where}_summary.md"
-PLOTS = ("{where}_curves.png",)
 
 
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:

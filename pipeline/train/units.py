@@ -37,3 +37,8 @@ def train_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
         return steps, steps
     rows = read_metrics(folder / "metrics.jsonl")
     return (min(rows[-1]["step"], rows[-1]["max_steps"] - 1), rows[-1]["max_steps"]) if rows else (0, 0)
+
+
+# The reducer's main table and its plots in the run folder, with {where} (the step's folder).
+TABLE = "{where}_summary.md"
+PLOTS = ("{where}_curves.png",)
