@@ -17,12 +17,10 @@ from typing import Any
 from pipeline.config import project_path
 from pipeline.launch import submissions
 from pipeline.launch.local import process_alive
-from pipeline.progress import describe_phase, format_duration, read_progress
+from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
 from pipeline.tasks import CANCELLED, REDUCE_LABEL
-
-BAR = 20
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -75,8 +73,8 @@ def run_status(run: Run) -> dict[str, Any]:
         reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
     started = _started(subs)
-    shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label))
-             for where, kind in steps for unit in STAGES[kind].units(run.stage_config(where))}
+    units = {where: STAGES[kind].units(run.stage_config(where)) for where, kind in steps}
+    shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label)) for where in units for unit in units[where]}
     shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
     jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}
     if cluster == "slurm":
@@ -90,7 +88,7 @@ def run_status(run: Run) -> dict[str, Any]:
         tables.append(run.root / stage.table_file(where))
         step_done = step_total = 0
         unknown = False  # a unit whose total is not known yet (a train job before its first step)
-        for unit in stage.units(run.stage_config(where)):
+        for unit in units[where]:
             done, total = stage.progress(run.stage_dir(where), unit)
             shot = shots.get((where, unit.label))
             label = unit.label if len(steps) == 1 else f"{where}/{unit.label}"
@@ -134,8 +132,8 @@ def progress_summary(status: dict[str, Any]) -> str:
     """``12/20 problems``; for a chain, every step's: ``eval 40/40 samples · train 2/4 steps · ...``."""
     steps = status["steps"]
     if len(steps) == 1:
-        return f"{steps[0]['done']}/{steps[0]['total'] or '?'} {steps[0]['what']}"
-    return " · ".join(f"{s['where']} {s['done']}/{s['total'] or '?'} {s['what']}" for s in steps)
+        return count(steps[0]["done"], steps[0]["total"], steps[0]["what"])
+    return " · ".join(f"{s['where']} {count(s['done'], s['total'], s['what'])}" for s in steps)
 
 
 def format_status(status: dict[str, Any], now: float | None = None) -> str:
@@ -143,18 +141,17 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
     is doing now and when it last said so), then the reducer."""
     now = time.time() if now is None else now
     width = max([6, *(len(r["label"]) for r in status["shards"])])
-    done_width = max([8, *(len(f"{r['done']}/{r['total'] or '?'} {r['what']}") for r in status["shards"])])
+    done_width = max([8, *(len(count(r["done"], r["total"], r["what"])) for r in status["shards"])])
     lines = [
         f"run {status['run_id']} ({status['stage']}, {status['cluster']}): {status['state']}, {progress_summary(status)}",
         f"{'task':<{width}}  {'job':<14} {'state':<10} {'done':<{done_width}} {'':<{BAR}} now",
     ]
     for r in status["shards"]:
-        bar = "#" * int(BAR * r["done"] / r["total"]) if r["total"] else ""
-        work = f"{r['done']}/{r['total'] or '?'} {r['what']}"
+        work = count(r["done"], r["total"], r["what"])
         now_doing = r["phase"] or r["note"]
         if now_doing and r["updated"]:
             now_doing += f" ({format_duration(now - r['updated'])} ago)"
-        lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<10} {work:<{done_width}} {bar:<{BAR}} {now_doing}".rstrip())
+        lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<10} {work:<{done_width}} {bar(r['done'], r['total'], ' ')} {now_doing}".rstrip())
     lines.append(f"{'reduce':<{width}}  {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
     return "\n".join(lines)
 

@@ -160,6 +160,21 @@ def read_progress(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("state") in STATES else None
 
 
+# Width of a progress bar, in characters.
+BAR = 20
+
+
+def bar(done: int, total: int | None, empty: str) -> str:
+    """A bar of ``BAR`` characters, ``#`` for the share done, ``empty`` for the rest."""
+    filled = int(BAR * done / total) if total else 0
+    return "#" * filled + empty * (BAR - filled)
+
+
+def count(done: int, total: int | None, unit: str) -> str:
+    """``3/15 problems``; ``3/? steps`` while the total is not known yet (None or 0)."""
+    return f"{done}/{total or '?'} {unit}"
+
+
 def format_duration(seconds: float | None) -> str:
     """``45s``, ``2m10s``, ``1h05m``: as a person reads a time left."""
     if seconds is None:

@@ -28,11 +28,11 @@ from pipeline.models.registry import check_available, display_name, load_registr
 from pipeline.files import write_atomic
 from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
-from pipeline.shards import check_files
+from pipeline.shards import Unit, check_files
 from pipeline.stage import Stage, records_progress
 from pipeline.stages import CHAIN, STAGES, checked_config
 from pipeline.progress import mark_submitted
-from pipeline.tasks import REDUCE_LABEL, ShardTask
+from pipeline.tasks import REDUCE_LABEL, ShardTask, reduce_label
 from pipeline.watch import Step, watch
 
 log = logging.getLogger("gsm8k-slurm")
@@ -137,9 +137,9 @@ def _check_gpus(cfg: DictConfig) -> None:
             raise ConfigError(f"cluster.gpus_per_node={wanted}: the nodes of {where} have at most {max(counts, default=0)} GPU(s) (sinfo %G: {' '.join(gres) or 'none'})")
 
 
-def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> tuple[list[ShardTask], dict[str, tuple[int, int]]]:
-    """The stage's units that still have work (a resubmission of a run only sends those), and every unit's
-    work done / total by its label. The shard files of a sharded stage are read once, and must all be this
+def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> tuple[list[ShardTask], dict[Unit, tuple[int, int]]]:
+    """The stage's units that still have work (a resubmission of a run only sends those), and every unit
+    with its work done / total. The shard files of a sharded stage are read once, and must all be this
     run's and readable."""
     units, stage_dir = stage.units(config), run.stage_dir(where)
     if stage.progress is records_progress:
@@ -155,7 +155,7 @@ def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> tuple[li
         progress = {unit: stage.progress(stage_dir, unit) for unit in units}
     tasks = [ShardTask(run_root=str(run.root), stage=where, unit=unit, config=config)
              for unit in units if progress[unit][0] < progress[unit][1] or progress[unit][1] == 0]
-    return tasks, {unit.label: progress[unit] for unit in units}
+    return tasks, {unit: progress[unit] for unit in units}
 
 
 def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, dict[str, Any]]]:
@@ -194,21 +194,20 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
         tasks, before = plan(stage, step_config, run, where)
         for task in tasks:
             mark_submitted(task.progress_path, task.label)
-        mark_submitted(run.progress_path(where, REDUCE_LABEL), f"reduce-{where}")
+        mark_submitted(run.progress_path(where, REDUCE_LABEL), reduce_label(where))
         jobs, reduce_job = launcher.submit(where, stage.run_task, tasks, stage.reduce, per_gpu=stage.per_gpu, after=after)
-        submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job,
-                          "units": stage.units(step_config), "before": before})
+        submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job, "before": before})
         after = [*jobs, reduce_job]
     final = submitted[-1]["reduce"]
     if cfg.stage == "all":
-        mark_submitted(run.progress_path("summary", REDUCE_LABEL), "reduce-summary")
+        mark_submitted(run.progress_path("summary", REDUCE_LABEL), reduce_label("summary"))
         final = launcher.submit_summary(write_run_readme, after)
     info = _info(cfg, run, resumed, total, submitted, final)
     _announce(info)
     if cfg.wait or cfg.cluster.kind == "debug":
         try:
             if cfg.cluster.kind != "debug":  # the debug executor has run everything by now
-                watch([Step(s["where"], s["stage"], s["units"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
+                watch([Step(s["where"], s["stage"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
             result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "summary")
         except KeyboardInterrupt:
             raise StoppedWatching(f"stopped watching; run {run.run_id} goes on. Watch it: python jobs/status.py {run.run_id}; "
@@ -226,7 +225,7 @@ def _wait_for(final: Any, run: Run, where: str) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - submitit re-raises whatever the job raised, wrapped
         raised = [line.strip() for line in str(err).splitlines() if _EXCEPTION_LINE.match(line.strip())]
         last = raised[-1] if raised else type(err).__name__
-        raise ReducerFailed(f"the {where} reducer failed ({last}); its log: {run.logs_dir / f'reduce-{where}.log'}; "
+        raise ReducerFailed(f"the {where} reducer failed ({last}); its log: {run.logs_dir / f'{reduce_label(where)}.log'}; "
                             f"rerun it with: python jobs/submit.py run_id={run.run_id}") from None
 
 
@@ -268,6 +267,18 @@ def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[
 
 def describe_work(cfg: DictConfig, problems: int) -> str:
     """What the stage will do, in its own units: problems and shards; models x tasks; pairs and steps."""
+    if cfg.stage == "eval":
+        return f"{len(cfg.eval.models)} model(s) x {len(cfg.tasks)} task(s) on {problems} problems, {cfg.shards} shard(s) each"
+    if cfg.stage == "debate":
+        return f"{problems} problems, {cfg.shards} shard(s)"
+    trained = _describe_training(cfg)
+    if cfg.stage == "train":
+        return trained
+    return f"eval -> train -> eval fine-tuned -> debate on {problems} problems, {cfg.shards} shard(s) a step; {trained}"
+
+
+def _describe_training(cfg: DictConfig) -> str:
+    """``2 model(s) trained on 2000 pairs (GSM8K train), 1 epoch(s)``; GSM8K's pairs are counted from its file."""
     train = cfg.train
     if train.dataset == "gsm8k":
         available = len((project_path(cfg.data.path) / f"{train.dataset_split}.jsonl").read_text(encoding="utf-8").splitlines())
@@ -275,14 +286,7 @@ def describe_work(cfg: DictConfig, problems: int) -> str:
     else:
         pairs = f"{'up to ' + str(train.max_samples) if train.max_samples else 'all'} pairs ({train.dataset})"
     steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
-    trained = f"{len(train.models)} model(s) trained on {pairs}, {steps}"
-    if cfg.stage == "train":
-        return trained
-    if cfg.stage == "eval":
-        return f"{len(cfg.eval.models)} model(s) x {len(cfg.tasks)} task(s) on {problems} problems, {cfg.shards} shard(s) each"
-    if cfg.stage == "debate":
-        return f"{problems} problems, {cfg.shards} shard(s)"
-    return f"eval -> train -> eval fine-tuned -> debate on {problems} problems, {cfg.shards} shard(s) a step; {trained}"
+    return f"{len(train.models)} model(s) trained on {pairs}, {steps}"
 
 
 def _announce(info: dict[str, Any]) -> None:

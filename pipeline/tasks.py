@@ -152,7 +152,7 @@ class ReduceJob(submitit.helpers.Checkpointable):
         self.gate = gate
 
     def __call__(self, run_root: str, where: str) -> dict[str, Any]:
-        label = f"reduce-{where}"
+        label = reduce_label(where)
         run = Run(Path(run_root))
         setup_task_logging(run, label)
         _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.settings)
@@ -163,3 +163,8 @@ class ReduceJob(submitit.helpers.Checkpointable):
 
 # The progress file of a stage's reducer: ``progress/<where>/_reduce.json``.
 REDUCE_LABEL = "_reduce"
+
+
+def reduce_label(where: str) -> str:
+    """How a step's reducer reads in its log's name (``logs/reduce-<where>.log``) and its lines."""
+    return f"reduce-{where}"

@@ -16,16 +16,14 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence, TextIO
 
-from pipeline.progress import describe_phase, format_duration, read_progress
+from pipeline.progress import bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.shards import Unit
 from pipeline.stages import Stage
 from pipeline.tasks import REDUCE_LABEL
-
-BAR = 20
 
 
 @dataclass
@@ -34,15 +32,10 @@ class Step:
 
     where: str
     stage: Stage
-    units: Sequence[Unit]
     reduce_job: Any
-    # Work on file when the step was submitted, per unit label (units that were not resubmitted stay so).
-    before: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-
-def _bar(done: int, total: int) -> str:
-    filled = int(BAR * done / total) if total else 0
-    return "[" + "#" * filled + "-" * (BAR - filled) + "]"
+    # Every unit of the step, with its work on file when the step was submitted (units that were not
+    # resubmitted stay so).
+    before: dict[Unit, tuple[int, int]]
 
 
 def step_line(step: Step, run: Run, elapsed: float) -> str:
@@ -51,9 +44,8 @@ def step_line(step: Step, run: Run, elapsed: float) -> str:
     unknown = False  # a unit whose total is not known yet (a train job before its first step)
     states: Counter[str] = Counter()
     phases: list[dict[str, Any]] = []
-    for unit in step.units:
+    for unit, (unit_done, unit_total) in step.before.items():
         shot = read_progress(run.progress_path(step.where, unit.label))
-        unit_done, unit_total = step.before.get(unit.label, (0, 0))
         if shot is not None:
             states[shot["state"]] += 1
             if shot.get("work"):
@@ -63,8 +55,8 @@ def step_line(step: Step, run: Run, elapsed: float) -> str:
         done, total, unknown = done + unit_done, total + unit_total, unknown or unit_total == 0
     reducer = read_progress(run.progress_path(step.where, REDUCE_LABEL))
     what = step.stage.what
-    parts = [f"{step.where:<14} {_bar(done, total)} {done}/{'?' if unknown else total} {what}"]
-    tasks = len(step.units)
+    parts = [f"{step.where:<14} [{bar(done, total, '-')}] {count(done, None if unknown else total, what)}"]
+    tasks = len(step.before)
     if reducer is not None and reducer["state"] == "running":
         parts.append("merging the shards")
     elif tasks:

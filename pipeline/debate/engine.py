@@ -18,8 +18,8 @@ from pipeline import progress
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
 from pipeline.engine.generation import Completion, Message, generate_chat
-from pipeline.models.loading import ChatModel
 from pipeline.engine.sampling import row_seed
+from pipeline.models.loading import ChatModel
 
 log = logging.getLogger(__name__)
 

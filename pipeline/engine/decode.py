@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from pipeline.engine import kernels
-from pipeline.engine import KERNELS
+from pipeline.engine import KERNELS, kernels
 from pipeline.engine.prefix_cache import PrefixIndex, Reuse
 from pipeline.engine.sampling import sample_tokens
 

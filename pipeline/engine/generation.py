@@ -105,6 +105,7 @@ def generate_chat(
     decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if kind == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
+    tokens_done = 0  # tokens of the finished batches, for the progress report
     start = 0
     while start < len(order):
         rows = min(max_batch or len(order), len(order) - start)
@@ -115,7 +116,7 @@ def generate_chat(
         start += rows
         batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)
         chunk_seeds = [seeds[i] for i in chunk] if seeds is not None else None
-        on_step = _chunk_report(report, len(results), sum(c.tokens for c in results.values()), len(chunk), len(order), max_new_tokens)
+        on_step = _chunk_report(report, len(results), tokens_done, len(chunk), len(order), max_new_tokens)
         started = time.perf_counter()
         if decoder is not None:
             new_tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, stop_ids=chat.stop_ids,
@@ -126,8 +127,9 @@ def generate_chat(
         seconds = (time.perf_counter() - started) / len(chunk)
         for i, row in zip(chunk, new_tokens):
             results[i] = _completion(chat, row, stop, seconds)
+            tokens_done += results[i].tokens
         if report is not None:
-            report(len(results), sum(c.tokens for c in results.values()), len(results) / len(order))
+            report(len(results), tokens_done, len(results) / len(order))
     return [results[i] for i in range(len(conversations))]
 
 
@@ -153,9 +155,9 @@ class _Watch(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
         step = input_ids.shape[1] - self.prompt
         if (step - 1) % CHECK_EVERY == 0:
-            new = input_ids[:, self.prompt :]
-            finished = torch.isin(new, self.stop.to(new.device)).any(dim=1)
-            first = torch.where(finished, torch.isin(new, self.stop.to(new.device)).int().argmax(dim=1) + 1, step)
+            hits = torch.isin(input_ids[:, self.prompt :], self.stop.to(input_ids.device))
+            finished = hits.any(dim=1)
+            first = torch.where(finished, hits.int().argmax(dim=1) + 1, step)
             self.on_step(step, int((~finished).sum()), int(first.sum()))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
