@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import PROJECT_ROOT, load_config  # noqa: E402
+from pipeline.config import PROJECT_ROOT  # noqa: E402
+from pipeline.stages import load_config  # noqa: E402
 from pipeline.stages import checked_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402

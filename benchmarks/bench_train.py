@@ -1,7 +1,7 @@
 """Benchmark: ORPO + LoRA training throughput (tokens/s, MFU, HFU) through the train stage's own trainer setup.
 
 The trainer is built exactly as the train job builds it (``pipeline.train.job.orpo_config`` / ``lora_config`` /
-``deepspeed_config`` on ``configs/train.yaml``), only the model is a random-weight one of Llama-3.1-8B's shapes
+``deepspeed_config`` on the train stage's default settings), only the model is a random-weight one of Llama-3.1-8B's shapes
 (speed depends on shapes, not values) and the data are synthetic pairs of an exact token length, so that every
 step processes the same, known number of tokens and no padding. One process per GPU: run it plainly for one
 GPU, or under ``torchrun --nproc-per-node N`` for N (data parallel, or ZeRO with ``--deepspeed zero2|zero3``:
@@ -46,17 +46,18 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
+from pipeline.config import PROJECT_ROOT  # noqa: E402
 from pipeline.train.deepspeed import deepspeed_config  # noqa: E402
 from pipeline.train.job import lora_config, orpo_config, peak_memory_gib, pin_attention_backend  # noqa: E402
+from pipeline.train.settings import TrainSettings  # noqa: E402
 from random_weights import build_on_device  # noqa: E402  (benchmarks/, the script's own folder)
 
 # Llama-3.1-8B's config.json; "tiny" is for a CPU check of the script, not for numbers.
@@ -192,15 +193,14 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def train_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``configs/train.yaml``'s ``train`` section with the benchmark's overrides: fixed steps, no gradient
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The train stage's default settings with the benchmark's overrides: fixed steps, no gradient
     accumulation, no warm-up of the learning rate, no checkpoint, a loss logged every step."""
-    train = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["train"]
-    train.update(max_steps=args.warmup + args.steps, per_device_batch_size=args.batch, gradient_accumulation_steps=1,
-                 max_length=args.prompt_len + args.completion_len, save_steps=10**9, logging_steps=1, warmup=0,
-                 wandb="disabled")
+    train = replace(TrainSettings(), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
+                    gradient_accumulation_steps=1, max_length=args.prompt_len + args.completion_len, save_steps=10**9,
+                    logging_steps=1, warmup_steps=0.0, wandb="disabled")
     if args.gradient_checkpointing != "config":
-        train["gradient_checkpointing"] = args.gradient_checkpointing == "on"
+        train = replace(train, gradient_checkpointing=args.gradient_checkpointing == "on")
     return train
 
 
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = orpo_config(train, scratch, "bench-train", args.precision, deepspeed, device, args.seed, report_to=[],
                              world=world)
         trainer = ORPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                              peft_config=lora_config(train), callbacks=[timer])
+                              peft_config=lora_config(train.lora), callbacks=[timer])
         for callback in (ProgressCallback, PrinterCallback):
             trainer.remove_callback(callback)
         lengths = {len(ids) for key in ("chosen_input_ids", "rejected_input_ids") for ids in trainer.train_dataset[key]}
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = timed_ends[-1] - timed_begins[0]
     tokens = args.steps * args.batch * 2 * seq * world
     tokens_per_s = tokens / seconds
-    checkpointing = bool(train["gradient_checkpointing"])
+    checkpointing = train.gradient_checkpointing
     spec = SHAPES[args.shape]
     flops = flops_per_token(n_matmul, n_layers, n_lora, spec["num_hidden_layers"], spec["hidden_size"], seq, checkpointing)
     tflops = flops["model"] * tokens_per_s / world / 1e12  # per GPU
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "shape": {"name": args.shape, **spec},
         "deepspeed_config": str(Path(deepspeed).relative_to(PROJECT_ROOT)) if deepspeed else None,
         "gradient_checkpointing": checkpointing,
-        "lora": train["lora"],
+        "lora": asdict(train.lora),
         "params": {"total": n_total, "matmul": n_matmul, "matmul_in_layers": n_layers, "lora": n_lora},
         "flops_per_token": flops,
         "sequence_tokens": seq,
@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--deepspeed", default="none", help="none, or a config name (zero2, zero3) or path, as train.deepspeed")
     parser.add_argument("--gradient-checkpointing", choices=["config", "on", "off"], default="config",
-                        help="config: train.gradient_checkpointing from configs/train.yaml")
+                        help="config: the train stage's default train.gradient_checkpointing")
     parser.add_argument("--batch", type=int, default=4, help="per-device batch (pairs); each pair is 2 sequences")
     parser.add_argument("--prompt-len", type=int, default=256, help="prompt tokens per sequence, BOS included")
     parser.add_argument("--completion-len", type=int, default=256, help="answer tokens per sequence, EOS included")

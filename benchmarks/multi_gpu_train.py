@@ -138,12 +138,12 @@ def real_parity(args: argparse.Namespace) -> dict[str, Any]:
         print(f"no {SMOLLM2_WHEEL} in {cache / 'wheels'}: the real small model's parity run is skipped", flush=True)
         return {}
     real = ("train.max_length=512", "train.max_samples=64", "train.max_steps=8", "train.deepspeed=zero2",
-            "train.gradient_accumulation_steps=1", f"train.precision={args.precision}", "train.lora.dropout=0",
-            "train.learning_rate=1e-4", "train.warmup=0", f"paths.model_cache={cache}")
+            "train.gradient_accumulation_steps=1", f"train.precision={args.precision}", "train.lora.lora_dropout=0",
+            "train.learning_rate=1e-4", "train.warmup_steps=0", f"paths.model_cache={cache}")
     found = {}
     for gpus in (1, args.gpus):
         run_id = f"smollm2-{gpus}gpu"
-        run(submit_args(args.work, run_id, "smollm2-135m-instruct", gpus, f"train.per_device_batch_size={8 // gpus}", *real))
+        run(submit_args(args.work, run_id, "smollm2-135m-instruct", gpus, f"train.per_device_train_batch_size={8 // gpus}", *real))
         found[run_id] = outcome(args.work, run_id)
     return found
 
@@ -151,17 +151,17 @@ def real_parity(args: argparse.Namespace) -> dict[str, Any]:
 def stage(args: argparse.Namespace) -> dict[str, Any]:
     work, n = args.work, args.gpus
     short = ("train.max_length=512", "train.max_samples=256", "train.gradient_accumulation_steps=1",
-             f"train.precision={args.precision}", "train.lora.dropout=0")
+             f"train.precision={args.precision}", "train.lora.lora_dropout=0")
     found: dict[str, Any] = {}
     model = str(random_model(work / "random-llama-3.1-8b", args.precision)) if {"zero", "resume"} & set(args.runs) else ""
     for zero in ("zero2", "zero3") if "zero" in args.runs else ():
         run_id = f"{zero}-{n}gpu"
         run(submit_args(work, run_id, model, n, f"train.deepspeed={zero}", "train.max_steps=6", "train.save_steps=3",
-                        "train.per_device_batch_size=2", *short))
+                        "train.per_device_train_batch_size=2", *short))
         found[run_id] = outcome(work, run_id)
     for zero, before, after in (("zero2", n, 1), ("zero3", 1, n)) if "resume" in args.runs else ():
         run_id = f"{zero}-{before}to{after}"
-        steps = ("train.max_steps=6", "train.save_steps=2", f"train.deepspeed={zero}", "train.per_device_batch_size=2", *short)
+        steps = ("train.max_steps=6", "train.save_steps=2", f"train.deepspeed={zero}", "train.per_device_train_batch_size=2", *short)
         kill_after_checkpoint(submit_args(work, run_id, model, before, *steps), work, run_id, 2)
         run([sys.executable, str(SUBMIT), f"results_dir={work}", f"run_id={run_id}", "cluster=local", "wait=true",
              f"cluster.gpus_per_node={after}"])

@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.answers import extract_answer, same_answer  # noqa: E402
-from pipeline.config import load_config, project_path  # noqa: E402
+from pipeline.config import project_path  # noqa: E402
+from pipeline.stages import load_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.engine.generation import generate_chat  # noqa: E402
 from pipeline.models.loading import load_chat_model  # noqa: E402

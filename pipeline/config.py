@@ -1,7 +1,9 @@
 """Loading and validating the suite's configuration: the one place that knows the keys.
 
 Configs are YAML under ``configs/`` composed by Hydra's compose API, with ``key=value`` overrides from the
-command line. Every mistake a user can make on the command line becomes a :class:`ConfigError` whose
+command line. The stages' sections (``debate.*``, ``eval.*``, ``train.*``) are not YAML: each is a typed
+dataclass in its stage (``pipeline.settings``), whose defaults the caller hands in as ``sections`` (the
+stage table, ``pipeline.stages``, does), so this module knows no stage. Every mistake a user can make on the command line becomes a :class:`ConfigError` whose
 message is one line naming the bad value and the valid choices; the entry points print it and exit 2
 before anything is submitted.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -40,14 +43,21 @@ def project_path(path: str | Path) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+# A section's defaults by its name: plain data, composed where ``configs/config.yaml``'s defaults list names it.
+Sections = Mapping[str, Mapping[str, Any]]
+
+
+def _compose(overrides: list[str], sections: Sections) -> DictConfig:
+    store = ConfigStore.instance()
+    for name, values in sections.items():
+        store.store(name=name, node={name: dict(values)})
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
 
-def load_defaults() -> DictConfig:
+def load_defaults(sections: Sections) -> DictConfig:
     """The config with no override (what ``--help`` lists), unresolved: interpolations read as written."""
-    return _compose([])
+    return _compose([], sections)
 
 
 def _printable(text: str) -> str:
@@ -59,7 +69,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
+def _translate_hydra_error(err: Exception, overrides: list[str], sections: Sections) -> ConfigError:
     """Turns Hydra's multi-line messages into one line that names the bad value and the choices."""
     text = str(err)
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
@@ -72,7 +82,7 @@ def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
         key = unknown.group(1)
         if any(key.startswith(free + ".") for free in _FREE_MAPPINGS):
             return ConfigError(f"{key} is a new key: add it with a leading '+', as +{key}=...")
-        return ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(_sibling_keys(key))}")
+        return ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(_sibling_keys(key, sections))}")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         return ConfigError(f"'{_printable(bad[0])}' is not a key=value override")
@@ -86,8 +96,8 @@ def _translate_hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(f"cannot parse the overrides {_printable(' '.join(overrides))}: {_first_line(text)}")
 
 
-def _sibling_keys(dotted: str) -> list[str]:
-    node: Any = _compose([])
+def _sibling_keys(dotted: str, sections: Sections) -> list[str]:
+    node: Any = _compose([], sections)
     for part in dotted.split(".")[:-1]:
         node = node.get(part) if isinstance(node, DictConfig) else None
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
@@ -215,19 +225,20 @@ def check_given_once(overrides: list[str]) -> None:
         seen[key] = override
 
 
-def load_config(overrides: list[str]) -> DictConfig:
-    """Composes ``configs/`` with the overrides and validates everything that does not need data or models."""
+def load_config(overrides: list[str], sections: Sections) -> DictConfig:
+    """Composes ``configs/`` and the sections' defaults with the overrides and validates the common keys
+    (those of no stage) that do not need data or models; each stage checks its own section."""
     _check_override_forms(overrides)
     try:
-        cfg = _compose(list(overrides))
+        cfg = _compose(list(overrides), sections)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise _translate_hydra_error(err, list(overrides)) from None
+        raise _translate_hydra_error(err, list(overrides), sections) from None
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve the config: {_first_line(str(err))}") from None
     group_choices = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
-    _check_same_shape(cfg, _compose(group_choices), "")
+    _check_same_shape(cfg, _compose(group_choices, sections), "")
     _validate_values(cfg)
     return cfg
 

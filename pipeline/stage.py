@@ -45,6 +45,8 @@ class Stage:
     per_gpu: bool = False
     # What a unit's records must hold (sharded stages): their keys and the fingerprint of their settings.
     schema: Callable[[dict[str, Any], Unit], RecordSchema] | None = None
+    # Its section of the config (``<name>.*``): the typed settings dataclass (``pipeline.settings``).
+    settings: type | None = None
 
     def table_file(self, where: str) -> str:
         return self.table.format(where=where)

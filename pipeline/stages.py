@@ -10,14 +10,26 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline import debate, harness, train
-from pipeline.config import load_config
+from pipeline import config, debate, harness, train
+from pipeline.settings import defaults
 from pipeline.stage import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (debate.STAGE, harness.STAGE, train.STAGE)}
+# Each stage's section of the config (``debate.*``, ``eval.*``, ``train.*``): its settings' defaults.
+SECTIONS = {name: defaults(stage.settings) for name, stage in STAGES.items() if stage.settings is not None}
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.
 CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("debate", "debate"))
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    """``configs/`` and the stages' sections composed with the overrides; the common keys checked."""
+    return config.load_config(overrides, SECTIONS)
+
+
+def load_defaults() -> DictConfig:
+    """The config with no override (what ``--help`` lists)."""
+    return config.load_defaults(SECTIONS)
 
 
 def checked_config(overrides: list[str]) -> DictConfig:

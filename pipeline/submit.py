@@ -285,7 +285,7 @@ def _describe_training(cfg: DictConfig) -> str:
         pairs = f"{min(available, train.max_samples or available)} pairs (GSM8K {train.dataset_split})"
     else:
         pairs = f"{'up to ' + str(train.max_samples) if train.max_samples else 'all'} pairs ({train.dataset})"
-    steps = f"{train.max_steps} steps" if train.max_steps else f"{train.epochs:g} epoch(s)"
+    steps = f"{train.max_steps} steps" if train.max_steps else f"{train.num_train_epochs:g} epoch(s)"
     return f"{len(train.models)} model(s) trained on {pairs}, {steps}"
 
 
@@ -304,10 +304,16 @@ def _announce(info: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point: one line and exit 2 on bad input, no traceback, nothing submitted."""
-    if any(arg in ("-h", "--help", "help") for arg in argv):
-        from pipeline.usage import usage
+    helps = [i for i, arg in enumerate(argv) if arg in ("-h", "--help", "help")]
+    if helps:
+        from pipeline.usage import section_usage, usage
 
-        print(usage())
+        topic = argv[helps[0] + 1] if helps[0] + 1 < len(argv) else None
+        try:
+            print(section_usage(topic) if topic else usage())
+        except KeyError as err:
+            print(f"error: {err.args[0]}", file=sys.stderr)
+            return 2
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,5 +1,6 @@
 """``python jobs/submit.py --help``: the stages, the config groups and every key with its default, read
-from ``configs/`` itself, so the help cannot drift from what the submitter accepts."""
+from ``configs/`` and the stages' typed settings themselves, so the help cannot drift from what the submitter
+accepts; ``--help <section>`` (debate, eval, train) says what each of a section's keys does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONFIG_DIR, load_defaults, show_scalar
+from pipeline.config import CONFIG_DIR, show_scalar
+from pipeline.settings import describe
+from pipeline.stages import STAGES, load_defaults
 
 GROUPS = ("stage", "cluster", "models")
 # Defaults longer than this (the prompts) are cut short in the overview.
@@ -55,7 +58,7 @@ def usage(width: int = 100) -> str:
             lines.append(f"  {path.stem:<8} {_first_comment(path)}"[:width])
         lines.append("")
     config = OmegaConf.to_container(load_defaults(), resolve=False)
-    lines.append("keys, with their defaults (the comments in configs/*.yaml say what each does):")
+    lines.append(f"keys, with their defaults (what each does: --help {' | --help '.join(_described())}; the rest: configs/config.yaml):")
     scalars = [leaf for key, value in config.items() if key != "stage" and not isinstance(value, dict) for leaf in _leaves(value, f"{key}.")]
     sections = [_leaves(value, f"{key}.") for key, value in config.items() if isinstance(value, dict)]
     for leaves in (scalars, *sections):
@@ -64,3 +67,21 @@ def usage(width: int = 100) -> str:
     lines += [f"  {command}\n      {what}" for command, what in EXAMPLES]
     lines += ["", "watch a run: python jobs/status.py [run id]   cancel it: python jobs/cancel.py <run id>"]
     return "\n".join(lines)
+
+
+def _described() -> list[str]:
+    return [name for name, stage in STAGES.items() if stage.settings is not None]
+
+
+def section_usage(name: str, width: int = 100) -> str:
+    """``--help <section>``: each key of a stage's section, its default, and what it does and takes."""
+    stage = STAGES.get(name)
+    if stage is None or stage.settings is None:
+        raise KeyError(f"no section '{name}'; sections: {', '.join(_described())}")
+    summary = " ".join((stage.settings.__doc__ or "").split()).split(". ")[0].rstrip(".")
+    lines = [f"{name}.*: {summary}.", ""]
+    for key, default, text in describe(stage.settings, name):
+        lines.append(f"  {key}={_shown(default) if not default.startswith('[') else default}")
+        lines += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
+    return "\n".join(lines)
+

@@ -60,7 +60,7 @@ CASES = [
     (["debate.temperature=nan"], "debate.temperature=nan: must be a finite number >= 0"),
     (["debate.baselines.vote_temperature=inf"], "debate.baselines.vote_temperature=inf: must be a finite number >= 0"),
     (["stage=train", "train.learning_rate=nan"], "train.learning_rate=nan: must be a finite number > 0"),
-    (["stage=train", "train.lora.dropout=1.0"], "train.lora.dropout=1.0: must be a number below 1"),
+    (["stage=train", "train.lora.lora_dropout=1.0"], "train.lora.lora_dropout=1.0: must be a number below 1"),
     (["seed=4294967296"], "seed=4294967296: must be a whole number from 0 to 4294967295"),
     (["debate.batch_size=3000000000"], "debate.batch_size=3000000000: must be a whole number from 1 to 2147483647"),
     (["debate.max_new_tokens=5000"], "debate.max_new_tokens=5000: models.a (tiny-llama) holds at most 4096 tokens (max_position_embeddings); use 1..4095"),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.config import load_config
+from pipeline.stages import load_config
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine, DebateSettings
 from pipeline.engine.decode import StaticDecoder

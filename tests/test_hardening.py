@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError
+from pipeline.stages import load_config
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate

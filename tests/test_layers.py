@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 LAYERS = {
-    "config": 0, "files": 0, "answers": 0,
+    "config": 0, "settings": 0, "files": 0, "answers": 0,
     "data": 1, "shards": 1, "progress": 1, "runs": 1, "engine": 1, "stage": 1,
     "tasks": 2, "models": 2,
     "engine.": 3,

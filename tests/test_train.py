@@ -29,7 +29,7 @@ def train_overrides(results: Path, *extra: str) -> list[str]:
         f"results_dir={results}",
         "train.max_samples=16",
         "train.max_steps=4",
-        "train.per_device_batch_size=2",
+        "train.per_device_train_batch_size=2",
         "train.gradient_accumulation_steps=1",
         "train.max_length=256",
         "train.learning_rate=1e-3",
@@ -64,7 +64,7 @@ def test_the_margin_rises_on_a_trivially_learnable_pair_set(results: Path, tmp_p
              "rejected": [{"role": "assistant", "content": "no no no"}]} for i in range(16)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     submit(train_overrides(results, "cluster=debug", "run_id=learn", f"train.dataset={data}", "train.max_steps=12",
-                           "train.learning_rate=5e-3", "train.warmup=0", "train.beta=0.5"))
+                           "train.learning_rate=5e-3", "train.warmup_steps=0", "train.beta=0.5"))
     margins = [r["rewards/margins"] for r in read_metrics(results / "learn" / "train" / "tiny-llama" / "metrics.jsonl")]
     assert len(margins) == 12
     assert sum(margins[-3:]) / 3 > sum(margins[:3]) / 3 + 0.05, margins
@@ -72,7 +72,7 @@ def test_the_margin_rises_on_a_trivially_learnable_pair_set(results: Path, tmp_p
 
 def test_a_run_killed_after_step_k_resumes_at_k(results: Path) -> None:
     args = train_overrides(results, "cluster=debug", "run_id=killed", "train.max_steps=10", "train.save_steps=1",
-                           "train.per_device_batch_size=8", "train.max_length=512", "train.max_samples=80")
+                           "train.per_device_train_batch_size=8", "train.max_length=512", "train.max_samples=80")
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "submit.py"), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = results / "killed" / "train" / "tiny-llama" / "checkpoints"
@@ -100,7 +100,7 @@ def test_qlora_trains_the_adapter_on_a_4bit_base(results: Path) -> None:
 def test_stage_all_chains_eval_train_eval_debate_on_the_local_executor(results: Path) -> None:
     info = submit(["stage=all", "models=tiny", f"results_dir={results}", "run_id=chain", "limit=4", "shards=2",
                    "eval.batch_size=4", "eval.max_gen_toks=32", "train.max_samples=8", "train.max_steps=2",
-                   "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=256",
+                   "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=256",
                    "train.wandb=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
                    "cluster=local", "cluster.cpus_per_task=1", "wait=true"])
     run = results / "chain"
@@ -127,7 +127,7 @@ def test_mined_rejected_answers_come_from_a_debate_on_training_questions(results
     with ShardWriter(results / "mine" / "debate" / "shard-00000-of-00001.jsonl") as writer:
         writer.append({"index": 0, "question": first["question"], "gold": "72",
                        "turns": [{"model": "a", "answer": "70", "text": wrong}]})
-    from pipeline.config import load_config
+    from pipeline.stages import load_config
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(load_config([f"results_dir={results}", "train.mine_from=mine", "train.max_samples=3"]), resolve=True)

@@ -31,9 +31,9 @@ def _losses(results: Path, run_id: str) -> list[float]:
 
 
 def test_one_and_two_processes_give_the_same_losses_for_the_same_global_batch(results: Path) -> None:
-    common = ("cluster=local", "wait=true", "train.max_samples=32", "train.lora.dropout=0")
-    one = submit(train_overrides(results, *common, "run_id=one", "train.per_device_batch_size=4"))
-    two = submit(train_overrides(results, *common, "run_id=two", "train.per_device_batch_size=2", "cluster.tasks_per_node=2"))
+    common = ("cluster=local", "wait=true", "train.max_samples=32", "train.lora.lora_dropout=0")
+    one = submit(train_overrides(results, *common, "run_id=one", "train.per_device_train_batch_size=4"))
+    two = submit(train_overrides(results, *common, "run_id=two", "train.per_device_train_batch_size=2", "cluster.tasks_per_node=2"))
     assert one["result"]["rows"][0]["processes"] == 1 and two["result"]["rows"][0]["processes"] == 2
     a, b = _losses(results, "one"), _losses(results, "two")
     assert len(a) == len(b) == 4
@@ -50,7 +50,7 @@ def _local_jobs(run: Path) -> list[int]:
 def _kill_after_checkpoint(results: Path, run_id: str, step: int, *extra: str) -> int:
     """Starts a train run, SIGKILLs its whole process group once checkpoint ``step`` is saved; returns the last saved step."""
     args = train_overrides(results, "cluster=local", "wait=true", f"run_id={run_id}", "train.max_steps=12", "train.save_steps=1",
-                           "train.per_device_batch_size=4", "train.max_length=512", "train.max_samples=96", *extra)
+                           "train.per_device_train_batch_size=4", "train.max_length=512", "train.max_samples=96", *extra)
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "submit.py"), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = results / run_id / "train" / "tiny-llama" / "checkpoints"

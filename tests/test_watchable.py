@@ -196,7 +196,7 @@ def test_plots_are_scaled_to_their_data_and_titled() -> None:
 
 
 def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> None:
-    from pipeline.config import load_config
+    from pipeline.stages import load_config
     from pipeline.submit import describe_work
 
     train = load_config(["stage=train", "train.max_samples=8", "train.max_steps=2", "train.models=[a]"])

@@ -17,61 +17,12 @@ from typing import Any, Callable, Mapping, Sequence
 from pipeline import progress
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
+from pipeline.debate.settings import SPEAKERS, DebateSettings
 from pipeline.engine.generation import Completion, Message, generate_chat
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import ChatModel
 
 log = logging.getLogger(__name__)
-
-SPEAKERS = ("a", "b")
-
-
-@dataclass(frozen=True)
-class DebateSettings:
-    """The debate's knobs (``debate.*`` in the config), resolved."""
-
-    max_rounds: int
-    max_new_tokens: int
-    temperature: float
-    batch_size: int
-    engine: str
-    cuda_graphs: bool
-    kernels: str
-    reuse_kv: bool
-    prefill_tokens: int
-    final_answer: str
-    system_prompt: str | None
-    solve_prompt: str
-    review_prompt: str
-    solo: bool
-    vote_k: int
-    vote_temperature: float
-    vote_models: tuple[str, ...]
-    seed: int
-
-    @classmethod
-    def from_config(cls, debate: Mapping[str, Any], seed: int) -> "DebateSettings":
-        baselines = debate["baselines"]
-        return cls(
-            max_rounds=debate["max_rounds"],
-            max_new_tokens=debate["max_new_tokens"],
-            temperature=float(debate["temperature"]),
-            batch_size=debate["batch_size"],
-            engine=debate["engine"],
-            cuda_graphs=bool(debate["cuda_graphs"]),
-            kernels=debate["kernels"],
-            reuse_kv=bool(debate["reuse_kv"]),
-            prefill_tokens=debate["prefill_tokens"],
-            final_answer=debate["final_answer"],
-            system_prompt=debate["system_prompt"],
-            solve_prompt=debate["prompts"]["solve"],
-            review_prompt=debate["prompts"]["review"],
-            solo=baselines["solo"],
-            vote_k=baselines["vote_k"] or 2 * debate["max_rounds"],
-            vote_temperature=float(baselines["vote_temperature"]),
-            vote_models=tuple(baselines["vote_models"]),
-            seed=seed,
-        )
 
 
 @dataclass
@@ -95,12 +46,12 @@ class Debate:
 def conversation(speaker: str, debate: Debate, settings: DebateSettings) -> list[Message]:
     """The debate so far as ``speaker`` sees it; consecutive user messages are merged (templates alternate)."""
     messages: list[Message] = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
-    messages.append({"role": "user", "content": settings.solve_prompt.format(question=debate.problem.question)})
+    messages.append({"role": "user", "content": settings.prompts.solve.format(question=debate.problem.question)})
     for turn in debate.turns:
         if turn["model"] == speaker:
             messages.append({"role": "assistant", "content": turn["text"]})
         else:
-            quoted = settings.review_prompt.format(other=turn["text"], question=debate.problem.question)
+            quoted = settings.prompts.review.format(other=turn["text"], question=debate.problem.question)
             if messages[-1]["role"] == "user":
                 messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + quoted}
             else:
@@ -140,9 +91,10 @@ def majority(answers: Sequence[str | None]) -> str | None:
 class DebateEngine:
     """Runs debates and baselines for groups of problems, calling ``emit`` with each finished record."""
 
-    def __init__(self, models: Mapping[str, ChatModel], settings: DebateSettings) -> None:
+    def __init__(self, models: Mapping[str, ChatModel], settings: DebateSettings, seed: int) -> None:
         self.models = models
         self.settings = settings
+        self.seed = seed
         # Named in progress lines when a shard's problems run in several groups (``debate.batch_size``).
         self.group = ""
 
@@ -182,7 +134,7 @@ class DebateEngine:
                 if not open_debates:
                     return
                 convs = [conversation(speaker, d, s) for d in open_debates]
-                seeds = [row_seed(s.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
+                seeds = [row_seed(self.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
                 completions = self._generate(speaker, convs, seeds, s.temperature, f"debate round {round_no}, model {speaker}")
                 for debate, completion in zip(open_debates, completions):
                     debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
@@ -203,19 +155,19 @@ class DebateEngine:
         s = self.settings
         out: dict[int, dict[str, Any]] = {p.index: {"solo": {}, "vote": {}} for p in problems}
         fresh = [Debate(p) for p in problems]
-        if s.solo:
+        if s.baselines.solo:
             convs = [conversation("b", d, s) for d in fresh]
-            seeds = [row_seed(s.seed, p.index, "solo", "b") for p in problems]
+            seeds = [row_seed(self.seed, p.index, "solo", "b") for p in problems]
             for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature, "model b alone")):
                 out[p.index]["solo"]["b"] = {"answer": extract_answer(c.text), "tokens": c.tokens, "seconds": round(c.seconds, 4)}
             log.info("solo baseline, model b: %d problems", len(problems))
-        for speaker in s.vote_models:
-            rows = [(d, j) for d in fresh for j in range(s.vote_k)]
+        for speaker in s.baselines.vote_models:
+            rows = [(d, j) for d in fresh for j in range(s.vote_samples)]
             convs = [conversation(speaker, d, s) for d, _ in rows]
-            seeds = [row_seed(s.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
-            completions = self._generate(speaker, convs, seeds, s.vote_temperature, f"vote of {s.vote_k}, model {speaker}")
+            seeds = [row_seed(self.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
+            completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}")
             for n, p in enumerate(problems):
-                mine = completions[n * s.vote_k : (n + 1) * s.vote_k]  # rows are grouped by problem, k each
+                mine = completions[n * s.vote_samples : (n + 1) * s.vote_samples]  # rows are grouped by problem, k each
                 samples = [extract_answer(c.text) for c in mine]
                 out[p.index]["vote"][speaker] = {
                     "answer": majority(samples),
@@ -223,7 +175,7 @@ class DebateEngine:
                     "tokens": sum(c.tokens for c in mine),
                     "seconds": round(sum(c.seconds for c in mine), 4),
                 }
-            log.info("vote baseline, model %s: %d problems x %d samples", speaker, len(problems), s.vote_k)
+            log.info("vote baseline, model %s: %d problems x %d samples", speaker, len(problems), s.vote_samples)
         return out
 
     def _record(self, debate: Debate, baselines: dict[str, Any]) -> dict[str, Any]:

@@ -10,11 +10,13 @@ import torch
 
 from pipeline import progress
 from pipeline.config import project_path
-from pipeline.debate.engine import DebateEngine, DebateSettings
+from pipeline.debate.engine import DebateEngine
+from pipeline.debate.settings import DebateSettings
 from pipeline.debate.units import debate_schema, shard_problems
 from pipeline.models.device import pick_devices
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
+from pipeline.settings import build
 from pipeline.shards import ShardWriter
 from pipeline.tasks import ShardTask
 
@@ -43,7 +45,7 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
                 key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], devices[key])
                 for key in ("a", "b")
             }
-            engine = DebateEngine(models, DebateSettings.from_config(cfg["debate"], cfg["seed"]))
+            engine = DebateEngine(models, build(DebateSettings, cfg["debate"]), cfg["seed"])
             reporter.set_state("running")
 
             def emit(record: dict[str, Any]) -> None:

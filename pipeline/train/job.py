@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ import torch
 from pipeline.config import project_path
 from pipeline.models.registry import display_name
 from pipeline.files import write_atomic
+from pipeline.settings import build, passed_to
 from pipeline.tasks import ShardTask
 from pipeline.train.callbacks import MetricsJSONL, StepProgress
 from pipeline.train.deepspeed import deepspeed_config
 from pipeline.train.checkpoints import checkpoint_step, keep_global_batch, latest_checkpoint, resume_settings
 from pipeline.train.metrics import rewind_metrics
+from pipeline.train.settings import Lora, TrainSettings
 from pipeline.train.units import DONE_FILE
 
 log = logging.getLogger(__name__)
@@ -89,15 +92,15 @@ def pin_attention_backend(device: torch.device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def _wandb(train: dict[str, Any], folder: Path) -> list[str]:
+def _wandb(train: TrainSettings, folder: Path) -> list[str]:
     """wandb offline (files in the run folder) unless a key is set, or off. The key stays in the environment."""
-    mode = train["wandb"]
+    mode = train.wandb
     if mode == "disabled":
         return []
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     os.environ["WANDB_MODE"] = mode
-    os.environ.setdefault("WANDB_PROJECT", str(train["wandb_project"]))
+    os.environ.setdefault("WANDB_PROJECT", train.wandb_project)
     os.environ["WANDB_DIR"] = str(folder)
     os.environ.setdefault("WANDB_SILENT", "true")
     return ["wandb"]
@@ -112,30 +115,20 @@ def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_
     return load_weights(location, spec, dtype, device, load_in_4bit), load_tokenizer(location, spec)
 
 
-def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision: str, deepspeed: str | dict[str, Any] | None,
+def orpo_config(train: TrainSettings, output_dir: str, run_name: str, precision: str, deepspeed: str | dict[str, Any] | None,
                 device: torch.device, seed: int, report_to: list[str], world: int = 1) -> Any:
-    """TRL's ORPOConfig from the ``train`` config (the benchmark builds its trainer through here too)."""
+    """TRL's ORPOConfig: the settings that are TRL's as they are, and what the job decides (the benchmark
+    builds its trainer through here too)."""
     from trl.experimental.orpo import ORPOConfig
 
     return ORPOConfig(
+        **passed_to(train, "trl"),
         output_dir=output_dir,
         run_name=run_name,
-        num_train_epochs=float(train["epochs"]),
-        max_steps=int(train["max_steps"]) if train["max_steps"] else -1,
-        per_device_train_batch_size=int(train["per_device_batch_size"]),
-        gradient_accumulation_steps=int(train["gradient_accumulation_steps"]),
-        learning_rate=float(train["learning_rate"]),
-        lr_scheduler_type=str(train["lr_scheduler"]),
-        warmup_steps=float(train["warmup"]),
-        beta=float(train["beta"]),
-        max_length=int(train["max_length"]),
-        logging_steps=int(train["logging_steps"]),
+        max_steps=train.max_steps or -1,
         save_strategy="steps",
-        save_steps=int(train["save_steps"]),
-        save_total_limit=int(train["save_total_limit"]),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=bool(train["gradient_checkpointing"]),
         deepspeed=deepspeed,
         # DeepSpeed wraps torch's AdamW. The fused one needs each parameter's step count on the GPU, and a
         # universal checkpoint (a resume on another GPU count) restores it on the CPU ("state_steps is on
@@ -153,13 +146,11 @@ def orpo_config(train: dict[str, Any], output_dir: str, run_name: str, precision
     )
 
 
-def lora_config(train: dict[str, Any]) -> Any:
+def lora_config(lora: Lora) -> Any:
     """The PEFT LoRA adapter ORPO trains (the base model stays frozen)."""
     from peft import LoraConfig
 
-    lora = train["lora"]
-    return LoraConfig(r=int(lora["r"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
+    return LoraConfig(**passed_to(lora, "peft"), task_type="CAUSAL_LM")
 
 
 def run_train(task: ShardTask) -> dict[str, Any]:
@@ -171,36 +162,36 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     from pipeline.train.pairs import load_pairs
 
     config = task.config
-    train = config["train"]
+    train = build(TrainSettings, config["train"])
     name = task.unit.part
-    key = next(k for k in train["models"] if display_name(config["models"][k]) == name)
+    key = next(k for k in train.models if display_name(config["models"][k]) == name)
     folder = task.run.stage_dir("train") / name
     if (folder / DONE_FILE).exists():
         log.info("%s: already trained (%s)", name, folder / DONE_FILE)
         return json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
     torch.set_num_threads(task.threads)
-    deepspeed = deepspeed_config(train["deepspeed"])
+    deepspeed = deepspeed_config(train.deepspeed)
     rank, world, local_rank = _distributed(deepspeed)
     device = _device(local_rank, world)
-    precision = pick_precision(str(train["precision"]), device)
+    precision = pick_precision(train.precision, device)
     pin_attention_backend(device)
     spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
-    model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, bool(train["load_in_4bit"]))
+    model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, train.load_in_4bit)
     dataset, info = load_pairs(config)
     checkpoints = folder / "checkpoints"
     last = latest_checkpoint(checkpoints)
     if rank == 0:
         rewind_metrics(folder / "metrics.jsonl", checkpoint_step(last))
-    batch, accumulation = keep_global_batch(folder, int(train["per_device_batch_size"]), int(train["gradient_accumulation_steps"]),
+    batch, accumulation = keep_global_batch(folder, train.per_device_train_batch_size, train.gradient_accumulation_steps,
                                             world, resuming=last is not None, write=rank == 0)
-    train = {**train, "per_device_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    train = replace(train, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
     log.info("%s: %d pairs (%d mined), %s, %d process(es), deepspeed %s, resume from %s",
-             name, info["pairs"], info["mined_rejected"], precision, world, train["deepspeed"], last.name if last else "step 0")
+             name, info["pairs"], info["mined_rejected"], precision, world, train.deepspeed, last.name if last else "step 0")
     args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
                        device, int(config["seed"]),
                        report_to=_wandb(train, folder), world=world)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=lora_config(train), callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
+                          peft_config=lora_config(train.lora), callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     trainer.save_model(str(folder))
@@ -218,8 +209,8 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "global_batch": batch * accumulation * world,
         "per_device_batch_size": batch,
         "gradient_accumulation_steps": accumulation,
-        "deepspeed": train["deepspeed"],
-        "load_in_4bit": bool(train["load_in_4bit"]),
+        "deepspeed": train.deepspeed,
+        "load_in_4bit": train.load_in_4bit,
         "train_loss": round(float(result.training_loss), 4),
         "peak_memory_gib": peak_memory_gib(device),
         "seconds": round(time.perf_counter() - started, 1),

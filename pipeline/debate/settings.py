@@ -1,0 +1,80 @@
+"""The debate stage's settings (``debate.*``): each knob once, with its type, default, help and range."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.engine import ENGINES, KERNELS
+from pipeline.settings import knob, section
+
+SPEAKERS = ("a", "b")
+
+SOLVE_PROMPT = (
+    "Solve the following math problem step by step, in words and arithmetic (no code): write out every calculation "
+    "before its result. After the reasoning, end with a last line of the form \"#### <number>\" (the number alone, "
+    "no units).\n\nProblem: {question}"
+)
+REVIEW_PROMPT = (
+    "Another agent's solution to the same problem follows. It may be wrong.\n\n{other}\n\nDo not copy their answer. "
+    "Solve the problem again yourself, step by step, in words and arithmetic (no code), recomputing every number; if "
+    "your result differs from theirs, say which step of theirs is wrong. End with a last line of the form \"#### <number>\"."
+)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The messages. The prompts ask for the working before the answer, and ask a reviewer to recompute rather
+    than trust: with a bare "end with #### N", small models answer with the number alone, and in review echo the
+    other model's number (agreement by copying; the reducer's agreement table tells it from correction)."""
+
+    solve: str = knob(SOLVE_PROMPT, "A model's first message; {question} is the problem.")
+    review: str = knob(REVIEW_PROMPT, "How the other model's reply is quoted to a model; {other} is that reply.")
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Baselines run in the same engine and land in the same table."""
+
+    solo: bool = knob(True, "Each model alone: its answer to the problem with no other model in the loop.")
+    vote_k: int | None = knob(None, "Majority vote over k sampled answers per model; null: the debate's full turn "
+                                    "budget (2 x max_rounds), so a vote spends as many generations as a debate run to the end.",
+                              minimum=1)
+    vote_temperature: float = knob(0.7, "Sampling temperature of the vote's answers.", minimum=0.0)
+    vote_models: tuple[str, ...] = knob(["a", "b"], "Which models get a vote row ([] turns the vote off).", choices=SPEAKERS)
+
+
+@dataclass(frozen=True)
+class DebateSettings:
+    """Two models take turns on each problem. A round is one turn of model a then one of model b; the debate
+    stops when both models' latest answers agree numerically, or after ``max_rounds``."""
+
+    max_rounds: int = knob(3, "Rounds at most (a round: model a's turn, then model b's).", minimum=1)
+    max_new_tokens: int = knob(256, "Tokens a model may write in one turn; generation also stops on each model's "
+                                    "end-of-turn tokens.", minimum=1)
+    temperature: float = knob(0.0, "0 = greedy. Above 0: seeded sampling per row (see `seed`).", minimum=0.0)
+    batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
+                                "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1)
+    engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
+                               "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
+                               "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
+    cuda_graphs: bool = knob(True, "Static engine: replay each decode step as a CUDA graph (GPU only); off = the same "
+                                   "kernels launched one by one (for debugging).")
+    kernels: str = knob("auto", "Static engine: triton (fused Triton kernels; compute capability 8.0+, not a V100), "
+                                "torch (PyTorch's kernels), or auto (triton wherever it can run).", choices=KERNELS)
+    reuse_kv: bool = knob(True, "Static engine: a turn starts from the KV cache of the model's previous turn and "
+                                "prefills only the new messages.")
+    prefill_tokens: int = knob(16384, "Static engine: prompts are prefilled in groups of rows of at most this many "
+                                      "tokens (bounds the activation memory of long prompts).", minimum=1)
+    devices: str = knob("auto", "Where the two models sit: shared (both on the job's first GPU), split (model a on the "
+                                "first GPU, model b on the second: the job needs two), or auto (split when the job "
+                                "sees two GPUs or more, else shared).", choices=("auto", "shared", "split"))
+    final_answer: str = knob("last", "The answer of a debate that did not converge: the last turn's (last), or "
+                                     "model a's / b's.", choices=("last", *SPEAKERS))
+    system_prompt: str | None = knob(None, "A system message before every conversation (null: none).")
+    prompts: Prompts = section(Prompts, "The messages.")
+    baselines: Baselines = section(Baselines, "The baselines.")
+
+    @property
+    def vote_samples(self) -> int:
+        """k of the vote: ``baselines.vote_k``, or the debate's full turn budget."""
+        return self.baselines.vote_k or 2 * self.max_rounds
