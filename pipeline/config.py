@@ -103,8 +103,9 @@ def _sibling_keys(dotted: str, sections: Sections) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _check_same_shape(value: Any, default: Any, where: str) -> None:
-    """Rejects keys the defaults do not have and values whose type differs from the default's."""
+def _check_same_shape(value: Any, default: Any, where: str, loose: frozenset[str]) -> None:
+    """Rejects keys the defaults do not have and values whose type differs from the default's (``loose``
+    keys take a value of more than one type: their stage checks them)."""
     if isinstance(default, DictConfig):
         if not isinstance(value, DictConfig):
             raise ConfigError(f"{where}={_show(value)}: must be a mapping of keys {', '.join(sorted(default))}")
@@ -112,9 +113,9 @@ def _check_same_shape(value: Any, default: Any, where: str) -> None:
         if extra and where not in _FREE_MAPPINGS:
             raise ConfigError(f"unknown key '{where + '.' if where else ''}{extra[0]}'; valid keys here: {', '.join(sorted(default))}")
         for key in default:
-            _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key))
+            _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key), loose)
         return
-    if default is None or where in _FREE_MAPPINGS or where in _ANY_SCALAR:
+    if default is None or where in _FREE_MAPPINGS or where in loose:
         return
     expected = _type_name(default)
     ok = {
@@ -131,8 +132,6 @@ def _check_same_shape(value: Any, default: Any, where: str) -> None:
 
 # Keys whose content is free-form (passed through to another tool), so any sub-key is valid there.
 _FREE_MAPPINGS = {"cluster.additional"}
-# Keys that take a number or a word (checked by their stage's validation).
-_ANY_SCALAR = {"eval.batch_size"}
 
 
 def _type_name(default: Any) -> str:
@@ -225,9 +224,10 @@ def check_given_once(overrides: list[str]) -> None:
         seen[key] = override
 
 
-def load_config(overrides: list[str], sections: Sections) -> DictConfig:
+def load_config(overrides: list[str], sections: Sections, loose: frozenset[str] = frozenset()) -> DictConfig:
     """Composes ``configs/`` and the sections' defaults with the overrides and validates the common keys
-    (those of no stage) that do not need data or models; each stage checks its own section."""
+    (those of no stage) that do not need data or models; each stage checks its own section (``loose``: its
+    keys that take a value of more than one type, e.g. a number or ``auto``)."""
     _check_override_forms(overrides)
     try:
         cfg = _compose(list(overrides), sections)
@@ -238,7 +238,7 @@ def load_config(overrides: list[str], sections: Sections) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve the config: {_first_line(str(err))}") from None
     group_choices = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
-    _check_same_shape(cfg, _compose(group_choices, sections), "")
+    _check_same_shape(cfg, _compose(group_choices, sections), "", loose)
     _validate_values(cfg)
     return cfg
 

@@ -10,6 +10,7 @@ setting under that library's name says so (``passes_to``) and reaches it as is.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Iterable, Mapping, TypeVar
@@ -44,18 +45,13 @@ def knob(default: Any, help: str, **limits: Any) -> Any:
     if "choices" in limits:
         limits["choices"] = tuple(limits["choices"])
     meta = {"knob": Knob(help=help, **limits)}
-    if isinstance(default, (list, dict)) or is_dataclass(default):
-        return field(default_factory=lambda: _copy(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    # A list setting is a tuple in the frozen object (and a list again in the composed config).
+    return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
 
 
 def section(cls: type[T], help: str) -> Any:
     """A nested section (``debate.prompts``), with its defaults."""
     return field(default_factory=cls, metadata={"knob": Knob(help=help)})
-
-
-def _copy(value: Any) -> Any:
-    return dataclasses.replace(value) if is_dataclass(value) else type(value)(value)
 
 
 def _knob(f: dataclasses.Field) -> Knob:
@@ -88,12 +84,25 @@ def defaults(cls: type) -> dict[str, Any]:
     return out
 
 
+def loose_keys(cls: type, prefix: str) -> set[str]:
+    """The section's keys typed as a union of several types (``int | str``: a number or ``auto``), which a
+    check against the default's type would refuse."""
+    hints, keys = _types(cls), set()
+    for f in fields(cls):
+        key, tp = f"{prefix}.{f.name}", hints[f.name]
+        if _is_section(tp):
+            keys |= loose_keys(tp, key)
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType) and len([a for a in typing.get_args(tp) if a is not type(None)]) > 1:
+            keys.add(key)
+    return keys
+
+
 def check(cfg: DictConfig, prefix: str, cls: type) -> None:
     """Checks every field of the section at ``prefix`` against its type and limits (types were checked against
     the defaults when the config was composed; here: ranges, choices, lists)."""
-    types = _types(cls)
+    hints = _types(cls)
     for f in fields(cls):
-        key, tp = f"{prefix}.{f.name}", types[f.name]
+        key, tp = f"{prefix}.{f.name}", hints[f.name]
         if _is_section(tp):
             check(cfg, key, tp)
             continue
@@ -135,10 +144,10 @@ def build(cls: type[T], node: Mapping[str, Any] | DictConfig) -> T:
     their dataclasses."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
-    types = _types(cls)
+    hints = _types(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):
-        value, tp = node[f.name], types[f.name]
+        value, tp = node[f.name], hints[f.name]
         if _is_section(tp):
             value = build(tp, value)
         elif isinstance(value, list):
@@ -157,11 +166,11 @@ def passed_to(settings: Any, library: str) -> dict[str, Any]:
 
 def describe(cls: type, prefix: str) -> Iterable[tuple[str, str, str]]:
     """(key, default, help) for every setting of the section, nested ones included (``--help <section>``)."""
-    types = _types(cls)
+    hints = _types(cls)
     for f in fields(cls):
         key = f"{prefix}.{f.name}"
-        if _is_section(types[f.name]):
-            yield from describe(types[f.name], key)
+        if _is_section(hints[f.name]):
+            yield from describe(hints[f.name], key)
             continue
         k = _knob(f)
         default = f.default_factory() if f.default is MISSING else f.default

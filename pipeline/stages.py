@@ -11,12 +11,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline import config, debate, harness, train
-from pipeline.settings import defaults
+from pipeline.settings import defaults, loose_keys
 from pipeline.stage import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (debate.STAGE, harness.STAGE, train.STAGE)}
 # Each stage's section of the config (``debate.*``, ``eval.*``, ``train.*``): its settings' defaults.
 SECTIONS = {name: defaults(stage.settings) for name, stage in STAGES.items() if stage.settings is not None}
+LOOSE = frozenset(key for name, stage in STAGES.items() if stage.settings is not None for key in loose_keys(stage.settings, name))
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.
 CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("debate", "debate"))
@@ -24,7 +25,7 @@ CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("deb
 
 def load_config(overrides: list[str]) -> DictConfig:
     """``configs/`` and the stages' sections composed with the overrides; the common keys checked."""
-    return config.load_config(overrides, SECTIONS)
+    return config.load_config(overrides, SECTIONS, LOOSE)
 
 
 def load_defaults() -> DictConfig:
