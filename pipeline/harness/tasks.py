@@ -50,6 +50,7 @@ def task_config(name: str, data_dir: Path, split: str) -> dict[str, Any]:
 
 
 def is_vendored(name: str) -> bool:
+    """A task of ``configs/lm_eval_tasks/``: it reads the vendored GSM8K, and its name wins over lm-eval's own."""
     return (TASKS_DIR / f"{name}.yaml").is_file()
 
 
