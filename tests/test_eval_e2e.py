@@ -133,3 +133,41 @@ def test_a_missing_adapter_is_refused_before_anything_is_submitted(results: Path
     assert code == 2
     assert capsys.readouterr().err.startswith("error: models.a=/nowhere/adapter: no such model folder")
     assert list(results.iterdir()) == []
+
+
+def test_lm_eval_settings_and_a_task_folder(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture) -> None:
+    """lm-eval's CLI settings reach lm-eval and its saved results; a task folder's task (a copy of the vendored
+    gsm8k under another name) runs sharded beside it, gives the same records, and a resume with other
+    settings is refused."""
+    import yaml
+
+    task = yaml.safe_load((ROOT / "configs/lm_eval_tasks/gsm8k.yaml").read_text())
+    data = ROOT / "pipeline/assets/gsm8k"
+    task.update(task="gsm8k_copy", dataset_kwargs={"data_files": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl")}})
+    del task["metadata"]["run"]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "copy.yaml").write_text(yaml.safe_dump(task))
+    settings = ["eval.num_fewshot=0", "eval.gen_kwargs={temperature:0,do_sample:false,until:['Question:']}",
+                "eval.system_instruction='Answer with #### and the number.'", "eval.apply_chat_template=true",
+                "eval.fewshot_as_multiturn=true"]
+    args = eval_overrides(results, "tasks=[gsm8k,gsm8k_copy]", f"eval.include_path={tmp_path / 'tasks'}", "eval.models=[b]",
+                          "limit=3", "shards=2", "cluster=debug", "run_id=settings", *settings)
+    info = submit(args)
+    assert info["result"]["complete"]
+    run_dir = results / "settings"
+    vendored, copied = _records(run_dir, "b/gsm8k"), _records(run_dir, "b/gsm8k_copy")
+    assert [r["index"] for r in copied] == [0, 1, 2]
+    assert [(r["prompt"], r["response"], r["correct"]) for r in vendored] == [(r["prompt"], r["response"], r["correct"]) for r in copied]
+    for r in copied:
+        assert r["prompt"].startswith("<|im_start|>system\nAnswer with #### and the number.")
+        assert r["prompt"].count("Question: ") == 1, "zero-shot"
+    saved = json.loads(sorted((run_dir / "eval" / "b" / "gsm8k_copy").glob("shard-*.lm_eval/results-*.json"))[0].read_text())
+    assert saved["n-shot"] == {"gsm8k_copy": 0}
+    assert saved["config"]["gen_kwargs"] == {"temperature": 0, "do_sample": False, "until": ["Question:"], "max_gen_toks": 48}
+    assert saved["config"]["model_args"] == {"pretrained": "tiny-qwen2", "dtype": "float32"}
+    assert saved["system_instruction"] == "Answer with #### and the number." and saved["system_instruction_sha"]
+    assert saved["fewshot_as_multiturn"] is True and "<|im_start|>" in saved["chat_template"] and saved["chat_template_sha"]
+    assert saved["task_hashes"]["gsm8k_copy"]
+    capsys.readouterr()
+    assert main(["run_id=settings", f"results_dir={results}", "eval.num_fewshot=1"]) == 2
+    assert "run settings was made with eval.num_fewshot=0 (this submission: 1)" in capsys.readouterr().err

@@ -7,6 +7,7 @@ models x tasks x shards, and each array task runs lm-eval on its slice of the te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.settings import knob
 
@@ -28,6 +29,20 @@ class EvalSettings:
                                 "work a killed job loses; keep it a few times the batch size.", minimum=1)
     max_gen_toks: int | None = knob(None, "Tokens a model may generate per question; null: the task's own (gsm8k 256, "
                                           "gsm8k_cot_llama 1024).", minimum=1)
-    apply_chat_template: bool | None = knob(None, "lm-eval's run option; null: the task's own "
-                                                  "(configs/lm_eval_tasks/<task>.yaml, metadata.run).")
-    fewshot_as_multiturn: bool | None = knob(None, "lm-eval's run option; null: the task's own.")
+    gen_kwargs: dict[str, Any] | None = knob(None, "lm-eval's --gen_kwargs: generation settings laid over each task's "
+                                                   "generation_kwargs, e.g. eval.gen_kwargs={temperature:0.7,do_sample:true,"
+                                                   "top_p:0.95,until:['Question:']}: any key of lm-eval's (until, do_sample, "
+                                                   "temperature) or of transformers' GenerationConfig; the generation length "
+                                                   "is eval.max_gen_toks. null: the task's own.")
+    num_fewshot: int | None = knob(None, "lm-eval's --num_fewshot: few-shot examples per question (0: zero-shot); null: "
+                                         "the task's own (gsm8k 5, gsm8k_cot_llama 8). As in lm-eval, a task whose own "
+                                         "count is 0 stays zero-shot.", minimum=0)
+    system_instruction: str | None = knob(None, "lm-eval's --system_instruction: a system message put before every "
+                                                "prompt; null: none.")
+    apply_chat_template: bool | None = knob(None, "lm-eval's --apply_chat_template; null: the task's own (the vendored "
+                                                  "tasks: configs/lm_eval_tasks/<task>.yaml, metadata.run; other tasks: "
+                                                  "lm-eval's default, no chat).")
+    fewshot_as_multiturn: bool | None = knob(None, "lm-eval's --fewshot_as_multiturn; null: the task's own (other tasks: "
+                                                   "few-shot examples as turns whenever the chat template is applied).")
+    include_path: str | None = knob(None, "lm-eval's --include_path: a folder of task YAMLs whose tasks `tasks=` may "
+                                          "name; null: none.")

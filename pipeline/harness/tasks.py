@@ -4,6 +4,7 @@ The YAMLs mirror lm-eval's own task files but name no hub dataset: ``dataset_pat
 files are filled in here from ``data.path`` / ``data.split``, so no task ever reaches the hub. What lm-eval
 takes as run options rather than task config (``apply_chat_template``, ``fewshot_as_multiturn``) sits
 under the task's ``metadata.run`` and can be overridden for every task with ``eval.<option>=true|false``.
+Any other task name is lm-eval's own or a task folder's (``pipeline/harness/other_tasks.py``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,19 @@ def task_config(name: str, data_dir: Path, split: str) -> dict[str, Any]:
     return config
 
 
+def is_vendored(name: str) -> bool:
+    """A task of ``configs/lm_eval_tasks/``: it reads the vendored GSM8K, and its name wins over lm-eval's own."""
+    return (TASKS_DIR / f"{name}.yaml").is_file()
+
+
 def run_options(name: str, overrides: dict[str, Any]) -> dict[str, bool]:
-    """``apply_chat_template`` and ``fewshot_as_multiturn`` for a task: its YAML's, unless the config sets them."""
-    own = _load(name).get("metadata", {}).get("run", {})
-    options = {key: bool(overrides.get(key) if overrides.get(key) is not None else own.get(key, False)) for key in RUN_OPTIONS}
+    """``apply_chat_template`` and ``fewshot_as_multiturn`` for a task: the config's, else a vendored task's
+    YAML's, else lm-eval's CLI defaults (no chat template; few-shot examples as turns when there is one)."""
+    own = _load(name).get("metadata", {}).get("run", {}) if is_vendored(name) else {}
+    chat = overrides.get("apply_chat_template")
+    chat = bool(own.get("apply_chat_template", False) if chat is None else chat)
+    turns = overrides.get("fewshot_as_multiturn")
+    options = {"apply_chat_template": chat, "fewshot_as_multiturn": bool(own.get("fewshot_as_multiturn", chat) if turns is None else turns)}
     if options["fewshot_as_multiturn"] and not options["apply_chat_template"]:
         raise ConfigError(f"task {name}: fewshot_as_multiturn needs apply_chat_template (lm-eval refuses it otherwise)")
     return options

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
+from pipeline.harness.tasks import is_vendored
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
@@ -19,11 +20,20 @@ def questions(config: dict[str, Any]) -> list:
     return load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
 
 
+def documents(config: dict[str, Any], task: str) -> int:
+    """How many of a task's documents are evaluated: a vendored task's first ``limit`` questions; another
+    task's first ``limit`` documents, or with ``limit=null`` as many as data.split has (the submitter refuses
+    such a task unless its count is that)."""
+    if is_vendored(task) or config["limit"] is None:
+        return len(questions(config))
+    return int(config["limit"])
+
+
 def eval_units(config: dict[str, Any]) -> list[Unit]:
-    """The eval array: model x task x shard, each shard a contiguous slice of the first ``limit`` questions."""
-    total, shards = len(questions(config)), int(config["shards"])
+    """The eval array: model x task x shard, each shard a contiguous slice of the task's first documents."""
+    shards = int(config["shards"])
     return [
-        Unit(f"{model}/{task}", s, shards, tuple(shard_slice(total, s, shards)))
+        Unit(f"{model}/{task}", s, shards, tuple(shard_slice(documents(config, task), s, shards)))
         for model in config["eval"]["models"]
         for task in config["tasks"]
         for s in range(shards)
@@ -33,16 +43,21 @@ def eval_units(config: dict[str, Any]) -> list[Unit]:
 # What every eval record holds (what the reducer reads).
 RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracted", "correct", "seconds")
 
+# lm-eval settings that change a task's records, beside the generation length and the chat options.
+RESULT_SETTINGS = ("gen_kwargs", "num_fewshot", "system_instruction", "include_path")
+
 
 def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
     """The eval records' keys and the fingerprint of what decides one part's records: its model and the
-    precision, the data, the seed and the generation settings (not the batch or chunk sizes)."""
+    precision, the data, the seed and the lm-eval settings (not the batch or chunk sizes). The settings added
+    later (``RESULT_SETTINGS``) count only when set, so a run made before them still resumes."""
     key, task = unit.part.split("/")
     ev = config["eval"]
     settings = {
         "data": config["data"]["split"], "model": config["models"][key], "dtype": config["models"]["dtype"], "task": task,
         "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
     }
+    settings["eval"].update({k: ev[k] for k in RESULT_SETTINGS if ev.get(k) is not None and (k != "include_path" or not is_vendored(task))})
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
