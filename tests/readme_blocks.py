@@ -19,8 +19,8 @@ def block(name: str) -> str:
 
 def _line_shape(line: str) -> str:
     line = re.sub(r"(?<![\w.])/\S+", "PATH", line)  # absolute paths differ between machines and temporary folders
+    line = re.sub(r"\b(\d+h)?\d+m\d*s?\b|\b\d+s\b", "TIME", line)  # 45s, 2m10s, 1h05m (progress.format_duration): a loaded machine is slower
     line = re.sub(r"\b\d+_\d+\b", "JOB", line)  # SLURM array task ids
-    line = re.sub(r"\b\d+(h\d+m|m\d+s|s)\b", "TIME", line)  # 45s, 1m05s, 1h05m: a loaded machine takes longer
     line = re.sub(r"\d+(\.\d+)?", "N", line)
     line = re.sub(r"#+", "#", line)
     line = re.sub(r"-{3,}", "---", line)

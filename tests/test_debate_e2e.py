@@ -72,6 +72,30 @@ def test_reducer_wrote_tables_plot_and_log(local_run: dict) -> None:
     assert log.count("==== run e2e |") == 1 and "--- problem 15 |" in log
 
 
+def test_the_table_reads_pass_and_mean_off_the_votes_samples(local_run: dict) -> None:
+    """pass@3 and mean@3 rows with n and an interval beside each vote, recomputed here from the shards'
+    samples, and the curve of all three against j = 1..3 as a PNG."""
+    from pipeline.answers import same_answer
+
+    run = local_run["run"]
+    records = sorted(_records(run), key=lambda r: r["index"])
+    rows = {m["method"]: m for m in json.loads((run / "debate_accuracy.json").read_text())["methods"]}
+    table = local_run["info"]["result"]["table"]
+    for key, label in (("a", "tiny-llama"), ("b", "tiny-qwen2")):
+        right = [[same_answer(s, r["gold"]) for s in r["vote"][key]["samples"]] for r in records]
+        any_right = sum(any(flags) for flags in right)
+        pass_row, mean_row = rows[f"{label} pass@3"], rows[f"{label} mean@3"]
+        assert (pass_row["correct"], pass_row["n"]) == (any_right, 16)
+        assert mean_row["accuracy"] == round(sum(sum(f) / 3 for f in right) / 16, 4) and mean_row["n"] == 16
+        for row in (pass_row, mean_row):
+            assert row["ci95_low"] <= row["accuracy"] <= row["ci95_high"] and row["ci95_high"] > 0
+            assert f"| {row['method']} | {100 * row['accuracy']:.1f}% | {100 * row['ci95_low']:.1f}% - {100 * row['ci95_high']:.1f}% | {row['correct']} / 16 |" in table
+        assert pass_row["accuracy"] >= rows[f"{label} majority vote (k=3)"]["accuracy"]
+    curves = json.loads((run / "debate_accuracy.json").read_text())["sampling"]
+    assert [(c["model"], c["k"], len(c["points"])) for c in curves] == [("a", 3, 9), ("b", 3, 9)]
+    assert (run / "debate_vote_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_reducer_is_idempotent_and_logs_once_even_when_racing(local_run: dict) -> None:
     run = local_run["run"]
     before = {p.name: p.read_bytes() for p in run.glob("debate_accuracy.*") if p.suffix != ".png"}

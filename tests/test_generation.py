@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.data import load_problems
-from pipeline.debate.engine import majority
+from pipeline.debate.vote import majority
 from pipeline.engine.generation import generate_chat
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import load_chat_model, stop_token_ids

@@ -186,7 +186,7 @@ def test_plots_are_scaled_to_their_data_and_titled() -> None:
 
     low = {"accuracy": 0.02, "ci95_low": 0.005, "ci95_high": 0.07}
     summary = {"per_round": [{"method": "after round 1", **low}], "n": 100, "models": {"a": "x", "b": "y + adapter (r/train/y)"},
-               "methods": [{"method": "debate", **low}, {"method": "x alone", "accuracy": 0.03}]}
+               "methods": [{"method": "debate", "kind": "method", **low}, {"method": "x alone", "kind": "method", "accuracy": 0.03}]}
     ax = rounds_figure(summary, "r1").axes[0]
     assert 0.07 < ax.get_ylim()[1] < 0.1
     assert "run r1, n=100" in ax.get_title() and "y + adapter (r/train/y)" in ax.get_title()

@@ -10,7 +10,6 @@ majority vote of k sampled answers per model.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,6 +17,7 @@ from pipeline import progress
 from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
 from pipeline.debate.settings import SPEAKERS, DebateSettings
+from pipeline.debate.vote import majority
 from pipeline.engine.generation import Completion, Message, generate_chat
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import ChatModel
@@ -70,22 +70,6 @@ def _turn(speaker: str, model: ChatModel, round_no: int, completion: Completion)
         "seconds": round(completion.seconds, 4),
         "stopped": completion.stopped,
     }
-
-
-def majority(answers: Sequence[str | None]) -> str | None:
-    """The most frequent parsable answer; ties go to the one seen first. None when no answer parses."""
-    counts: Counter[str] = Counter()
-    first: dict[str, str] = {}
-    for answer in answers:
-        if answer is None:
-            continue
-        key = next((k for k in first if same_answer(k, answer)), answer)
-        first.setdefault(key, answer)
-        counts[key] += 1
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(first[k] for k in first if counts[k] == best)
 
 
 class DebateEngine:

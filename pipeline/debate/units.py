@@ -49,4 +49,4 @@ def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
 
 # The reducer's main table and its plots in the run folder, with {where} (the step's folder).
 TABLE = "{where}_accuracy.md"
-PLOTS = ("{where}_accuracy_per_round.png",)
+PLOTS = ("{where}_accuracy_per_round.png", "{where}_vote_curve.png")

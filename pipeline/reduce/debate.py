@@ -22,24 +22,23 @@ from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
-from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+from pipeline.reduce.sampling import scores_at, score_summary, vote_curve
+from pipeline.reduce.stats import mcnemar_exact
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 
 log = logging.getLogger(__name__)
 
 
-def _row(method: str, correct: Iterable[bool], tokens: Iterable[int], seconds: Iterable[float]) -> dict[str, Any]:
-    flags, toks, secs = list(correct), list(tokens), list(seconds)
-    n, k = len(flags), sum(flags)
-    low, high = wilson_interval(k, n)
+def _row(method: str, scores: Iterable[float], tokens: Iterable[int], seconds: Iterable[float], kind: str = "method") -> dict[str, Any]:
+    """A table row: per-question scores (1 right, 0 wrong; a fraction for mean@k) as accuracy with n and its
+    95% interval. ``kind``: ``method`` (one answer per question) or ``sampling`` (read off a vote's samples)."""
+    scores, toks, secs = list(scores), list(tokens), list(seconds)
+    n = len(scores)
     return {
         "method": method,
-        "accuracy": round(k / n, 4) if n else 0.0,
-        "ci95_low": round(low, 4),
-        "ci95_high": round(high, 4),
-        "correct": k,
-        "n": n,
+        "kind": kind,
+        **score_summary(scores),
         "tokens_per_question": round(sum(toks) / n, 1) if n else 0.0,
         "seconds_per_question": round(sum(secs) / n, 3) if n else 0.0,
     }
@@ -55,18 +54,46 @@ def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> str 
     return next(t["answer"] for t in reversed(turns) if t["model"] == rule)
 
 
+def solo_method(label: str) -> str:
+    """A model-alone row's name."""
+    return f"{label} alone"
+
+
+def vote_method(label: str, k: int) -> str:
+    """The vote row's name (the paired tests and the outcomes file name it too)."""
+    return f"{label} majority vote (k={k})"
+
+
 def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
     """Each baseline's method name with its entry (answer, correct, tokens, seconds) per question index."""
     out = []
     for key in ("a", "b"):
         solo = {r["index"]: r["solo"][key] for r in records if key in r["solo"]}
         if solo:
-            out.append((f"{models[key]} alone", solo))
+            out.append((solo_method(models[key]), solo))
     for key in debate["baselines"]["vote_models"]:
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
-            k = len(next(iter(votes.values()))["samples"])
-            out.append((f"{models[key]} majority vote (k={k})", votes))
+            out.append((vote_method(models[key], len(next(iter(votes.values()))["samples"])), votes))
+    return out
+
+
+def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+    """Per voting model, read off its k samples: its vote row's name, the pass@k and mean@k rows of the table
+    (at the vote's cost: no generation of their own) and the majority@j, pass@j, mean@j curve for j = 1..k."""
+    out = []
+    for key in debate["baselines"]["vote_models"]:
+        mine = [r for r in records if key in r["vote"]]
+        if not mine:
+            continue
+        samples = [r["vote"][key]["samples"] for r in mine]
+        golds = [r["gold"] for r in mine]
+        k = min(len(s) for s in samples)
+        scores = scores_at(samples, golds, k)
+        cost = ([r["vote"][key]["tokens"] for r in mine], [r["vote"][key]["seconds"] for r in mine])
+        rows = [_row(f"{models[key]} {metric}@{k}", scores[metric], *cost, kind="sampling") for metric in ("pass", "mean")]
+        curve = {"model": key, "label": models[key], "k": k, "n": len(mine), "points": vote_curve(samples, golds)}
+        out.append((vote_method(models[key], k), rows, curve))
     return out
 
 
@@ -138,16 +165,19 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
     debate = config["debate"]
     rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
     paired = []
+    sampled = {vote: (extra, curve) for vote, extra, curve in sampling(records, models, debate)}
     for method, entries in baselines(records, models, debate):
         mine = list(entries.values())
         rows.append(_row(method, (e["correct"] for e in mine), (e["tokens"] for e in mine), (e["seconds"] for e in mine)))
         paired.append(_paired(records, method, entries))
+        if method in sampled:
+            rows += sampled[method][0]
     per_round = []
     for round_no in range(1, int(debate["max_rounds"]) + 1):
         flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"]), r["gold"]) for r in records]
         row = _row(f"after round {round_no}", flags, [], [])
         row["still_open"] = sum(r["rounds"] > round_no for r in records)
-        per_round.append({k: v for k, v in row.items() if not k.endswith("per_question")})
+        per_round.append({k: v for k, v in row.items() if not k.endswith("per_question") and k != "kind"})
     first_right = [same_answer(r["first_answers"]["a"], r["gold"]) for r in records]
     n = len(records)
     return {
@@ -161,6 +191,7 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
             "unparsable_final_answers": sum(r["final_answer"] is None for r in records),
         },
         "paired": paired,
+        "sampling": [curve for _, curve in sampled.values()],
         "agreement": agreement(records),
         "models": {"a": models["a"], "b": models["b"]},
         "n": n,
@@ -233,6 +264,17 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         "not the time it would take alone.",
         "",
     ]
+    if summary["sampling"]:
+        lines += [
+            "pass@k and mean@k are read off the vote's k samples (the vote's cost; no generation of their own). pass@k: "
+            "the unbiased estimator 1 - C(n-c, k) / C(n, k) of at least one of k samples right, c right of n; at k = n, "
+            "whether any sample is right: the ceiling of any way of combining them. mean@k: the accuracy of one sample, "
+            "the mean over questions of the fraction of its k samples right (correct: those fractions summed); its 95% "
+            "CI is the normal interval over the questions' fractions (Wilson's where each is 0 or 1). Every other 95% "
+            "CI: Wilson's. The vote-curve plot beside this table draws them for j = 1..k samples: pass@j by the estimator, "
+            "mean@j (the same at every j), majority@j over the first j samples (ties to the answer seen first).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -257,7 +299,8 @@ def rounds_figure(summary: dict[str, Any], run_id: str) -> Any:
     err = [[y - r["ci95_low"] for y, r in zip(ys, rounds)], [r["ci95_high"] - y for y, r in zip(ys, rounds)]]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label="debate (stopped after round r)")
-    for i, row in enumerate(summary["methods"][1:]):
+    # The methods' rows only: pass@k and mean@k are the vote-curve plot's.
+    for i, row in enumerate(r for r in summary["methods"][1:] if r["kind"] == "method"):
         ax.axhline(row["accuracy"], linestyle=("--", ":", "-.", (0, (5, 1)))[i % 4], color=f"C{i + 1}", label=row["method"])
     ax.set_xticks(xs)
     ax.set_xlabel("round")
@@ -266,6 +309,45 @@ def rounds_figure(summary: dict[str, Any], run_id: str) -> Any:
                  f"a = {summary['models']['a']}, b = {summary['models']['b']}", fontsize=8)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def vote_curve_figure(summary: dict[str, Any], run_id: str) -> Any:
+    """majority@j, pass@j and mean@j against j for each voting model, with the debate stopped after round r at
+    its 2r turns and the debate's final accuracy and each model alone as lines: where debate sits on the curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120, layout="constrained")  # room for the legend below the axes
+    debate, rounds = summary["methods"][0], summary["per_round"]
+    xs = [2 * r for r in range(1, len(rounds) + 1)]
+    ys = [r["accuracy"] for r in rounds]
+    err = [[y - r["ci95_low"] for y, r in zip(ys, rounds)], [r["ci95_high"] - y for y, r in zip(ys, rounds)]]
+    ax.errorbar(xs, ys, yerr=err, marker="D", linestyle="none", capsize=4, color="C0", label="debate stopped after round r (x = 2r turns)")
+    ax.axhline(debate["accuracy"], color="C0", linewidth=1, label="debate")
+    by_name = {row["method"]: row for row in summary["methods"]}
+    curves = {curve["model"]: curve for curve in summary["sampling"]}
+    highest = [debate["accuracy"], *(r["ci95_high"] for r in rounds)]
+    for key, colour in (("a", "C1"), ("b", "C2")):
+        label = summary["models"][key]
+        solo = by_name.get(solo_method(label))
+        if solo:
+            ax.axhline(solo["accuracy"], color=colour, linestyle="-.", linewidth=1, label=solo["method"])
+            highest.append(solo["accuracy"])
+        for metric, (line, marker) in {"majority": ("-", "o"), "pass": ("--", "^"), "mean": (":", "s")}.items():
+            points = [p for p in curves[key]["points"] if p["metric"] == metric] if key in curves else []
+            if points:
+                ax.plot([p["j"] for p in points], [p["accuracy"] for p in points], linestyle=line, marker=marker, color=colour,
+                        label=f"{label} {metric}@j")
+                highest += [p["accuracy"] for p in points]
+    ax.set_xticks(range(1, max([*xs, *(c["k"] for c in curves.values())]) + 1))
+    ax.set_xlabel("generations per question: j samples of one model (vote), 2r turns (debate)")
+    accuracy_axis(ax, max(highest))
+    ax.set_title(f"Vote curve against debate, run {run_id}, n={summary['n']}\n"
+                 f"a = {summary['models']['a']}, b = {summary['models']['b']}", fontsize=8)
+    fig.legend(fontsize=6, loc="outside lower center", ncol=2)  # inside the axes it would hide the curves
     return fig
 
 
@@ -285,8 +367,8 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
 
 
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
-    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv`` and the per-round PNG; logs
-    transcripts once if complete."""
+    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG and, with a vote,
+    the vote-curve PNG; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
     by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems", lambda unit: debate_schema(config, unit))
@@ -306,6 +388,8 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(records, config)))
     write_atomic(run.root / TABLE.format(where=where), table)
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
+    if summary["sampling"]:
+        save_figure(vote_curve_figure(summary, run.run_id), run.root / PLOTS[1].format(where=where))
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))

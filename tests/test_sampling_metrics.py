@@ -1,0 +1,98 @@
+"""The vote's sampling metrics: pass@k's unbiased estimator, mean@k's interval, majority@j, and their rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.reduce.debate import markdown, summarize
+from pipeline.reduce.sampling import mean_interval, pass_at_k, score_summary, scores_at, vote_curve
+
+
+def test_pass_at_k_by_hand() -> None:
+    # 5 samples, 2 right, draw 2: the draw misses both right ones in C(3, 2) = 3 of C(5, 2) = 10 ways.
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    # One sample: the fraction right.
+    assert pass_at_k(5, 2, 1) == pytest.approx(2 / 5)
+    # All n drawn: any right.
+    assert (pass_at_k(4, 1, 4), pass_at_k(4, 0, 4)) == (1.0, 0.0)
+    # Fewer wrong samples than draws: a right one is always drawn.
+    assert pass_at_k(4, 3, 2) == 1.0
+    # 6 samples, 1 right, draw 3: 1 - C(5, 3) / C(6, 3) = 1 - 10/20.
+    assert pass_at_k(6, 1, 3) == pytest.approx(0.5)
+
+
+def test_pass_at_k_refuses_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="n=3, c=4, k=1"):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError, match="n=3, c=1, k=4"):
+        pass_at_k(3, 1, 4)
+
+
+def test_mean_interval_by_hand() -> None:
+    # Mean 0.5; the scores' sample variance (0.25 + 0 + 0.25 + 0) / 3 = 1/6; the mean's s.e. sqrt(1/6 / 4).
+    low, high = mean_interval([0.0, 0.5, 1.0, 0.5])
+    half = 1.96 * math.sqrt((0.25 + 0.25) / 3 / 4)
+    assert (low, high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    assert mean_interval([0.9, 1.0])[1] == 1.0  # clipped
+    assert mean_interval([0.5]) == (0.0, 1.0)  # one question says nothing about the spread
+
+
+def test_a_count_gets_wilson_and_a_mean_of_fractions_the_normal_interval() -> None:
+    count = score_summary([1.0, 0.0, 0.0, 0.0])
+    assert (count["interval"], count["correct"], count["n"], count["ci95_low"], count["ci95_high"]) == ("wilson", 1, 4, 0.0456, 0.6994)
+    mean = score_summary([0.25, 0.0, 0.5, 0.0])
+    assert (mean["interval"], mean["correct"], mean["n"], mean["accuracy"]) == ("normal", 0.75, 4, 0.1875)
+    assert mean["ci95_low"] < 0.1875 < mean["ci95_high"]
+
+
+# Three questions, gold 5, four samples each, in the order generated.
+SAMPLES = [["5", "6", "6", "5.0"], ["7", None, "5", "8"], ["6", "6", "6", "6"]]
+GOLDS = ["5", "5", "5"]
+
+
+def test_majority_is_over_the_first_j_samples_and_the_rest_over_all_k() -> None:
+    one = scores_at(SAMPLES, GOLDS, 1)
+    assert one["majority"] == [1.0, 0.0, 0.0]  # the first sample's verdict
+    assert one["pass"] == one["mean"] == [0.5, 0.25, 0.0]  # c / k
+    two = scores_at(SAMPLES, GOLDS, 2)
+    assert two["majority"] == [1.0, 0.0, 0.0]  # "5" and "6" tie: the one seen first wins
+    assert two["pass"] == [pytest.approx(1 - 1 / 6), pytest.approx(1 - 3 / 6), 0.0]
+    three = scores_at(SAMPLES, GOLDS, 3)
+    assert three["majority"] == [0.0, 0.0, 0.0]  # "6" twice beats "5"; the unparsable sample is never counted
+    four = scores_at(SAMPLES, GOLDS, 4)
+    assert four["majority"] == [1.0, 0.0, 0.0]  # 2-2 again, "5" (as "5.0" too) seen first
+    assert four["pass"] == [1.0, 1.0, 0.0] and four["mean"] == [0.5, 0.25, 0.0]
+    curve = vote_curve(SAMPLES, GOLDS)
+    assert [(p["metric"], p["j"]) for p in curve[:3]] == [("majority", 1), ("pass", 1), ("mean", 1)]
+    assert len(curve) == 12 and {p["n"] for p in curve} == {3}
+
+
+def _record(index: int, samples: list[str | None], correct: bool) -> dict:
+    vote = {"answer": samples[0], "samples": samples, "correct": correct, "tokens": 40, "seconds": 2.0}
+    solo = {"a": {"answer": "1", "correct": False, "tokens": 10, "seconds": 1.0}}
+    turns = [{"model": "a", "round": 1, "answer": "1", "text": "", "tokens": 10, "seconds": 1.0},
+             {"model": "b", "round": 1, "answer": "1", "text": "", "tokens": 10, "seconds": 1.0}]
+    return {"index": index, "gold": "5", "turns": turns, "final_answer": "1", "agreed": True, "rounds": 1, "correct": False,
+            "first_answers": {"a": "1", "b": "1"}, "solo": solo, "vote": {"a": vote}, "tokens": 20, "seconds": 2.0}
+
+
+def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
+    records = [_record(i, s, same) for i, (s, same) in enumerate(zip(SAMPLES, (True, False, False)))]
+    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
+    summary = summarize(records, config)
+    rows = {r["method"]: r for r in summary["methods"]}
+    assert list(rows) == ["debate", "m-a alone", "m-a majority vote (k=4)", "m-a pass@4", "m-a mean@4"]
+    assert (rows["m-a pass@4"]["correct"], rows["m-a pass@4"]["n"], rows["m-a pass@4"]["interval"]) == (2, 3, "wilson")
+    assert (rows["m-a mean@4"]["correct"], rows["m-a mean@4"]["accuracy"], rows["m-a mean@4"]["interval"]) == (0.75, 0.25, "normal")
+    assert rows["m-a pass@4"]["kind"] == "sampling" and rows["m-a majority vote (k=4)"]["kind"] == "method"
+    assert [p["against"] for p in summary["paired"]] == ["m-a alone", "m-a majority vote (k=4)"]  # no paired test of a metric
+    (curve,) = summary["sampling"]
+    assert (curve["model"], curve["k"], curve["n"]) == ("a", 4, 3)
+    majority_at_k = next(p for p in curve["points"] if p["metric"] == "majority" and p["j"] == 4)
+    assert majority_at_k["accuracy"] == rows["m-a majority vote (k=4)"]["accuracy"]
+    table = markdown(summary, "r", [])
+    assert "| m-a pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 | 40.0 | 2.0 |" in table
+    assert "| m-a mean@4 | 25.0% | " in table and " | 0.75 / 3 | 40.0 | 2.0 |" in table
+    assert "pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k)" in table
