@@ -35,10 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import PROJECT_ROOT  # noqa: E402
-from pipeline.stages import load_config  # noqa: E402
-from pipeline.stages import checked_config  # noqa: E402
+from pipeline.stages import checked_config, load_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
-from pipeline.debate.engine import DebateEngine, DebateSettings  # noqa: E402
+from pipeline.debate.engine import DebateEngine  # noqa: E402
+from pipeline.debate.settings import DebateSettings  # noqa: E402
+from pipeline.settings import build  # noqa: E402
 from pipeline.engine.generation import _DECODERS, generate_chat  # noqa: E402
 from pipeline.models.device import pick_devices, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> None:
     models = load_pair(args.models, args.dtype, devices)
     cfg = checked_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
                        f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
-    settings = DebateSettings.from_config(cfg.debate, 0)
+    settings = build(DebateSettings, cfg.debate)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
     for chat in models.values():  # warm-up: kernels, allocator, caches
@@ -137,7 +138,7 @@ def main() -> None:
     if args.mode in ("both", "batched"):
         ways.append((f"batched shard ({args.engine}, {args.devices})", replace(settings, engine=args.engine), args.questions))
     for label, way, count in ways:
-        m = results[label] = measure(DebateEngine(models, way), problems[:count])
+        m = results[label] = measure(DebateEngine(models, way, 0), problems[:count])
         print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}{m['prefill_s']:>11.1f}"
               f"{m['reused_tokens'] / max(1, m['reused_tokens'] + m['prefilled_tokens']):>22.0%}{m['prefill_padding']:>17.0%}", flush=True)
     peaks = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if device.type == "cuda" else []

@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.stages import load_config
 from pipeline.data import load_problems
-from pipeline.debate.engine import DebateEngine, DebateSettings
+from pipeline.debate.engine import DebateEngine
+from pipeline.debate.settings import DebateSettings
 from pipeline.engine.decode import StaticDecoder
 from pipeline.engine.generation import _DECODERS, generate_chat, pick_engine
 from pipeline.models.loading import ChatModel, load_chat_model
+from pipeline.settings import build
+from pipeline.stages import load_config
 from pipeline.models.registry import load_registry
 from pipeline.engine.sampling import row_seed
 from tests.conftest import ROOT
@@ -143,9 +145,9 @@ def test_a_whole_debate_is_the_same_record_with_either_engine() -> None:
     cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=2", "debate.baselines.vote_k=3"])
     records: dict[str, list[dict]] = {}
     for engine in ("generate", "static"):
-        settings = DebateSettings.from_config({**cfg.debate, "engine": engine}, seed=0)
+        settings = build(DebateSettings, {**cfg.debate, "engine": engine})
         out: list[dict] = []
-        DebateEngine(models, settings).run(PROBLEMS[:8], out.append)
+        DebateEngine(models, settings, 0).run(PROBLEMS[:8], out.append)
         records[engine] = _comparable(out)
     assert records["static"] == records["generate"]
     assert any(len(r["vote"]["a"]["samples"]) == 3 for r in records["static"])
@@ -178,7 +180,7 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
         for chat in models.values():
             _DECODERS.pop(chat.model, None)
         out: list[dict] = []
-        DebateEngine(models, DebateSettings.from_config({**cfg.debate, "reuse_kv": reuse}, seed=0)).run(problems, out.append)
+        DebateEngine(models, build(DebateSettings, {**cfg.debate, "reuse_kv": reuse}), 0).run(problems, out.append)
         records[reuse] = _comparable(out)
         decoders = [_DECODERS[chat.model] for chat in models.values()]
         reused[reuse] = sum(d.reused_tokens for d in decoders)
@@ -213,13 +215,13 @@ def test_a_pair_split_over_two_gpus_gives_the_records_of_one_gpu() -> None:
     on another device's stream would record nothing), and the records are those of both models on one GPU."""
     registry = load_registry()
     cfg = load_config(["debate.max_new_tokens=96", "debate.max_rounds=2", "debate.baselines.vote_k=2", "debate.batch_size=8"])
-    settings = DebateSettings.from_config(cfg.debate, seed=0)
+    settings = build(DebateSettings, cfg.debate)
     records = {}
     for label, devices in (("shared", ("cuda:0", "cuda:0")), ("split", ("cuda:0", "cuda:1"))):
         models = {k: load_chat_model(registry[n], Path("/nonexistent"), "float32", torch.device(d))
                   for k, n, d in zip("ab", ("tiny-llama", "tiny-qwen2"), devices)}
         out: list[dict] = []
-        DebateEngine(models, settings).run_all(PROBLEMS[:8], out.append)
+        DebateEngine(models, settings, 0).run_all(PROBLEMS[:8], out.append)
         records[label] = _comparable(out)
     assert records["split"] == records["shared"]
     assert all(t["tokens"] > 0 for r in records["split"] for t in r["turns"])
