@@ -78,7 +78,7 @@ def section_usage(name: str, width: int = 100) -> str:
     stage = STAGES.get(name)
     if stage is None or stage.settings is None:
         raise KeyError(f"no section '{name}'; sections: {', '.join(_described())}")
-    summary = " ".join((stage.settings.__doc__ or "").split()).split(". ")[0].rstrip(".")
+    summary = " ".join((stage.settings.__doc__ or "").replace("``", "`").split()).split(". ")[0].rstrip(".")
     lines = [f"{name}.*: {summary}.", ""]
     for key, default, text in describe(stage.settings, name):
         lines.append(f"  {key}={_shown(default) if not default.startswith('[') else default}")
