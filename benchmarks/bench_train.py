@@ -197,8 +197,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     accumulation, no warm-up of the learning rate, no checkpoint, a loss logged every step."""
     train = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text(encoding="utf-8"))["train"]
     train.update(max_steps=args.warmup + args.steps, per_device_batch_size=args.batch, gradient_accumulation_steps=1,
-                 max_length=args.prompt_len + args.completion_len, save_steps=10**9, logging_steps=1, warmup=0,
-                 wandb="disabled")
+                 max_length=args.prompt_len + args.completion_len, save_steps=10**9, logging_steps=1, warmup=0)
     if args.gradient_checkpointing != "config":
         train["gradient_checkpointing"] = args.gradient_checkpointing == "on"
     return train

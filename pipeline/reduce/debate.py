@@ -23,6 +23,7 @@ from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 
@@ -306,6 +307,8 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(records, config)))
     write_atomic(run.root / TABLE.format(where=where), table)
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
+    log_step(run, where, config, {k: summary[k] for k in ("methods", "per_round", "paired", "agreement")},
+             [run.root / p.format(where=where) for p in PLOTS], result["complete"], rounds=summary["per_round"])
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))

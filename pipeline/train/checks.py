@@ -3,17 +3,20 @@ the dataset, the DeepSpeed file or the GPUs is checked by the submitter after th
 
 from __future__ import annotations
 
+import os
+import re
+
 from omegaconf import DictConfig
 
 from pipeline.config import ConfigError, require_choice, require_int, require_number
 
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
+HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def check_train(cfg: DictConfig) -> None:
-    """The train stage's keys (``train.*``): the models, the dataset, every count and rate, LoRA, precision, wandb."""
+    """The train stage's keys (``train.*``): the models, the dataset, every count and rate, LoRA, precision, the hub repo."""
     models = list(cfg.train.models)
     if not models or any(m not in ("a", "b") for m in models) or len(set(models)) != len(models):
         raise ConfigError(f"train.models={models}: list a and/or b (the models of the pair), each once")
@@ -33,4 +36,10 @@ def check_train(cfg: DictConfig) -> None:
     if not list(cfg.train.lora.target_modules):
         raise ConfigError("train.lora.target_modules is empty: name the layers LoRA adapts, e.g. [q_proj, v_proj]")
     require_choice(cfg, "train.precision", PRECISIONS)
-    require_choice(cfg, "train.wandb", WANDB_MODES)
+    push = cfg.train.push_to_hub
+    if push is not None:
+        if not isinstance(push, str) or not HUB_REPO.fullmatch(push):
+            raise ConfigError(f"train.push_to_hub={push}: give a hub repo id, owner/name (letters, digits, '-', '_', '.'), or null")
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(f"train.push_to_hub={push}: HF_HUB_OFFLINE=1 (the suite's default) blocks the push; "
+                              "submit with HF_HUB_OFFLINE=0 and the token in HF_TOKEN")
