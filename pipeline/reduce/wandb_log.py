@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def _label(row: dict[str, Any]) -> str:
-    """What names a row in the summary: its text columns (``debate``; ``tiny-llama (a) gsm8k strict-match``)."""
+    """What names a row in the summary: its text columns (``debate``; ``tiny-llama a gsm8k strict-match``)."""
     return " ".join(str(v) for v in row.values() if isinstance(v, str))
 
 
