@@ -143,7 +143,7 @@ def test_wandb_sync_reads_the_offline_run_and_goes_for_the_network(runs: Path, t
     env = {**os.environ, "WANDB_BASE_URL": f"http://127.0.0.1:{_free_port()}", "WANDB_API_KEY": "k" * 40,
            "WANDB_CONFIG_DIR": str(tmp_path), "HOME": str(tmp_path)}
     env.pop("WANDB_MODE")
-    sync = subprocess.Popen([str(Path(sys.executable).with_name("wandb")), "sync", str(folder)], env=env,
+    sync = subprocess.Popen([str(Path(sys.executable).with_name("wandb")), "sync", str(folder)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:
