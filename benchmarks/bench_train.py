@@ -198,7 +198,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     accumulation, no warm-up of the learning rate, no checkpoint, a loss logged every step."""
     train = replace(TrainSettings(), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
                     gradient_accumulation_steps=1, max_length=args.prompt_len + args.completion_len, save_steps=10**9,
-                    logging_steps=1, warmup_steps=0.0, wandb="disabled")
+                    logging_steps=1, warmup_steps=0.0)
     if args.gradient_checkpointing != "config":
         train = replace(train, gradient_checkpointing=args.gradient_checkpointing == "on")
     return train

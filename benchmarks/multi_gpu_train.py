@@ -104,7 +104,7 @@ def random_model(folder: Path, precision: str) -> Path:
 def submit_args(work: Path, run_id: str, model: str, gpus: int, *extra: str) -> list[str]:
     return [sys.executable, str(SUBMIT), "stage=train", "models=tiny", f"models.a={model}", "train.models=[a]",
             f"results_dir={work}", f"run_id={run_id}", "cluster=local", "wait=true", f"cluster.gpus_per_node={gpus}",
-            "train.wandb=disabled", *extra]
+            "wandb.mode=disabled", *extra]
 
 
 def outcome(work: Path, run_id: str) -> dict[str, Any]:

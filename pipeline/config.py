@@ -30,6 +30,7 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 CLUSTER_KINDS = ("local", "debug", "slurm")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
 GROUPS = ("stage", "cluster", "models")
 
 
@@ -261,6 +262,9 @@ def _validate_values(cfg: DictConfig) -> None:
         if run_id in reserved or run_id.endswith((".log", ".lock")):
             raise ConfigError(f"run_id={run_id}: the name of one of the suite's own files in {cfg.results_dir}/ "
                               f"({', '.join(sorted(reserved))}, *.log, *.lock); pick another")
+    require_choice(cfg, "wandb.mode", WANDB_MODES)
+    if not str(cfg.wandb.project or "").strip():
+        raise ConfigError("wandb.project is empty: name the wandb project the runs go to, e.g. gsm8k-slurm")
     require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
     if cfg.cluster.kind == "slurm":
         require_int(cfg, "cluster.max_requeues", 0)

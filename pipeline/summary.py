@@ -1,4 +1,5 @@
-"""The last job of ``stage=all``: one ``results/<run_id>/README.md`` holding every table and plot."""
+"""The last job of ``stage=all``: one ``results/<run_id>/README.md`` holding every table and plot, and the
+fine-tuned eval's table in each adapter's model card."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from pipeline.files import write_atomic
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
+from pipeline.train.card import add_eval_table
+from pipeline.train.units import train_units
 
 TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fine-tuning",
           "eval_finetuned": "3. Fine-tuned models (lm-evaluation-harness)", "debate": "4. Debate of the fine-tuned models"}
@@ -31,5 +34,16 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
         parts += [f"![{png}]({png})\n" for png in STAGES[kind].plot_files(step) if (run.root / png).exists()]
     text = "\n".join(parts)
     write_atomic(run.root / "README.md", text)
+    _cards_with_eval(run)
     resume = f"python jobs/submit.py stage=all run_id={run.run_id}" if missing else None
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "table": text}
+
+
+def _cards_with_eval(run: Run) -> None:
+    """The fine-tuned eval measured the adapters this run trained: its table goes into their cards, so that
+    a card pushed later (``hf upload``) carries the accuracy beside the training."""
+    table = run.root / STAGES["eval"].table_file("eval_finetuned")
+    if not table.exists() or not run.stage_dir("train").is_dir():
+        return
+    for unit in train_units(run.stage_config("train")):
+        add_eval_table(run.stage_dir("train") / unit.part, table.read_text(encoding="utf-8"))

@@ -11,6 +11,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# wandb.mode=auto defers to this: no test logs to wandb but those that ask for it (wandb.mode=offline).
+os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist (jobs/test.sh) the workers share the cores: each worker, and every job it starts, gets
 # its share of threads. Oversubscribed, PyTorch's spinning threads made a 4 s test take 70 s.

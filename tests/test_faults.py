@@ -109,7 +109,7 @@ def test_secrets_in_the_environment_never_reach_logs_configs_or_transcripts(tmp_
     for args in (tiny_overrides(results, "limit=2", "cluster=local", "wait=true", "run_id=debate"),
                  ["stage=train", "models=tiny", "train.models=[a]", f"results_dir={results}", "run_id=train", "train.max_steps=2",
                   "train.max_samples=4", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=128",
-                  "train.wandb=offline", "cluster=debug"]):
+                  "wandb.mode=offline", "cluster=debug"]):
         done = subprocess.run([sys.executable, str(ROOT / "jobs" / "submit.py"), *args], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]

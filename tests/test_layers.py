@@ -2,7 +2,8 @@
 
 The layers, bottom to top (``docs/architecture.md`` draws them):
 0. config, files, answers: what everything reads and writes through;
-1. data, shards, progress, runs, the engine's choices, what a stage is (stage): records, run folders, what a task reports;
+1. data, shards, progress, runs, the engine's choices, what a stage is (stage), wandb_run: records, run folders, what a task
+   reports, where wandb logs;
 2. tasks (the job bodies), models: what any stage runs and loads;
 3. the engine: batched generation over the static decoder;
 4. the stages: debate, harness (eval), train;
@@ -22,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 LAYERS = {
     "config": 0, "settings": 0, "files": 0, "answers": 0,
-    "data": 1, "shards": 1, "progress": 1, "runs": 1, "engine": 1, "stage": 1,
+    "data": 1, "shards": 1, "progress": 1, "runs": 1, "engine": 1, "stage": 1, "wandb_run": 1,
     "tasks": 2, "models": 2,
     "engine.": 3,
     "debate": 4, "harness": 4, "train": 4,

@@ -201,7 +201,7 @@ def test_stage_all_runs_the_chain_with_dependencies(tmp_path: Path) -> None:
     info = submit(["stage=all", "models=tiny", f"results_dir={results}", "run_id=chain", "limit=4", "shards=2",
                    "eval.batch_size=4", "eval.max_gen_toks=32", "train.max_samples=8", "train.max_steps=2",
                    "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=256",
-                   "train.wandb=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
+                   "wandb.mode=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
                    "cluster=slurm", "cluster.cpus_per_task=1", "cluster.timeout_min=15"])
     train_job = info["steps"][1]["jobs"][0].split("_")[0]
     shown = subprocess.run(["scontrol", "show", "job", train_job], capture_output=True, text=True).stdout

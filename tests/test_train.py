@@ -33,14 +33,14 @@ def train_overrides(results: Path, *extra: str) -> list[str]:
         "train.gradient_accumulation_steps=1",
         "train.max_length=256",
         "train.learning_rate=1e-3",
-        "train.wandb=disabled",
+        "wandb.mode=disabled",
         "cluster.cpus_per_task=1",
         *extra,
     ])
 
 
 def test_a_few_lora_steps_give_finite_losses_an_adapter_and_curves(results: Path) -> None:
-    info = submit(train_overrides(results, "cluster=debug", "run_id=few", "train.wandb=offline"))
+    info = submit(train_overrides(results, "cluster=debug", "run_id=few", "wandb.mode=offline"))
     assert info["result"]["complete"]
     folder = results / "few" / "train" / "tiny-llama"
     rows = read_metrics(folder / "metrics.jsonl")
@@ -101,7 +101,7 @@ def test_stage_all_chains_eval_train_eval_debate_on_the_local_executor(results: 
     info = submit(["stage=all", "models=tiny", f"results_dir={results}", "run_id=chain", "limit=4", "shards=2",
                    "eval.batch_size=4", "eval.max_gen_toks=32", "train.max_samples=8", "train.max_steps=2",
                    "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_length=256",
-                   "train.wandb=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
+                   "wandb.mode=disabled", "debate.max_new_tokens=48", "debate.max_rounds=2", "debate.baselines.vote_k=2",
                    "cluster=local", "cluster.cpus_per_task=1", "wait=true"])
     run = results / "chain"
     assert [s["where"] for s in info["steps"]] == ["eval", "train", "eval_finetuned", "debate"]
@@ -117,6 +117,8 @@ def test_stage_all_chains_eval_train_eval_debate_on_the_local_executor(results: 
     logs = "".join(p.read_text() for p in (run / "logs").glob("eval_finetuned-*.log"))
     assert f"loaded tiny-llama + adapter ({run / 'train' / 'tiny-llama'})" in logs, "a fine-tuned model is never logged as its base"
     assert "Models: a = tiny-llama + adapter (chain/train/tiny-llama)" in (run / "debate_accuracy.md").read_text()
+    card = (run / "train" / "tiny-llama" / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "| tiny-llama + adapter (chain/train/tiny-llama) (a) |" in card.split("## Evaluation")[1]
     debate_models = (run / "debate" / "stage.yaml").read_text()
     assert str(run / "train" / "tiny-llama") in debate_models, "the debate takes the fine-tuned adapters"
 

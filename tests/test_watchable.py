@@ -153,10 +153,10 @@ def test_help_lists_stages_groups_and_every_key_with_its_default() -> None:
 
 def test_status_and_a_refused_submission_never_import_torch(results: Path) -> None:
     """What makes them take a fraction of a second (docs/performance.md has the times): no torch,
-    transformers or lm-eval behind a status screen or a one-line refusal."""
+    transformers, lm-eval, wandb or huggingface_hub behind a status screen or a one-line refusal."""
     probe = ("import runpy, sys; sys.argv = {argv}; code = 0\n"
              "try:\n    runpy.run_path({path}, run_name='__main__')\nexcept SystemExit as end:\n    code = end.code\n"
-             "heavy = sorted(m for m in ('torch', 'transformers', 'lm_eval', 'matplotlib') if m in sys.modules)\n"
+             "heavy = sorted(m for m in ('torch', 'transformers', 'lm_eval', 'matplotlib', 'wandb', 'huggingface_hub') if m in sys.modules)\n"
              "print('HEAVY', heavy, code)")
     cases = [(["status.py", "--results-dir", str(results)], 0), (["submit.py", "stage=nope"], 2), (["submit.py", "shards=0"], 2),
              (["submit.py", "--help"], 0)]

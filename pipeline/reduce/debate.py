@@ -24,6 +24,7 @@ from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_o
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.sampling import scores_at, score_summary, vote_curve
 from pipeline.reduce.stats import mcnemar_exact
+from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 
@@ -390,6 +391,8 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
     if summary["sampling"]:
         save_figure(vote_curve_figure(summary, run.run_id), run.root / PLOTS[1].format(where=where))
+    log_step(run, where, config, {k: summary[k] for k in ("methods", "per_round", "paired", "agreement")},
+             [run.root / p.format(where=where) for p in PLOTS], result["complete"], rounds=summary["per_round"])
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))

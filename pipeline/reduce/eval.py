@@ -21,6 +21,7 @@ from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck, collect
 
@@ -206,6 +207,7 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     n = max(r["n"] for r in rows)
     title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
     save_figure(figure(rows, title), run.root / PLOTS[0].format(where=where))
+    log_step(run, where, config, {"accuracy": rows, "against_base": base}, [run.root / p.format(where=where) for p in PLOTS], result["complete"])
     result["table"] = table
     result["rows"] = rows
     log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])

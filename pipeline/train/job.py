@@ -3,8 +3,9 @@
 The same callable runs in every task of the job; submitit (local or SLURM) starts one task per GPU and
 the distributed environment comes from it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...).
 Checkpoints every ``train.save_steps`` steps: a requeued or resubmitted job resumes from the last one.
-The finished adapter (and tokenizer) is saved in ``train/<model>/``, with ``training.json`` written last:
-its presence is what makes the job complete.
+The finished adapter (and tokenizer) is saved in ``train/<model>/`` with its model card (``README.md``),
+pushed to the hub when ``train.push_to_hub`` names a repo, and ``training.json`` is written last: its
+presence is what makes the job complete.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from pipeline.files import write_atomic
 from pipeline.settings import build, passed_to
 from pipeline.tasks import ShardTask
 from pipeline.train.callbacks import MetricsJSONL, StepProgress
+from pipeline.train.card import write_card
 from pipeline.train.deepspeed import deepspeed_config
 from pipeline.train.checkpoints import checkpoint_step, keep_global_batch, latest_checkpoint, resume_settings
-from pipeline.train.metrics import rewind_metrics
+from pipeline.train.hub import hub_repo, push_adapter
+from pipeline.train.metrics import read_metrics, rewind_metrics
 from pipeline.train.settings import Lora, TrainSettings
 from pipeline.train.units import DONE_FILE
+from pipeline.wandb_run import train_environment
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +94,6 @@ def pin_attention_backend(device: torch.device) -> None:
     metadata"); without cuDNN's kernel both passes take the same one. V100s have no cuDNN attention anyway."""
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def _wandb(train: TrainSettings, folder: Path) -> list[str]:
-    """wandb offline (files in the run folder) unless a key is set, or off. The key stays in the environment."""
-    mode = train.wandb
-    if mode == "disabled":
-        return []
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    os.environ["WANDB_MODE"] = mode
-    os.environ.setdefault("WANDB_PROJECT", train.wandb_project)
-    os.environ["WANDB_DIR"] = str(folder)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return ["wandb"]
 
 
 def _load(spec: Any, cache: Path, precision: str, device: torch.device, load_in_4bit: bool) -> tuple[Any, Any]:
@@ -187,13 +177,13 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     train = replace(train, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
     log.info("%s: %d pairs (%d mined), %s, %d process(es), deepspeed %s, resume from %s",
              name, info["pairs"], info["mined_rejected"], precision, world, train.deepspeed, last.name if last else "step 0")
-    args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
-                       device, int(config["seed"]),
-                       report_to=_wandb(train, folder), world=world)
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=lora_config(train.lora), callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    with train_environment(config, task.run.run_id, folder) as report_to:
+        args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
+                           device, int(config["seed"]), report_to=report_to, world=world)
+        trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(train.lora),
+                              callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     trainer.save_model(str(folder))
     summary = {
         "model": name,
@@ -217,6 +207,9 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         _point_adapter_at_base(folder, config["models"][key])
+        write_card(folder, task.run.run_id, config, summary, read_metrics(folder / "metrics.jsonl"), spec.hub_id)
+        if train.push_to_hub:
+            summary["hub"] = push_adapter(folder, hub_repo(train.push_to_hub, name, list(train.models)), task.run.run_id)
         write_atomic(folder / DONE_FILE, json.dumps(summary, indent=2) + "\n")
     log.info("%s: trained %d steps in %.1f s, adapter in %s", name, summary["steps"], summary["seconds"], folder)
     return summary

@@ -12,7 +12,6 @@ from pipeline.settings import knob, section
 
 PAIR = ("a", "b")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -66,6 +65,7 @@ class TrainSettings:
                            minimum=1, passes_to="trl")
     save_total_limit: int = knob(2, "Checkpoints kept.", minimum=1, passes_to="trl")
     logging_steps: int = knob(1, "Optimizer steps between metrics lines.", minimum=1, passes_to="trl")
-    wandb: str = knob("auto", "offline (files under the run folder, `wandb sync` later) unless WANDB_API_KEY is set; "
-                              "or offline / online / disabled.", choices=WANDB_MODES)
-    wandb_project: str = knob("gsm8k-slurm", "The wandb project.")
+    push_to_hub: str | None = knob(None, "A hub repo id (owner/name) to push the finished adapter folder to (model card, "
+                                         "adapter, tokenizer, metrics), with the token from HF_TOKEN only; with two models "
+                                         "each goes to <repo id>-<model>. A failed push is one warning line and the adapter "
+                                         "stays in the run folder. null: no push.")
