@@ -20,8 +20,10 @@ from pipeline.config import project_path
 from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
+from pipeline.reduce.debate_questions import debate_questions
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.report import write_report
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
@@ -285,8 +287,8 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
 
 
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
-    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv`` and the per-round PNG; logs
-    transcripts once if complete."""
+    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG and the
+    report page; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
     by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems", lambda unit: debate_schema(config, unit))
@@ -303,9 +305,11 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
         table += incomplete_note(checks, result["resume"])
     write_atomic(run.root / f"{where}_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(summary))
-    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(records, config)))
+    per_question = outcomes(records, config)
+    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(per_question))
     write_atomic(run.root / TABLE.format(where=where), table)
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, debate_questions(records, per_question))
     if not incomplete:
         log_path = project_path(config["paths"]["transcript_log"])
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))
