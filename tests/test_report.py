@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.answers import same_answer
 from pipeline.reduce.debate import reduce_debate
-from pipeline.reduce.debate_questions import FILTERS
+from pipeline.reduce.questions import FILTERS
 from pipeline.shards import read_shard
 from pipeline.submit import submit
 from pipeline.summary import write_run_readme
@@ -132,7 +132,7 @@ def test_a_question_opens_turn_by_turn_and_the_screenshot_is_saved(report_run: P
     url = f"{(report_run / 'report.html').as_uri()}#filter=never_agreed&q={record['index']}"
     dom = _chromium(tmp_path, url, "--dump-dom")
     opened = dom.split(f'<tr class="exchange" data-index="{record["index"]}">', 1)[1].split("</tr>", 1)[0]
-    heads = re.findall(r"<h4>round (\d) · model ([ab]) ", opened)
+    heads = re.findall(r"<h4>round (\d) · model ([ab]) \(", opened)
     assert heads == [(str(t["round"]), t["model"]) for t in record["turns"]]
     assert "&lt;/script&gt;&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;b id=\"bold\"&gt;" in opened
     shot = artifacts / "report.png"
@@ -150,3 +150,23 @@ def test_a_chain_page_links_its_steps_pages(report_run: Path) -> None:
     page = (chain / "report.html").read_text(encoding="utf-8")
     assert '<a href="debate_report.html">debate_report.html</a>' in page and (chain / "debate_report.html").exists()
     assert "No table: the train step did not finish" in page and page.count('src="data:image/png;base64,') == 1
+
+
+def _data(page: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="questions-data">(.*?)</script>', page, re.S).group(1))
+
+
+def test_an_eval_page_shows_each_question_with_every_models_response(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    submit(["stage=eval", "models=tiny", f"results_dir={results}", "tasks=[gsm8k]", "limit=3", "shards=1", "eval.max_gen_toks=16",
+            "cluster=debug", "cluster.cpus_per_task=1", "run_id=eval"])
+    data = _data((results / "eval" / "report.html").read_text(encoding="utf-8"))
+    assert [r["index"] for r in data["rows"]] == [0, 1, 2] and not data["filters"]
+    assert data["methods"] == ["tiny-llama (a) gsm8k strict-match", "tiny-llama (a) gsm8k flexible-extract",
+                               "tiny-qwen2 (b) gsm8k strict-match", "tiny-qwen2 (b) gsm8k flexible-extract"]
+    first = data["rows"][0]
+    assert first["question"].startswith("Janet") and first["gold"] == "18"
+    by_model = {t["title"]: t for t in first["turns"]}
+    assert set(by_model) == {"model a (tiny-llama) on gsm8k", "model b (tiny-qwen2) on gsm8k"}
+    response = read_shard(results / "eval" / "eval" / "a" / "gsm8k" / "shard-00000-of-00001.jsonl")[0]["response"]
+    assert by_model["model a (tiny-llama) on gsm8k"]["text"] == response

@@ -20,9 +20,9 @@ from pipeline.config import project_path
 from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
-from pipeline.reduce.debate_questions import debate_questions
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.questions import debate_questions
 from pipeline.reduce.report import write_report
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run

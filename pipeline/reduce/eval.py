@@ -20,7 +20,8 @@ from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
-from pipeline.reduce.report import Questions, write_report
+from pipeline.reduce.questions import eval_questions
+from pipeline.reduce.report import write_report
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck, collect
@@ -208,7 +209,7 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     n = max(r["n"] for r in rows)
     title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
     save_figure(figure(rows, title), run.root / PLOTS[0].format(where=where))
-    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, Questions(per_question))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, eval_questions(by_part, config, per_question))
     result["table"] = table
     result["rows"] = rows
     log.info("reduced %d eval records of run %s (complete: %s)", sum(c.done for c in checks), run.run_id, result["complete"])

@@ -173,11 +173,10 @@ function exchange(row){
   for (const t of row.turns){
     const turn = el('div', null, 'turn');
     const verdict = t.answer === null ? 'unparsable' : t.answer + (t.right ? ' \\u2713' : ' \\u2717');
-    turn.appendChild(el('h4', 'round ' + t.round + ' \\u00b7 model ' + t.model + ' (' + t.name + ') \\u00b7 answer ' + verdict));
+    turn.appendChild(el('h4', t.title + ' \\u00b7 answer ' + verdict));
     turn.appendChild(el('pre', t.text));
     box.appendChild(turn);
   }
-  if (!row.turns.length) box.appendChild(el('p', 'No exchange recorded for this step.'));
   return box;
 }
 function render(scroll){
