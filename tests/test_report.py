@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.answers import same_answer
 from pipeline.reduce.debate import reduce_debate
+from pipeline.reduce.train import reduce_train
 from pipeline.reduce.questions import FILTERS
 from pipeline.shards import read_shard
 from pipeline.submit import submit
@@ -170,3 +171,13 @@ def test_an_eval_page_shows_each_question_with_every_models_response(tmp_path: P
     assert set(by_model) == {"model a (tiny-llama) on gsm8k", "model b (tiny-qwen2) on gsm8k"}
     response = read_shard(results / "eval" / "eval" / "a" / "gsm8k" / "shard-00000-of-00001.jsonl")[0]["response"]
     assert by_model["model a (tiny-llama) on gsm8k"]["text"] == response
+
+
+def test_a_train_page_holds_its_table_and_config_without_a_browser(report_run: Path) -> None:
+    run = copy_run(report_run, "untrained")
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("stage: debate", "stage: train"))
+    reduce_train(str(run))
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<strong>Not trained yet: tiny-llama, tiny-qwen2.</strong>" in page and "<th>train loss</th>" in page
+    assert 'id="questions-data"' not in page and "<h2 id=\"config\">Config</h2>" in page
