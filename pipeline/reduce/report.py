@@ -40,7 +40,8 @@ def report_path(run: Run, where: str) -> Path:
 @dataclass(frozen=True)
 class Questions:
     """What the question browser shows: each method's answer and verdict per question and, per question,
-    ``details`` (``question`` text, ``turns`` of the exchange, ``flags``: keys of ``filters``)."""
+    ``details``: ``question`` text, ``turns`` (each a ``title``, ``answer``, ``right`` and ``text``: a debate's
+    turns, an eval's responses) and ``flags`` (keys of ``filters``)."""
 
     outcomes: Outcomes
     details: dict[int, dict[str, Any]] = field(default_factory=dict)
