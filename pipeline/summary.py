@@ -1,5 +1,6 @@
-"""The last job of ``stage=all``: one ``results/<run_id>/README.md`` holding every table and plot, and the
-fine-tuned eval's table in each adapter's model card."""
+"""The last job of ``stage=all``: one ``results/<run_id>/README.md`` holding every table and plot, the same as
+``report.html`` (the page that links each step's own report), and the fine-tuned eval's table in each
+adapter's model card."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.files import write_atomic
+from pipeline.reduce.report import REPORT, step_report, write_chain_report
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
 from pipeline.train.card import add_eval_table
@@ -17,10 +19,10 @@ TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fi
 
 
 def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
-    """Collects each step's table (and its PNGs) into the run's README; says which steps have no table."""
+    """Collects each step's table (and its PNGs) into the run's README and its page; says which steps have no table."""
     run = Run(Path(run_root))
     parts = [f"# Run {run.run_id}: eval -> train -> eval fine-tuned -> debate", "",
-             f"Config: [config.yaml](config.yaml). Status: `python jobs/status.py {run.run_id}`.", ""]
+             f"Config: [config.yaml](config.yaml). Status: `python jobs/status.py {run.run_id}`. Report: [{REPORT}]({REPORT}).", ""]
     missing = []
     for step, kind in CHAIN:
         table = run.root / STAGES[kind].table_file(step)
@@ -32,9 +34,12 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
         body = table.read_text(encoding="utf-8").split("\n", 1)[1].strip()
         parts += [body, ""]
         parts += [f"![{png}]({png})\n" for png in STAGES[kind].plot_files(step) if (run.root / png).exists()]
+        if (run.root / step_report(step)).exists():
+            parts += [f"The step's questions, plots and config: [{step_report(step)}]({step_report(step)}).", ""]
     text = "\n".join(parts)
     write_atomic(run.root / "README.md", text)
     _cards_with_eval(run)
+    write_chain_report(run, text)
     resume = f"python jobs/submit.py stage=all run_id={run.run_id}" if missing else None
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "table": text}
 

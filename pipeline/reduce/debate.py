@@ -22,6 +22,8 @@ from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.questions import debate_questions
+from pipeline.reduce.report import write_report
 from pipeline.reduce.sampling import scores_at, score_summary, vote_curve
 from pipeline.reduce.stats import mcnemar_exact
 from pipeline.reduce.wandb_log import log_step
@@ -368,8 +370,8 @@ def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[st
 
 
 def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
-    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG and, with a vote,
-    the vote-curve PNG; logs transcripts once if complete."""
+    """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG, with a vote the
+    vote-curve PNG, and the report page; logs transcripts once if complete."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
     by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems", lambda unit: debate_schema(config, unit))
@@ -386,11 +388,13 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
         table += incomplete_note(checks, result["resume"])
     write_atomic(run.root / f"{where}_accuracy.json", json.dumps({**summary, **{k: result[k] for k in ('complete', 'shards')}}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(summary))
-    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(records, config)))
+    per_question = outcomes(records, config)
+    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(per_question))
     write_atomic(run.root / TABLE.format(where=where), table)
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
     if summary["sampling"]:
         save_figure(vote_curve_figure(summary, run.run_id), run.root / PLOTS[1].format(where=where))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, debate_questions(records, per_question))
     log_step(run, where, config, {k: summary[k] for k in ("methods", "per_round", "paired", "agreement")},
              [run.root / p.format(where=where) for p in PLOTS], result["complete"], rounds=summary["per_round"])
     if not incomplete:

@@ -20,6 +20,8 @@ from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
+from pipeline.reduce.questions import eval_questions
+from pipeline.reduce.report import write_report
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
@@ -184,7 +186,7 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
 
 
 def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
-    """Writes ``<where>_accuracy.{md,csv,json,png}``; an incomplete run's table is marked partial.
+    """Writes ``<where>_accuracy.{md,csv,json,png}`` and the report page; an incomplete run's table is marked partial.
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
@@ -202,11 +204,13 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
         table += incomplete_note(checks, result["resume"])
     write_atomic(run.root / f"{where}_accuracy.json", json.dumps({"rows": rows, "against_base": base, "complete": result["complete"], "shards": result["shards"]}, indent=2) + "\n")
     write_atomic(run.root / f"{where}_accuracy.csv", _csv(rows))
-    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(outcomes(by_part, config, "" if where == "eval" else "fine-tuned ")))
+    per_question = outcomes(by_part, config, "" if where == "eval" else "fine-tuned ")
+    write_atomic(run.root / f"{where}_outcomes.csv", to_csv(per_question))
     write_atomic(run.root / TABLE.format(where=where), table)
     n = max(r["n"] for r in rows)
     title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
     save_figure(figure(rows, title), run.root / PLOTS[0].format(where=where))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, eval_questions(by_part, config, per_question))
     log_step(run, where, config, {"accuracy": rows, "against_base": base}, [run.root / p.format(where=where) for p in PLOTS], result["complete"])
     result["table"] = table
     result["rows"] = rows

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.files import save_figure, write_atomic
+from pipeline.reduce.report import write_report
 from pipeline.runs import Run
 from pipeline.train.units import DONE_FILE, PLOTS, TABLE, train_units
 from pipeline.train.metrics import read_metrics
@@ -42,7 +43,7 @@ def curves_figure(curves: dict[str, list[dict[str, Any]]], run_id: str) -> Any:
 
 
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
-    """Writes the summary and curves; says which models are not trained yet and how to resume."""
+    """Writes the summary, the curves and the report page; says which models are not trained yet and how to resume."""
     run = Run(Path(run_root))
     config = run.stage_config(where)
     rows, curves, missing = [], {}, []
@@ -74,4 +75,5 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     write_atomic(run.root / TABLE.format(where=where), table)
     if curves:
         save_figure(curves_figure(curves, run.run_id), run.root / PLOTS[0].format(where=where))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config)
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "rows": rows, "table": table}
