@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import submitit
 from omegaconf import OmegaConf
+from submitit.core.utils import JobPaths
 from submitit.local import local
 
 from pipeline import progress
@@ -110,8 +111,14 @@ class Dependency:
 
     @classmethod
     def of(cls, job: submitit.Job) -> "Dependency":
-        pid = int(job.job_id)
-        return cls(tuple(job.task(k).paths.result_pickle for k in range(job.num_tasks)), (pid, process_start(pid)))
+        """A job just submitted: its process runs, so its start time is read now."""
+        return cls.recorded(job.paths.folder, job.job_id, process_start(int(job.job_id)), job.num_tasks)
+
+    @classmethod
+    def recorded(cls, folder: Path, job_id: str, started: int | None, tasks: int = 1) -> "Dependency":
+        """A job as ``launch/jobs.jsonl`` keeps it (which keeps no task count: task 0 then stands for the job)."""
+        results = tuple(JobPaths(folder, job_id, k).result_pickle for k in range(tasks))
+        return cls(results, (int(job_id), started))
 
     def ended(self) -> bool:
         """Every task wrote its result (success or error), or the job's process is gone without them."""
