@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import project_path
 from pipeline.launch import submissions
-from pipeline.launch.local import process_alive
+from pipeline.launch.local import Dependency, process_alive
 from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
@@ -41,12 +41,13 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _local_state(job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
-    """A local job (a pid) is alive while the process of that pid and recorded start time is: PENDING while
-    its progress file says it waits (for a slot of ``cluster.array_parallelism``, or for an earlier job), as
-    SLURM shows a job held by its array's throttle or a dependency; RUNNING once its work has begun. An
-    ended one is COMPLETED, FAILED or CANCELLED as its progress file says (sacct's words), else ENDED."""
-    if job_id.isdigit() and process_alive(int(job_id), started.get(job_id)):
+def _local_state(launch: Path, job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
+    """A local job (a pid) runs until it has ended as the jobs after it see it end (``Dependency``: its
+    result written, or its process gone): PENDING while its progress file says it waits (for a slot of
+    ``cluster.array_parallelism``, or for an earlier job), as SLURM shows a job held by its array's throttle
+    or a dependency; RUNNING once its work has begun. An ended one is COMPLETED, FAILED or CANCELLED as its
+    progress file says (sacct's words), else ENDED."""
+    if job_id.isdigit() and not Dependency.recorded(launch, job_id, started.get(job_id)).ended():
         return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
     if shot is not None and shot["state"] == "done":
         return "COMPLETED"
@@ -81,7 +82,7 @@ def run_status(run: Run) -> dict[str, Any]:
         scheduler = _slurm_states(list(jobs.values()))
         states = {key: scheduler.get(job, "-") for key, job in jobs.items()}
     else:
-        states = {key: _local_state(job, started, shots.get(key)) for key, job in jobs.items()}
+        states = {key: _local_state(run.launch_dir, job, started, shots.get(key)) for key, job in jobs.items()}
     rows, tables, totals = [], [], []
     for where, kind in steps:
         stage = STAGES[kind]

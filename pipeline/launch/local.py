@@ -3,8 +3,14 @@
 submitit's local executor starts every job at once, drops dependencies and throttles nothing. So:
 - each array task holds one of ``cluster.array_parallelism`` slot locks while it works (a counting
   semaphore of lock files in the run's ``launch/slots/``);
-- each job of a later step first waits until the processes of the earlier ones have ended, each known by
-  its pid and start time (a pid alone could name another process by then);
+- each job ordered after others (a reducer after its array, a chain's step after the previous step) first
+  waits until each of them has ended, whatever its outcome: SLURM's ``afterany``, which this suite uses for
+  every edge (a step checks its own inputs, a reducer reports what is missing). A job has ended once each of
+  its tasks wrote the result file submitit writes when a task returns or raises
+  (``launch/<job id>_<task>_result.pkl``). A job that never will (SIGKILL, a cancel) has ended once its
+  process is gone, known by pid and start time (a pid alone could name another process by then). A local
+  requeue (a time limit) writes no result and keeps the process, so its dependents wait on. (Not the
+  progress files: only rank 0 writes one, and it reads ``failed`` while a requeued job restarts.)
 - a per-GPU stage's jobs (train) run one after the other, each taking every GPU it is given.
 A job waits inside its process (``LocalGate``), reporting ``pending`` with what it waits for, as SLURM
 shows a job held by its array's throttle or a dependency.
@@ -27,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
 from omegaconf import OmegaConf
+from submitit.core.utils import JobPaths
 from submitit.local import local
 
 from pipeline import progress
@@ -93,19 +101,43 @@ class _Slot:
             os.close(self.fd)
 
 
-class LocalGate:
-    """What holds a local job until it may run: the earlier processes it comes after, then (an array task)
-    a free slot. Pickled with the job; entered inside the job's process."""
+@dataclass(frozen=True)
+class Dependency:
+    """A local job that a later one comes after: the result files its tasks write when they end, and its
+    process, for a job that ends without writing them."""
 
-    def __init__(self, after: list[Process], slots: tuple[Path, int] | None = None) -> None:
+    results: tuple[Path, ...]
+    process: Process
+
+    @classmethod
+    def of(cls, job: submitit.Job) -> "Dependency":
+        """A job just submitted: its process runs, so its start time is read now."""
+        return cls.recorded(job.paths.folder, job.job_id, process_start(int(job.job_id)), job.num_tasks)
+
+    @classmethod
+    def recorded(cls, folder: Path, job_id: str, started: int | None, tasks: int = 1) -> "Dependency":
+        """A job as ``launch/jobs.jsonl`` keeps it (which keeps no task count: task 0 then stands for the job)."""
+        results = tuple(JobPaths(folder, job_id, k).result_pickle for k in range(tasks))
+        return cls(results, (int(job_id), started))
+
+    def ended(self) -> bool:
+        """Every task wrote its result (success or error), or the job's process is gone without them."""
+        return all(path.exists() for path in self.results) or not process_alive(*self.process)
+
+
+class LocalGate:
+    """What holds a local job until it may run: the end of the earlier jobs it comes after, then (an array
+    task) a free slot. Pickled with the job; entered inside the job's process."""
+
+    def __init__(self, after: list[Dependency], slots: tuple[Path, int] | None = None) -> None:
         self.after, self.slots = after, slots
         self._slot: _Slot | None = None
 
     def __enter__(self) -> "LocalGate":
         if self.after:
             progress.current().set_state("pending", f"waiting for {len(self.after)} earlier job(s) to end")
-            log.info("waiting for %d earlier processes to end", len(self.after))
-            while any(process_alive(pid, started) for pid, started in self.after):
+            log.info("waiting for %d earlier jobs to end", len(self.after))
+            while not all(dependency.ended() for dependency in self.after):
                 time.sleep(1.0)
         if self.slots is not None:
             folder, count = self.slots
@@ -137,6 +169,10 @@ class DetachedLocalExecutor(submitit.LocalExecutor):
             stderr_to_stdout=self.parameters.get("stderr_to_stdout", False),
             setup=self.parameters.get("setup", ()),
         )
+        # A job that once had this pid may have left its results under this id: they are not this job's end.
+        # (This job reads nothing before its pickle, which submitit moves into place after this returns.)
+        for stale in Path(self.folder).glob(f"{process.pid}_*_result.pkl"):
+            stale.unlink()
         return local.LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
 
@@ -197,7 +233,7 @@ class LocalLauncher(Launcher):
 
     def gate(self, after: Sequence[submitit.Job], array: bool) -> LocalGate:
         slots = (self.run.launch_dir / "slots", int(self.cfg.cluster.array_parallelism)) if array else None
-        return LocalGate(_processes(after), slots)
+        return LocalGate(_dependencies(after), slots)
 
     def submit_array(self, executor: submitit.Executor, fn: Callable[[ShardTask], dict[str, Any]], tasks: Sequence[ShardTask],
                      per_gpu: bool, after: Sequence[submitit.Job]) -> list[submitit.Job]:
@@ -207,7 +243,7 @@ class LocalLauncher(Launcher):
             return super().submit_array(executor, fn, tasks, per_gpu, after)
         jobs: list[submitit.Job] = []
         for task in tasks:
-            jobs.append(executor.submit(ShardJob(fn, LocalGate(_processes([*after, *jobs]))), task))
+            jobs.append(executor.submit(ShardJob(fn, LocalGate(_dependencies([*after, *jobs]))), task))
         return jobs
 
     def recorded(self, jobs: Sequence[submitit.Job]) -> dict[str, Any]:
@@ -215,6 +251,6 @@ class LocalLauncher(Launcher):
         return {"started": {j.job_id: process_start(int(j.job_id)) for j in jobs}}
 
 
-def _processes(jobs: Sequence[submitit.Job]) -> list[Process]:
-    """Local jobs to wait for, each as (pid, start time)."""
-    return [(int(j.job_id), process_start(int(j.job_id))) for j in jobs]
+def _dependencies(jobs: Sequence[submitit.Job]) -> list[Dependency]:
+    """Local jobs to wait for."""
+    return [Dependency.of(j) for j in jobs]
