@@ -42,12 +42,12 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def _local_state(launch: Path, job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
-    """A local job (a pid) runs until it has ended as the jobs after it see it end (``Dependency``: its
-    result written, or its process gone): PENDING while its progress file says it waits (for a slot of
+    """A local job (a pid) runs until its work is over (``Dependency.finished``: its results written, or its
+    process gone): PENDING while its progress file says it waits (for a slot of
     ``cluster.array_parallelism``, or for an earlier job), as SLURM shows a job held by its array's throttle
     or a dependency; RUNNING once its work has begun. An ended one is COMPLETED, FAILED or CANCELLED as its
     progress file says (sacct's words), else ENDED."""
-    if job_id.isdigit() and not Dependency.recorded(launch, job_id, started.get(job_id)).ended():
+    if job_id.isdigit() and not Dependency.recorded(launch, job_id, started.get(job_id)).finished():
         return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
     if shot is not None and shot["state"] == "done":
         return "COMPLETED"

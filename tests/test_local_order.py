@@ -12,16 +12,16 @@ from pathlib import Path
 
 from submitit.local.local import LocalJob
 
-from pipeline.launch.local import Dependency
+from pipeline.launch.local import EXIT_GRACE_S, Dependency
 from pipeline.progress import read_progress
 from pipeline.runs import Run
 from pipeline.submit import submit
 from tests.conftest import tiny_overrides
 
 
-def test_a_dependency_has_ended_once_each_task_wrote_its_result_or_its_process_is_gone(tmp_path: Path) -> None:
-    """A stranger's sleep stands for a job of two tasks whose process still runs: its results end it, not
-    its process; without them, the end of its process does."""
+def test_a_dependency_has_ended_once_its_tasks_wrote_their_results_and_it_exited_or_its_process_is_gone(tmp_path: Path) -> None:
+    """A stranger's sleep stands for a job of two tasks whose process still runs: its results and its exit
+    (or a grace past the results) end it; without results, the end of its process does."""
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         dependency = Dependency.of(LocalJob(folder=tmp_path, job_id=str(stranger.pid), tasks=[0, 1]))
@@ -30,7 +30,12 @@ def test_a_dependency_has_ended_once_each_task_wrote_its_result_or_its_process_i
         first.write_bytes(b"")
         assert not dependency.ended(), "one task of two has ended"
         second.write_bytes(b"")
-        assert dependency.ended(), "every task wrote its result: ended, though its process still runs"
+        assert not dependency.ended(), "every task wrote its result, but the process has not exited yet"
+        assert dependency.finished(), "its work is over: the status command shows it ended"
+        old = time.time() - EXIT_GRACE_S - 1
+        for path in (first, second):
+            os.utime(path, (old, old))
+        assert dependency.ended(), "results written longer ago than the grace: ended, though the process lingers"
         first.unlink()
         second.unlink()
         stranger.kill()
