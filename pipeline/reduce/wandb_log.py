@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def _label(row: dict[str, Any]) -> str:
-    """What names a row in the summary: its text columns (``debate``; ``tiny-llama a gsm8k strict-match``)."""
+    """What names a row in the summary: a debate row's method (``debate``, ``tiny-llama pass@3``), an eval row's
+    text columns (``tiny-llama a gsm8k strict-match``)."""
+    if "method" in row:
+        return str(row["method"])
     return " ".join(str(v) for v in row.values() if isinstance(v, str))
 
 
