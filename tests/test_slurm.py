@@ -248,9 +248,12 @@ def test_the_readme_slurm_block_is_what_submit_prints(tmp_path: Path) -> None:
 
 
 def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
-    done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
+    """A train job's GPUs are checked against the partition's gres before anything is submitted."""
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
+    have = max((int(n) for n in re.findall(r"gpu(?::[^:\s(]+)?:(\d+)", gres)), default=0)
+    done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", f"cluster.gpus_per_node={have + 2}", timeout=120)
     assert done.returncode == 2
-    assert "cluster.gpus_per_node=2: the nodes of the default partition have at most 0 GPU(s)" in done.stderr, done.stderr
+    assert f"cluster.gpus_per_node={have + 2}: the nodes of the default partition have at most {have} GPU(s)" in done.stderr, done.stderr
 
 
 def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> None:
