@@ -18,7 +18,11 @@ def allocation() -> str:
     """The GPUs this job was given, as the scheduler exported them, for the task's log: which card a task
     ran on is otherwise lost once the job has ended."""
     given = [f"{name}={os.environ[name]}" for name in ALLOCATION_VARIABLES if name in os.environ]
-    return " ".join(given) or "no GPU given (none of " + ", ".join(ALLOCATION_VARIABLES) + " set)"
+    if given:
+        return " ".join(given)
+    if "SLURM_JOB_ID" in os.environ:
+        return "no GPU given (none of " + ", ".join(ALLOCATION_VARIABLES) + " set)"
+    return "CUDA_VISIBLE_DEVICES unset: every GPU of this machine is visible"
 
 
 def gpus_given() -> bool:
