@@ -265,9 +265,12 @@ def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> N
     pid = int((state_dir / "slurmd.pid").read_text())
     os.kill(pid, signal.SIGTERM)
     wait_until("slurmd to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60, every=0.2)
-    cpus = re.search(r"CPUTot=(\d+)", subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout).group(1)
+    node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
+    cpus = re.search(r"CPUTot=(\d+)", node).group(1)
+    gpus = re.search(r"Gres=gpu:(\d+)", node)
     script = Path(__file__).resolve().parent.parent / "slurm" / "start-local-cluster.sh"
-    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus}, check=True, capture_output=True, timeout=300)
+    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus, "SLURM_LOCAL_GPUS": gpus.group(1) if gpus else "0"},
+                   check=True, capture_output=True, timeout=300)
     wait_for_run(results / "restart", info["name"])
     records = [r for p in sorted((results / "restart" / "debate").glob("*.jsonl")) for r in read_shard(p)]
     assert sorted(r["index"] for r in records) == list(range(16)), "no duplicate and no lost record"
