@@ -248,9 +248,12 @@ def test_the_readme_slurm_block_is_what_submit_prints(tmp_path: Path) -> None:
 
 
 def test_more_gpus_than_the_partition_has_is_refused(tmp_path: Path) -> None:
-    done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", "cluster.gpus_per_node=2", timeout=120)
+    """A train job's GPUs are checked against the partition's gres before anything is submitted."""
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
+    have = max((int(n) for n in re.findall(r"gpu(?::[^:\s(]+)?:(\d+)", gres)), default=0)
+    done = run_submit("stage=train", "models=tiny", f"results_dir={tmp_path}", "cluster=slurm", f"cluster.gpus_per_node={have + 2}", timeout=120)
     assert done.returncode == 2
-    assert "cluster.gpus_per_node=2: the nodes of the default partition have at most 0 GPU(s)" in done.stderr, done.stderr
+    assert f"cluster.gpus_per_node={have + 2}: the nodes of the default partition have at most {have} GPU(s)" in done.stderr, done.stderr
 
 
 def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> None:
@@ -262,9 +265,12 @@ def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> N
     pid = int((state_dir / "slurmd.pid").read_text())
     os.kill(pid, signal.SIGTERM)
     wait_until("slurmd to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60, every=0.2)
-    cpus = re.search(r"CPUTot=(\d+)", subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout).group(1)
+    node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
+    cpus = re.search(r"CPUTot=(\d+)", node).group(1)
+    gpus = re.search(r"Gres=gpu:(\d+)", node)
     script = Path(__file__).resolve().parent.parent / "slurm" / "start-local-cluster.sh"
-    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus}, check=True, capture_output=True, timeout=300)
+    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus, "SLURM_LOCAL_GPUS": gpus.group(1) if gpus else "0"},
+                   check=True, capture_output=True, timeout=300)
     wait_for_run(results / "restart", info["name"])
     records = [r for p in sorted((results / "restart" / "debate").glob("*.jsonl")) for r in read_shard(p)]
     assert sorted(r["index"] for r in records) == list(range(16)), "no duplicate and no lost record"

@@ -13,7 +13,7 @@ from pipeline.config import project_path
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import DebateSettings
 from pipeline.debate.units import debate_schema, shard_problems
-from pipeline.models.device import pick_devices
+from pipeline.models.device import describe_placement, pick_devices
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
 from pipeline.settings import build
@@ -38,6 +38,7 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
         reporter.set_work(len(writer.records), len(mine), "problems")
         if todo:
             devices = pick_devices(cfg["debate"]["devices"])
+            log.info("%s: %s", path.name, describe_placement(devices))
             registry = load_registry()
             cache = project_path(cfg["paths"]["model_cache"])
             reporter.set_state("running", "loading the models")

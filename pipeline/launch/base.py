@@ -56,7 +56,9 @@ class Launcher:
         self.progress = OmegaConf.to_container(cfg.progress, resolve=True)
 
     # ---- what a backend says -----------------------------------------------------------------------
-    def executor(self, name: str, timeout_min: int, processes: int) -> submitit.Executor:
+    def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> submitit.Executor:
+        """A job of ``processes`` tasks holding ``gpus`` GPUs: a stage's array asks for ``gpus()``, its reducer
+        and the summary for none (they only read files, and would otherwise wait for a GPU)."""
         raise NotImplementedError
 
     def gpus(self) -> int:
@@ -112,12 +114,12 @@ class Launcher:
         name = job_name(where, self.run.run_id)
         jobs: list[submitit.Job] = []
         if tasks:
-            executor = self.executor(name, int(self.cfg.cluster.timeout_min), self.processes(per_gpu))
+            executor = self.executor(name, int(self.cfg.cluster.timeout_min), self.processes(per_gpu), self.gpus())
             self.order_after(executor, after)
             with scheduler_refusal(f"{where} array"):
                 jobs = self.submit_array(executor, task_fn, tasks, per_gpu, after)
             self.submitted(jobs)
-        reducer = self.executor(f"{name}-reduce", self.reduce_limit(), 1)
+        reducer = self.executor(f"{name}-reduce", self.reduce_limit(), 1, 0)
         self.order_after(reducer, jobs or after)
         try:
             with scheduler_refusal(f"{where} reduce job"):
@@ -132,7 +134,7 @@ class Launcher:
     def submit_summary(self, fn: Callable[[str, str], dict[str, Any]], after: Sequence[submitit.Job]) -> submitit.Job:
         """The last job of a chain: after everything, whatever its outcome."""
         name = job_name("summary", self.run.run_id)
-        executor = self.executor(name, self.reduce_limit(), 1)
+        executor = self.executor(name, self.reduce_limit(), 1, 0)
         self.order_after(executor, after)
         with scheduler_refusal("summary job"):
             job = executor.submit(ReduceJob(fn, self.progress, self.gate(after, array=False)), str(self.run.root), "summary")

@@ -15,7 +15,7 @@ class DebugLauncher(Launcher):
 
     kind = "debug"
 
-    def executor(self, name: str, timeout_min: int, processes: int) -> submitit.AutoExecutor:
+    def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> submitit.AutoExecutor:
         executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster="debug")
         executor.update_parameters(name=name, timeout_min=timeout_min)
         return executor

@@ -229,10 +229,10 @@ class LocalLauncher(Launcher):
 
     kind = "local"
 
-    def executor(self, name: str, timeout_min: int, processes: int) -> DetachedLocalExecutor:
+    def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> DetachedLocalExecutor:
         executor = DetachedLocalExecutor(folder=self.run.launch_dir)
         # submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for some.
-        params: dict[str, Any] = {"timeout_min": timeout_min, "tasks_per_node": processes, "gpus_per_node": self.gpus()}
+        params: dict[str, Any] = {"timeout_min": timeout_min, "tasks_per_node": processes, "gpus_per_node": gpus}
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         if visible and all(part.strip().isdigit() for part in visible.split(",")):
             params.update(visible_gpus=tuple(int(part) for part in visible.split(",")))

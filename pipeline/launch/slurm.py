@@ -1,7 +1,7 @@
 """The SLURM backend: one ``sbatch --array`` per stage, throttled by ``cluster.array_parallelism``; the
 reducer, and the next step of a chain, depend on it with ``afterany`` (an ``afterok`` never fires when one
 task fails: each step checks its own inputs). A per-GPU stage (train) runs ``--ntasks-per-node``
-processes per job. Every ``cluster.*`` key maps to an sbatch option."""
+processes per job. Every ``cluster.*`` key maps to an sbatch option; reducers ask for no GPU."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class SlurmLauncher(Launcher):
 
     kind = "slurm"
 
-    def executor(self, name: str, timeout_min: int, processes: int) -> submitit.AutoExecutor:
+    def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> submitit.AutoExecutor:
         c = self.cfg.cluster
         executor = submitit.AutoExecutor(folder=self.run.launch_dir, cluster="slurm", slurm_max_num_timeout=int(c.max_requeues))
         executor.update_parameters(
@@ -28,7 +28,7 @@ class SlurmLauncher(Launcher):
             cpus_per_task=int(c.cpus_per_task),
             nodes=int(c.nodes),
             tasks_per_node=processes,
-            gpus_per_node=int(c.gpus_per_node) or None,
+            gpus_per_node=gpus or None,
             mem_gb=c.mem_gb,
             slurm_partition=c.partition,
             slurm_account=c.account,

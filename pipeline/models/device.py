@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# What a scheduler exports of a job's GPUs: SLURM sets all three from the job's gres (CUDA_VISIBLE_DEVICES
+# numbers them as the process sees them, SLURM_JOB_GPUS / SLURM_STEP_GPUS as the node does); the local
+# executor sets CUDA_VISIBLE_DEVICES.
+ALLOCATION_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+
+
+def allocation() -> str:
+    """The GPUs this job was given, as the scheduler exported them, for the task's log: which card a task
+    ran on is otherwise lost once the job has ended."""
+    given = [f"{name}={os.environ[name]}" for name in ALLOCATION_VARIABLES if name in os.environ]
+    if given:
+        return " ".join(given)
+    if "SLURM_JOB_ID" in os.environ:
+        return "no GPU given (none of " + ", ".join(ALLOCATION_VARIABLES) + " set)"
+    return "CUDA_VISIBLE_DEVICES unset: every GPU of this machine is visible"
+
+
+def gpus_given() -> bool:
+    """False in a SLURM job given no GPU. SLURM then unsets CUDA_VISIBLE_DEVICES (measured: even one the
+    submitter had set), and on a node without a device cgroup the job would see, and use, every GPU of the
+    node, including those SLURM gave other jobs. Outside SLURM, whatever the process sees is its own."""
+    return "SLURM_JOB_ID" not in os.environ or any(name in os.environ for name in ALLOCATION_VARIABLES)
+
+
+def cuda_usable() -> bool:
+    """This job may use CUDA: it was given a GPU, and torch finds one (a node whose GPUs SLURM only
+    declares, as the CPU test cluster does, has none)."""
+    return gpus_given() and torch.cuda.is_available()
+
 
 def pick_device() -> torch.device:
-    """The first visible GPU if there is one (SLURM sets CUDA_VISIBLE_DEVICES), else the CPU."""
-    if torch.cuda.is_available():
+    """The first GPU the job was given (SLURM sets CUDA_VISIBLE_DEVICES, and torch numbers only those),
+    else the CPU."""
+    if cuda_usable():
         check_cuda_arch()
         return torch.device("cuda")
     return torch.device("cpu")
@@ -26,6 +58,29 @@ def pick_devices(mode: str) -> dict[str, torch.device]:
     if mode == "shared" or gpus < 2:
         return {"a": first, "b": first}
     return {"a": torch.device("cuda", 0), "b": torch.device("cuda", 1)}
+
+
+def describe_placement(devices: dict[str, torch.device]) -> str:
+    """One log line: where each model sits and what the job was given, e.g.
+    ``a on cuda:0, b on cuda:1; CUDA_VISIBLE_DEVICES=2,3 SLURM_JOB_GPUS=2,3``."""
+    where = ", ".join(f"{key} on {device}" for key, device in devices.items())
+    return f"{where}; {allocation()}{_no_cuda_note()}"
+
+
+def describe_rank(rank: int, world: int, local_rank: int, device: torch.device) -> str:
+    """One log line for a training process: its rank, the node's GPU it takes (the ``local_rank``-th of
+    those SLURM gave the job, which is what ``cuda:<local_rank>`` is) and its device."""
+    visible = [part for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part]
+    gpu = f"GPU {visible[local_rank]}" if local_rank < len(visible) else "no GPU of its own"
+    return f"rank {rank} of {world} (local rank {local_rank}) takes {gpu}, on {device}; {allocation()}{_no_cuda_note()}"
+
+
+def _no_cuda_note() -> str:
+    """Why a job that was given GPUs runs on the CPU: torch finds no CUDA (a node whose GPUs are declared
+    to SLURM but absent, or a CPU build of torch)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") and not torch.cuda.is_available():
+        return " (torch finds no CUDA here: on the CPU)"
+    return ""
 
 
 def cpu_has_fast_bf16() -> bool:

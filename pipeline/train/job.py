@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.config import project_path
+from pipeline.models.device import cuda_usable, describe_rank
 from pipeline.models.registry import display_name
 from pipeline.files import write_atomic
 from pipeline.settings import build, passed_to
@@ -78,7 +79,8 @@ def _free_port() -> int:
 
 
 def _device(local_rank: int, world: int) -> torch.device:
-    if not torch.cuda.is_available():
+    """The ``local_rank``-th GPU of those SLURM gave the job (torch numbers only those), or the CPU."""
+    if not cuda_usable():
         return torch.device("cpu")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world > 1 else 1
     if torch.cuda.device_count() < local_world:
@@ -163,6 +165,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     deepspeed = deepspeed_config(train.deepspeed)
     rank, world, local_rank = _distributed(deepspeed)
     device = _device(local_rank, world)
+    log.info("%s: %s", name, describe_rank(rank, world, local_rank, device))
     precision = pick_precision(train.precision, device)
     pin_attention_backend(device)
     spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
