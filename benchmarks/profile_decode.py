@@ -67,7 +67,7 @@ def main() -> None:
 
     def prefill() -> None:
         start = torch.zeros(args.batch, dtype=torch.long, device=device)
-        decoder._prefill(ids[:, args.reused :], start, start + args.reused, slice(0, args.batch), args.prompt)
+        decoder.forward.prefill(decoder.cache, ids[:, args.reused :], start, start + args.reused, slice(0, args.batch), args.prompt)
 
     run = step if args.phase == "decode" else prefill
 
@@ -89,7 +89,7 @@ def main() -> None:
     total = sum(ms for ms, _ in by_kind.values())
     what = f"one step over {args.columns} columns" if args.phase == "decode" else \
         f"the prefill of {args.prompt}-token prompts" + (f", {args.reused} tokens of each from the cache" if args.reused else "")
-    print(f"{args.shape} {args.dtype}, batch {args.batch}, kernels={args.kernels} ({'fused' if decoder.use_kernels else 'PyTorch'}): "
+    print(f"{args.shape} {args.dtype}, batch {args.batch}, kernels={args.kernels} ({'fused' if decoder.forward.use_kernels else 'PyTorch'}): "
           f"{total:.2f} ms of kernels in {what}")
     for kind, (ms, count) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         print(f"  {kind:<30}{ms:>8.2f} ms {ms / total:>5.0%} {int(count):>6} kernels")

@@ -115,7 +115,7 @@ def test_copying_kv_heads_in_the_prefill_changes_no_token() -> None:
     calls = {}
     for grouped in (True, False):
         decoder = StaticDecoder(chat.model)
-        decoder.gqa_in_kernel = grouped
+        decoder.forward.gqa_in_kernel = grouped
         first = decoder.generate(ids, mask, max_new_tokens=10, stop_ids=[], pad_id=0, prefill_tokens=64)
         turns = [torch.cat((ids[r, mask[r] == 1], first[r], news[r])) for r in range(6)]
         width = max(len(t) for t in turns)

@@ -129,6 +129,6 @@ def test_a_kernel_choice_that_cannot_run_is_refused() -> None:
         StaticDecoder(chat.model, kernels="triton")
     with pytest.raises(ValueError, match="unknown decode kernels 'fast'; choose one of auto, triton, torch"):
         StaticDecoder(chat.model, kernels="fast")
-    assert not StaticDecoder(chat.model, kernels="auto").use_kernels
+    assert not StaticDecoder(chat.model, kernels="auto").forward.use_kernels
     with pytest.raises(ConfigError, match="debate.kernels"):
         checked_config(["debate.kernels=fast"])

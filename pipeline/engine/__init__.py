@@ -1,5 +1,6 @@
 """The inference engine: batched chat generation (``generation``) over the static decoder (``decode``: KV
-cache, CUDA graphs, rows leaving as they stop), its Triton kernels (``kernels``), turn-to-turn prefix reuse
+cache, CUDA graphs, rows leaving as they stop), which schedules the model's forward math (``forward``: fused
+projections, attention over its cache) and its Triton kernels (``kernels``), turn-to-turn prefix reuse
 (``prefix_cache``) and per-row seeded sampling (``sampling``). It knows models and tokens, not runs,
 stages or configs; the debate stage drives it.
 

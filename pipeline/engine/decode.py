@@ -2,26 +2,20 @@
 
 Plain ``generate`` spends most of a decode step on the host (hundreds of small kernel launches, cache
 bookkeeping) and, with a padding mask, copies every layer's keys and values four times over to expand
-grouped-query heads. This decoder runs the model's own parts (embeddings, norm weights, projection
-weights, rotary embedding, activation, head) around its own attention and cache:
+grouped-query heads. This decoder schedules the model's forwards (``pipeline.engine.forward``: the model's
+own weights around its own attention, in fewer kernels) over its own cache:
 
 - one preallocated cache per model, a ``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer; rows
   are left-padded into shared columns, so a step writes one column for every row;
 - turn to turn, a new prompt starts from the cache row that holds its longest prefix (the model's previous
   turn: its prompt and its own reply, ``pipeline.engine.prefix_cache``): those keys and values move to the new
   row's columns and only the rest of the prompt is prefilled (``reuse_kv``);
-- on a GPU, q/k/v and gate/up are each one matmul (the model's weights become views of the fused ones);
-- grouped-query attention reads each key/value head once (the query heads of a group ride as a short
-  query sequence, no copies);
 - the whole step (forward, sampling, stop bookkeeping) is captured once as a CUDA graph per
   (row bucket, column bucket) and replayed, so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
 - prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
-  call's rows laid out widest prefill first so that a chunk's rows have similar widths;
-- on a GPU Triton can run (compute capability 8.0+), a decode step's attention, rotary embedding, cache
-  write, norms, residuals and activation are ``pipeline.engine.kernels``' fused kernels (``kernels=auto``), and so
-  are the prefill's rotary embedding, norms, residuals and activation.
+  call's rows laid out widest prefill first so that a chunk's rows have similar widths.
 
 On a CPU the same code runs without graphs. Greedy and sampled outputs equal those of ``generate``
 (``tests/test_decode.py``); only Llama- and Qwen2-style decoders are supported, and ``engine=auto``
@@ -38,14 +32,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from pipeline.engine import KERNELS, kernels
+from pipeline.engine.forward import Forward
 from pipeline.engine.prefix_cache import PrefixIndex, Reuse
 from pipeline.engine.sampling import sample_tokens
 
-SUPPORTED_TYPES = ("llama", "qwen2")
 # Graph buckets: the key/value columns a step reads are rounded up to this many, so a turn replays a
 # handful of graphs instead of one per length.
 COLUMN_BUCKET = 64
@@ -58,50 +50,6 @@ RESERVE_BYTES = 3 * 2**30
 _LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()
 # Progress of one decode call: (step, rows still open, tokens generated so far, an estimate).
 StepReport = Callable[[int, int, int], None]
-# A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def unsupported(model: PreTrainedModel) -> str | None:
-    """Why the static decoder cannot run this model, or None when it can."""
-    config = model.config
-    if config.model_type not in SUPPORTED_TYPES:
-        return f"architecture {config.model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})"
-    if getattr(model, "quantization_method", None) or getattr(model, "is_loaded_in_4bit", False):
-        return "quantised weights"
-    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
-        return f"{type(model).__name__} is not a plain causal LM (an unmerged adapter?)"
-    if getattr(config, "use_sliding_window", False):
-        return "sliding-window attention"
-    return None
-
-
-def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm with the normalisation in PyTorch's fused kernel: four kernels instead of
-    eight, and the same roundings as the model's own (normalise in float32, cast, then scale), so that
-    half-precision outputs match ``generate`` too. Passing the weight to the fused kernel would save two
-    more kernels but round once instead of twice."""
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
-
-
-def _fused(module: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The concatenated weight (and bias) of ``module``'s linear layers ``names``; the layers' parameters
-    are replaced by views of it. A module fused before is recognised and its matrix reused."""
-    linears = [getattr(module, name) for name in names]
-    fused = getattr(module, "_static_decoder_fused", None)
-    if fused is not None and fused[0].data_ptr() == linears[0].weight.data_ptr():
-        return fused
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = torch.cat([linear.bias for linear in linears]) if linears[0].bias is not None else None
-    offset = 0
-    for linear in linears:
-        rows = linear.weight.shape[0]
-        linear.weight = torch.nn.Parameter(weight[offset : offset + rows], requires_grad=False)
-        if bias is not None:
-            linear.bias = torch.nn.Parameter(bias[offset : offset + rows], requires_grad=False)
-        offset += rows
-    module._static_decoder_fused = (weight, bias)
-    return weight, bias
 
 
 def _bucket(n: int) -> int:
@@ -161,27 +109,12 @@ class StaticDecoder:
     while the next call fits them."""
 
     def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto", reuse_kv: bool = True) -> None:
-        reason = unsupported(model)
-        if reason:
-            raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
-        if kernels not in KERNELS:
-            raise ValueError(f"unknown decode kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
-        config = model.config
-        self.model = model
-        self.layers = list(model.model.layers)
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scale = self.layers[0].self_attn.scaling
+        self.forward = Forward(model, kernels)
         self.device = model.device
-        self.dtype = model.model.embed_tokens.weight.dtype
         self.settings = (cuda_graphs, kernels, reuse_kv)
         self.reuse_kv = reuse_kv
         self.index = PrefixIndex()
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.use_kernels = self._pick_kernels(kernels)
-        self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
-        self.gqa_in_kernel = self._gqa_in_kernel()
         self.cache: list[torch.Tensor] | None = None  # per layer: [k/v, rows, kv_heads, columns, head_dim]
         self.state: _State | None = None
         self.graphs: dict[tuple[int, int, float], torch.cuda.CUDAGraph] = {}
@@ -192,36 +125,13 @@ class StaticDecoder:
         self.prefill_tokens = 0  # prompt tokens prefilled
         self.prefill_positions = 0  # positions the prefill computed: those tokens and the padding of their chunks
         self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier call
-        self._fuse_weights()
         _LIVE.add(self)
-
-    def _pick_kernels(self, choice: str) -> bool:
-        """Whether decode steps run ``pipeline.engine.kernels``: ``triton`` insists (an error where they cannot
-        run), ``torch`` declines, ``auto`` takes them wherever they can run."""
-        if choice == "torch":
-            return False
-        reason = kernels.usable(self.device)
-        if reason is None and self.model.config.hidden_act != "silu":
-            reason = f"activation {self.model.config.hidden_act!r} (the fused MLP kernel is SiLU's)"
-        if reason is not None and choice == "triton":
-            raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
-        return reason is None
-
-    def _gqa_in_kernel(self) -> bool:
-        """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
-        copied to its group of query heads. Measured (torch 2.11, H200): with a mask, of the GPU kernels only
-        cuDNN's, which SDPA prefers in half precision on compute capability 9.0+, serves grouped heads (half
-        the time of copying them); the memory-efficient kernel, all a V100 has and float32's kernel on any
-        GPU, needs equal head counts, and ``enable_gqa`` would fall back to the math kernel and its
-        [queries x columns] scores (11 GiB more for one 16k-token chunk). On a CPU, as ``generate`` does."""
-        if self.device.type != "cuda":
-            return True
-        return self.dtype != torch.float32 and torch.cuda.get_device_capability(self.device)[0] >= 9
 
     # ---- memory ---------------------------------------------------------------------------------------
     def bytes_per_token(self) -> int:
         """Cache bytes for one token of one row (keys and values of every layer)."""
-        return 2 * len(self.layers) * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+        f = self.forward
+        return 2 * len(f.layers) * f.kv_heads * f.head_dim * torch.finfo(f.dtype).bits // 8
 
     def release(self) -> None:
         """Frees the cache and the graphs (another model on this device needs the memory)."""
@@ -273,8 +183,9 @@ class StaticDecoder:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.cache = []
-        for i in range(len(self.layers)):
-            layer = torch.zeros((2, rows, self.kv_heads, columns, self.head_dim), dtype=self.dtype, device=self.device)
+        f = self.forward
+        for i in range(len(f.layers)):
+            layer = torch.zeros((2, rows, f.kv_heads, columns, f.head_dim), dtype=f.dtype, device=self.device)
             if old is not None:
                 _move(layer, old[i], moves)
                 old[i] = None
@@ -285,112 +196,11 @@ class StaticDecoder:
         self.state = _State(zeros(rows), zeros(rows), zeros(rows), zeros(rows, dtype=torch.bool), zeros(rows, max_new),
                             zeros(rows), zeros(), zeros(), torch.tensor(stop_ids, dtype=torch.long, device=self.device), pad)
 
-    # ---- the model ------------------------------------------------------------------------------------
-    def _fuse_weights(self) -> None:
-        """On a GPU, one matrix for q/k/v and one for gate/up per layer: one matmul instead of three and
-        two. The model's own projections become views into them, so memory does not grow and ``generate``
-        still runs the same weights. On a CPU the projections stay apart: a fused matmul sums in another
-        order, and there it buys little, while separate ones give ``generate``'s tokens bit for bit in
-        every precision."""
-        self.qkv, self.gate_up = [], []
-        if self.device.type != "cuda":
-            return
-        with torch.no_grad():
-            for layer in self.layers:
-                self.qkv.append(_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")))
-                self.gate_up.append(_fused(layer.mlp, ("gate_proj", "up_proj")))
-
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
-        """Logits of the last position of every row of ``ids`` [rows, length]. ``attend(layer, qkv, cos, sin)``
-        rotates q and k of the layer's projections [tokens, heads + 2 kv heads, dim], stores the keys and
-        values and returns the attention output [tokens, heads * dim]. The rest is the model's own arithmetic
-        in fewer kernels: residual adds, norms and activation in PyTorch's ops, or in ``pipeline.engine.kernels``
-        where they run (prefill and decode steps alike)."""
-        base = self.model.model
-        rows, length = ids.shape
-        hidden = base.embed_tokens(ids.reshape(-1))  # [tokens, hidden]: the fused kernels take rows of one width
-        cos, sin = base.rotary_emb(hidden[None], positions.reshape(1, -1))
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: the kernels' form too
-        cos, sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), -1)
-        delta = None
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            hidden, x = self._add_norm(layer.input_layernorm, hidden, delta)
-            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
-            out = attend(i, qkv.view(rows * length, -1, self.head_dim), cos, sin)
-            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, attn.o_proj(out))
-            if self.use_kernels:
-                delta = mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
-            else:
-                gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
-                delta = mlp.down_proj(mlp.act_fn(gate) * up)
-        last = slice(length - 1, None, length)  # each row's last position
-        return self.model.lm_head(self._add_norm(base.norm, hidden[last], delta[last])[1])
-
-    def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``hidden + delta`` (in place with the kernels) and its norm: the residual add and the next norm."""
-        if self.use_kernels:
-            hidden = hidden.contiguous()
-            return hidden, kernels.add_rms_norm(hidden, None if delta is None else delta.contiguous(), norm.weight, norm.variance_epsilon)
-        hidden = hidden if delta is None else hidden + delta
-        return hidden, _rms_norm(norm, hidden)
-
-    def _rotate(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q and k of ``qkv`` [tokens, heads + 2 kv heads, dim] rotated (in place with the kernels), and v."""
-        qk_heads = self.heads + self.kv_heads
-        if self.use_kernels:
-            qk = kernels.rotate(qkv, cos, sin, qk_heads)[:, :qk_heads]
-        else:
-            qk, half = qkv[:, :qk_heads], self.head_dim // 2
-            qk = qk * cos[:, None] + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin[:, None]
-        return qk[:, : self.heads], qk[:, self.heads :], qkv[:, qk_heads:]
-
-    def _fused_step_logits(self, rows: int, columns: int) -> torch.Tensor:
-        """The decode step's logits through ``pipeline.engine.kernels``: rotary embedding and cache write in one
-        kernel, and attention reading each row's own columns, from its first prompt token to the one
-        written now."""
-        s = self.state
-        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
-
-        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            cache = self.cache[layer]
-            q = kernels.rope_and_store(qkv.view(rows, -1), cos, sin, cache, s.column, self.heads, self.kv_heads)
-            return kernels.decode_attention(q, cache[0], cache[1], s.start, s.column, self.scale, splits, split_size).view(rows, -1)
-
-        return self._forward(s.token[:rows, None], s.position[:rows, None], attend)
-
-    def _prefill(self, ids: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, rows: slice, end: int) -> torch.Tensor:
-        """Logits of the last prompt token of ``rows``, whose prompts end at column ``end``. ``ids`` are the
-        prompts' last columns (all of them, or a window when prefixes were reused); a row's keys and
-        values are written from column ``fresh`` on, and its queries attend to its columns from ``start``."""
-        count, width = ids.shape
-        queries = torch.arange(end - width, end, device=self.device)
-        keys = torch.arange(end, device=self.device)
-        positions = (queries[None] - start[:, None]).clamp(min=0)
-        visible = (keys[None, None, :] >= start[:, None, None]) & (keys[None, None, :] <= queries[None, :, None])
-        # A padding query sees only itself: every softmax row stays finite.
-        mask = (visible | (keys[None, None, :] == queries[None, :, None]))[:, None]
-        new = (queries[None] >= fresh[:, None])[:, None, :, None]
-        copies = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
-
-        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
-            cache = self.cache[layer][:, rows]
-            window = cache[:, :, :, end - width : end]
-            window.copy_(torch.where(new, torch.stack((k, v)), window))
-            keys, values = cache[0, :, :, :end], cache[1, :, :, :end]
-            if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
-                keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
-            return out.transpose(1, 2).reshape(count * width, -1)
-
-        return self._forward(ids, positions, attend)
-
+    # ---- a step ---------------------------------------------------------------------------------------
     def _step(self, rows: int, columns: int, temperature: float) -> None:
         """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
         s = self.state
-        logits = self._fused_step_logits(rows, columns) if self.use_kernels else self._torch_step_logits(rows, columns)
+        logits = self.forward.step(self.cache, s.token[:rows], s.position[:rows], s.start[:rows], s.column, columns)
         token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
         done = s.done[:rows]
         token = torch.where(done, s.pad, token)
@@ -400,26 +210,6 @@ class StaticDecoder:
         s.position[:rows] += 1
         s.column += 1
         s.step += 1
-
-    def _torch_step_logits(self, rows: int, columns: int) -> torch.Tensor:
-        """The decode step's logits through PyTorch ops: an additive mask over the graph's columns."""
-        s = self.state
-        cols = torch.arange(columns, device=self.device)
-        valid = (cols[None] >= s.start[:rows, None]) & (cols[None] <= s.column)
-        mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
-        index = s.column.view(1)
-
-        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            q, k, v = self._rotate(qkv, cos, sin)
-            keys, values = self.cache[layer][0, :rows], self.cache[layer][1, :rows]
-            keys.index_copy_(2, index, k[:, :, None])
-            values.index_copy_(2, index, v[:, :, None])
-            # The query heads of a group are a short query sequence over their one kv head.
-            grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
-            return out.reshape(rows, -1)
-
-        return self._forward(s.token[:rows, None], s.position[:rows, None], attend)
 
     def _replay(self, rows: int, columns: int, temperature: float) -> None:
         if not self.use_graphs:
@@ -499,10 +289,10 @@ class StaticDecoder:
         first = []
         # Where the kv heads are copied to the query heads, a row's copies span all ``length`` columns, however
         # few it prefills: a chunk is then bounded by the columns its rows attend to, as whole prompts are.
-        costs = widths if self.gqa_in_kernel else np.full(rows, length)
+        costs = widths if self.forward.gqa_in_kernel else np.full(rows, length)
         for part in _chunks(costs, prefill_tokens):
             widest = int(widths[part].max())
-            logits = self._prefill(ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
+            logits = self.forward.prefill(self.cache, ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
             first.append(sample_tokens(logits, temperature, s.seeds[part], 0))
             self.prefill_positions += widest * (part.stop - part.start)
         token = torch.cat(first)

@@ -22,7 +22,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from pipeline.engine import ENGINES
-from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport, unsupported
+from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport
+from pipeline.engine.forward import unsupported
 from pipeline.models.loading import ChatModel
 from pipeline.engine.sampling import SeededGumbelSampler
 

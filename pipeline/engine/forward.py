@@ -1,0 +1,256 @@
+"""The static decoder's forward math: a Llama- or Qwen2-style model's logits over a KV cache it is handed.
+
+This runs the model's own parts (embeddings, norm weights, projection weights, rotary embedding,
+activation, head) around its own attention, in fewer kernels than the model's ``forward``:
+
+- on a GPU, q/k/v and gate/up are each one matmul (the model's weights become views of the fused ones);
+- grouped-query attention reads each key/value head once (the query heads of a group ride as a short
+  query sequence, no copies);
+- on a GPU Triton can run (compute capability 8.0+), a decode step's attention, rotary embedding, cache
+  write, norms, residuals and activation are ``pipeline.engine.kernels``' fused kernels (``kernels=auto``), and so
+  are the prefill's rotary embedding, norms, residuals and activation.
+
+The cache is the caller's (``pipeline.engine.decode`` allocates, moves and reuses it): a
+``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer, rows left-padded into shared columns. A
+forward writes the keys and values of the positions it computes and reads the columns it is told to;
+it keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from pipeline.engine import KERNELS, kernels
+
+SUPPORTED_TYPES = ("llama", "qwen2")
+
+# A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def unsupported(model: PreTrainedModel) -> str | None:
+    """Why the static decoder cannot run this model, or None when it can."""
+    config = model.config
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"architecture {config.model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})"
+    if getattr(model, "quantization_method", None) or getattr(model, "is_loaded_in_4bit", False):
+        return "quantised weights"
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        return f"{type(model).__name__} is not a plain causal LM (an unmerged adapter?)"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    return None
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm with the normalisation in PyTorch's fused kernel: four kernels instead of
+    eight, and the same roundings as the model's own (normalise in float32, cast, then scale), so that
+    half-precision outputs match ``generate`` too. Passing the weight to the fused kernel would save two
+    more kernels but round once instead of twice."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def _fused(module: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The concatenated weight (and bias) of ``module``'s linear layers ``names``; the layers' parameters
+    are replaced by views of it. A module fused before is recognised and its matrix reused."""
+    linears = [getattr(module, name) for name in names]
+    fused = getattr(module, "_static_decoder_fused", None)
+    if fused is not None and fused[0].data_ptr() == linears[0].weight.data_ptr():
+        return fused
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = torch.cat([linear.bias for linear in linears]) if linears[0].bias is not None else None
+    offset = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight = torch.nn.Parameter(weight[offset : offset + rows], requires_grad=False)
+        if bias is not None:
+            linear.bias = torch.nn.Parameter(bias[offset : offset + rows], requires_grad=False)
+        offset += rows
+    module._static_decoder_fused = (weight, bias)
+    return weight, bias
+
+
+class Forward:
+    """One model's prefill and decode-step forwards over a cache the caller holds."""
+
+    def __init__(self, model: PreTrainedModel, kernels: str = "auto") -> None:
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown decode kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+        config = model.config
+        self.model = model
+        self.layers = list(model.model.layers)
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.layers[0].self_attn.scaling
+        self.device = model.device
+        self.dtype = model.model.embed_tokens.weight.dtype
+        self.use_kernels = self._pick_kernels(kernels)
+        self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
+        self.gqa_in_kernel = self._gqa_in_kernel()
+        self._fuse_weights()
+
+    def _pick_kernels(self, choice: str) -> bool:
+        """Whether the forwards run ``pipeline.engine.kernels``: ``triton`` insists (an error where they cannot
+        run), ``torch`` declines, ``auto`` takes them wherever they can run."""
+        if choice == "torch":
+            return False
+        reason = kernels.usable(self.device)
+        if reason is None and self.model.config.hidden_act != "silu":
+            reason = f"activation {self.model.config.hidden_act!r} (the fused MLP kernel is SiLU's)"
+        if reason is not None and choice == "triton":
+            raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
+        return reason is None
+
+    def _gqa_in_kernel(self) -> bool:
+        """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
+        copied to its group of query heads. Measured (torch 2.11, H200): with a mask, of the GPU kernels only
+        cuDNN's, which SDPA prefers in half precision on compute capability 9.0+, serves grouped heads (half
+        the time of copying them); the memory-efficient kernel, all a V100 has and float32's kernel on any
+        GPU, needs equal head counts, and ``enable_gqa`` would fall back to the math kernel and its
+        [queries x columns] scores (11 GiB more for one 16k-token chunk). On a CPU, as ``generate`` does."""
+        if self.device.type != "cuda":
+            return True
+        return self.dtype != torch.float32 and torch.cuda.get_device_capability(self.device)[0] >= 9
+
+    def _fuse_weights(self) -> None:
+        """On a GPU, one matrix for q/k/v and one for gate/up per layer: one matmul instead of three and
+        two. The model's own projections become views into them, so memory does not grow and ``generate``
+        still runs the same weights. On a CPU the projections stay apart: a fused matmul sums in another
+        order, and there it buys little, while separate ones give ``generate``'s tokens bit for bit in
+        every precision."""
+        self.qkv, self.gate_up = [], []
+        if self.device.type != "cuda":
+            return
+        with torch.no_grad():
+            for layer in self.layers:
+                self.qkv.append(_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")))
+                self.gate_up.append(_fused(layer.mlp, ("gate_proj", "up_proj")))
+
+    # ---- the two forwards -----------------------------------------------------------------------------
+    def prefill(self, cache: list[torch.Tensor], ids: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, rows: slice,
+                end: int) -> torch.Tensor:
+        """Logits of the last prompt token of cache ``rows``, whose prompts end at column ``end``. ``ids`` are the
+        prompts' last columns (all of them, or a window when prefixes were reused); a row's keys and
+        values are written from column ``fresh`` on, and its queries attend to its columns from ``start``."""
+        count, width = ids.shape
+        queries = torch.arange(end - width, end, device=self.device)
+        keys = torch.arange(end, device=self.device)
+        positions = (queries[None] - start[:, None]).clamp(min=0)
+        visible = (keys[None, None, :] >= start[:, None, None]) & (keys[None, None, :] <= queries[None, :, None])
+        # A padding query sees only itself: every softmax row stays finite.
+        mask = (visible | (keys[None, None, :] == queries[None, :, None]))[:, None]
+        new = (queries[None] >= fresh[:, None])[:, None, :, None]
+        copies = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
+
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
+            rows_cache = cache[layer][:, rows]
+            window = rows_cache[:, :, :, end - width : end]
+            window.copy_(torch.where(new, torch.stack((k, v)), window))
+            keys, values = rows_cache[0, :, :, :end], rows_cache[1, :, :, :end]
+            if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
+                keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
+            return out.transpose(1, 2).reshape(count * width, -1)
+
+        return self._logits(ids, positions, attend)
+
+    def step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
+             column: torch.Tensor, columns: int) -> torch.Tensor:
+        """Logits of one decode step for the first ``len(token)`` cache rows: each row's last token at its
+        rotary ``position``, its keys and values written at ``column`` (a 0-d tensor, so that a captured
+        graph replays at the next column), attending to its columns from ``start`` to ``column``, of the
+        first ``columns`` read."""
+        if self.use_kernels:
+            return self._fused_step(cache, token, position, start, column, columns)
+        return self._torch_step(cache, token, position, start, column, columns)
+
+    def _fused_step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
+                    column: torch.Tensor, columns: int) -> torch.Tensor:
+        """The decode step through ``pipeline.engine.kernels``: rotary embedding and cache write in one
+        kernel, and attention reading each row's own columns, from its first prompt token to the one
+        written now."""
+        rows = len(token)
+        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
+
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            q = kernels.rope_and_store(qkv.view(rows, -1), cos, sin, cache[layer], column, self.heads, self.kv_heads)
+            return kernels.decode_attention(q, cache[layer][0], cache[layer][1], start, column, self.scale, splits, split_size).view(rows, -1)
+
+        return self._logits(token[:, None], position[:, None], attend)
+
+    def _torch_step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
+                    column: torch.Tensor, columns: int) -> torch.Tensor:
+        """The decode step through PyTorch ops: an additive mask over the ``columns`` read."""
+        rows = len(token)
+        cols = torch.arange(columns, device=self.device)
+        valid = (cols[None] >= start[:, None]) & (cols[None] <= column)
+        mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
+        index = column.view(1)
+
+        def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            q, k, v = self._rotate(qkv, cos, sin)
+            keys, values = cache[layer][0, :rows], cache[layer][1, :rows]
+            keys.index_copy_(2, index, k[:, :, None])
+            values.index_copy_(2, index, v[:, :, None])
+            # The query heads of a group are a short query sequence over their one kv head.
+            grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
+            return out.reshape(rows, -1)
+
+        return self._logits(token[:, None], position[:, None], attend)
+
+    # ---- the layers -----------------------------------------------------------------------------------
+    def _logits(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Logits of the last position of every row of ``ids`` [rows, length]. ``attend(layer, qkv, cos, sin)``
+        rotates q and k of the layer's projections [tokens, heads + 2 kv heads, dim], stores the keys and
+        values and returns the attention output [tokens, heads * dim]. The rest is the model's own arithmetic
+        in fewer kernels: residual adds, norms and activation in PyTorch's ops, or in ``pipeline.engine.kernels``
+        where they run (prefill and decode steps alike)."""
+        base = self.model.model
+        rows, length = ids.shape
+        hidden = base.embed_tokens(ids.reshape(-1))  # [tokens, hidden]: the fused kernels take rows of one width
+        cos, sin = base.rotary_emb(hidden[None], positions.reshape(1, -1))
+        half = self.head_dim // 2
+        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: the kernels' form too
+        cos, sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), -1)
+        delta = None
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            hidden, x = self._add_norm(layer.input_layernorm, hidden, delta)
+            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
+            out = attend(i, qkv.view(rows * length, -1, self.head_dim), cos, sin)
+            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, attn.o_proj(out))
+            if self.use_kernels:
+                delta = mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
+            else:
+                gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
+                delta = mlp.down_proj(mlp.act_fn(gate) * up)
+        last = slice(length - 1, None, length)  # each row's last position
+        return self.model.lm_head(self._add_norm(base.norm, hidden[last], delta[last])[1])
+
+    def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden + delta`` (in place with the kernels) and its norm: the residual add and the next norm."""
+        if self.use_kernels:
+            hidden = hidden.contiguous()
+            return hidden, kernels.add_rms_norm(hidden, None if delta is None else delta.contiguous(), norm.weight, norm.variance_epsilon)
+        hidden = hidden if delta is None else hidden + delta
+        return hidden, _rms_norm(norm, hidden)
+
+    def _rotate(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q and k of ``qkv`` [tokens, heads + 2 kv heads, dim] rotated (in place with the kernels), and v."""
+        qk_heads = self.heads + self.kv_heads
+        if self.use_kernels:
+            qk = kernels.rotate(qkv, cos, sin, qk_heads)[:, :qk_heads]
+        else:
+            qk, half = qkv[:, :qk_heads], self.head_dim // 2
+            qk = qk * cos[:, None] + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin[:, None]
+        return qk[:, : self.heads], qk[:, self.heads :], qkv[:, qk_heads:]
