@@ -104,7 +104,8 @@ def _shown(dom: str) -> list[int]:
 def test_the_page_holds_the_tables_plot_and_config_and_fetches_nothing(report_run: Path) -> None:
     page = (report_run / "report.html").read_text(encoding="utf-8")
     assert "<td>debate</td>" in page and "<td>tiny-llama alone</td>" in page and "<th>how the debate agreed</th>" in page
-    assert page.count('src="data:image/png;base64,') == 1
+    plots = sorted(report_run.glob("debate_*.png"))
+    assert len(plots) == 2 and page.count('src="data:image/png;base64,') == len(plots), "every plot of the step, inline"
     assert "<h2 id=\"config\">Config</h2>" in page and "max_rounds: 2" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "nothing may be fetched"
     assert "<link" not in page and HOSTILE not in page, "model text must reach the page escaped"
@@ -150,7 +151,8 @@ def test_a_chain_page_links_its_steps_pages(report_run: Path) -> None:
     write_run_readme(str(chain))
     page = (chain / "report.html").read_text(encoding="utf-8")
     assert '<a href="debate_report.html">debate_report.html</a>' in page and (chain / "debate_report.html").exists()
-    assert "No table: the train step did not finish" in page and page.count('src="data:image/png;base64,') == 1
+    shown = page.count('src="data:image/png;base64,')
+    assert "No table: the train step did not finish" in page and shown == len(list(chain.glob("debate_*.png"))) == 2
 
 
 def _data(page: str) -> dict:
