@@ -20,7 +20,7 @@ from pipeline.launch.local import Dependency, process_alive
 from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.stages import CHAIN, STAGES
-from pipeline.tasks import CANCELLED, REDUCE_LABEL
+from pipeline.jobs import CANCELLED, REDUCE_LABEL
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -74,7 +74,7 @@ def run_status(run: Run) -> dict[str, Any]:
         reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
     started = _started(subs)
-    units = {where: STAGES[kind].units(run.stage_config(where)) for where, kind in steps}
+    units = {where: STAGES[name].units(run.stage_config(where)) for where, name in steps}
     shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label)) for where in units for unit in units[where]}
     shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
     jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}
@@ -84,8 +84,8 @@ def run_status(run: Run) -> dict[str, Any]:
     else:
         states = {key: _local_state(run.launch_dir, job, started, shots.get(key)) for key, job in jobs.items()}
     rows, tables, totals = [], [], []
-    for where, kind in steps:
-        stage = STAGES[kind]
+    for where, name in steps:
+        stage = STAGES[name]
         tables.append(run.root / stage.table_file(where))
         step_done = step_total = 0
         unknown = False  # a unit whose total is not known yet (a train job before its first step)

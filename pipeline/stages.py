@@ -37,7 +37,7 @@ def checked_config(overrides: list[str]) -> DictConfig:
     """The config with the overrides, its common keys checked (``load_config``) and then the keys of every
     stage it runs (``stage=all``: all three), each by its own stage."""
     cfg = load_config(overrides)
-    kinds = dict.fromkeys(kind for _, kind in CHAIN) if cfg.stage == "all" else (cfg.stage,)
-    for kind in kinds:
-        STAGES[kind].check(cfg)
+    names = dict.fromkeys(name for _, name in CHAIN) if cfg.stage == "all" else (cfg.stage,)
+    for name in names:
+        STAGES[name].check(cfg)
     return cfg

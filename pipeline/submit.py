@@ -32,7 +32,7 @@ from pipeline.shards import Unit, check_files
 from pipeline.stage import Stage, records_progress
 from pipeline.stages import CHAIN, STAGES, checked_config
 from pipeline.progress import mark_submitted
-from pipeline.tasks import REDUCE_LABEL, ShardTask, reduce_label
+from pipeline.jobs import REDUCE_LABEL, ShardTask, reduce_label
 from pipeline.watch import Step, watch
 
 log = logging.getLogger("gsm8k-slurm")
@@ -163,11 +163,11 @@ def chain_configs(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, di
     step writes (``<run>/train/<model>``) in place of the models it trains."""
     steps = []
     tuned = {key: str(run.stage_dir("train") / display_name(config["models"][key])) for key in config["train"]["models"]}
-    for where, kind in CHAIN:
-        step = {**config, "stage": kind}
+    for where, name in CHAIN:
+        step = {**config, "stage": name}
         if where in ("eval_finetuned", "debate"):
             step["models"] = {**config["models"], **tuned}
-        steps.append((where, STAGES[kind], step))
+        steps.append((where, STAGES[name], step))
     return steps
 
 

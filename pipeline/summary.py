@@ -24,8 +24,8 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
     parts = [f"# Run {run.run_id}: eval -> train -> eval fine-tuned -> debate", "",
              f"Config: [config.yaml](config.yaml). Status: `python jobs/status.py {run.run_id}`. Report: [{REPORT}]({REPORT}).", ""]
     missing = []
-    for step, kind in CHAIN:
-        table = run.root / STAGES[kind].table_file(step)
+    for step, name in CHAIN:
+        table = run.root / STAGES[name].table_file(step)
         parts += [f"## {TITLES[step]}", ""]
         if not table.exists():
             missing.append(step)
@@ -33,7 +33,7 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
             continue
         body = table.read_text(encoding="utf-8").split("\n", 1)[1].strip()
         parts += [body, ""]
-        parts += [f"![{png}]({png})\n" for png in STAGES[kind].plot_files(step) if (run.root / png).exists()]
+        parts += [f"![{png}]({png})\n" for png in STAGES[name].plot_files(step) if (run.root / png).exists()]
         if (run.root / step_report(step)).exists():
             parts += [f"The step's questions, plots and config: [{step_report(step)}]({step_report(step)}).", ""]
     text = "\n".join(parts)

@@ -23,7 +23,7 @@ from pipeline.progress import bar, count, describe_phase, format_duration, read_
 from pipeline.runs import Run
 from pipeline.shards import Unit
 from pipeline.stages import Stage
-from pipeline.tasks import REDUCE_LABEL
+from pipeline.jobs import REDUCE_LABEL
 
 
 @dataclass

@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 LAYERS = {
     "config": 0, "settings": 0, "files": 0, "answers": 0,
     "data": 1, "shards": 1, "progress": 1, "runs": 1, "engine": 1, "stage": 1, "wandb_run": 1,
-    "tasks": 2, "models": 2,
+    "jobs": 2, "models": 2,
     "engine.": 3,
     "debate": 4, "harness": 4, "train": 4,
     "reduce": 5,

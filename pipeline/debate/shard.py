@@ -18,7 +18,7 @@ from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
 from pipeline.settings import build
 from pipeline.shards import ShardWriter
-from pipeline.tasks import ShardTask
+from pipeline.jobs import ShardTask
 
 log = logging.getLogger(__name__)
 

@@ -102,8 +102,8 @@ def generate_chat(
     texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
-    kind = pick_engine(chat, engine)
-    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if kind == "static" else None
+    chosen = pick_engine(chat, engine)
+    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if chosen == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report

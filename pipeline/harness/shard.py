@@ -24,7 +24,7 @@ from pipeline.harness.tasks import RUN_OPTIONS, is_vendored, run_options, task_c
 from pipeline.harness.units import eval_schema, questions
 from pipeline.files import write_atomic
 from pipeline.shards import ShardWriter
-from pipeline.tasks import ShardTask
+from pipeline.jobs import ShardTask
 
 log = logging.getLogger(__name__)
 

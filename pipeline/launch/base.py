@@ -3,7 +3,7 @@ after everything; each submission recorded in ``launch/jobs.jsonl`` for the stat
 
 A backend (``local``, ``slurm``, ``debug``: one small class each) says how to build its submitit executor,
 how a job is ordered after earlier ones, and what else it must do around a submission. Job bodies
-(``pipeline.tasks``) know nothing of the backend: a backend that holds jobs itself hands them a gate.
+(``pipeline.jobs``) know nothing of the backend: a backend that holds jobs itself hands them a gate.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
 from pipeline.runs import Run
-from pipeline.tasks import ReduceJob, ShardJob, ShardTask
+from pipeline.jobs import ReduceJob, ShardJob, ShardTask
 
 JOBS_FILE = "jobs.jsonl"
 

@@ -45,7 +45,7 @@ from submitit.local import local
 
 from pipeline import progress
 from pipeline.launch.base import Launcher
-from pipeline.tasks import ShardJob, ShardTask
+from pipeline.jobs import ShardJob, ShardTask
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pipeline.models.device import cuda_usable, describe_rank
 from pipeline.models.registry import display_name
 from pipeline.files import write_atomic
 from pipeline.settings import build, passed_to
-from pipeline.tasks import ShardTask
+from pipeline.jobs import ShardTask
 from pipeline.train.callbacks import MetricsJSONL, StepProgress
 from pipeline.train.card import write_card
 from pipeline.train.deepspeed import deepspeed_config
