@@ -41,11 +41,22 @@ def train_environment(config: dict[str, Any], run_id: str, folder: Path) -> Iter
     try:
         yield ["wandb"]
     finally:
+        _finish_open_run()
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _finish_open_run() -> None:
+    """transformers' wandb callback leaves its run open when training ends; a debug run trains inside the
+    submitter, whose reducers then open their own runs: the trainer's is finished (its files flushed) first."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def step_run_id(run_root: Path, where: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 from pipeline.reduce.debate import reduce_debate
 from pipeline.submit import submit
 from pipeline.train.hub import push_adapter
-from pipeline.wandb_run import step_run_id
+from pipeline.wandb_run import step_run_id, train_environment
 from tests.conftest import ROOT, copy_run, tiny_overrides
 from tests.test_eval_e2e import eval_overrides
 from tests.test_train import train_overrides
@@ -274,3 +274,16 @@ def test_a_failed_push_is_one_warning_and_the_adapter_stays(tmp_path: Path, capl
     [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.train.hub"]
     assert warning.startswith("train.push_to_hub: tiny-llama not pushed to tester/tiny-orpo (") and "\n" not in warning
     assert warning.endswith(f"it stays in {folder}") and (folder / "README.md").read_text() == "a card\n"
+
+
+def test_training_leaves_no_wandb_run_open_for_the_reducers_after_it(tmp_path: Path) -> None:
+    """transformers' callback leaves its run open; a debug run trains in the submitter, and the reducers' runs
+    opened after it in that process wrote no file (seen in CI): training ends with no run open."""
+    import wandb
+
+    config = {"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}
+    with train_environment(config, "trained", tmp_path) as report_to:
+        assert report_to == ["wandb"]
+        wandb.init(settings=wandb.Settings(silent=True, console="off"))  # what the trainer's callback does
+    assert wandb.run is None
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb")), "the trainer's run was flushed"
