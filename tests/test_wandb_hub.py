@@ -284,6 +284,6 @@ def test_training_leaves_no_wandb_run_open_for_the_reducers_after_it(tmp_path: P
     config = {"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}
     with train_environment(config, "trained", tmp_path) as report_to:
         assert report_to == ["wandb"]
-        wandb.init(settings=wandb.Settings(silent=True, console="off"))  # what the trainer's callback does
+        wandb.init(dir=str(tmp_path), settings=wandb.Settings(silent=True, console="off"))  # as the trainer's callback does
     assert wandb.run is None
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb")), "the trainer's run was flushed"
