@@ -21,6 +21,9 @@ from pipeline.config import ConfigError, require_bool, require_choice, require_i
 
 T = TypeVar("T")
 
+# The two models of a pair (models.a, models.b): what a stage's list of models may name.
+PAIR = ("a", "b")
+
 
 @dataclass(frozen=True)
 class Knob:

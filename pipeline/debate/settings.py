@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.engine import ENGINES, KERNELS
-from pipeline.settings import knob, section
+from pipeline.settings import PAIR, knob, section
 
-SPEAKERS = ("a", "b")
+# The debaters, in the order they speak: the pair.
+SPEAKERS = PAIR
 
 SOLVE_PROMPT = (
     "Solve the following math problem step by step, in words and arithmetic (no code): write out every calculation "

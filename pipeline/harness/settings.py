@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.settings import knob
-
-PAIR = ("a", "b")
+from pipeline.settings import PAIR, knob
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.settings import knob, section
+from pipeline.settings import PAIR, knob, section
 
-PAIR = ("a", "b")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
