@@ -10,6 +10,7 @@ canonical yet spelled differently, which is why equality must go through `same_a
 """
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
@@ -30,9 +31,19 @@ _NUMBER = re.compile(
     """,
     re.VERBOSE,
 )
-_MARKER = re.compile(r"####([^\n]*)")
+_MARKER = re.compile(r"####[ \t]*([^\n]*)")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _PHRASE = re.compile(r"\banswer(?:\*\*)?\s*(?:is\b|[:=])", re.IGNORECASE)
+# Markdown and LaTeX wrapping around an answer line's value ("**18**", "\\(18\\)"), removed before it is read.
+_WRAPPING = re.compile(r"\*\*|__|`|\\[()\[\]]|\\text\{[^}]*\}|\\,")
+# A '####' line that is a heading, not an answer: "Step 3: ...", "Part 2", or a numbered title "5. Output the result".
+_HEADING = re.compile(r"^(?:(?:step|part|phase|case|stage)\b|\d+\s*[.):]\s+[^\W\d_])", re.IGNORECASE)
+# A label before the value on an answer line ("Final answer:", "The total is"): words only, no digits.
+_LABEL = re.compile(r"^[^\W\d_][^\d:=\n]{0,40}?(?:\bis\b|:)\s*", re.IGNORECASE)
+# Words before an "answer is" that make it someone else's answer ("the other agent's answer is 20").
+_OTHERS = re.compile(r"(?:agent|other|their|his|her|your|previous|incorrect|wrong)\W+(?:\w+\W+){0,2}$", re.IGNORECASE)
+# Explicit forms, in the order they are named in records and tables.
+FORMS = ("marker", "boxed", "phrase")
 
 
 class GoldAnswerError(ValueError):
@@ -97,56 +108,103 @@ def parse_gold(solution: str) -> str:
     return answer
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """The contents of every balanced \\boxed{...}; a regex alone cannot match nested braces."""
-    contents = []
+@dataclass(frozen=True)
+class Reading:
+    """What a reply states as its answer, read two ways (lm-eval's two GSM8K filters, in this suite's forms).
+
+    ``strict``: the explicit final answer (``#### N`` on a line that holds the answer, ``\\boxed{N}``, "the
+    answer is N"; the one stated last wins), else None: the prompt asks for an explicit answer, and a reply
+    without one has not answered. ``flexible``: ``strict``, else the last number in the text, which also reads
+    a reply that states its result in prose (and takes an intermediate number from a reply cut off mid-way).
+    ``form``: which explicit form gave ``strict`` (one of ``FORMS``), None without one.
+    """
+
+    strict: str | None
+    flexible: str | None
+    form: str | None
+
+
+# One explicit statement found in a text: where it starts, where its number ends, the canonical answer, its form.
+_Found = tuple[int, int, str, str]
+
+
+def _first_number(text: str, offset: int) -> tuple[int, str] | None:
+    """The end (in the whole text) and canonical value of the first number in ``text``, which starts at ``offset``."""
+    for match in _NUMBER.finditer(text):
+        if (answer := _canonical(match)) is not None:
+            return offset + match.end(), answer
+    return None
+
+
+def _marker_value(line: str) -> str | None:
+    """The answer a '####' line holds (its value, after a label or the last '='), or None for a heading or text."""
+    content = _WRAPPING.sub("", line).strip().strip("*_ ")
+    if _HEADING.match(content):
+        return None
+    content = _LABEL.sub("", content, count=1)
+    value = content.rsplit("=", 1)[-1].strip()
+    match = _NUMBER.match(value)
+    if match is None or re.match(r"\s*[.):]\s*[^\W\d_]", value[match.end():]):
+        return None
+    return _canonical(match)
+
+
+def _markers(text: str) -> list[_Found]:
+    """Every '####' line that holds an answer; a heading ('#### Step 3: ...') is text, not an answer."""
+    found = []
+    for match in _MARKER.finditer(text):
+        answer = _marker_value(match[1])
+        if answer is not None:
+            found.append((match.start(), match.end(), answer, "marker"))
+    return found
+
+
+def _boxes(text: str) -> list[_Found]:
+    """Every balanced \\boxed{...} holding a number (after its last '=' when it holds an equation); a regex
+    alone cannot match the nested braces of \\boxed{\\frac{1}{2}}."""
+    found = []
     for match in _BOXED.finditer(text):
         depth = 1
         for end in range(match.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             if depth == 0:
-                contents.append(text[match.end() : end])
+                content = text[match.end() : end]
+                value = content.rsplit("=", 1)[-1]
+                if numbers := _numbers(value):
+                    found.append((match.start(), end + 1, numbers[0], "boxed"))
                 break
-    return contents
+    return found
 
 
-def _from_marker(text: str) -> str | None:
-    """The number on the last '#### ...' line that has one: the format we ask models to use."""
-    for line in reversed(_MARKER.findall(text)):
-        if numbers := _numbers(line):
-            return numbers[0]
-    return None
+def _phrases(text: str) -> list[_Found]:
+    """Every "the (final) answer is N" / "Answer: N" with a number on its line (or the next non-empty one),
+    except where the answer is another's ("the other agent's answer is 20")."""
+    found = []
+    for match in _PHRASE.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        if text.startswith("####", line_start) or _OTHERS.search(text[max(line_start, match.start() - 40) : match.start()]):
+            continue  # a marker line is read as one; another's answer is not this reply's
+        rest = text[match.end() :]
+        skipped = len(rest) - len(rest.lstrip())
+        line = rest.lstrip().split("\n", 1)[0]
+        if number := _first_number(line, match.end() + skipped):
+            found.append((match.start(), number[0], number[1], "phrase"))
+    return found
 
 
-def _from_boxed(text: str) -> str | None:
-    """The number in the last \\boxed{} that has one; after '=' if the box holds an equation."""
-    for content in reversed(_boxed_contents(text)):
-        if numbers := _numbers(content.rsplit("=", 1)[-1]):
-            return numbers[0]
-    return None
+def read_answer(text: str, complete: bool = True) -> Reading:
+    """Both readings of a reply (see ``Reading``).
 
-
-def _from_phrase(text: str) -> str | None:
-    """The first number on the line after the last "answer is" / "answer:" that is followed by one."""
-    for match in reversed(list(_PHRASE.finditer(text))):
-        line = text[match.end() :].lstrip().split("\n", 1)[0]
-        if numbers := _numbers(line):
-            return numbers[0]
-    return None
-
-
-def extract_answer(text: str) -> str | None:
-    """A model's final answer in canonical form, or None when the text holds no number at all.
-
-    Models state answers in many formats, so rules are tried from the most explicit to the least:
-    '#### N', then \\boxed{N}, then "the answer is N", then the last number in the text. A rule that
-    finds its marker but no number falls through, so "#### unknown" does not hide a later clue.
+    ``complete``: whether the reply ended on its own (its end-of-turn token) rather than at the token limit. In a
+    reply cut off at the limit, a statement whose number runs to the very end ("#### 42" of "#### 42000") may
+    be cut itself, so it does not count; one stated earlier in the text still does.
     """
-    for rule in (_from_marker, _from_boxed, _from_phrase):
-        if (answer := rule(text)) is not None:
-            return answer
+    found = [f for f in (*_markers(text), *_boxes(text), *_phrases(text)) if complete or text[f[1] :].strip()]
     numbers = _numbers(text)
-    return numbers[-1] if numbers else None
+    if found:
+        _, _, strict, form = max(found, key=lambda f: (f[0], f[1]))
+        return Reading(strict, strict, form)
+    return Reading(None, numbers[-1] if numbers else None, None)
 
 
 def same_answer(a: str | None, b: str | None) -> bool:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.answers import GoldAnswerError, extract_answer, normalize_number, parse_gold, same_answer
+from pipeline.answers import GoldAnswerError, Reading, normalize_number, parse_gold, read_answer, same_answer
+
+
+def extract_answer(text: str) -> str | None:
+    """The flexible reading: what the suite read as the answer before the strict one (explicit, else the last number)."""
+    return read_answer(text).flexible
 
 GSM8K = Path(__file__).resolve().parent.parent / "pipeline" / "assets" / "gsm8k"
 
@@ -198,16 +203,85 @@ def test_extract_answer(text, expected):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("#### 18\nThe answer is 20. \\boxed{19}", "18"),
-        ("\\boxed{19}\nThe answer is 20.\n21", "19"),
+        ("#### 18\nThe answer is 20. \\boxed{19}", "19"),
+        ("\\boxed{19}\nThe answer is 20.\n21", "20"),
         ("The answer is 20.\nThen 21 more eggs, 22 in all.", "20"),
         ("Answer: 20 \\boxed{19} 30", "19"),
-        ("#### none\n\\boxed{19} The answer is 20.", "19"),
+        ("#### none\n\\boxed{19} The answer is 20.", "20"),
         ("\\boxed{none} The answer is 20. 30 eggs", "20"),
     ],
 )
-def test_extract_answer_priority(text, expected):
+def test_the_explicit_answer_stated_last_wins(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "strict"),
+    [
+        # a '####' heading is text, not an answer (the models write Markdown)
+        ("#### Step 3: Calculate the refund amount\nThe refund is $5600.\n\\boxed{5600}", "5600"),
+        ("#### Step 1: Find the total\n9 + 3 = 12 eggs.\n#### Step 2: Sell them\n12 * 2 = 24", None),
+        ("#### 5. Output the result.\nThe result is printed: \\(\\boxed{2}\\)", "2"),
+        ("#### 3) Compute the sum\n4 + 5 = 9", None),
+        ("### Step 2\n#### Part 2: Total\nSo 7 apples.", None),
+        ("#### Final Answer\n\\[\n\\boxed{18}\n\\]", "18"),
+        ("#### Final Answer: 18", "18"),
+        ("#### Total: $22", "22"),
+        ("#### The total is 22 dollars", "22"),
+        # an equation on the marker line gives its result
+        ("#### 13 + 9 = 22", "22"),
+        ("#### 3 \\times \\$4 = \\$12", "12"),
+        ("#### 16 - 3 - 4 = 9 eggs", "9"),
+        # the forms a marker line's answer may take
+        ("#### 18.", "18"), ("#### 18 dollars", "18"), ("#### **$1,000**", "1000"), ("#### \\( 42 \\)", "42"),
+        ("#### -5", "-5"), ("#### 0.5", "0.5"), ("#### 3/4", "3/4"), ("#### unknown", None),
+        # several explicit forms: the one stated last
+        ("#### 18\nWait, I made an error. The answer is 20.", "20"),
+        ("The answer is 20.\nLet me recheck: 9 * 2 = 18.\n#### 18", "18"),
+        ("\\boxed{18}\nVerification: 18 / 2 = 9, so the final answer is \\boxed{18}.", "18"),
+        # another's answer is not this reply's
+        ("The other agent's answer is 20, which is wrong: step 2 should be 9 * 2.\n#### 18", "18"),
+        ("Step 2 gives 18.\n#### 18\nTheir answer is 20 because they subtracted twice.", "18"),
+        # prose without an explicit form: strict has none, flexible takes the last number
+        ("So Janet makes $18 every day at the market.", None),
+    ],
+)
+def test_the_strict_reading_is_the_stated_final_answer(text, strict):
+    assert read_answer(text).strict == strict
+
+
+@pytest.mark.parametrize(
+    ("text", "strict", "flexible", "form"),
+    [
+        ("#### 18", "18", "18", "marker"),
+        ("so \\boxed{18}", "18", "18", "boxed"),
+        ("The final answer is 18.", "18", "18", "phrase"),
+        ("#### The answer is 7", "7", "7", "marker"),
+        ("She pays 3 * 4 = 12 dollars.", None, "12", None),
+        ("#### Step 4: Add them\n3 + 4 = 7", None, "7", None),
+        ("Nothing to compute.", None, None, None),
+    ],
+)
+def test_both_readings_and_the_form(text, strict, flexible, form):
+    assert read_answer(text) == Reading(strict, flexible, form)
+
+
+@pytest.mark.parametrize(
+    ("text", "strict", "flexible"),
+    [
+        # cut at the token limit inside the number: "#### 42" of "#### 42000" is not read as 42
+        ("Total: 42000.\n#### 42", None, "42"),
+        ("The answer is 4", None, "4"),
+        # a statement the cut left whole still counts
+        ("\\boxed{18}\nLet me double-check: 9 * 2", "18", "18"),
+        ("#### 18\nNow the next step is 7", "18", "18"),
+        # cut mid-reasoning: no explicit answer; flexible takes an intermediate number (why strict is the one scored)
+        ("Step 1: 16 - 3 = 13.\nStep 2: 13 - 4", None, "4"),
+    ],
+)
+def test_a_reply_cut_at_the_token_limit(text, strict, flexible):
+    reading = read_answer(text, complete=False)
+    assert (reading.strict, reading.flexible) == (strict, flexible)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def test_reducer_wrote_tables_plot_and_log(local_run: dict) -> None:
     assert result["complete"] is True
     assert "| debate |" in result["table"] and "majority vote (k=3)" in result["table"]
     summary = json.loads((run / "debate_accuracy.json").read_text())
-    assert [m["method"] for m in summary["methods"]][:3] == ["debate", "tiny-llama alone", "tiny-qwen2 alone"]
+    assert [m["method"] for m in summary["methods"]][:3] == ["debate", "model a (tiny-llama) alone", "model b (tiny-qwen2) alone"]
     assert [r["method"] for r in summary["per_round"]] == ["after round 1", "after round 2"]
     assert (run / "debate_accuracy_per_round.png").read_bytes()[:4] == b"\x89PNG"
     log = (local_run["results"] / "transcripts.log").read_text()
@@ -81,7 +81,7 @@ def test_the_table_reads_pass_and_mean_off_the_votes_samples(local_run: dict) ->
     records = sorted(_records(run), key=lambda r: r["index"])
     rows = {m["method"]: m for m in json.loads((run / "debate_accuracy.json").read_text())["methods"]}
     table = local_run["info"]["result"]["table"]
-    for key, label in (("a", "tiny-llama"), ("b", "tiny-qwen2")):
+    for key, label in (("a", "model a (tiny-llama)"), ("b", "model b (tiny-qwen2)")):
         right = [[same_answer(s, r["gold"]) for s in r["vote"][key]["samples"]] for r in records]
         any_right = sum(any(flags) for flags in right)
         pass_row, mean_row = rows[f"{label} pass@3"], rows[f"{label} mean@3"]

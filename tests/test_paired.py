@@ -9,7 +9,8 @@ import pytest
 from pipeline.reduce.debate import agreement, agreement_kind, markdown, summarize
 from pipeline.reduce.eval import against_base
 from pipeline.reduce.eval import markdown as markdown_eval
-from pipeline.reduce.stats import mcnemar_exact
+from pipeline.reduce.stats import format_p, mcnemar_exact
+from tests.debate_records import record
 
 
 def test_mcnemar_exact_by_hand() -> None:
@@ -34,14 +35,11 @@ def test_mcnemar_refuses_negative_counts() -> None:
 
 
 def _record(index: int, gold: str, a_first: str, b_solo: str | None, final: str, agreed: bool) -> dict:
-    solo = {"a": {"answer": a_first, "correct": a_first == gold, "tokens": 10, "seconds": 1.0}}
-    if b_solo is not None:
-        solo["b"] = {"answer": b_solo, "correct": b_solo == gold, "tokens": 10, "seconds": 1.0}
-    turns = [{"model": "a", "round": 1, "answer": a_first, "text": "", "tokens": 10, "seconds": 1.0},
-             {"model": "b", "round": 1, "answer": final, "text": "", "tokens": 10, "seconds": 1.0}]
-    return {"index": index, "gold": gold, "turns": turns, "final_answer": final, "agreed": agreed, "rounds": 1,
-            "correct": final == gold, "first_answers": {"a": a_first, "b": final}, "solo": solo, "vote": {},
-            "tokens": 20, "seconds": 2.0}
+    """Model a states ``a_first``, b states ``final``; when they agreed on another answer than a's, a takes it in round 2."""
+    turns = [a_first, final, final] if agreed and final != a_first else [a_first, final]
+    made = record(index, gold, turns, b_solo)
+    assert made["agreed"] is agreed and made["final_answer"] == final
+    return made
 
 
 RECORDS = [
@@ -72,15 +70,15 @@ def test_without_b_alone_agreement_is_not_called_independent() -> None:
 
 def test_the_debate_table_carries_paired_tests_and_agreement() -> None:
     config = {"models": {"a": "m-a", "b": "m-b"},
-              "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}}}
+              "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}}
     summary = summarize(RECORDS, config)
     by_method = {p["against"]: p for p in summary["paired"]}
     # debate right on 0, 1, 4; a alone right on 0, 1; b alone right on 0, 2, 4.
-    assert by_method["m-a alone"] == {"against": "m-a alone", "n": 7, "only_debate_right": 1, "only_baseline_right": 0,
+    assert by_method["model a (m-a) alone"] == {"against": "model a (m-a) alone", "n": 7, "only_debate_right": 1, "only_baseline_right": 0,
                                           "difference": round(1 / 7, 4), "p_value": 1.0}
-    assert (by_method["m-b alone"]["only_debate_right"], by_method["m-b alone"]["only_baseline_right"]) == (1, 1)
+    assert (by_method["model b (m-b) alone"]["only_debate_right"], by_method["model b (m-b) alone"]["only_baseline_right"]) == (1, 1)
     table = markdown(summary, "r", [])
-    assert "| m-a alone | 7 | 1 | 0 | +14.3 pts | 1 |" in table
+    assert "| model a (m-a) alone | 7 | 1 | 0 | +14.3 pts | 1 |" in table
     assert "| b took a's answer | 3 | 1 | 2 | 1 | 1 |" in table
 
 
@@ -137,3 +135,20 @@ def test_every_committed_outcomes_file_recomputes_the_table_in_docs_results() ->
                              capture_output=True, text=True, cwd=ROOT, check=True).stdout
         table = out.split("\n\n", 1)[1].strip()
         assert table in page, f"docs/results.md does not quote the tables of {path.name}"
+
+
+@pytest.mark.parametrize(("p", "shown"), [(1.0, "1"), (0.0703125, "0.0703"), (0.001, "0.001"), (0.00099, "9.9e-04"),
+                                          (3.24e-41, "3.2e-41"), (1e-88, "1.0e-88"), (0.0, "< 1e-300")])
+def test_p_values_print_with_two_significant_digits_below_a_thousandth_never_as_0(p: float, shown: str) -> None:
+    assert format_p(p) == shown
+
+
+def test_a_p_value_of_a_large_run_is_not_rounded_to_0() -> None:
+    """On 1,319 questions a difference of 600 discordant pairs to 30 has p near 1e-140: the JSON keeps it and the
+    table prints it in scientific notation (it printed 0 before)."""
+    records = [record(i, "5", ["5", "5"], b_solo="6") for i in range(600)] + [record(600 + i, "5", ["6", "6"], b_solo="5") for i in range(30)]
+    summary = summarize(records, {"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last",
+                                                                              "baselines": {"vote_models": []}}})
+    against_b = next(p for p in summary["paired"] if p["against"] == "model b (m) alone")
+    assert 0 < against_b["p_value"] < 1e-100
+    assert f"| {format_p(against_b['p_value'])} |" in markdown(summary, "r", []) and "e-" in format_p(against_b["p_value"])

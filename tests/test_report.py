@@ -103,7 +103,7 @@ def _shown(dom: str) -> list[int]:
 
 def test_the_page_holds_the_tables_plot_and_config_and_fetches_nothing(report_run: Path) -> None:
     page = (report_run / "report.html").read_text(encoding="utf-8")
-    assert "<td>debate</td>" in page and "<td>tiny-llama alone</td>" in page and "<th>how the debate agreed</th>" in page
+    assert "<td>debate</td>" in page and "<td>model a (tiny-llama) alone</td>" in page and "<th>how the debate agreed</th>" in page
     plots = sorted(report_run.glob("debate_*.png"))
     assert len(plots) == 2 and page.count('src="data:image/png;base64,') == len(plots), "every plot of the step, inline"
     assert "<h2 id=\"config\">Config</h2>" in page and "max_rounds: 2" in page

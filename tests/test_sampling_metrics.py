@@ -7,6 +7,7 @@ import math
 import pytest
 
 from pipeline.reduce.debate import markdown, summarize
+from tests.debate_records import record
 from pipeline.reduce.sampling import mean_interval, pass_at_k, score_summary, scores_at, vote_curve
 
 
@@ -69,30 +70,25 @@ def test_majority_is_over_the_first_j_samples_and_the_rest_over_all_k() -> None:
     assert len(curve) == 12 and {p["n"] for p in curve} == {3}
 
 
-def _record(index: int, samples: list[str | None], correct: bool) -> dict:
-    vote = {"answer": samples[0], "samples": samples, "correct": correct, "tokens": 40, "seconds": 2.0}
-    solo = {"a": {"answer": "1", "correct": False, "tokens": 10, "seconds": 1.0}}
-    turns = [{"model": "a", "round": 1, "answer": "1", "text": "", "tokens": 10, "seconds": 1.0},
-             {"model": "b", "round": 1, "answer": "1", "text": "", "tokens": 10, "seconds": 1.0}]
-    return {"index": index, "gold": "5", "turns": turns, "final_answer": "1", "agreed": True, "rounds": 1, "correct": False,
-            "first_answers": {"a": "1", "b": "1"}, "solo": solo, "vote": {"a": vote}, "tokens": 20, "seconds": 2.0}
+def _record(index: int, samples: list[str | None]) -> dict:
+    return record(index, "5", ["1", "1"], votes={"a": samples})
 
 
 def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
-    records = [_record(i, s, same) for i, (s, same) in enumerate(zip(SAMPLES, (True, False, False)))]
+    records = [_record(i, s) for i, s in enumerate(SAMPLES)]
     config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
     summary = summarize(records, config)
     rows = {r["method"]: r for r in summary["methods"]}
-    assert list(rows) == ["debate", "m-a alone", "m-a majority vote (k=4)", "m-a pass@4", "m-a mean@4"]
-    assert (rows["m-a pass@4"]["correct"], rows["m-a pass@4"]["n"], rows["m-a pass@4"]["interval"]) == (2, 3, "wilson")
-    assert (rows["m-a mean@4"]["correct"], rows["m-a mean@4"]["accuracy"], rows["m-a mean@4"]["interval"]) == (0.75, 0.25, "normal")
-    assert rows["m-a pass@4"]["kind"] == "sampling" and rows["m-a majority vote (k=4)"]["kind"] == "method"
-    assert [p["against"] for p in summary["paired"]] == ["m-a alone", "m-a majority vote (k=4)"]  # no paired test of a metric
+    assert list(rows) == ["debate", "model a (m-a) alone", "model a (m-a) majority vote (k=4)", "model a (m-a) pass@4", "model a (m-a) mean@4"]
+    assert (rows["model a (m-a) pass@4"]["correct"], rows["model a (m-a) pass@4"]["n"], rows["model a (m-a) pass@4"]["interval"]) == (2, 3, "wilson")
+    assert (rows["model a (m-a) mean@4"]["correct"], rows["model a (m-a) mean@4"]["accuracy"], rows["model a (m-a) mean@4"]["interval"]) == (0.75, 0.25, "normal")
+    assert rows["model a (m-a) pass@4"]["kind"] == "sampling" and rows["model a (m-a) majority vote (k=4)"]["kind"] == "method"
+    assert [p["against"] for p in summary["paired"]] == ["model a (m-a) alone", "model a (m-a) majority vote (k=4)"]  # no paired test of a metric
     (curve,) = summary["sampling"]
     assert (curve["model"], curve["k"], curve["n"]) == ("a", 4, 3)
     majority_at_k = next(p for p in curve["points"] if p["metric"] == "majority" and p["j"] == 4)
-    assert majority_at_k["accuracy"] == rows["m-a majority vote (k=4)"]["accuracy"]
+    assert majority_at_k["accuracy"] == rows["model a (m-a) majority vote (k=4)"]["accuracy"]
     table = markdown(summary, "r", [])
-    assert "| m-a pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 | 40.0 | 2.0 |" in table
-    assert "| m-a mean@4 | 25.0% | " in table and " | 0.75 / 3 | 40.0 | 2.0 |" in table
+    assert "| model a (m-a) pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 |  |  |  | 40.0 | 4.0 |" in table
+    assert "| model a (m-a) mean@4 | 25.0% | " in table and " | 0.75 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k)" in table

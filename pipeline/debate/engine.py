@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import progress
-from pipeline.answers import extract_answer, same_answer
 from pipeline.data import Problem
+from pipeline.debate.scoring import agree, reply, score_record
 from pipeline.debate.settings import SPEAKERS, DebateSettings
-from pipeline.debate.vote import majority
 from pipeline.engine.generation import Completion, Message, generate_chat
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import ChatModel
@@ -32,15 +31,6 @@ class Debate:
     problem: Problem
     turns: list[dict[str, Any]] = field(default_factory=list)
     agreed: bool = False
-
-    def latest(self, speaker: str) -> str | None:
-        for turn in reversed(self.turns):
-            if turn["model"] == speaker:
-                return turn["answer"]
-        return None
-
-    def both_spoke(self) -> bool:
-        return {t["model"] for t in self.turns} == set(SPEAKERS)
 
 
 def conversation(speaker: str, debate: Debate, settings: DebateSettings) -> list[Message]:
@@ -59,17 +49,12 @@ def conversation(speaker: str, debate: Debate, settings: DebateSettings) -> list
     return messages
 
 
+def _reply(completion: Completion) -> dict[str, Any]:
+    return reply(completion.text, completion.stopped, completion.tokens, completion.seconds)
+
+
 def _turn(speaker: str, model: ChatModel, round_no: int, completion: Completion) -> dict[str, Any]:
-    return {
-        "model": speaker,
-        "name": model.name,
-        "round": round_no,
-        "text": completion.text,
-        "answer": extract_answer(completion.text),
-        "tokens": completion.tokens,
-        "seconds": round(completion.seconds, 4),
-        "stopped": completion.stopped,
-    }
+    return {"model": speaker, "name": model.name, "round": round_no, **_reply(completion)}
 
 
 class DebateEngine:
@@ -122,8 +107,7 @@ class DebateEngine:
                 completions = self._generate(speaker, convs, seeds, s.temperature, f"debate round {round_no}, model {speaker}")
                 for debate, completion in zip(open_debates, completions):
                     debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
-                    if debate.both_spoke() and same_answer(debate.latest("a"), debate.latest("b")):
-                        debate.agreed = True
+                    debate.agreed = agree(debate.turns)
                 finished = [d for d in open_debates if d.agreed or (round_no == s.max_rounds and speaker == SPEAKERS[-1])]
                 for debate in finished:
                     emit(self._record(debate, baselines[debate.problem.index]))
@@ -143,7 +127,7 @@ class DebateEngine:
             convs = [conversation("b", d, s) for d in fresh]
             seeds = [row_seed(self.seed, p.index, "solo", "b") for p in problems]
             for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature, "model b alone")):
-                out[p.index]["solo"]["b"] = {"answer": extract_answer(c.text), "tokens": c.tokens, "seconds": round(c.seconds, 4)}
+                out[p.index]["solo"]["b"] = _reply(c)
             log.info("solo baseline, model b: %d problems", len(problems))
         for speaker in s.baselines.vote_models:
             rows = [(d, j) for d in fresh for j in range(s.vote_samples)]
@@ -152,10 +136,8 @@ class DebateEngine:
             completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}")
             for n, p in enumerate(problems):
                 mine = completions[n * s.vote_samples : (n + 1) * s.vote_samples]  # rows are grouped by problem, k each
-                samples = [extract_answer(c.text) for c in mine]
                 out[p.index]["vote"][speaker] = {
-                    "answer": majority(samples),
-                    "samples": samples,
+                    "replies": [_reply(c) for c in mine],
                     "tokens": sum(c.tokens for c in mine),
                     "seconds": round(sum(c.seconds for c in mine), 4),
                 }
@@ -163,32 +145,8 @@ class DebateEngine:
         return out
 
     def _record(self, debate: Debate, baselines: dict[str, Any]) -> dict[str, Any]:
-        s = self.settings
         p = debate.problem
-        if debate.agreed:
-            final = debate.latest("a")
-        elif s.final_answer == "last":
-            final = debate.turns[-1]["answer"]
-        else:
-            final = debate.latest(s.final_answer)
-        first = {sp: next(t["answer"] for t in debate.turns if t["model"] == sp) for sp in SPEAKERS}
-        a_first = next(t for t in debate.turns if t["model"] == "a")
-        solo = {"a": {"answer": a_first["answer"], "tokens": a_first["tokens"], "seconds": a_first["seconds"]}}
-        solo.update(baselines["solo"])
-        for entry in (*solo.values(), *baselines["vote"].values()):
-            entry["correct"] = same_answer(entry["answer"], p.gold)
-        return {
-            "index": p.index,
-            "question": p.question,
-            "gold": p.gold,
-            "turns": debate.turns,
-            "final_answer": final,
-            "agreed": debate.agreed,
-            "rounds": debate.turns[-1]["round"],
-            "correct": same_answer(final, p.gold),
-            "first_answers": first,
-            "solo": solo,
-            "vote": baselines["vote"],
-            "tokens": sum(t["tokens"] for t in debate.turns),
-            "seconds": round(sum(t["seconds"] for t in debate.turns), 4),
-        }
+        record = {"index": p.index, "question": p.question, "gold": p.gold, "turns": debate.turns,
+                  "solo": {SPEAKERS[0]: {}, **baselines["solo"]},
+                  "vote": baselines["vote"]}
+        return score_record(record, self.settings.final_answer)

@@ -27,8 +27,8 @@ def debate_units(config: dict[str, Any]) -> list[Unit]:
 
 
 # What every debate record holds (what the reducer reads).
-RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "agreed", "rounds", "correct", "first_answers",
-               "solo", "vote", "tokens", "seconds")
+RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn", "agreed", "rounds", "correct",
+               "first_answers", "solo", "vote", "tokens", "seconds")
 # Debate settings that do not change a record: how the work is batched and run (the same seed gives the same
 # records at any batch size, engine or device layout).
 _RUN_ONLY = ("batch_size", "engine", "cuda_graphs", "kernels", "reuse_kv", "prefill_tokens", "devices")

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.answers import same_answer
+from pipeline.debate.scoring import final_turn
+from pipeline.debate.vote import majority
 from pipeline.config import project_path
 from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
@@ -25,7 +27,7 @@ from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.questions import debate_questions
 from pipeline.reduce.report import write_report
 from pipeline.reduce.sampling import scores_at, score_summary, vote_curve
-from pipeline.reduce.stats import mcnemar_exact
+from pipeline.reduce.stats import format_p, mcnemar_exact
 from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
@@ -33,28 +35,46 @@ from pipeline.shards import ShardCheck
 log = logging.getLogger(__name__)
 
 
-def _row(method: str, scores: Iterable[float], tokens: Iterable[int], seconds: Iterable[float], kind: str = "method") -> dict[str, Any]:
+def _row(method: str, scores: Iterable[float], tokens: Iterable[int], seconds: Iterable[float], kind: str = "method",
+         facts: Iterable[tuple[bool, float, float]] = ()) -> dict[str, Any]:
     """A table row: per-question scores (1 right, 0 wrong; a fraction for mean@k) as accuracy with n and its
-    95% interval. ``kind``: ``method`` (one answer per question) or ``sampling`` (read off a vote's samples)."""
-    scores, toks, secs = list(scores), list(tokens), list(seconds)
+    95% interval. ``kind``: ``method`` (one answer per question) or ``sampling`` (read off a vote's samples).
+    ``facts``, per question: (right under the flexible reading, share of its replies cut at the token limit,
+    share of its replies without an explicit answer)."""
+    scores, toks, secs, facts = list(scores), list(tokens), list(seconds), list(facts)
     n = len(scores)
-    return {
+    row = {
         "method": method,
         "kind": kind,
         **score_summary(scores),
         "tokens_per_question": round(sum(toks) / n, 1) if n else 0.0,
         "seconds_per_question": round(sum(secs) / n, 3) if n else 0.0,
     }
+    if facts:
+        row["flexible_accuracy"] = round(sum(f[0] for f in facts) / len(facts), 4)
+        row["cut_off"] = round(sum(f[1] for f in facts) / len(facts), 4)
+        row["no_explicit_answer"] = round(sum(f[2] for f in facts) / len(facts), 4)
+    return row
 
 
-def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> str | None:
-    """What the debate would answer had it been stopped after ``round_no`` rounds."""
+def _facts(replies: list[dict[str, Any]], flexible: str | None, gold: str) -> tuple[bool, float, float]:
+    """One question's (right under the flexible reading, share of ``replies`` cut off, share without an
+    explicit answer) for a method whose answer comes from ``replies`` (one, or a vote's k)."""
+    n = len(replies)
+    return (same_answer(flexible, gold), sum(not r["stopped"] for r in replies) / n, sum(r["answer"] is None for r in replies) / n)
+
+
+def answer_after_round(record: dict[str, Any], round_no: int, rule: str) -> dict[str, Any]:
+    """The turn whose answer the debate would give had it been stopped after ``round_no`` rounds."""
     if record["rounds"] <= round_no:
-        return record["final_answer"]
+        return record["turns"][record["final_turn"]]
     turns = [t for t in record["turns"] if t["round"] <= round_no]
-    if rule == "last":
-        return turns[-1]["answer"]
-    return next(t["answer"] for t in reversed(turns) if t["model"] == rule)
+    return turns[final_turn(turns, False, rule)]
+
+
+def role_label(key: str, models: dict[str, str]) -> str:
+    """A model named by its role in the pair, so the same model twice still gives two rows: ``model a (name)``."""
+    return f"model {key} ({models[key]})"
 
 
 def solo_method(label: str) -> str:
@@ -67,18 +87,35 @@ def vote_method(label: str, k: int) -> str:
     return f"{label} majority vote (k={k})"
 
 
+def _vote_k(entries: dict[int, dict[str, Any]]) -> int:
+    return len(next(iter(entries.values()))["samples"])
+
+
 def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
     """Each baseline's method name with its entry (answer, correct, tokens, seconds) per question index."""
     out = []
     for key in ("a", "b"):
         solo = {r["index"]: r["solo"][key] for r in records if key in r["solo"]}
         if solo:
-            out.append((solo_method(models[key]), solo))
+            out.append((solo_method(role_label(key, models)), solo))
     for key in debate["baselines"]["vote_models"]:
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
-            out.append((vote_method(models[key], len(next(iter(votes.values()))["samples"])), votes))
+            out.append((vote_method(role_label(key, models), _vote_k(votes)), votes))
     return out
+
+
+def _replies(record: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The replies a baseline's answer comes from: a vote's samples, or the one solo reply (model a's: its first turn)."""
+    if "replies" in entry:
+        return entry["replies"]
+    return [record["turns"][entry["turn"]]] if "turn" in entry else [entry]
+
+
+def _baseline_facts(record: dict[str, Any], entry: dict[str, Any]) -> tuple[bool, float, float]:
+    replies = _replies(record, entry)
+    flexible = majority([r["flexible"] for r in replies]) if "replies" in entry else replies[0]["flexible"]
+    return _facts(replies, flexible, record["gold"])
 
 
 def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
@@ -94,14 +131,16 @@ def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: dict
         k = min(len(s) for s in samples)
         scores = scores_at(samples, golds, k)
         cost = ([r["vote"][key]["tokens"] for r in mine], [r["vote"][key]["seconds"] for r in mine])
-        rows = [_row(f"{models[key]} {metric}@{k}", scores[metric], *cost, kind="sampling") for metric in ("pass", "mean")]
-        curve = {"model": key, "label": models[key], "k": k, "n": len(mine), "points": vote_curve(samples, golds)}
-        out.append((vote_method(models[key], k), rows, curve))
+        label = role_label(key, models)
+        rows = [_row(f"{label} {metric}@{k}", scores[metric], *cost, kind="sampling") for metric in ("pass", "mean")]
+        curve = {"model": key, "label": label, "k": k, "n": len(mine), "points": vote_curve(samples, golds)}
+        out.append((vote_method(label, k), rows, curve))
     return out
 
 
 def _paired(records: list[dict[str, Any]], other: str, entries: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Debate against one baseline on the questions both answered: the discordant pairs and McNemar's exact p."""
+    """Debate against one baseline on the questions both answered: the discordant pairs and McNemar's exact p
+    (kept unrounded: a p of 1e-40 is not 0)."""
     pairs = [(bool(r["correct"]), bool(entries[r["index"]]["correct"])) for r in records if r["index"] in entries]
     only_first = sum(x and not y for x, y in pairs)
     only_second = sum(y and not x for x, y in pairs)
@@ -111,7 +150,7 @@ def _paired(records: list[dict[str, Any]], other: str, entries: dict[int, dict[s
         "only_debate_right": only_first,
         "only_baseline_right": only_second,
         "difference": round((only_first - only_second) / len(pairs), 4) if pairs else 0.0,
-        "p_value": round(mcnemar_exact(only_first, only_second), 4),
+        "p_value": mcnemar_exact(only_first, only_second),
     }
 
 
@@ -162,22 +201,31 @@ def _alone(record: dict[str, Any], key: str) -> str | None:
     return record["first_answers"]["a"] if key == "a" else record["solo"]["b"]["answer"]
 
 
+def model_labels(config: dict[str, Any]) -> dict[str, str]:
+    """Each model's display name, by its key in the pair."""
+    return {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+
+
 def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
-    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+    models = model_labels(config)
     debate = config["debate"]
-    rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records))]
+    by_index = {r["index"]: r for r in records}
+    finals = [r["turns"][r["final_turn"]] for r in records]
+    rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records),
+                 facts=(_facts([t], t["flexible"], r["gold"]) for r, t in zip(records, finals)))]
     paired = []
     sampled = {vote: (extra, curve) for vote, extra, curve in sampling(records, models, debate)}
     for method, entries in baselines(records, models, debate):
         mine = list(entries.values())
-        rows.append(_row(method, (e["correct"] for e in mine), (e["tokens"] for e in mine), (e["seconds"] for e in mine)))
+        rows.append(_row(method, (e["correct"] for e in mine), (e["tokens"] for e in mine), (e["seconds"] for e in mine),
+                         facts=(_baseline_facts(by_index[i], e) for i, e in entries.items())))
         paired.append(_paired(records, method, entries))
         if method in sampled:
             rows += sampled[method][0]
     per_round = []
     for round_no in range(1, int(debate["max_rounds"]) + 1):
-        flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"]), r["gold"]) for r in records]
+        flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"])["answer"], r["gold"]) for r in records]
         row = _row(f"after round {round_no}", flags, [], [])
         row["still_open"] = sum(r["rounds"] > round_no for r in records)
         per_round.append({k: v for k, v in row.items() if not k.endswith("per_question") and k != "kind"})
@@ -192,24 +240,26 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
             "flips_right_to_wrong": sum(fr and not r["correct"] for fr, r in zip(first_right, records)),
             "flips_wrong_to_right": sum(not fr and r["correct"] for fr, r in zip(first_right, records)),
             "unparsable_final_answers": sum(r["final_answer"] is None for r in records),
+            "final_answers_cut_off": sum(not t["stopped"] for t in finals),
         },
         "paired": paired,
         "sampling": [curve for _, curve in sampled.values()],
         "agreement": agreement(records),
         "models": {"a": models["a"], "b": models["b"]},
+        "reading": "strict",
         "n": n,
     }
 
 
 def outcomes(records: list[dict[str, Any]], config: dict[str, Any]) -> Outcomes:
     """Every method's answer and verdict per question (the compact file a results page is recomputed from)."""
-    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+    models = model_labels(config)
     debate = config["debate"]
     methods: dict[str, dict[int, tuple[str | None, bool]]] = {"debate": {r["index"]: (r["final_answer"], bool(r["correct"])) for r in records}}
     for method, entries in baselines(records, models, debate):
         methods[method] = {i: (e["answer"], bool(e["correct"])) for i, e in entries.items()}
     for round_no in range(1, int(debate["max_rounds"]) + 1):
-        answers = {r["index"]: answer_after_round(r, round_no, debate["final_answer"]) for r in records}
+        answers = {r["index"]: answer_after_round(r, round_no, debate["final_answer"])["answer"] for r in records}
         methods[f"debate stopped after round {round_no}"] = {r["index"]: (answers[r["index"]], same_answer(answers[r["index"]], r["gold"])) for r in records}
     return Outcomes({r["index"]: r["gold"] for r in records}, methods)
 
@@ -228,13 +278,15 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     lines += [
         f"Models: a = {summary['models']['a']}, b = {summary['models']['b']}; {summary['n']} GSM8K problems.",
         "",
-        "| method | accuracy | 95% CI | correct / n | tokens / question | seconds / question (batched) |",
-        "|---|---|---|---|---|---|",
+        "| method | accuracy (strict) | 95% CI | correct / n | accuracy (flexible) | cut at the token limit | no explicit answer "
+        "| tokens / question | seconds / question (batched) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["methods"]:
+        extra = [_pct(r[k]) if k in r else "" for k in ("flexible_accuracy", "cut_off", "no_explicit_answer")]
         lines.append(
             f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | "
-            f"{r['correct']} / {r['n']} | {r['tokens_per_question']} | {r['seconds_per_question']} |"
+            f"{r['correct']} / {r['n']} | {' | '.join(extra)} | {r['tokens_per_question']} | {r['seconds_per_question']} |"
         )
     lines += ["", "| debate stopped after | accuracy | 95% CI | debates still open |", "|---|---|---|---|"]
     for r in summary["per_round"]:
@@ -248,7 +300,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         for p in summary["paired"]:
             lines.append(
                 f"| {p['against']} | {p['n']} | {p['only_debate_right']} | {p['only_baseline_right']} | "
-                f"{100 * p['difference']:+.1f} pts | {p['p_value']:.3g} |"
+                f"{100 * p['difference']:+.1f} pts | {format_p(p['p_value'])} |"
             )
     lines += ["", "| how the debate agreed | debates | final right | final wrong | fixed its own wrong answer | gave up its own right answer |",
               "|---|---|---|---|---|---|"]
@@ -260,7 +312,16 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         "",
         f"Converged: {_pct(d['convergence_rate'])}; mean rounds: {d['mean_rounds']}; "
         f"flips from model a's first answer: right->wrong {d['flips_right_to_wrong']}, wrong->right {d['flips_wrong_to_right']}; "
-        f"unparsable final answers: {d['unparsable_final_answers']} (scored wrong).",
+        f"final answers without an explicit answer: {d['unparsable_final_answers']} (scored wrong); "
+        f"final answers cut at the token limit: {d['final_answers_cut_off']}.",
+        "",
+        "Accuracy (strict), the one every interval, paired test and plot uses: the answer the reply states explicitly "
+        "(`#### N` on a line that holds the answer, `\\boxed{N}`, \"the answer is N\"; the one stated last), as the prompt "
+        "asks; a reply without one is wrong, and a reply cut at the token limit does not count a statement its cut may "
+        "have shortened. Accuracy (flexible): the same, else the last number in the text (lm-eval's flexible-extract), "
+        "which also credits an answer stated in prose and can pick an intermediate number of a cut-off reply. Cut at the "
+        "token limit and no explicit answer: shares of the replies each row's answer comes from (a debate's final turn, "
+        "a vote's k samples). The debate stops when both models' latest replies state the same explicit answer.",
         "",
         "Tokens / question: generated over all of a question's turns (or samples). Seconds / question (batched): each "
         "batch's wall time divided by its rows, summed over the question's turns: its share of batched generation, "
@@ -334,7 +395,7 @@ def vote_curve_figure(summary: dict[str, Any], run_id: str) -> Any:
     curves = {curve["model"]: curve for curve in summary["sampling"]}
     highest = [debate["accuracy"], *(r["ci95_high"] for r in rounds)]
     for key, colour in (("a", "C1"), ("b", "C2")):
-        label = summary["models"][key]
+        label = role_label(key, summary["models"])
         solo = by_name.get(solo_method(label))
         if solo:
             ax.axhline(solo["accuracy"], color=colour, linestyle="-.", linewidth=1, label=solo["method"])
@@ -356,7 +417,7 @@ def vote_curve_figure(summary: dict[str, Any], run_id: str) -> Any:
 
 def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """The run's transcripts as text: question, discussion, final answer, correct."""
-    models = {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+    models = model_labels(config)
     out = [f"{BLOCK_START}{run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     for r in records:
         verdict = "correct" if r["correct"] else "wrong"

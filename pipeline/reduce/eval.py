@@ -22,7 +22,7 @@ from pipeline.files import accuracy_axis, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.questions import eval_questions
 from pipeline.reduce.report import write_report
-from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+from pipeline.reduce.stats import format_p, mcnemar_exact, wilson_interval
 from pipeline.reduce.wandb_log import log_step
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck, collect
@@ -83,7 +83,7 @@ def against_base(by_part: dict[str, list[dict[str, Any]]], base: dict[str, list[
                 "base_accuracy": round(sum(was for was, _ in flags) / len(pairs), 4),
                 "accuracy": round(sum(after for _, after in flags) / len(pairs), 4),
                 "only_finetuned_right": gained, "only_base_right": lost,
-                "p_value": round(mcnemar_exact(gained, lost), 4),
+                "p_value": mcnemar_exact(gained, lost),
             })
     return rows
 
@@ -96,7 +96,7 @@ def _against_base_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['key']} | {r['task']} | {r['filter']} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
             f"{100 * (r['accuracy'] - r['base_accuracy']):+.1f} pts | {r['only_finetuned_right']} | {r['only_base_right']} | "
-            f"{r['p_value']:.3g} | {r['identical_responses']} / {r['n']} |"
+            f"{format_p(r['p_value'])} | {r['identical_responses']} / {r['n']} |"
         )
     same = sorted({(r["key"], r["task"]) for r in rows if r["identical_responses"] == r["n"]})
     for key, task in same:

@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.reduce.stats import mcnemar_exact, wilson_interval
+from pipeline.reduce.stats import format_p, mcnemar_exact, wilson_interval
 
 Verdict = tuple[str | None, bool]
 
@@ -90,5 +90,5 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         first = sum(x and not y for x, y in pairs)
         second = sum(y and not x for x, y in pairs)
         diff = (first - second) / len(pairs) if pairs else 0.0
-        lines.append(f"| {name} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {mcnemar_exact(first, second):.3g} |")
+        lines.append(f"| {name} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {format_p(mcnemar_exact(first, second))} |")
     return "\n".join(lines) + "\n"

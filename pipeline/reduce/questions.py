@@ -17,7 +17,8 @@ FILTERS = (
     ("fixed", "debate fixed model a's answer", "model a's first answer was wrong, the debate's final answer is right"),
     ("broke", "debate broke a right answer", "some turn gave the right answer, the debate's final answer is wrong"),
     ("never_agreed", "the models never agreed", "no agreement within debate.max_rounds"),
-    ("unparsable", "unparsable", "the final answer or some turn's answer could not be read as a number"),
+    ("unparsable", "no explicit answer", "the final answer or some turn's reply states no explicit answer"),
+    ("cut", "cut at the token limit", "some turn's reply was cut at debate.max_new_tokens"),
 )
 
 
@@ -29,6 +30,7 @@ def flags(record: dict[str, Any]) -> list[str]:
         "broke": any(same_answer(t["answer"], gold) for t in turns) and not record["correct"],
         "never_agreed": not record["agreed"],
         "unparsable": record["final_answer"] is None or any(t["answer"] is None for t in turns),
+        "cut": any(not t["stopped"] for t in turns),
     }
     return [key for key, _, _ in FILTERS if found[key]]
 

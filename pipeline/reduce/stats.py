@@ -31,3 +31,11 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def format_p(p: float) -> str:
+    """A p-value as a table prints it: three significant digits, and below 0.001 two in scientific notation
+    (``3.2e-41``), so a tiny p never shows as 0; one below the smallest float, as ``< 1e-300``."""
+    if p >= 0.001:
+        return f"{p:.3g}"
+    return f"{p:.1e}" if p > 1e-300 else "< 1e-300"
