@@ -123,21 +123,30 @@ def test_stage_all_chains_eval_train_eval_debate_on_the_local_executor(results: 
     assert str(run / "train" / "tiny-llama") in debate_models, "the debate takes the fine-tuned adapters"
 
 
-def test_mined_rejected_answers_come_from_a_debate_on_training_questions(results: Path) -> None:
-    first = json.loads((ROOT / "pipeline/assets/gsm8k/train.jsonl").read_text().splitlines()[0])
-    wrong = "She sold 70 clips.\n#### 70"
+def test_mined_pairs_come_from_a_debate_on_training_questions(results: Path) -> None:
+    """Question 0: a wrong turn and a right vote sample of the model's own are the pair; question 1: nothing
+    mined (the gold and its corruption); question 2: only a right reply (rejected: the corruption), and a
+    wrong reply cut at the token limit is not taken."""
+    lines = (ROOT / "pipeline/assets/gsm8k/train.jsonl").read_text().splitlines()
+    first, third = (json.loads(lines[i]) for i in (0, 2))
+    wrong, right = "She sold 70 clips.\n#### 70", "48 + 24 = 72 clips in all.\n\\boxed{72}"
     with ShardWriter(results / "mine" / "debate" / "shard-00000-of-00001.jsonl") as writer:
         writer.append({"index": 0, "question": first["question"], "gold": "72",
-                       "turns": [{"model": "a", "answer": "70", "text": wrong}]})
+                       "turns": [{"model": "a", "answer": "70", "stopped": True, "text": wrong}],
+                       "vote": {"a": {"replies": [{"answer": "72", "stopped": True, "text": right}]}}})
+        writer.append({"index": 2, "question": third["question"], "gold": "5",
+                       "turns": [{"model": "a", "answer": "4", "stopped": False, "text": "It is 4"},
+                                 {"model": "b", "answer": "5", "stopped": True, "text": "#### 5"}]})
     from pipeline.stages import load_config
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(load_config([f"results_dir={results}", "train.mine_from=mine", "train.max_samples=3"]), resolve=True)
     rows, info = gsm8k_pairs(config)
-    assert info == {"pairs": 3, "mined_rejected": 1}
-    assert rows[0]["rejected"][0]["content"] == wrong
+    assert info == {"pairs": 3, "mined_rejected": 1, "mined_chosen": 2}
+    assert (rows[0]["chosen"][0]["content"], rows[0]["rejected"][0]["content"]) == (right, wrong)
     assert rows[1]["rejected"][0]["content"] == corrupt_solution(rows[1]["chosen"][0]["content"], 1)
-    assert rows[0]["chosen"][0]["content"].endswith("#### 72") and "<<" not in rows[0]["chosen"][0]["content"]
+    assert rows[1]["chosen"][0]["content"].endswith("#### 10") and "<<" not in rows[1]["chosen"][0]["content"]
+    assert rows[2]["chosen"][0]["content"] == "#### 5" and rows[2]["rejected"][0]["content"].endswith("#### 8")
 
 
 BAD = [

@@ -57,7 +57,8 @@ def model_card(run_id: str, config: dict[str, Any], summary: dict[str, Any], las
     base, model = summary["base"], summary["model"]
     data = f"`{train['dataset']}` (split `{train['dataset_split']}`), {summary['pairs']} preference pairs"
     if train["mine_from"]:
-        data += f", {summary['mined_rejected']} of them with a rejected answer mined from debate run `{train['mine_from']}`"
+        data += (f", {summary['mined_rejected']} of them with a rejected reply and {summary.get('mined_chosen', 0)} with a chosen "
+                 f"reply of the model's own, mined from debate run `{train['mine_from']}`")
     lines = [_front_matter(base, hub_id, train), "", f"# {model}: ORPO LoRA adapter (run {run_id})", "",
              f"A PEFT LoRA adapter on **{base}**, trained with ORPO (TRL) by gsm8k-slurm, run `{run_id}` (`{run_id}/train/{model}`).", "",
              f"- **Base model**: {base}",

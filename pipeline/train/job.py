@@ -178,8 +178,8 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     batch, accumulation = keep_global_batch(folder, train.per_device_train_batch_size, train.gradient_accumulation_steps,
                                             world, resuming=last is not None, write=rank == 0)
     train = replace(train, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
-    log.info("%s: %d pairs (%d mined), %s, %d process(es), deepspeed %s, resume from %s",
-             name, info["pairs"], info["mined_rejected"], precision, world, train.deepspeed, last.name if last else "step 0")
+    log.info("%s: %d pairs (%d with a mined rejected reply, %d with a mined chosen one), %s, %d process(es), deepspeed %s, resume from %s",
+             name, info["pairs"], info["mined_rejected"], info["mined_chosen"], precision, world, train.deepspeed, last.name if last else "step 0")
     with train_environment(config, task.run.run_id, folder) as report_to:
         args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
                            device, int(config["seed"]), report_to=report_to, world=world)
@@ -196,6 +196,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "resumed_from": checkpoint_step(last),
         "pairs": info["pairs"],
         "mined_rejected": info["mined_rejected"],
+        "mined_chosen": info["mined_chosen"],
         "precision": precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "processes": world,

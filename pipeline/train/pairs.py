@@ -1,10 +1,13 @@
 """Preference pairs for ORPO, in orpo-dpo-mix-40k's conversational format.
 
 Every source becomes rows of ``prompt`` (user messages), ``chosen`` and ``rejected`` (assistant messages):
-- ``gsm8k`` (the offline default): GSM8K training questions under the debate's own solve prompt; chosen
-  is the gold solution, rejected a wrong one: a wrong turn mined from a debate run's shards when one
-  exists for that question, else a deterministic corruption of the gold (its final result moved).
-  Only training-split questions are used, matched by text, so a debate on the test split never leaks in.
+- ``gsm8k`` (the offline default): GSM8K training questions under the debate's own solve prompt. With
+  ``train.mine_from=<run_id>`` (a debate step run on the training split, e.g. a vote of k samples), chosen is
+  a right reply of the model's own and rejected a wrong one of the same question, mined from every reply the
+  run's records keep (debate turns, model b alone, vote samples; only replies that ended on their own and
+  state an explicit answer). Where none is right, chosen is the gold solution; where none is wrong, rejected is
+  a deterministic corruption of the gold (its final result moved). Only training-split questions are used,
+  matched by text, so a debate on the test split never leaks in.
 - a local ``.jsonl`` / ``.json`` file, or a hub dataset name (``mlabonne/orpo-dpo-mix-40k``) through
   ``datasets``: rows with ``chosen`` and ``rejected`` (and ``prompt``, or a prompt implicit in ``chosen``).
 """
@@ -16,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.answers import extract_answer, normalize_number, same_answer
+from pipeline.answers import normalize_number, read_answer, same_answer
 from pipeline.config import ConfigError, project_path
 from pipeline.data import load_problems
 from pipeline.shards import read_shard
@@ -43,16 +46,24 @@ def corrupt_solution(solution: str, index: int) -> str:
     return "\n".join(lines) + f"\n#### {wrong}"
 
 
-def mined_wrong_answers(run_dir: Path) -> dict[str, str]:
-    """Question text -> the first wrong turn of a debate run (any model), from its shard files."""
-    wrong: dict[str, str] = {}
+def _replies(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every reply a debate record keeps: its turns, model b's solo reply, each vote sample."""
+    solo = [entry for entry in record.get("solo", {}).values() if "text" in entry]
+    votes = [r for vote in record.get("vote", {}).values() for r in vote.get("replies", [])]
+    return [*record["turns"], *solo, *votes]
+
+
+def mined_replies(run_dir: Path) -> dict[str, dict[str, str]]:
+    """Question text -> its first ``right`` and first ``wrong`` reply in a debate run's shards (any model),
+    counting only replies that ended on their own and state an explicit answer."""
+    mined: dict[str, dict[str, str]] = {}
     for path in sorted((run_dir / "debate").glob("shard-*.jsonl")):
         for record in read_shard(path):
-            for turn in record["turns"]:
-                if turn["answer"] is not None and not same_answer(turn["answer"], record["gold"]):
-                    wrong.setdefault(record["question"], turn["text"])
-                    break
-    return wrong
+            found = mined.setdefault(record["question"], {})
+            for reply in _replies(record):
+                if reply.get("stopped", True) and reply["answer"] is not None:
+                    found.setdefault("right" if same_answer(reply["answer"], record["gold"]) else "wrong", reply["text"])
+    return mined
 
 
 def gsm8k_pairs(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -61,26 +72,29 @@ def gsm8k_pairs(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str,
     data_dir = project_path(config["data"]["path"])
     problems = load_problems(data_dir / "train.jsonl", train["max_samples"])
     answers = [json.loads(line)["answer"] for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[: len(problems)]]
-    mined: dict[str, str] = {}
+    mined: dict[str, dict[str, str]] = {}
     if train["mine_from"]:
         run_dir = project_path(config["results_dir"]) / str(train["mine_from"])
         if not (run_dir / "debate").is_dir():
             raise ConfigError(f"train.mine_from={train['mine_from']}: no debate shards under {run_dir}")
-        mined = mined_wrong_answers(run_dir)
+        mined = mined_replies(run_dir)
     solve = config["debate"]["prompts"]["solve"]
-    rows, used = [], 0
+    rows, used, own = [], 0, 0
     for problem, answer in zip(problems, answers):
-        chosen = clean_solution(answer)
-        rejected = mined.get(problem.question)
+        gold_solution = clean_solution(answer)
+        found = mined.get(problem.question, {})
+        chosen = found.get("right", gold_solution)
+        rejected = found.get("wrong")
         used += rejected is not None
-        if rejected is None or extract_answer(rejected) is None:
-            rejected = corrupt_solution(chosen, problem.index)
+        own += "right" in found
+        if rejected is None or read_answer(rejected).strict is None:
+            rejected = corrupt_solution(gold_solution, problem.index)
         rows.append({
             "prompt": [{"role": "user", "content": solve.format(question=problem.question)}],
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
         })
-    return rows, {"pairs": len(rows), "mined_rejected": used}
+    return rows, {"pairs": len(rows), "mined_rejected": used, "mined_chosen": own}
 
 
 def check_columns(columns: list[str], where: str) -> None:
@@ -108,7 +122,7 @@ def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
     dataset = dataset.shuffle(seed=int(config["seed"]))
     if train["max_samples"]:
         dataset = dataset.select(range(min(len(dataset), int(train["max_samples"]))))
-    return dataset, {"pairs": len(dataset), "mined_rejected": 0}
+    return dataset, {"pairs": len(dataset), "mined_rejected": 0, "mined_chosen": 0}
 
 
 def check_dataset(config: dict[str, Any]) -> None:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The full-scale runs of docs/results.md on a lent GPU, one step per call: `bash benchmarks/gpu_results.sh STEP`.
+# Every step is the suite's own command line (jobs/submit.py, cluster=local, wandb off: the machine has no
+# network), run in this checkout; what a step made is copied to $OUT (tables, outcomes, the shards' records
+# compressed, logs), the records so that any table can be scored again here (jobs/rescore.py).
+#
+#   setup          install the carried wheels (.device/install.sh) and join the carried GGUF pieces (.device/join_gguf.sh)
+#   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
+#   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
+#   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models
+#   mine           the 1.5B on the first 2,000 training questions: its first answer and a vote of 4 (the pairs' source)
+#   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter alone on all 1,319
+set -euo pipefail
+step="${1:?usage: gpu_results.sh setup|pair|twice|eval|mine|train}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+out="${OUT:-/tmp/out}"
+mkdir -p "$out"
+submit() { python3 jobs/submit.py cluster=local wandb.mode=disabled wait=true "$@"; }
+
+# What a finished run leaves for the record: its tables and outcomes, its records (xz), its logs and plots.
+collect() {
+  local run="results/$1" where="$2"
+  cp "$run/${where}_accuracy.md" "$out/$1.md"
+  [[ -f "$run/${where}_outcomes.csv" ]] && cp "$run/${where}_outcomes.csv" "$out/$1_outcomes.csv"
+  [[ -f "$run/${where}_accuracy.json" ]] && cp "$run/${where}_accuracy.json" "$out/$1.json"
+  if compgen -G "$run/$where/shard-*.jsonl" >/dev/null; then
+    cat "$run/$where"/shard-*.jsonl | xz -T0 -6 >"$out/$1_records.jsonl.xz"
+  fi
+  tar -C results -cJf "$out/$1_logs.tar.xz" --exclude='*.jsonl' --exclude='*.lock' "$1"
+}
+
+case "$step" in
+  setup)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    bash .device/install.sh
+    bash .device/join_gguf.sh
+    python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
+    ;;
+  pair)
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 run_id=gpu-pair
+    collect gpu-pair debate
+    ;;
+  twice)
+    time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct 'debate.baselines.vote_models=[a]' \
+      shards=1 debate.max_new_tokens=512 run_id=gpu-twice
+    collect gpu-twice debate
+    ;;
+  eval)
+    time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 run_id=gpu-eval
+    collect gpu-eval eval
+    ;;
+  mine)
+    time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct data.split=train limit=2000 shards=1 \
+      debate.max_rounds=1 debate.max_new_tokens=512 debate.baselines.solo=false 'debate.baselines.vote_models=[a]' \
+      debate.baselines.vote_k=4 run_id=gpu-mine
+    collect gpu-mine debate
+    ;;
+  train)
+    time submit stage=train models=small 'train.models=[a]' train.mine_from=gpu-mine train.max_samples=2000 \
+      train.precision=bf16 run_id=gpu-train
+    collect gpu-train train
+    time submit stage=debate models=small models.a=gpu-train/train/a models.b=qwen2.5-coder-1.5b-instruct shards=1 \
+      debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
+    collect gpu-adapter debate
+    ;;
+  *)
+    echo "unknown step $step" >&2
+    exit 2
+    ;;
+esac
