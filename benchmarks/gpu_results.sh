@@ -4,7 +4,9 @@
 # network), run in this checkout; what a step made is copied to $OUT (tables, outcomes, the shards' records
 # compressed, logs), the records so that any table can be scored again here (jobs/rescore.py).
 #
-#   setup          install the carried wheels (.device/install.sh) and join the carried GGUF pieces (.device/join_gguf.sh)
+#   setup          install the carried wheel bundles (moved to /tmp/dev/, .device/install.sh) and join the carried
+#                  GGUF pieces (moved to /tmp/gguf/, .device/join_gguf.sh): each earlier call carried one folder of
+#                  .device/ and moved it out of the tree
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
 #   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models
@@ -13,7 +15,7 @@
 set -euo pipefail
 step="${1:?usage: gpu_results.sh setup|pair|twice|eval|mine|train}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 submit() { python3 jobs/submit.py cluster=local wandb.mode=disabled wait=true "$@"; }
@@ -33,8 +35,8 @@ collect() {
 case "$step" in
   setup)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    bash .device/install.sh
-    bash .device/join_gguf.sh
+    bash /tmp/dev/install.sh
+    bash /tmp/gguf/join_gguf.sh
     python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
     ;;
   pair)
