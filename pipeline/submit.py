@@ -45,18 +45,22 @@ def _model_keys(config: dict[str, Any]) -> list[str]:
     return ["a", "b"]
 
 
-def _check_models(config: dict[str, Any], keys: Sequence[str]) -> None:
+def _check_models(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Path]:
+    """Each model's folder, checked (a hub model's is on the nodes: not here)."""
     from pipeline.models.loading import prepare  # torch and transformers: only once the config is valid
 
     registry = load_registry()
     cache = project_path(config["paths"]["model_cache"])
+    folders = {}
     for key in keys:
         spec = resolve_model(f"models.{key}", config["models"][key], registry, config["results_dir"])
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
             prepare(spec, cache)
         if spec.source != "hub":
-            _check_context(config, key, Path(prepare(spec, cache)))
+            folders[key] = Path(prepare(spec, cache))
+            _check_context(config, key, folders[key])
+    return folders
 
 
 def _check_context(config: dict[str, Any], key: str, folder: Path) -> None:
@@ -87,13 +91,18 @@ def _check_data(cfg: DictConfig) -> int:
     return total
 
 
-def _check_training(cfg: DictConfig) -> None:
-    """The training set's fields, the DeepSpeed config, and GPUs: what would otherwise fail inside the job."""
+def _check_training(cfg: DictConfig, folders: dict[str, Path]) -> None:
+    """The training set, the layers LoRA adapts, the DeepSpeed config, and GPUs: what would otherwise fail
+    inside the job."""
+    from pipeline.train.checks import check_lora_targets
     from pipeline.train.deepspeed import deepspeed_config
     from pipeline.train.pairs import check_dataset
 
     config = OmegaConf.to_container(cfg, resolve=True)
     check_dataset(config)
+    for key in cfg.train.models:
+        if key in folders:
+            check_lora_targets(f"models.{key}", str(cfg.models[key]), folders[key], list(cfg.train.lora.target_modules))
     deepspeed = deepspeed_config(cfg.train.deepspeed)
     if deepspeed and cfg.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
         raise ConfigError("train.load_in_4bit=true with ZeRO-3: 4-bit weights cannot be partitioned; use train.deepspeed=zero2 or null")
@@ -179,9 +188,9 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     adopt_saved(cfg, given)
     total = _check_data(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    _check_models(config, _model_keys(config))
+    folders = _check_models(config, _model_keys(config))
     if cfg.stage in ("train", "all"):
-        _check_training(cfg)
+        _check_training(cfg, folders)
     run, resumed = open_run(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     launcher = launcher_for(cfg, run)
