@@ -257,7 +257,8 @@ def _wait_for(final: Any, run: Run, where: str) -> dict[str, Any]:
         return final.result()
     except Exception as err:  # noqa: BLE001 - submitit re-raises whatever the job raised, wrapped
         raised = [line.strip() for line in str(err).splitlines() if _EXCEPTION_LINE.match(line.strip())]
-        last = raised[-1] if raised else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        last = raised[-1] if raised else f"{type(err).__name__}: {first}".rstrip(": ")  # the debug backend's own error
         raise ReducerFailed(f"the {where} reducer failed ({last}); its log: {run.logs_dir / f'{reduce_label(where)}.log'}; "
                             f"rerun it with: python jobs/submit.py run_id={run.run_id}") from None
 
