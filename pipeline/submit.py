@@ -27,7 +27,7 @@ from pipeline.launch import job_name, launcher_for
 from pipeline.models.registry import check_available, display_name, load_registry, resolve_model
 from pipeline.files import write_atomic
 from pipeline.summary import write_run_readme
-from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
+from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run, saved_cluster
 from pipeline.shards import Unit, check_files
 from pipeline.stage import Stage, records_progress
 from pipeline.stages import CHAIN, STAGES, checked_config
@@ -209,13 +209,16 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     cfg = checked_config(list(overrides))
     given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
     check_run_id(cfg, given)
+    backend = saved_cluster(cfg, given)
+    if backend is not None:  # a resume goes on in the run's backend, checked as if named: cluster=<it>
+        cfg = checked_config([*overrides, f"cluster={backend}"])
     adopt_saved(cfg, given)
     total = _check_data(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     folders = _check_models(config, _model_keys(config))
     if cfg.stage in ("train", "all"):
         _check_training(cfg, folders)
-    run, resumed = open_run(cfg)
+    run, resumed = open_run(cfg, frozenset(key for stage in STAGES.values() for key in stage.run_only))
     config = OmegaConf.to_container(cfg, resolve=True)
     launcher = launcher_for(cfg, run)
     steps = chain_configs(config, run) if cfg.stage == "all" else [(cfg.stage, STAGES[cfg.stage], config)]
