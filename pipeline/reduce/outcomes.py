@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.markdown import escape
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
 
 Verdict = tuple[str | None, bool]
@@ -90,8 +91,8 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         flags = [right for _, right in outcomes.methods[name].values()]
         k, n = sum(flags), len(flags)
         low, high = (round(x, 4) for x in wilson_interval(k, n))  # rounded as the reducers' tables are
-        lines.append(f"| {name} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
-    lines += ["", f"| {reference} against | questions | only {reference} right | only the other right | difference | McNemar exact p |",
+        lines.append(f"| {escape(name)} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
+    lines += ["", f"| {escape(reference)} against | questions | only {escape(reference)} right | only the other right | difference | McNemar exact p |",
               "|---|---|---|---|---|---|"]
     mine = outcomes.methods[reference]
     for name in names:
@@ -101,5 +102,5 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         first = sum(x and not y for x, y in pairs)
         second = sum(y and not x for x, y in pairs)
         diff = (first - second) / len(pairs) if pairs else 0.0
-        lines.append(f"| {name} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {mcnemar_exact(first, second):.3g} |")
+        lines.append(f"| {escape(name)} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {mcnemar_exact(first, second):.3g} |")
     return "\n".join(lines) + "\n"
