@@ -1,7 +1,8 @@
 """Typed settings: a stage's section of the config (``debate.*``, ``eval.*``, ``train.*``) as a frozen dataclass.
 
 Each setting is one field, written once, as TRL writes ``ORPOConfig``: its type, its default, its help and
-its range. From that one field come the section's defaults that Hydra composes (no YAML repeats them), the
+its range, and any check of its own (a prompt template's placeholders, a callable for what another library
+decides). From that one field come the section's defaults that Hydra composes (no YAML repeats them), the
 check every submission runs (one-line :class:`ConfigError`, the same words for every key), the typed object
 a job reads (no hand-copied ``from_config``) and the ``--help`` text. A field that is another library's
 setting under that library's name says so (``passes_to``) and reaches it as is.
