@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli import run_command  # noqa: E402
+from pipeline.launch import read_submissions  # noqa: E402
 from pipeline.monitor import cancel_run, resolve_run  # noqa: E402
 
 
@@ -23,6 +24,8 @@ def main() -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for problem in read_submissions(run)[1]:
+        print(f"warning: {problem}", file=sys.stderr)
     cancelled = cancel_run(run)
     print(f"run {run.run_id}: cancelled {', '.join(cancelled) if cancelled else 'nothing (no job was still running)'}")
     return 0

@@ -27,7 +27,8 @@ def main() -> int:
             except ConfigError as err:
                 print(f"{run.run_id:<28} damaged: {err}")
                 continue
-            print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {progress_summary(s)}")
+            damaged = f" ({len(s['warnings'])} damaged file(s): python jobs/status.py {run.run_id})" if s["warnings"] else ""
+            print(f"{s['run_id']:<28} {s['stage']:<7} {s['cluster']:<6} {s['state']:<10} {progress_summary(s)}{damaged}")
         if not runs:
             print(f"no runs under {project_path(args.results_dir)}")
         return 0

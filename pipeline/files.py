@@ -70,6 +70,21 @@ def append_block_once(path: Path, run_id: str, block: Callable[[], str]) -> bool
         os.close(fd)
 
 
+def append_line(path: Path, line: str) -> None:
+    """Appends one line (a JSON record) under an exclusive lock, durably: on its own line even after a torn
+    last line (a writer killed mid-append), which its readers then skip as the one line it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        _write_all(fd, (b"\n" if torn else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """A matplotlib figure as PNG, written atomically, and closed."""
     import matplotlib.pyplot as plt

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
-from pipeline.launch import submissions
+from pipeline.launch import read_submissions, submissions
 from pipeline.launch.local import Dependency, process_alive
 from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
+from pipeline.shards import ShardCorruptError
 from pipeline.stages import CHAIN, STAGES
 from pipeline.jobs import CANCELLED, REDUCE_LABEL
 
@@ -66,7 +67,7 @@ def run_status(run: Run) -> dict[str, Any]:
     """Per array task of every step: job id, scheduler state, work done / planned; and the overall state."""
     config = run.saved_config_container()
     steps = CHAIN if config["stage"] == "all" else ((config["stage"], config["stage"]),)
-    subs = submissions(run)
+    subs, warnings = read_submissions(run)
     latest: dict[tuple[str, str], str] = {}
     reducers: dict[str, str] = {}
     for sub in subs:
@@ -90,10 +91,14 @@ def run_status(run: Run) -> dict[str, Any]:
         step_done = step_total = 0
         unknown = False  # a unit whose total is not known yet (a train job before its first step)
         for unit in units[where]:
-            done, total = stage.progress(run.stage_dir(where), unit)
+            state = states.get((where, unit.label), "-")
+            try:
+                done, total = stage.progress(run.stage_dir(where), unit)
+            except ShardCorruptError as err:  # the shard is named, the rest of the run still shown
+                warnings.append(str(err))
+                (done, total), state = (0, len(unit.indices)), "DAMAGED"
             shot = shots.get((where, unit.label))
             label = unit.label if len(steps) == 1 else f"{where}/{unit.label}"
-            state = states.get((where, unit.label), "-")
             rows.append({"label": label, "part": unit.part, "shard": unit.shard, "job": latest.get((where, unit.label)),
                          "state": state, "done": done, "total": total, "what": stage.what,
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
@@ -116,6 +121,7 @@ def run_status(run: Run) -> dict[str, Any]:
         "reduce": {"job": reducers.get(reduce_where), "state": states.get((reduce_where, REDUCE_LABEL), "-")},
         "done": done,
         "state": overall,
+        "warnings": warnings,
     }
 
 
@@ -154,6 +160,7 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
             now_doing += f" ({format_duration(now - r['updated'])} ago)"
         lines.append(f"{r['label']:<{width}}  {str(r['job'] or '-'):<14} {r['state']:<10} {work:<{done_width}} {bar(r['done'], r['total'], ' ')} {now_doing}".rstrip())
     lines.append(f"{'reduce':<{width}}  {str(status['reduce']['job'] or '-'):<14} {status['reduce']['state']}")
+    lines += [f"warning: {w}" for w in status["warnings"]]
     return "\n".join(lines)
 
 

@@ -157,7 +157,22 @@ def read_progress(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("state") in STATES else None
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: Any) -> bool:
+    """A progress file as :meth:`TaskProgress.snapshot` writes it, in the fields its readers use (a file
+    edited or damaged by hand is no progress, never a traceback in the status command)."""
+    if not isinstance(data, dict) or data.get("state") not in STATES or not isinstance(data.get("note", ""), str):
+        return False
+    number = (int, float)
+    phase, work = data.get("phase"), data.get("work")
+    return (isinstance(data.get("updated"), (*number, type(None))) and isinstance(data.get("started"), (*number, type(None)))
+            and (phase is None or (isinstance(phase, dict) and isinstance(phase.get("name"), str)
+                                   and all(isinstance(phase.get(k), int) for k in ("done", "total"))
+                                   and isinstance(phase.get("unit"), str)
+                                   and all(isinstance(phase.get(k), (*number, type(None))) for k in ("tokens_per_s", "eta_s"))))
+            and (work is None or (isinstance(work, dict) and all(isinstance(work.get(k), int) for k in ("done", "total")))))
 
 
 # Width of a progress bar, in characters.

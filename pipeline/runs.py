@@ -87,17 +87,31 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def saved_cluster(cfg: DictConfig, given: set[str]) -> str | None:
+    """Resuming ``run_id=<id>`` without ``cluster=``: the backend the run was made with, when it is not the
+    one composed now (a debug run resumes in the debug backend, a SLURM run on SLURM); else None."""
+    if cfg.run_id is None or "cluster" in given:
+        return None
+    path = project_path(cfg.results_dir) / str(cfg.run_id) / "config.yaml"
+    if not path.exists():
+        return None
+    kind = OmegaConf.select(load_saved(path), "cluster.kind")
+    return str(kind) if kind is not None and kind != cfg.cluster.kind else None
+
+
 def adopt_saved(cfg: DictConfig, given: set[str]) -> None:
     """Resuming ``run_id=<id>``: every result setting not given again on the command line (``given`` holds
     the dotted keys that were) comes from the run's saved config, leaf by leaf, so the id alone resumes a
-    run, and a default changed since the run was made does not count as a difference."""
+    run, and a default changed since the run was made does not count as a difference. So do the backend's
+    settings (``cluster.*``) when the backend is the run's (:func:`saved_cluster`)."""
     if cfg.run_id is None:
         return
     path = project_path(cfg.results_dir) / str(cfg.run_id) / "config.yaml"
     if not path.exists():
         return
     saved = load_saved(path)
-    for key in RESULT_KEYS:
+    same_backend = OmegaConf.select(saved, "cluster.kind") == cfg.cluster.kind
+    for key in (*RESULT_KEYS, *(("cluster",) if same_backend else ())):
         if key not in saved or key in given:
             continue
         merged = OmegaConf.create({key: saved[key]})
@@ -142,8 +156,9 @@ def check_free_space(cfg: DictConfig) -> None:
                           f"{cfg.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
-def open_run(cfg: DictConfig) -> tuple[Run, bool]:
-    """Creates the run folder (new run) or checks a resubmission against the saved config (resume).
+def open_run(cfg: DictConfig, run_only: frozenset[str] = frozenset()) -> tuple[Run, bool]:
+    """Creates the run folder (new run) or checks a resubmission against the saved config (resume); the
+    dotted keys in ``run_only`` (the stages' settings outside their records' fingerprint) may differ.
 
     Returns the run and whether it already existed. Sets ``cfg.run_id`` for a new run.
     """
@@ -154,7 +169,7 @@ def open_run(cfg: DictConfig) -> tuple[Run, bool]:
     run = Run(results / str(cfg.run_id))
     existed = run.config_path.exists() or not _create_config(cfg, run)
     if existed:
-        _check_resume(cfg, run.saved_config(), run)
+        _check_resume(cfg, run.saved_config(), run, run_only)
     if not os.access(run.root, os.W_OK):
         raise ConfigError(f"results_dir={cfg.results_dir}: the run folder {run.root} is read-only")
     return run, existed
@@ -183,22 +198,24 @@ def _create_config(cfg: DictConfig, run: Run) -> bool:
         raise ConfigError(f"results_dir={cfg.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
 
 
-def _first_difference(new: Any, old: Any, where: str) -> tuple[str, Any, Any] | None:
-    """The first dotted key at which two config values differ, with both values."""
+def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = frozenset()) -> tuple[str, Any, Any] | None:
+    """The first dotted key (not in ``skip``) at which two config values differ, with both values."""
+    if where in skip:
+        return None
     if isinstance(new, dict) and isinstance(old, dict):
         for key in [*old, *(k for k in new if k not in old)]:
-            found = _first_difference(new.get(key), old.get(key), f"{where}.{key}")
+            found = _first_difference(new.get(key), old.get(key), f"{where}.{key}", skip)
             if found:
                 return found
         return None
     return None if new == old else (where, new, old)
 
 
-def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run) -> None:
+def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run, run_only: frozenset[str]) -> None:
     new_all = OmegaConf.to_container(cfg, resolve=True)
     old_all = OmegaConf.to_container(saved, resolve=True)
     for key in RESULT_KEYS:
-        found = _first_difference(new_all.get(key), old_all.get(key), key)
+        found = _first_difference(new_all.get(key), old_all.get(key), key, run_only)
         if found:
             where, new, old = found
             raise ConfigError(

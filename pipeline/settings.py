@@ -1,7 +1,8 @@
 """Typed settings: a stage's section of the config (``debate.*``, ``eval.*``, ``train.*``) as a frozen dataclass.
 
 Each setting is one field, written once, as TRL writes ``ORPOConfig``: its type, its default, its help and
-its range. From that one field come the section's defaults that Hydra composes (no YAML repeats them), the
+its range, and any check of its own (a prompt template's placeholders, a callable for what another library
+decides). From that one field come the section's defaults that Hydra composes (no YAML repeats them), the
 check every submission runs (one-line :class:`ConfigError`, the same words for every key), the typed object
 a job reads (no hand-copied ``from_config``) and the ``--help`` text. A field that is another library's
 setting under that library's name says so (``passes_to``) and reaches it as is.
@@ -10,12 +11,13 @@ setting under that library's name says so (``passes_to``) and reaches it as is.
 from __future__ import annotations
 
 import dataclasses
+import string
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.config import ConfigError, require_bool, require_choice, require_int, require_number, show_scalar
 
@@ -41,12 +43,19 @@ class Knob:
     nonempty: bool = False
     # The library whose setting of the same name this is (TRL's ORPOConfig, PEFT's LoraConfig).
     passes_to: str | None = None
+    # A text that is a ``str.format`` template: the names it is formatted with, and those it must contain.
+    format_fields: tuple[str, ...] | None = None
+    placeholders: tuple[str, ...] = ()
+    # What no type or range can say (a value another library must know): called with the key and the set
+    # (non-null) value as plain data; raises ConfigError.
+    check: Callable[[str, Any], None] | None = None
 
 
 def knob(default: Any, help: str, **limits: Any) -> Any:
     """A setting: its default and help, and the limits :func:`check` enforces (see :class:`Knob`)."""
-    if "choices" in limits:
-        limits["choices"] = tuple(limits["choices"])
+    for name in ("choices", "format_fields", "placeholders"):
+        if name in limits:
+            limits[name] = tuple(limits[name])
     meta = {"knob": Knob(help=help, **limits)}
     # A list setting is a tuple in the frozen object (and a list again in the composed config).
     return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
@@ -102,7 +111,8 @@ def loose_keys(cls: type, prefix: str) -> set[str]:
 
 def check(cfg: DictConfig, prefix: str, cls: type) -> None:
     """Checks every field of the section at ``prefix`` against its type and limits (types were checked against
-    the defaults when the config was composed; here: ranges, choices, lists)."""
+    the defaults when the config was composed, but for settings whose default is null: here), then the
+    field's own ``check``."""
     hints = _types(cls)
     for f in fields(cls):
         key, tp = f"{prefix}.{f.name}", hints[f.name]
@@ -110,25 +120,43 @@ def check(cfg: DictConfig, prefix: str, cls: type) -> None:
             check(cfg, key, tp)
             continue
         k, (base, nullable) = _knob(f), _base(tp)
-        if nullable and OmegaConf.select(cfg, key) is None:
+        value = OmegaConf.select(cfg, key)
+        if nullable and value is None:
             continue
-        if base is bool and nullable and not isinstance(OmegaConf.select(cfg, key), bool):
-            raise ConfigError(f"{key}={show_scalar(OmegaConf.select(cfg, key))}: must be true, false or null")
-        if base is bool:
-            require_bool(cfg, key)
-        elif base is int:
-            require_int(cfg, key, int(k.minimum if k.minimum is not None else -(2**31)), nullable=nullable,
-                        **({"maximum": int(k.maximum)} if k.maximum is not None else {}))
-        elif base is float:
-            require_number(cfg, key, k.minimum if k.minimum is not None else float("-inf"), strict=k.strict, high=k.below)
-        elif k.choices is not None and typing.get_origin(base) is tuple:
-            _check_entries(key, list(OmegaConf.select(cfg, key)), k)
-        elif k.choices is not None:
-            require_choice(cfg, key, k.choices)
-        elif typing.get_origin(base) is tuple and k.nonempty and not list(OmegaConf.select(cfg, key)):
+        _check_value(cfg, key, value, base, nullable, k)
+        if k.format_fields is not None:
+            check_template(key, value, k.format_fields, k.placeholders)
+        if k.check is not None:
+            k.check(key, OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value)
+
+
+def _check_value(cfg: DictConfig, key: str, value: Any, base: Any, nullable: bool, k: Knob) -> None:
+    if base is bool and nullable and not isinstance(value, bool):
+        raise ConfigError(f"{key}={show_scalar(value)}: must be true, false or null")
+    if base is bool:
+        require_bool(cfg, key)
+    elif base is int:
+        require_int(cfg, key, int(k.minimum if k.minimum is not None else -(2**31)), nullable=nullable,
+                    **({"maximum": int(k.maximum)} if k.maximum is not None else {}))
+    elif base is float:
+        require_number(cfg, key, k.minimum if k.minimum is not None else float("-inf"), strict=k.strict, high=k.below)
+    elif base is str and not isinstance(value, str):
+        raise ConfigError(f"{key}={show_scalar(value)}: must be a text (quote it: {key}='...')" + (" or null" if nullable else ""))
+    elif k.choices is not None and typing.get_origin(base) is tuple:
+        _check_entries(key, list(value), k)
+    elif k.choices is not None:
+        require_choice(cfg, key, k.choices)
+    elif typing.get_origin(base) is tuple:
+        entries = list(value)
+        if k.nonempty and not entries:
             raise ConfigError(f"{key} is empty: {k.help}")
-        elif base is str and k.nonempty and not str(OmegaConf.select(cfg, key)).strip():
-            raise ConfigError(f"{key} is empty: {k.help}")
+        bad = [e for e in entries if not isinstance(e, str) or not e.strip()]
+        if bad:
+            raise ConfigError(f"{key}={entries}: {show_scalar(bad[0])!r} is not a name; list names, e.g. {key}=[...]")
+        if len(set(entries)) != len(entries):
+            raise ConfigError(f"{key}={entries}: {_twice(entries)!r} is listed twice; list each once")
+    elif base is str and k.nonempty and not value.strip():
+        raise ConfigError(f"{key} is empty: {k.help}")
 
 
 def _check_entries(key: str, entries: list[Any], k: Knob) -> None:
@@ -140,6 +168,35 @@ def _check_entries(key: str, entries: list[Any], k: Knob) -> None:
         raise ConfigError(f"{key} has '{bad[0]}'; valid entries: {', '.join(k.choices)}")
     if k.nonempty and (not entries or len(set(entries)) != len(entries)):
         raise ConfigError(f"{key}={entries}: list {' and/or '.join(k.choices)} ({k.help}), each once")
+    if len(set(entries)) != len(entries):
+        raise ConfigError(f"{key}={entries}: {_twice(entries)} is listed twice (its work would be done twice); list each once")
+
+
+def _twice(entries: list[Any]) -> Any:
+    return next(e for i, e in enumerate(entries) if e in entries[:i])
+
+
+def check_template(key: str, text: str, names: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    """A prompt template that ``str.format(**{name: ...})`` can fill with ``names``: every placeholder one of
+    them by name (no ``{0}``, ``{}``, ``{foo}``), every brace paired or doubled (``{{``), the ``required`` ones there."""
+    allowed = ", ".join("{" + n + "}" for n in names)
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err} (a literal brace is written {{{{ or }}}}; placeholders: {allowed})") from None
+    for _, field_name, spec, _ in parsed:
+        if field_name is None:
+            continue
+        if field_name not in names or (spec and "{" in spec):
+            shown = "{" + field_name + (":" + spec if spec else "") + "}"
+            raise ConfigError(f"{key} has the placeholder {shown}; the only ones it may hold: {allowed} (a literal brace is written {{{{ or }}}})")
+    try:
+        text.format(**{n: "" for n in names})
+    except (ValueError, IndexError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{key}: cannot be filled in ({type(err).__name__}: {err}); placeholders: {allowed}") from None
+    for name in required:
+        if name not in {p[1] for p in parsed}:
+            raise ConfigError(f"{key} must contain the placeholder {{{name}}}")
 
 
 def build(cls: type[T], node: Mapping[str, Any] | DictConfig) -> T:

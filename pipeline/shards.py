@@ -137,6 +137,8 @@ def read_shard(path: Path, schema: RecordSchema | None = None) -> list[dict[str,
     so does (given ``schema``) a record that is incomplete or was made with other settings."""
     if not path.exists():
         return []
+    if not path.is_file():
+        raise ShardCorruptError(f"{path}: not a file where the shard's records go; move it away, then rerun the shard")
     return _parse_lines(path, path.read_bytes(), schema)[0]
 
 

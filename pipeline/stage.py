@@ -47,6 +47,9 @@ class Stage:
     schema: Callable[[dict[str, Any], Unit], RecordSchema] | None = None
     # Its section of the config (``<name>.*``): the typed settings dataclass (``pipeline.settings``).
     settings: type | None = None
+    # Its keys (dotted) that change how the work runs, not what a record holds (outside the schema's
+    # fingerprint): a resume may give them other values (a smaller batch after running out of memory).
+    run_only: tuple[str, ...] = ()
 
     def table_file(self, where: str) -> str:
         return self.table.format(where=where)

@@ -27,7 +27,7 @@ from pipeline.launch import job_name, launcher_for
 from pipeline.models.registry import check_available, display_name, load_registry, resolve_model
 from pipeline.files import write_atomic
 from pipeline.summary import write_run_readme
-from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run
+from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run, saved_cluster
 from pipeline.shards import Unit, check_files
 from pipeline.stage import Stage, records_progress
 from pipeline.stages import CHAIN, STAGES, checked_config
@@ -45,18 +45,22 @@ def _model_keys(config: dict[str, Any]) -> list[str]:
     return ["a", "b"]
 
 
-def _check_models(config: dict[str, Any], keys: Sequence[str]) -> None:
+def _check_models(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Path]:
+    """Each model's folder, checked (a hub model's is on the nodes: not here)."""
     from pipeline.models.loading import prepare  # torch and transformers: only once the config is valid
 
     registry = load_registry()
     cache = project_path(config["paths"]["model_cache"])
+    folders = {}
     for key in keys:
         spec = resolve_model(f"models.{key}", config["models"][key], registry, config["results_dir"])
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
             prepare(spec, cache)
         if spec.source != "hub":
-            _check_context(config, key, Path(prepare(spec, cache)))
+            folders[key] = Path(prepare(spec, cache))
+            _check_context(config, key, folders[key])
+    return folders
 
 
 def _check_context(config: dict[str, Any], key: str, folder: Path) -> None:
@@ -74,6 +78,30 @@ def _check_context(config: dict[str, Any], key: str, folder: Path) -> None:
         if value is not None and value >= context:
             raise ConfigError(f"{name}={value}: models.{key} ({config['models'][key]}) holds at most {context} tokens "
                               f"(max_position_embeddings); use 1..{context - 1}")
+    if "debate" in stages:
+        _check_first_prompt(config, key, folder, context)
+
+
+def _check_first_prompt(config: dict[str, Any], key: str, folder: Path, context: int) -> None:
+    """A debate's first prompt (the system prompt and the solve prompt around the longest question of the run)
+    and one turn must fit the model's context: a system prompt past it would run to a table of nonsense, or
+    crawl. Tokenized only when its bytes could come near the context (a token is at least one byte)."""
+    debate = config["debate"]
+    longest = max((p.question for p in load_problems(project_path(config["data"]["path"]) / f"{config['data']['split']}.jsonl",
+                                                     config["limit"])), key=len, default="")
+    system, user = debate["system_prompt"], debate["prompts"]["solve"].format(question=longest)
+    if len(((system or "") + user).encode("utf-8")) + debate["max_new_tokens"] < context // 2:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokens = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    if tokens + debate["max_new_tokens"] > context:
+        raise ConfigError(f"debate.system_prompt: the first prompt (system prompt, solve prompt, longest question) is {tokens} "
+                          f"tokens of models.{key} ({config['models'][key]}), which with debate.max_new_tokens="
+                          f"{debate['max_new_tokens']} passes the {context} it holds (max_position_embeddings); shorten it")
 
 
 def _check_data(cfg: DictConfig) -> int:
@@ -87,13 +115,18 @@ def _check_data(cfg: DictConfig) -> int:
     return total
 
 
-def _check_training(cfg: DictConfig) -> None:
-    """The training set's fields, the DeepSpeed config, and GPUs: what would otherwise fail inside the job."""
+def _check_training(cfg: DictConfig, folders: dict[str, Path]) -> None:
+    """The training set, the layers LoRA adapts, the DeepSpeed config, and GPUs: what would otherwise fail
+    inside the job."""
+    from pipeline.train.checks import check_lora_targets
     from pipeline.train.deepspeed import deepspeed_config
     from pipeline.train.pairs import check_dataset
 
     config = OmegaConf.to_container(cfg, resolve=True)
     check_dataset(config)
+    for key in cfg.train.models:
+        if key in folders:
+            check_lora_targets(f"models.{key}", str(cfg.models[key]), folders[key], list(cfg.train.lora.target_modules))
     deepspeed = deepspeed_config(cfg.train.deepspeed)
     if deepspeed and cfg.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
         raise ConfigError("train.load_in_4bit=true with ZeRO-3: 4-bit weights cannot be partitioned; use train.deepspeed=zero2 or null")
@@ -176,13 +209,16 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     cfg = checked_config(list(overrides))
     given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
     check_run_id(cfg, given)
+    backend = saved_cluster(cfg, given)
+    if backend is not None:  # a resume goes on in the run's backend, checked as if named: cluster=<it>
+        cfg = checked_config([*overrides, f"cluster={backend}"])
     adopt_saved(cfg, given)
     total = _check_data(cfg)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    _check_models(config, _model_keys(config))
+    folders = _check_models(config, _model_keys(config))
     if cfg.stage in ("train", "all"):
-        _check_training(cfg)
-    run, resumed = open_run(cfg)
+        _check_training(cfg, folders)
+    run, resumed = open_run(cfg, frozenset(key for stage in STAGES.values() for key in stage.run_only))
     config = OmegaConf.to_container(cfg, resolve=True)
     launcher = launcher_for(cfg, run)
     steps = chain_configs(config, run) if cfg.stage == "all" else [(cfg.stage, STAGES[cfg.stage], config)]
@@ -224,7 +260,8 @@ def _wait_for(final: Any, run: Run, where: str) -> dict[str, Any]:
         return final.result()
     except Exception as err:  # noqa: BLE001 - submitit re-raises whatever the job raised, wrapped
         raised = [line.strip() for line in str(err).splitlines() if _EXCEPTION_LINE.match(line.strip())]
-        last = raised[-1] if raised else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        last = raised[-1] if raised else f"{type(err).__name__}: {first}".rstrip(": ")  # the debug backend's own error
         raise ReducerFailed(f"the {where} reducer failed ({last}); its log: {run.logs_dir / f'{reduce_label(where)}.log'}; "
                             f"rerun it with: python jobs/submit.py run_id={run.run_id}") from None
 

@@ -71,7 +71,7 @@ CASES = [
     (["stage=train", "train.learning_rate=nan"], "train.learning_rate=nan: must be a finite number > 0"),
     (["stage=train", "train.lora.lora_dropout=1.0"], "train.lora.lora_dropout=1.0: must be a number below 1"),
     (["stage=train", "train.push_to_hub=no-owner"], "train.push_to_hub=no-owner: give a hub repo id, owner/name"),
-    (["stage=train", "train.push_to_hub=me/tiny"], "train.push_to_hub=me/tiny: HF_HUB_OFFLINE=1 (the suite's default) blocks the push"),
+    (["stage=train", "train.push_to_hub=me/tiny"], "train.push_to_hub=me/tiny: HF_HUB_OFFLINE=1 (the suite's default is 1) blocks the push"),
     (["wandb.mode=cloud"], "wandb.mode=cloud: not one of auto, offline, online, disabled"),
     (["seed=4294967296"], "seed=4294967296: must be a whole number from 0 to 4294967295"),
     (["debate.batch_size=3000000000"], "debate.batch_size=3000000000: must be a whole number from 1 to 2147483647"),
@@ -87,6 +87,43 @@ CASES = [
     (["run_id=transcripts.log"], "run_id=transcripts.log: the name of one of the suite's own files"),
     (["run_id=README.md"], "run_id=README.md: the name of one of the suite's own files"),
     (["run_id=nosuchrun"], "run_id=nosuchrun: no such run (no runs in "),
+    # Hardening II (issue 30): settings that passed the check and then failed every job, or quietly did another thing
+    (["debate.prompts.solve='Q {question} {foo}'"],
+     "debate.prompts.solve has the placeholder {foo}; the only ones it may hold: {question} (a literal brace is written {{ or }})"),
+    (["debate.prompts.solve='Q {question} {0}'"], "debate.prompts.solve has the placeholder {0}; the only ones it may hold: {question}"),
+    (["debate.prompts.solve='Q {question} {'"], "debate.prompts.solve: Single '{' encountered in format string (a literal brace is written {{ or }}"),
+    (["debate.prompts.solve='Q {question} }'"], "debate.prompts.solve: Single '}' encountered in format string"),
+    (["debate.prompts.review='R {other} {foo}'"], "debate.prompts.review has the placeholder {foo}; the only ones it may hold: {other}, {question}"),
+    (["debate.system_prompt=123"], "debate.system_prompt=123: must be a text (quote it: debate.system_prompt='...') or null"),
+    (["debate.system_prompt=[a]"], "debate.system_prompt=['a']: must be a text (quote it: debate.system_prompt='...') or null"),
+    (["debate.system_prompt={a:1}"], "debate.system_prompt={'a': 1}: must be a text"),
+    (["debate.baselines.vote_models=[a,a]"], "debate.baselines.vote_models=['a', 'a']: a is listed twice (its work would be done twice); list each once"),
+    (["stage=eval", "eval.gen_kwargs={temperature:hot}"],
+     "eval.gen_kwargs.temperature=hot: transformers refuses it (`temperature` (=hot) has to be a strictly positive float"),
+    (["stage=eval", "eval.gen_kwargs={top_k:2.5}"], "eval.gen_kwargs.top_k=2.5: transformers refuses it (`top_k` has to be a strictly positive integer"),
+    (["stage=eval", "eval.gen_kwargs={do_sample:maybe}"], "eval.gen_kwargs.do_sample=maybe: must be true or false"),
+    (["stage=eval", "eval.gen_kwargs={until:''}"], "eval.gen_kwargs.until='': an empty stop sequence ends every response before it starts; drop it"),
+    (["stage=eval", "eval.gen_kwargs={until:['Q:','']}"], "eval.gen_kwargs.until=['Q:', '']: an empty stop sequence"),
+    (["stage=eval", "eval.gen_kwargs={max_new_tokens:3}"], "eval.gen_kwargs.max_new_tokens: the generation length is eval.max_gen_toks; set that instead"),
+    (["stage=eval", "eval.gen_kwargs={to_dict:1}"], "eval.gen_kwargs.to_dict: neither lm-eval's (until) nor a transformers GenerationConfig field"),
+    (["stage=train", "train.deepspeed=123"], "train.deepspeed=123: must be a text (quote it: train.deepspeed='...') or null"),
+    (["stage=train", "train.deepspeed=[zero2]"], "train.deepspeed=['zero2']: must be a text"),
+    (["stage=train", "train.lr_scheduler_type=bogus"], "train.lr_scheduler_type=bogus: not one of linear, cosine, "),
+    (["stage=train", "train.lora.target_modules=[nonexistent]"],
+     "train.lora.target_modules has 'nonexistent': models.a (tiny-llama) has no such layer; its linear layers: down_proj, gate_proj, k_proj"),
+    (["stage=train", "train.lora.target_modules=['']"], "train.lora.target_modules=['']: '' is not a name"),
+    (["stage=train", "train.lora.target_modules=[q_proj,q_proj]"], "train.lora.target_modules=['q_proj', 'q_proj']: 'q_proj' is listed twice"),
+    (["stage=train", "train.dataset=/etc/passwd"], "train.dataset=/etc/passwd: not a .jsonl/.json file of preference rows (prompt, chosen, rejected)"),
+    (["stage=train", "train.dataset=someone/some-data"],
+     "train.dataset=someone/some-data: a hub dataset not in the local cache while offline (HF_HUB_OFFLINE=1: "),
+    (["stage=train", "train.dataset=../x"], "train.dataset=../x: no such file, and not a hub dataset name (owner/name)"),
+    (["stage=train", "train.dataset_split=nonexistent"], "train.dataset_split=nonexistent: no file "),
+    (["stage=train", "train.dataset_split=test"],
+     "train.dataset_split=test: the split the eval and debate score (data.split=test); training on it would score the models on their own training questions; use train"),
+    (["stage=train", "train.push_to_hub=../.."], "train.push_to_hub=../..: not a hub repo id (Repo id must use alphanumeric chars"),
+    (["stage=train", "train.push_to_hub=-/-"], "train.push_to_hub=-/-: not a hub repo id"),
+    (["stage=train", "train.push_to_hub=a--b/c"], "train.push_to_hub=a--b/c: not a hub repo id (Cannot have -- or .. in repo_id"),
+    (["stage=train", f"train.push_to_hub=me/{'x' * 97}"], f"train.push_to_hub=me/{'x' * 97}: not a hub repo id"),
 ]
 
 
@@ -116,3 +153,32 @@ def test_the_command_line_prints_no_traceback(results: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == "error: shards=0: must be a whole number >= 1"
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("flag", ["true", "1", "YES", "on"])
+def test_the_hub_offline_flag_is_read_as_huggingface_hub_reads_it(flag: str, results: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", flag)
+    assert main(["models=tiny", f"results_dir={results}", "stage=train", "train.push_to_hub=me/tiny"]) == 2
+    assert capsys.readouterr().err == (f"error: train.push_to_hub=me/tiny: HF_HUB_OFFLINE={flag} (the suite's default is 1) blocks "
+                                       "the push; submit with HF_HUB_OFFLINE=0 and the token in HF_TOKEN\n")
+
+
+def test_a_repo_name_that_two_models_make_too_long_is_refused(results: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two models push to <repo>-<model>: a name within the hub's 96 characters alone may pass them with the suffix."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    repo = f"me/{'x' * 90}"
+    assert main(["models=tiny", f"results_dir={results}", "stage=train", f"train.push_to_hub={repo}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: train.push_to_hub={repo}: model a's repo={repo}-tiny-llama: not a hub repo id") and err.count("\n") == 1
+    assert list(results.iterdir()) == []
+
+
+def test_a_system_prompt_past_the_models_context_is_refused(results: Path, capsys: pytest.CaptureFixture) -> None:
+    """The tiny models hold 4096 tokens: a system prompt of 3,600 words does not fit beside a question and a turn."""
+    assert main(["models=tiny", f"results_dir={results}", f"debate.system_prompt='{'word ' * 3600}'"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: debate.system_prompt: the first prompt (system prompt, solve prompt, longest question) is ")
+    assert "tokens of models.a (tiny-llama), which with debate.max_new_tokens=256 passes the 4096 it holds" in err and err.count("\n") == 1
+    assert list(results.iterdir()) == []

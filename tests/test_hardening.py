@@ -3,8 +3,10 @@ traceback from a damaged run folder, nothing written by a refused submission."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -246,3 +248,180 @@ def test_a_disk_that_fills_during_the_run_is_a_shard_write_error(small_disk: Pat
     ballast.unlink()
     assert submit([f"results_dir={results}", "run_id=full", "cluster=debug", "paths.min_free_mib=0"])["result"]["complete"] is True
     assert len(shard.read_text().splitlines()) == 8
+
+
+# ---- Hardening II (issue 30): runs and files ----------------------------------------------------------------
+
+
+def _command(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, input=stdin)
+
+
+def test_a_failing_debug_job_opens_no_debugger(finished: Path) -> None:
+    """cluster=debug runs the jobs in the submitter; a job that raises used to open pdb's post-mortem, which read
+    the rest of piped stdin as commands: now one line, exit 1, stdin untouched."""
+    run = copy_run(finished, "debug-fails")
+    (run / "debate_accuracy.md").unlink()
+    (run / "debate_accuracy.md").mkdir()
+    done = _command(str(ROOT / "jobs" / "submit.py"), f"results_dir={run.parent}", "run_id=debug-fails", "cluster=debug",
+                    stdin="print('PDB-READ-THIS')\n")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "(Pdb)" not in done.stdout + done.stderr and "PDB-READ-THIS" not in done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the debate reducer failed (IsADirectoryError: [Errno 21] Is a directory: "), last
+    assert last.endswith("; rerun it with: python jobs/submit.py run_id=debug-fails"), last
+
+
+def test_a_resume_may_change_run_only_settings(finished: Path) -> None:
+    """A run out of memory resumes at a smaller batch, on another engine: keys outside the records' fingerprint
+    (debate/units.py's _RUN_ONLY) are not compared on resume; its records join the others."""
+    run = copy_run(finished, "smaller-batch")
+    shard = run / "debate" / "shard-00001-of-00002.jsonl"
+    shard.write_text(shard.read_text().splitlines()[0] + "\n")
+    info = submit([f"results_dir={run.parent}", "run_id=smaller-batch", "debate.batch_size=1", "debate.engine=generate",
+                   "debate.kernels=torch", "debate.reuse_kv=false"])
+    assert info["resumed"] and info["result"]["complete"] is True
+    assert len(shard.read_text().splitlines()) == 2
+
+
+def test_a_resume_goes_on_in_the_runs_backend(finished: Path, capsys: pytest.CaptureFixture) -> None:
+    """The run was made with cluster=debug: resumed by its id alone (the default backend is local), it goes on
+    in the debug backend, with its cluster settings; naming another backend is taken as said."""
+    run = copy_run(finished, "same-backend")
+    shard = run / "debate" / "shard-00000-of-00002.jsonl"
+    shard.write_text(shard.read_text().splitlines()[0] + "\n")
+    info = submit([f"results_dir={run.parent}", "run_id=same-backend"])
+    assert info["cluster"] == "debug" and info["result"]["complete"] is True
+    assert "cluster=debug" in capsys.readouterr().out.splitlines()[0]
+    assert "cpus_per_task: 1\n" in (run / "config.yaml").read_text()
+
+
+def _status(run: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _command(str(ROOT / "jobs" / "status.py"), *extra, "--results-dir", str(run.parent))
+
+
+def test_a_torn_job_list_is_named_and_the_run_still_shown_cancelled_and_resumed(finished: Path) -> None:
+    run = copy_run(finished, "torn-jobs")
+    jobs = run / "launch" / JOBS_FILE
+    whole = jobs.read_text()
+    with jobs.open("ab") as handle:
+        handle.write(b'{"time": "t", "stage": "deb')  # a write cut short
+    for command in ([str(ROOT / "jobs" / "status.py"), "torn-jobs"], [str(ROOT / "jobs" / "status.py")],
+                    [str(ROOT / "jobs" / "cancel.py"), "torn-jobs"]):
+        done = _command(*command, "--results-dir", str(run.parent))
+        assert done.returncode == 0 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    shown = _status(run, "torn-jobs")
+    assert f"warning: {jobs}:2: not a job record (a write cut short?); skipped: its jobs are not shown or cancelled here; delete that line" in shown.stdout
+    assert "(1 damaged file(s): python jobs/status.py torn-jobs)" in _status(run).stdout
+    cancelled = _command(str(ROOT / "jobs" / "cancel.py"), "torn-jobs", "--results-dir", str(run.parent))
+    assert cancelled.stderr == f"warning: {jobs}:2: not a job record (a write cut short?); skipped: its jobs are not shown or cancelled here; delete that line\n"
+    submit([f"results_dir={run.parent}", "run_id=torn-jobs", "cluster=debug"])
+    lines = jobs.read_text().splitlines()
+    assert jobs.read_text().startswith(whole) and len(lines) == 3 and lines[1] == '{"time": "t", "stage": "deb'
+    assert json.loads(lines[2])["stage"] == "debate", "the next submission is a line of its own"
+
+
+def test_a_folder_in_place_of_the_job_list_is_named(finished: Path, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(finished, "jobs-folder")
+    jobs = run / "launch" / JOBS_FILE
+    jobs.unlink()
+    jobs.mkdir()
+    shown = _status(run, "jobs-folder")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr
+    assert f"warning: {jobs}: cannot read the run's job list (Is a directory); its jobs are not shown or cancelled here" in shown.stdout
+    assert _command(str(ROOT / "jobs" / "cancel.py"), "jobs-folder", "--results-dir", str(run.parent)).returncode == 0
+    assert main([f"results_dir={run.parent}", "run_id=jobs-folder", "cluster=debug"]) == 2
+    assert capsys.readouterr().err == f"error: {jobs}: not a file (the run's list of its jobs goes there); move it away, then resubmit\n"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "non-utf8", "folder"])
+def test_a_damaged_shard_is_a_status_row_and_a_one_line_refusal(finished: Path, damage: str, capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(finished, f"shard-{damage}")
+    shard = run / "debate" / "shard-00001-of-00002.jsonl"
+    good = shard.read_text().splitlines()[0]
+    if damage == "folder":
+        shard.unlink()
+        shard.mkdir()
+        named = f"{shard}: not a file where the shard's records go; move it away, then rerun the shard"
+    else:
+        shard.write_bytes(good.encode() + (b"\n\xff\xfe{}\n" if damage == "non-utf8" else b"\nnot json\n"))
+        named = f"{shard}:2: corrupt record ("
+    shown = _status(run, run.name)
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr, shown.stderr
+    assert "shard-00001-of-00002  " in shown.stdout and " DAMAGED " in shown.stdout and f"warning: {named}" in shown.stdout
+    listed = _status(run)
+    assert listed.returncode == 0 and f"{run.name} " in listed.stdout and "done " in listed.stdout, listed.stderr
+    assert main([f"results_dir={run.parent}", f"run_id={run.name}", "cluster=debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {named}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("note", [None, 7, ["x"]])
+def test_a_progress_file_of_the_wrong_shape_is_no_progress(finished: Path, note: object) -> None:
+    run = copy_run(finished, f"progress-{type(note).__name__}")
+    for path in (run / "progress" / "debate").glob("*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "state": "failed", "note": note}))
+    shown = _status(run, run.name)
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr, shown.stderr
+    assert f"run {run.name} (debate, debug): complete" in shown.stdout
+
+
+def test_an_outcomes_file_that_is_not_one_is_one_line(finished: Path, tmp_path: Path) -> None:
+    good = (finished / "debate_outcomes.csv").read_bytes()
+    header = good.split(b"\n", 1)[0]
+    cases = {
+        "latin1.csv": (b"index,gold\xff\n", "not UTF-8 text (byte 10); not an outcomes file a reducer wrote"),
+        "huge.csv": (header + b"\n1,2," + b"x" * 131073 + b"\n", "not an outcomes file (field larger than field limit (131072))"),
+        "cut-header.csv": (header[: header.rindex(b"|") + 3], "1: not an outcomes file (expected 'index,gold,<method> | answer,"),
+        "header-only.csv": (header + b"\n", "no questions after the header (a file cut short?)"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        done = _command(str(ROOT / "jobs" / "outcomes.py"), str(path))
+        assert done.returncode == 2 and done.stdout == "", (name, done.stdout)
+        assert done.stderr.startswith(f"error: {path}") and message in done.stderr and done.stderr.count("\n") == 1, (name, done.stderr)
+
+
+# ---- names and pages ---------------------------------------------------------------------------------------
+
+HOSTILE_NAMES = ("p | q", "[x](javascript:alert%281%29)")
+
+
+def test_model_names_reach_the_tables_and_the_page_escaped(tmp_path: Path) -> None:
+    """Model folders named ``p | q`` and ``[x](javascript:alert%281%29)`` debate: each markdown row keeps its six
+    cells, the names read back whole, and report.html holds no link but its own anchors."""
+    import shutil
+
+    from pipeline.reduce.report import _cells, markdown_html
+
+    folders = []
+    for name, source in zip(HOSTILE_NAMES, ("tiny-llama", "tiny-qwen2")):
+        folders.append(tmp_path / "models" / name)
+        shutil.copytree(ROOT / "pipeline" / "assets" / "tiny" / source, folders[-1])
+    results = tmp_path / "results"
+    submit(tiny_overrides(results, "limit=2", "shards=1", "cluster=debug", "run_id=names", f"models.a='{folders[0]}'",
+                          f"models.b='{folders[1]}'", "debate.max_rounds=1"))
+    table = (results / "names" / "debate_accuracy.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "alone" in line]
+    assert len(rows) == 4 and all(len(_cells(row)) == 6 for row in rows), rows  # the methods table and the paired one
+    rendered = markdown_html(table, results / "names")
+    assert f"<td>{HOSTILE_NAMES[0]} alone</td>" in rendered and f"<td>{HOSTILE_NAMES[1]} alone</td>" in rendered
+    page = (results / "names" / "report.html").read_text()
+    assert sorted(set(re.findall(r'href="([^"]*)"', page))) == ["#browser", "#config"]
+    assert "<a " not in page.replace('<a href="#browser">', "").replace('<a href="#config">', "")
+
+
+def test_markdown_escapes_keep_a_name_one_literal_cell() -> None:
+    from pipeline.markdown import code, escape
+    from pipeline.reduce.report import _cells, _inline
+
+    for name in (*HOSTILE_NAMES, "a*b*_c_", "<img src=x onerror=alert(1)>", "`x`", "line\nbreak", "back\\slash", "tiny_llama"):
+        row = f"| {escape(name)} | 1 |"
+        [cell, one] = _cells(row)
+        assert one == "1" and html.unescape(_inline(cell)) == name.replace("\n", " "), name
+        assert "<" not in _inline(cell).replace("&lt;", "")
+    assert escape("tiny_llama-1.5b") == "tiny_llama-1.5b", "a plain name stays as it is"
+    assert _inline(code("a`b")) == "<code>a`b</code>" and _inline(code("`x`")) == "<code>`x`</code>"
+    assert _inline("[page](debate_report.html) [x](javascript:alert(1)) [y](https://example.com)") == (
+        '<a href="debate_report.html">page</a> [x](javascript:alert(1)) [y](https://example.com)')

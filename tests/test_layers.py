@@ -1,7 +1,7 @@
 """The house is layered: every import in ``pipeline/`` goes to its own layer or a lower one, never up.
 
 The layers, bottom to top (``docs/architecture.md`` draws them):
-0. config, files, answers: what everything reads and writes through;
+0. config, files, answers, markdown: what everything reads and writes through;
 1. data, shards, progress, runs, the engine's choices, what a stage is (stage), wandb_run: records, run folders, what a task
    reports, where wandb logs;
 2. tasks (the job bodies), models: what any stage runs and loads;
@@ -22,7 +22,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 LAYERS = {
-    "config": 0, "settings": 0, "files": 0, "answers": 0,
+    "config": 0, "settings": 0, "files": 0, "answers": 0, "markdown": 0,
     "data": 1, "shards": 1, "progress": 1, "runs": 1, "engine": 1, "stage": 1, "wandb_run": 1,
     "jobs": 2, "models": 2,
     "engine.": 3,

@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from pipeline.reduce.debate import reduce_debate
 from pipeline.submit import submit
 from pipeline.train.hub import push_adapter
-from pipeline.wandb_run import step_run_id, train_environment
+from pipeline.wandb_run import step_run_id
 from tests.conftest import ROOT, copy_run, tiny_overrides
 from tests.test_eval_e2e import eval_overrides
 from tests.test_train import train_overrides
@@ -54,14 +55,22 @@ def wandb_records(path: Path) -> list[Any]:
     return records
 
 
-def offline_run(run: Path, where: str, reduces: int = 1) -> tuple[Path, dict[str, Any]]:
-    """The step's newest offline run folder and what its records hold: the run, the final summary, the history.
-    Each reduce makes a folder, but two in one second share wandb's folder name (its time is in seconds)
-    and the later one replaces the earlier."""
+def offline_folders(run: Path, where: str) -> list[Path]:
+    """Every offline run folder of a step, oldest first: ``offline-run-<time>-<id>``, and when a reduce
+    started in the same second as an earlier one (wandb's time is in seconds), ``offline-run-<time>-<id>-<n>``
+    (wandb numbers it rather than replace the earlier folder)."""
     run_id = step_run_id(run, where)
-    folders = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert 1 <= len(folders) <= reduces, folders
-    records = wandb_records(folders[-1] / f"run-{run_id}.wandb")
+    found = []
+    for folder in (run / "wandb").glob(f"offline-run-*-{run_id}*"):
+        stamp, _, rest = folder.name.removeprefix("offline-run-").partition(f"-{run_id}")
+        if rest == "" or (rest.startswith("-") and rest[1:].isdigit()):
+            found.append(((stamp, int(rest[1:] or 0)), folder))
+    return [folder for _, folder in sorted(found)]
+
+
+def read_offline(folder: Path, run_id: str) -> dict[str, Any]:
+    """What one offline run folder's records hold: the run, the final summary, the history."""
+    records = wandb_records(folder / f"run-{run_id}.wandb")
     summary: dict[str, Any] = {}
     history = []
     for record in records:
@@ -71,7 +80,13 @@ def offline_run(run: Path, where: str, reduces: int = 1) -> tuple[Path, dict[str
         elif kind == "history":
             history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
     [header] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    return folders[-1], {"run": header, "summary": summary, "history": history}
+    return {"run": header, "summary": summary, "history": history}
+
+
+def offline_run(run: Path, where: str) -> tuple[Path, dict[str, Any]]:
+    """The step's one offline run folder (one reduce) and what its records hold."""
+    [folder] = offline_folders(run, where)
+    return folder, read_offline(folder, step_run_id(run, where))
 
 
 def table_file(folder: Path, name: str) -> dict[str, Any]:
@@ -107,14 +122,19 @@ def test_the_debate_reducer_logs_its_tables_rounds_and_plot(runs: Path) -> None:
 
 
 def test_a_second_reduce_logs_to_the_same_wandb_run(runs: Path) -> None:
-    """The id is the step's (and the run folder's): a re-reduce resumes that wandb run, never starts another;
-    offline it is a second folder of the same id, which ``wandb sync`` uploads after the first."""
+    """The id is the step's (and the run folder's): a re-reduce resumes that wandb run, never starts another,
+    and never loses the earlier one: offline it is a second folder of the same id, each complete on disk when
+    its reduce returns (whether or not both started in the same second), which ``wandb sync`` uploads in order."""
     run = copy_run(runs / "talk", "talk-again")
-    reduce_debate(str(run))
-    reduce_debate(str(run))
-    _, logged = offline_run(run, "debate", reduces=2)
-    assert logged["run"].run_id == step_run_id(run, "debate") and logged["summary"]["complete"] is True
-    assert logged["summary"]["methods/debate/n"] == 2
+    shutil.rmtree(run / "wandb", ignore_errors=True)
+    for count in (1, 2):
+        reduce_debate(str(run))
+        folders = offline_folders(run, "debate")
+        assert len(folders) == count, folders
+        logged = read_offline(folders[-1], step_run_id(run, "debate"))
+        assert logged["run"].run_id == step_run_id(run, "debate") and logged["summary"]["complete"] is True
+        assert logged["summary"]["methods/debate/n"] == 2
+    assert read_offline(folders[0], step_run_id(run, "debate"))["summary"]["complete"] is True, "the first reduce's run is kept"
 
 
 def test_the_eval_reducer_logs_its_table(runs: Path) -> None:
@@ -276,14 +296,40 @@ def test_a_failed_push_is_one_warning_and_the_adapter_stays(tmp_path: Path, capl
     assert warning.endswith(f"it stays in {folder}") and (folder / "README.md").read_text() == "a card\n"
 
 
+# A debug run in one process: training (transformers' callback opens a run from the environment and leaves it
+# open), then a reducer's run. Run in a fresh interpreter: wandb keeps a process's first settings.
+_TRAIN_THEN_REDUCE = """
+import sys
+from pathlib import Path
+
+import wandb
+
+from pipeline.wandb_run import init_step_run, train_environment
+
+folder = Path(sys.argv[1])
+config = {"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}
+with train_environment(config, "trained", folder / "train") as report_to:
+    assert report_to == ["wandb"]
+    wandb.init(settings=wandb.Settings(silent=True, console="off"))  # as transformers' callback does
+print("open after training:", wandb.run is not None)
+step = init_step_run(config, folder / "run", "debate")
+step.summary["complete"] = True
+step.finish()
+"""
+
+
 def test_training_leaves_no_wandb_run_open_for_the_reducers_after_it(tmp_path: Path) -> None:
     """transformers' callback leaves its run open; a debug run trains in the submitter, and the reducers' runs
-    opened after it in that process wrote no file (seen in CI): training ends with no run open."""
-    import wandb
-
-    config = {"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}
-    with train_environment(config, "trained", tmp_path) as report_to:
-        assert report_to == ["wandb"]
-        wandb.init(dir=str(tmp_path), settings=wandb.Settings(silent=True, console="off"))  # as the trainer's callback does
-    assert wandb.run is None
-    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb")), "the trainer's run was flushed"
+    opened after it in that process wrote no file (seen in CI): training ends with no run open, its offline
+    run complete on disk, and the reducer's run after it is complete on disk when it returns."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "config"),
+               WANDB_CACHE_DIR=str(tmp_path / "cache"), WANDB_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", _TRAIN_THEN_REDUCE, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "open after training: False" in done.stdout
+    [trained] = (tmp_path / "train" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert [r.run.run_group for r in wandb_records(trained) if r.WhichOneof("record_type") == "run"] == ["trained"]
+    [folder] = offline_folders(tmp_path / "run", "debate")
+    assert read_offline(folder, step_run_id(tmp_path / "run", "debate"))["summary"]["complete"] is True

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.config import ConfigError
 from pipeline.debate.settings import DebateSettings
 from pipeline.settings import check
 
 
 def check_debate(cfg: DictConfig) -> None:
-    """The debate stage's keys (``debate.*``): types, ranges, choices, the prompts' placeholders."""
+    """The debate stage's keys (``debate.*``): types, ranges, choices, the prompts' placeholders (each
+    declared on its field)."""
     check(cfg, "debate", DebateSettings)
-    for name, placeholder in (("solve", "{question}"), ("review", "{other}")):
-        if placeholder not in cfg.debate.prompts[name]:
-            raise ConfigError(f"debate.prompts.{name} must contain the placeholder {placeholder}")

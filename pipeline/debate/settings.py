@@ -28,8 +28,11 @@ class Prompts:
     than trust: with a bare "end with #### N", small models answer with the number alone, and in review echo the
     other model's number (agreement by copying; the reducer's agreement table tells it from correction)."""
 
-    solve: str = knob(SOLVE_PROMPT, "A model's first message; {question} is the problem.")
-    review: str = knob(REVIEW_PROMPT, "How the other model's reply is quoted to a model; {other} is that reply.")
+    solve: str = knob(SOLVE_PROMPT, "A model's first message; {question} is the problem.",
+                      format_fields=["question"], placeholders=["question"])
+    review: str = knob(REVIEW_PROMPT, "How the other model's reply is quoted to a model; {other} is that reply "
+                                      "({question}, the problem, may be quoted too).",
+                       format_fields=["other", "question"], placeholders=["other"])
 
 
 @dataclass(frozen=True)

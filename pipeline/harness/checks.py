@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -30,7 +29,6 @@ def check_eval(cfg: DictConfig) -> None:
     instruction = cfg.eval.system_instruction
     if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
         raise ConfigError(f"eval.system_instruction={instruction}: must be a text (quote it: eval.system_instruction='...') or null")
-    _check_gen_kwargs(cfg.eval.gen_kwargs)
     folder = cfg.eval.include_path
     if folder is not None and not (isinstance(folder, str) and project_path(folder).is_dir()):
         raise ConfigError(f"eval.include_path={folder}: no such folder (give a folder of lm-eval task YAMLs, or null)")
@@ -46,25 +44,3 @@ def check_eval(cfg: DictConfig) -> None:
             raise ConfigError(str(err)) from None
         for task in others:
             check_task(task, folder, cfg.limit if cfg.limit is not None else documents, cfg.limit)
-
-
-def _check_gen_kwargs(value: Any) -> None:
-    """``eval.gen_kwargs``: a mapping of lm-eval's generation keys (``until``) and transformers'
-    ``GenerationConfig`` fields, which lm-eval hands to ``generate()``; a mistyped key would fail in every shard."""
-    if value is None:
-        return
-    if not isinstance(value, DictConfig):
-        raise ConfigError(f"eval.gen_kwargs={value}: must be a mapping, e.g. eval.gen_kwargs={{temperature:0.7,do_sample:true}}, or null")
-    from transformers import GenerationConfig
-
-    fields = GenerationConfig()
-    for key, item in OmegaConf.to_container(value).items():
-        if key == "max_gen_toks":
-            raise ConfigError("eval.gen_kwargs.max_gen_toks: the generation length is eval.max_gen_toks; set that instead")
-        if key == "until":
-            if not (isinstance(item, str) or (isinstance(item, list) and item and all(isinstance(s, str) for s in item))):
-                raise ConfigError(f"eval.gen_kwargs.until={item}: must be a text or a list of texts (the stop sequences)")
-        elif not hasattr(fields, key):
-            raise ConfigError(f"eval.gen_kwargs.{key}: neither lm-eval's (until) nor a transformers GenerationConfig field")
-        elif isinstance(item, (dict, list)):
-            raise ConfigError(f"eval.gen_kwargs.{key}={item}: must be a single value")

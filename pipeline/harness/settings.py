@@ -9,7 +9,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import ConfigError
 from pipeline.settings import PAIR, knob
+
+# eval.gen_kwargs: lm-eval's own key, the length keys eval.max_gen_toks owns, and the sampling settings
+# transformers checks in the warper it builds for them (class name, and the value that builds none).
+LM_EVAL_KEYS = ("until",)
+LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_length")
+WARPERS = {"temperature": ("TemperatureLogitsWarper", (0, 1)), "top_k": ("TopKLogitsWarper", (0,)),
+           "top_p": ("TopPLogitsWarper", (1,)), "min_p": ("MinPLogitsWarper", ()),
+           "typical_p": ("TypicalLogitsWarper", (1,)), "epsilon_cutoff": ("EpsilonLogitsWarper", (0,)),
+           "eta_cutoff": ("EtaLogitsWarper", (0,)), "repetition_penalty": ("RepetitionPenaltyLogitsProcessor", (1,)),
+           "no_repeat_ngram_size": ("NoRepeatNGramLogitsProcessor", (0,))}
+
+
+def check_gen_kwargs(key: str, value: Any) -> None:
+    """``eval.gen_kwargs``: a mapping of lm-eval's generation keys (``until``) and transformers'
+    ``GenerationConfig`` fields, which lm-eval hands to ``generate()``; a mistyped key or a value generate
+    refuses would fail in every shard, a length key would silently override ``eval.max_gen_toks``, and an
+    empty stop text would stop every response at once."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}={value}: must be a mapping, e.g. {key}={{temperature:0.7,do_sample:true}}, or null")
+    from transformers import GenerationConfig
+    from transformers.generation import logits_process
+
+    fields = vars(GenerationConfig())
+    for name, item in value.items():
+        where = f"{key}.{name}"
+        if name in LENGTH_KEYS:
+            raise ConfigError(f"{where}: the generation length is eval.max_gen_toks; set that instead")
+        if name == "until":
+            texts = [item] if isinstance(item, str) else item
+            if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+                raise ConfigError(f"{where}={item}: must be a text or a list of texts (the stop sequences)")
+            if not all(texts):
+                raise ConfigError(f"{where}={item!r}: an empty stop sequence ends every response before it starts; drop it")
+        elif name not in fields:
+            raise ConfigError(f"{where}: neither lm-eval's (until) nor a transformers GenerationConfig field")
+        elif isinstance(item, (dict, list)):
+            raise ConfigError(f"{where}={item}: must be a single value")
+        elif name == "do_sample" and not isinstance(item, bool):
+            raise ConfigError(f"{where}={item}: must be true or false")
+        elif name in WARPERS and item not in WARPERS[name][1]:
+            try:
+                getattr(logits_process, WARPERS[name][0])(item)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{where}={item}: transformers refuses it ({str(err).splitlines()[0]})") from None
 
 
 @dataclass(frozen=True)
@@ -31,7 +76,7 @@ class EvalSettings:
                                                    "generation_kwargs, e.g. eval.gen_kwargs={temperature:0.7,do_sample:true,"
                                                    "top_p:0.95,until:['Question:']}: any key of lm-eval's (until, do_sample, "
                                                    "temperature) or of transformers' GenerationConfig; the generation length "
-                                                   "is eval.max_gen_toks. null: the task's own.")
+                                                   "is eval.max_gen_toks. null: the task's own.", check=check_gen_kwargs)
     num_fewshot: int | None = knob(None, "lm-eval's --num_fewshot: few-shot examples per question (0: zero-shot); null: "
                                          "the task's own (gsm8k 5, gsm8k_cot_llama 8). As in lm-eval, a task whose own "
                                          "count is 0 stays zero-shot.", minimum=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.launch.base import JOBS_FILE, Launcher, SubmissionRefused, job_name, submissions
+from pipeline.launch.base import JOBS_FILE, Launcher, SubmissionRefused, job_name, read_submissions, submissions
 from pipeline.launch.debug import DebugLauncher
 from pipeline.launch.local import LocalLauncher
 from pipeline.launch.slurm import SlurmLauncher
@@ -16,7 +16,7 @@ from pipeline.runs import Run
 
 LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "slurm": SlurmLauncher, "debug": DebugLauncher}
 
-__all__ = ["JOBS_FILE", "LAUNCHERS", "Launcher", "SubmissionRefused", "job_name", "launcher_for", "submissions"]
+__all__ = ["JOBS_FILE", "LAUNCHERS", "Launcher", "SubmissionRefused", "job_name", "launcher_for", "read_submissions", "submissions"]
 
 
 def launcher_for(cfg: DictConfig, run: Run) -> Launcher:

@@ -18,6 +18,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError
+from pipeline.files import append_line
 from pipeline.runs import Run
 from pipeline.jobs import ReduceJob, ShardJob, ShardTask
 
@@ -54,6 +55,9 @@ class Launcher:
         self.cfg = cfg
         self.run = run
         self.progress = OmegaConf.to_container(cfg.progress, resolve=True)
+        jobs = run.launch_dir / JOBS_FILE
+        if jobs.exists() and not jobs.is_file():
+            raise ConfigError(f"{jobs}: not a file (the run's list of its jobs goes there); move it away, then resubmit")
 
     # ---- what a backend says -----------------------------------------------------------------------
     def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> submitit.Executor:
@@ -152,14 +156,43 @@ class Launcher:
             "reduce": reduce_job.job_id,
             **self.recorded([*jobs, reduce_job]),
         }
-        self.run.launch_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run.launch_dir / JOBS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_line(self.run.launch_dir / JOBS_FILE, json.dumps(entry))
+
+
+# What every recorded submission holds (what status and cancel read).
+_ENTRY_KEYS = {"stage": str, "cluster": str, "shards": dict, "reduce": str}
+
+
+def read_submissions(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every submission recorded for a run, oldest first, and a line for each record that could not be
+    read (a torn or garbled line, the file replaced by a folder): skipped, so that status and cancel still
+    see every job they can, and say what they could not."""
+    path = run.launch_dir / JOBS_FILE
+    if not path.exists():
+        return [], []
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return [], [f"{path}: cannot read the run's job list ({err.strerror}); its jobs are not shown or cancelled here; "
+                    "move it away (scancel or kill them by hand)"]
+    entries, problems = [], []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+            ok = (isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in _ENTRY_KEYS.items())
+                  and isinstance(entry.get("started", {}), dict))
+        except ValueError:
+            ok = False
+        if ok:
+            entries.append(entry)
+        else:
+            problems.append(f"{path}:{number}: not a job record (a write cut short?); skipped: its jobs are not shown or "
+                            "cancelled here; delete that line")
+    return entries, problems
 
 
 def submissions(run: Run) -> list[dict[str, Any]]:
-    """Every submission recorded for a run, oldest first."""
-    path = run.launch_dir / JOBS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Every readable submission recorded for a run, oldest first."""
+    return read_submissions(run)[0]

@@ -22,6 +22,7 @@ from pipeline.config import project_path
 from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
+from pipeline.markdown import escape
 from pipeline.files import BLOCK_END, BLOCK_START, accuracy_axis, append_block_once, save_figure, write_atomic
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.questions import debate_questions
@@ -276,7 +277,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     if done < expected:
         lines += [f"**PARTIAL: {done} of {expected} problems; the numbers below cover only those.**", ""]
     lines += [
-        f"Models: a = {summary['models']['a']}, b = {summary['models']['b']}; {summary['n']} GSM8K problems.",
+        f"Models: a = {escape(summary['models']['a'])}, b = {escape(summary['models']['b'])}; {summary['n']} GSM8K problems.",
         "",
         "| method | accuracy (strict) | 95% CI | correct / n | accuracy (flexible) | cut at the token limit | no explicit answer "
         "| tokens / question | seconds / question (batched) |",
@@ -285,7 +286,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     for r in summary["methods"]:
         extra = [_pct(r[k]) if k in r else "" for k in ("flexible_accuracy", "cut_off", "no_explicit_answer")]
         lines.append(
-            f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | "
+            f"| {escape(r['method'])} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | "
             f"{r['correct']} / {r['n']} | {' | '.join(extra)} | {r['tokens_per_question']} | {r['seconds_per_question']} |"
         )
     lines += ["", "| debate stopped after | accuracy | 95% CI | debates still open |", "|---|---|---|---|"]
@@ -299,7 +300,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         ]
         for p in summary["paired"]:
             lines.append(
-                f"| {p['against']} | {p['n']} | {p['only_debate_right']} | {p['only_baseline_right']} | "
+                f"| {escape(p['against'])} | {p['n']} | {p['only_debate_right']} | {p['only_baseline_right']} | "
                 f"{100 * p['difference']:+.1f} pts | {format_p(p['p_value'])} |"
             )
     lines += ["", "| how the debate agreed | debates | final right | final wrong | fixed its own wrong answer | gave up its own right answer |",

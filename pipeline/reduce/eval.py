@@ -19,6 +19,7 @@ from pipeline.harness.units import PLOTS, TABLE, eval_schema, eval_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.files import accuracy_axis, save_figure, write_atomic
+from pipeline.markdown import escape
 from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.questions import eval_questions
 from pipeline.reduce.report import write_report
@@ -94,13 +95,13 @@ def _against_base_lines(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['key']} | {r['task']} | {r['filter']} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
+            f"| {r['key']} | {escape(r['task'])} | {escape(r['filter'])} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
             f"{100 * (r['accuracy'] - r['base_accuracy']):+.1f} pts | {r['only_finetuned_right']} | {r['only_base_right']} | "
             f"{format_p(r['p_value'])} | {r['identical_responses']} / {r['n']} |"
         )
     same = sorted({(r["key"], r["task"]) for r in rows if r["identical_responses"] == r["n"]})
     for key, task in same:
-        lines += ["", f"**WARNING: model {key}'s fine-tuned responses on {task} are identical to the base model's on every "
+        lines += ["", f"**WARNING: model {key}'s fine-tuned responses on {escape(task)} are identical to the base model's on every "
                       f"question: the adapter changed no output (too few steps or too small a learning rate?).**"]
     return lines + [""]
 
@@ -118,7 +119,7 @@ def markdown(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck], 
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} ({r['key']}) | {r['task']} | {r['filter']} | {100 * r['accuracy']:.1f}% | {100 * r['stderr']:.1f} | "
+            f"| {escape(r['model'])} ({r['key']}) | {escape(r['task'])} | {escape(r['filter'])} | {100 * r['accuracy']:.1f}% | {100 * r['stderr']:.1f} | "
             f"{100 * r['ci95_low']:.1f}% - {100 * r['ci95_high']:.1f}% | {r['correct']} / {r['n']} | {r['seconds']} |"
         )
     lines += ["", "s.e.: the standard error of the accuracy, in percentage points (lm-eval's stderr). "

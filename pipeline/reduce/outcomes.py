@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.markdown import escape
 from pipeline.reduce.stats import format_p, mcnemar_exact, wilson_interval
 
 Verdict = tuple[str | None, bool]
@@ -45,17 +46,28 @@ class OutcomesFileError(ValueError):
 
 
 def read_csv(path: Path) -> Outcomes:
-    """Parses a file written by :func:`to_csv`; a question a method did not answer is absent from it."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or rows[0][:2] != ["index", "gold"] or len(rows[0]) % 2:
-        raise OutcomesFileError(f"{path}:1: not an outcomes file (expected 'index,gold,<method> | answer,<method> | right,...')")
-    names = [col.rsplit(" | ", 1)[0] for col in rows[0][2::2]]
+    """Parses a file written by :func:`to_csv`; a question a method did not answer is absent from it. A file
+    of another layout, cut short, not UTF-8 or with a field too long for a CSV reader is named with its line."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise OutcomesFileError(f"{path}: not UTF-8 text (byte {err.start}); not an outcomes file a reducer wrote") from None
+    except csv.Error as err:
+        raise OutcomesFileError(f"{path}: not an outcomes file ({err}); a reducer writes one answer per field") from None
+    header = rows[0] if rows else []
+    names = [col.rsplit(" | ", 1)[0] for col in header[2::2]]
+    layout = [f"{name} | {col}" for name in names for col in ("answer", "right")]
+    if header[:2] != ["index", "gold"] or len(header) % 2 or header[2:] != layout or not names:
+        raise OutcomesFileError(f"{path}:1: not an outcomes file (expected 'index,gold,<method> | answer,<method> | right,...'; "
+                                "a header cut short?)")
+    if len(rows) < 2:
+        raise OutcomesFileError(f"{path}: no questions after the header (a file cut short?)")
     gold: dict[int, str] = {}
     methods: dict[str, dict[int, Verdict]] = {name: {} for name in names}
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(rows[0]):
-            raise OutcomesFileError(f"{path}:{line}: {len(row)} fields, the header has {len(rows[0])}")
+        if len(row) != len(header):
+            raise OutcomesFileError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
         try:
             index = int(row[0])
             gold[index] = row[1]
@@ -79,8 +91,8 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         flags = [right for _, right in outcomes.methods[name].values()]
         k, n = sum(flags), len(flags)
         low, high = (round(x, 4) for x in wilson_interval(k, n))  # rounded as the reducers' tables are
-        lines.append(f"| {name} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
-    lines += ["", f"| {reference} against | questions | only {reference} right | only the other right | difference | McNemar exact p |",
+        lines.append(f"| {escape(name)} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
+    lines += ["", f"| {escape(reference)} against | questions | only {escape(reference)} right | only the other right | difference | McNemar exact p |",
               "|---|---|---|---|---|---|"]
     mine = outcomes.methods[reference]
     for name in names:
@@ -90,5 +102,5 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         first = sum(x and not y for x, y in pairs)
         second = sum(y and not x for x, y in pairs)
         diff = (first - second) / len(pairs) if pairs else 0.0
-        lines.append(f"| {name} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {format_p(mcnemar_exact(first, second))} |")
+        lines.append(f"| {escape(name)} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {format_p(mcnemar_exact(first, second))} |")
     return "\n".join(lines) + "\n"

@@ -49,28 +49,46 @@ class Questions:
     filters: tuple[tuple[str, str, str], ...] = ()
 
 
-_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`|\[([^\]]+)\]\(([^)\s]+)\)")
+_INLINE = re.compile(r"\\([!-/:-@\[-`{-~])|\*\*(.+?)\*\*|(`+)(.+?)\3|\[([^\]]+)\]\(([^)\s]+)\)")
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
+# The only links the page makes: to an anchor of itself, or to a file of the run folder by its bare name (the
+# chain's README linking each step's page). Anything else a line says (``javascript:``, a URL) stays text.
+_LOCAL_LINK = re.compile(r"#[\w-]+|\w[\w.-]*\.(?:html|md|yaml|png|csv|json)")
 
 
 def _inline(text: str) -> str:
-    """Bold, code and links of one markdown line, everything else escaped."""
+    """Bold, code and links of one markdown line, backslash escapes honoured (``pipeline.markdown``),
+    everything else escaped."""
     out, pos = [], 0
     for m in _INLINE.finditer(text):
         out.append(html.escape(text[pos:m.start()]))
-        bold, code, label, href = m.groups()
-        if bold is not None:
+        escaped, bold, _, code, label, href = m.groups()
+        if escaped is not None:
+            out.append(html.escape(escaped))
+        elif bold is not None:
             out.append(f"<strong>{_inline(bold)}</strong>")
         elif code is not None:
-            out.append(f"<code>{html.escape(code)}</code>")
+            out.append(f"<code>{html.escape(code[1:-1] if len(code) > 2 and code[0] == code[-1] == ' ' else code)}</code>")
+        elif _LOCAL_LINK.fullmatch(href):
+            out.append(f'<a href="{html.escape(href)}">{_inline(label)}</a>')
         else:
-            out.append(f'<a href="{html.escape(href)}">{html.escape(label)}</a>')
+            out.append(html.escape(m.group(0)))
         pos = m.end()
     return "".join(out) + html.escape(text[pos:])
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """A table row's cells: split at every ``|`` but an escaped one (``\\|``, a name's)."""
+    row = line.strip()
+    row = row[1:] if row.startswith("|") else row
+    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row)]
+
+
+def _image(line: str) -> str | None:
+    """The file name of an image line (``![name](name)``) that names a file of the run folder, else None."""
+    m = _IMAGE.match(line)
+    return m.group(2) if m and _LOCAL_LINK.fullmatch(m.group(2)) else None
 
 
 def png_tag(path: Path) -> str:
@@ -95,8 +113,8 @@ def markdown_html(text: str, images: Path) -> str:
             level = min(len(line) - len(line.lstrip("#")), 6)
             out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
             i += 1
-        elif _IMAGE.match(line):
-            out.append(png_tag(images / _IMAGE.match(line).group(2)))
+        elif _image(line):
+            out.append(png_tag(images / _image(line)))
             i += 1
         elif line.startswith("|"):
             rows = []
@@ -109,7 +127,7 @@ def markdown_html(text: str, images: Path) -> str:
             out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table></div>')
         else:
             para = []
-            while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith(("#", "|")) and not _IMAGE.match(lines[i].strip()):
+            while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith(("#", "|")) and not _image(lines[i].strip()):
                 para.append(lines[i].strip())
                 i += 1
             out.append(f"<p>{_inline(' '.join(para))}</p>")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.files import save_figure, write_atomic
+from pipeline.markdown import escape
 from pipeline.reduce.report import write_report
 from pipeline.runs import Run
 from pipeline.train.units import DONE_FILE, PLOTS, TABLE, train_units
@@ -62,13 +63,13 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     resume = f"python jobs/submit.py stage={config['stage']} run_id={run.run_id}" if missing else None
     lines = [f"# ORPO training: run {run.run_id}", ""]
     if missing:
-        lines += [f"**Not trained yet: {', '.join(missing)}.** Resume with: {resume}", ""]
+        lines += [f"**Not trained yet: {', '.join(map(escape, missing))}.** Resume with: {resume}", ""]
     lines += ["| model | adapter | steps | pairs (mined) | precision | processes | deepspeed | 4-bit | train loss | final margin | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         margin = f"{r['final_margin']:.4f}" if isinstance(r["final_margin"], float) else "-"
-        lines.append(f"| {r['model']} ({r['key']}) | {run.run_id}/{where}/{r['model']} | {r['steps']} | {r['pairs']} ({r['mined_rejected']}) | "
-                     f"{r['precision']} | {r['processes']} | {r['deepspeed'] or '-'} | {r['load_in_4bit']} | {r['train_loss']} | {margin} | {r['seconds']} |")
+        lines.append(f"| {escape(r['model'])} ({r['key']}) | {run.run_id}/{where}/{escape(r['model'])} | {r['steps']} | {r['pairs']} ({r['mined_rejected']}) | "
+                     f"{r['precision']} | {r['processes']} | {escape(r['deepspeed'] or '-')} | {r['load_in_4bit']} | {r['train_loss']} | {margin} | {r['seconds']} |")
     lines += ["", f"Use a fine-tuned model anywhere: `models.a={run.run_id}/{where}/<model>`.", ""]
     table = "\n".join(lines)
     write_atomic(run.root / f"{where}_summary.json", json.dumps({"models": rows, "missing": missing}, indent=2) + "\n")

@@ -8,10 +8,12 @@ end of the chain (``add_eval_table``), so the card carries the adapter's measure
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.files import write_atomic
+from pipeline.markdown import code, escape
 
 CARD = "README.md"
 EVAL_HEADING = "## Evaluation"
@@ -20,9 +22,13 @@ FINAL_METRICS = (("loss", "ORPO loss"), ("nll_loss", "NLL of the chosen answer")
                  ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
+# A hub id as the front matter may hold it (YAML plain scalar, no markdown): owner/name of word characters.
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def _hub_id(name: str) -> str | None:
     """A hub id (``owner/name``) the hub can link, or None for a registry name or a local folder."""
-    return name if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists() else None
+    return name if _HUB_ID.fullmatch(name) and not name.startswith((".", "-")) and not Path(name).exists() else None
 
 
 def _front_matter(base: str, hub_id: str | None, train: dict[str, Any]) -> str:
@@ -44,9 +50,9 @@ def _settings(train: dict[str, Any], summary: dict[str, Any], seed: int) -> list
             ("global batch", f"{summary['global_batch']} ({summary['per_device_batch_size']} per device x {summary['gradient_accumulation_steps']} "
                              f"accumulation x {summary['processes']} process(es))"),
             ("max length (tokens)", train["max_length"]),
-            ("LoRA", f"r {lora['r']}, alpha {lora['lora_alpha']}, dropout {lora['lora_dropout']}, on {', '.join(lora['target_modules'])}"),
+            ("LoRA", f"r {lora['r']}, alpha {lora['lora_alpha']}, dropout {lora['lora_dropout']}, on {', '.join(map(escape, lora['target_modules']))}"),
             ("precision", f"{summary['precision']}{', base in 4-bit NF4' if summary['load_in_4bit'] else ''}"),
-            ("DeepSpeed", summary["deepspeed"] or "-"), ("device", summary["device"]), ("seed", seed)]
+            ("DeepSpeed", escape(summary["deepspeed"] or "-")), ("device", escape(summary["device"])), ("seed", seed)]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
@@ -55,13 +61,14 @@ def model_card(run_id: str, config: dict[str, Any], summary: dict[str, Any], las
     the base's hub repo when the registry names one."""
     train = config["train"]
     base, model = summary["base"], summary["model"]
-    data = f"`{train['dataset']}` (split `{train['dataset_split']}`), {summary['pairs']} preference pairs"
+    data = f"{code(train['dataset'])} (split {code(train['dataset_split'])}), {summary['pairs']} preference pairs"
     if train["mine_from"]:
-        data += (f", {summary['mined_rejected']} of them with a rejected reply and {summary.get('mined_chosen', 0)} with a chosen "
-                 f"reply of the model's own, mined from debate run `{train['mine_from']}`")
-    lines = [_front_matter(base, hub_id, train), "", f"# {model}: ORPO LoRA adapter (run {run_id})", "",
-             f"A PEFT LoRA adapter on **{base}**, trained with ORPO (TRL) by gsm8k-slurm, run `{run_id}` (`{run_id}/train/{model}`).", "",
-             f"- **Base model**: {base}",
+        data += (f", {summary['mined_rejected']} of them with a rejected reply and {summary['mined_chosen']} with a chosen "
+                 f"reply of the model's own, mined from debate run {code(train['mine_from'])}")
+    base_md, model_md = escape(base), escape(model)
+    lines = [_front_matter(base, hub_id, train), "", f"# {model_md}: ORPO LoRA adapter (run {run_id})", "",
+             f"A PEFT LoRA adapter on **{base_md}**, trained with ORPO (TRL) by gsm8k-slurm, run `{run_id}` ({code(f'{run_id}/train/{model}')}).", "",
+             f"- **Base model**: {base_md}",
              f"- **Data**: {data}",
              f"- **Steps**: {summary['steps']} optimizer steps" + (f" (resumed from step {summary['resumed_from']})" if summary["resumed_from"] else ""),
              f"- **Training time**: {summary['seconds']} s", "",
@@ -71,8 +78,8 @@ def model_card(run_id: str, config: dict[str, Any], summary: dict[str, Any], las
              "| metric | value |", "|---|---|",
              *(f"| {title} | {last[key]:.4f} |" for key, title in FINAL_METRICS if isinstance(last.get(key), (int, float))), "",
              "## Use", "", "```python", "from peft import AutoPeftModelForCausalLM", "",
-             f'model = AutoPeftModelForCausalLM.from_pretrained("<this repo or folder>")  # loads {base} under it', "```", "",
-             f"In gsm8k-slurm: `models.a={run_id}/train/{model}`.", ""]
+             'model = AutoPeftModelForCausalLM.from_pretrained("<this repo or folder>")  # loads its base model under it', "```", "",
+             f"In gsm8k-slurm: {code(f'models.a={run_id}/train/{model}')}.", ""]
     return "\n".join(lines)
 
 

@@ -4,26 +4,45 @@ the submitter after these."""
 
 from __future__ import annotations
 
-import os
-import re
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pipeline.config import ConfigError
-from pipeline.settings import check
-from pipeline.train.settings import TrainSettings
 
-HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
+from pipeline.models.registry import display_name
+from pipeline.settings import check
+from pipeline.train.hub import check_repo_id, hub_repo
+from pipeline.train.settings import TrainSettings
 
 
 def check_train(cfg: DictConfig) -> None:
-    """The train stage's keys (``train.*``): each against its field in :class:`TrainSettings`, then the hub
-    repo's form and whether the environment lets a push out."""
+    """The train stage's keys (``train.*``): each against its field in :class:`TrainSettings` (the hub repo's
+    form there), then the repo each model's adapter goes to (``<repo>-<model>`` with two models)."""
     check(cfg, "train", TrainSettings)
     push = cfg.train.push_to_hub
     if push is not None:
-        if not isinstance(push, str) or not HUB_REPO.fullmatch(push):
-            raise ConfigError(f"train.push_to_hub={push}: give a hub repo id, owner/name (letters, digits, '-', '_', '.'), or null")
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ConfigError(f"train.push_to_hub={push}: HF_HUB_OFFLINE=1 (the suite's default) blocks the push; "
-                              "submit with HF_HUB_OFFLINE=0 and the token in HF_TOKEN")
+        models = list(cfg.train.models)
+        for key in models:
+            repo = hub_repo(push, display_name(str(cfg.models[key])), models)
+            if repo != push:
+                check_repo_id(f"train.push_to_hub={push}: model {key}'s repo", repo)
+
+
+def check_lora_targets(key: str, name: str, folder: Path, targets: list[str]) -> None:
+    """Every ``train.lora.target_modules`` entry names a layer of the model, as PEFT matches it (the module's
+    name, or its last dotted parts): the model is built from its config.json on the meta device (no
+    weights, no memory), so a name PEFT would refuse after the job started is refused here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        return  # a PEFT adapter folder: its base's layers were checked when it was trained
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    modules = [n for n, _ in model.named_modules() if n]
+    for target in targets:
+        if not any(n == target or n.endswith(f".{target}") for n in modules):
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise ConfigError(f"train.lora.target_modules has '{target}': {key} ({name}) has no such layer; its linear layers: "
+                              f"{', '.join(linear)}")

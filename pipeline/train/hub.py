@@ -9,7 +9,10 @@ and ``hf upload <repo> <folder>`` sends it later.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+
+from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,25 @@ LOCAL_ONLY = ["checkpoints/*", "checkpoints/**", "wandb/*", "wandb/**", "batch.j
 def hub_repo(repo_id: str, model: str, models: list[str]) -> str:
     """The repo one adapter goes to: ``repo_id``, or ``<repo_id>-<model>`` when the run trains two models."""
     return repo_id if len(models) == 1 else f"{repo_id}-{model}"
+
+
+def check_repo_id(key: str, repo: str) -> None:
+    """A repo id the hub takes (huggingface_hub's own check: owner/name, letters, digits, '-', '_', '.', no
+    '--' or '..', at most 96 characters) and an environment that lets the push out (huggingface_hub's own
+    reading of ``HF_HUB_OFFLINE``: 1, true, yes, on): refused at submit rather than after training."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        raise ConfigError(f"{key}={repo}: not a hub repo id ({err})") from None
+    if repo.count("/") != 1:
+        raise ConfigError(f"{key}={repo}: give a hub repo id, owner/name (letters, digits, '-', '_', '.'), or null")
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    if constants._is_true(offline):  # huggingface_hub's own parsing of its flag
+        raise ConfigError(f"{key}={repo}: HF_HUB_OFFLINE={offline} (the suite's default is 1) blocks the push; "
+                          "submit with HF_HUB_OFFLINE=0 and the token in HF_TOKEN")
 
 
 def push_adapter(folder: Path, repo: str, run_id: str) -> str | None:

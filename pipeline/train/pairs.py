@@ -66,12 +66,17 @@ def mined_replies(run_dir: Path) -> dict[str, dict[str, str]]:
     return mined
 
 
+def gsm8k_split(config: dict[str, Any]) -> Path:
+    """The GSM8K file the pairs come from: ``<data.path>/<train.dataset_split>.jsonl``."""
+    return project_path(config["data"]["path"]) / f"{config['train']['dataset_split']}.jsonl"
+
+
 def gsm8k_pairs(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs from the GSM8K training split; also returns how many rejected answers were mined."""
     train = config["train"]
-    data_dir = project_path(config["data"]["path"])
-    problems = load_problems(data_dir / "train.jsonl", train["max_samples"])
-    answers = [json.loads(line)["answer"] for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[: len(problems)]]
+    path = gsm8k_split(config)
+    problems = load_problems(path, train["max_samples"])
+    answers = [json.loads(line)["answer"] for line in path.read_text(encoding="utf-8").splitlines()[: len(problems)]]
     mined: dict[str, dict[str, str]] = {}
     if train["mine_from"]:
         run_dir = project_path(config["results_dir"]) / str(train["mine_from"])
@@ -126,22 +131,74 @@ def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
 
 
 def check_dataset(config: dict[str, Any]) -> None:
-    """Submit-time check of a local dataset file's fields (the first row), so a bad file fails before the job,
-    and of the debate run that rejected answers are mined from."""
-    mine_from = config["train"]["mine_from"]
+    """Submit-time check of what the job will train on: the GSM8K split (a file of data.path, never the split
+    the eval and debate score), a local dataset file's fields (the first row), a hub dataset's name (and,
+    offline, that it is in the cache), and the debate run that rejected answers are mined from."""
+    train = config["train"]
+    mine_from = train["mine_from"]
     if mine_from and not (project_path(config["results_dir"]) / str(mine_from) / "debate").is_dir():
         raise ConfigError(f"train.mine_from={mine_from}: no debate shards under {project_path(config['results_dir']) / str(mine_from)}")
-    source = str(config["train"]["dataset"])
-    path = project_path(source)
-    if source == "gsm8k" or not path.suffix:
+    source, split = str(train["dataset"]), str(train["dataset_split"])
+    if source == "gsm8k":
+        _check_gsm8k_split(config, split)
         return
+    path = project_path(source)
+    if path.is_file() or path.suffix in (".json", ".jsonl"):
+        _check_file(source, path, split)
+    elif path.exists():
+        raise ConfigError(f"train.dataset={source}: a folder; give a .jsonl/.json file of preference rows or a hub dataset name")
+    else:
+        _check_hub_dataset(source)
+
+
+def _check_gsm8k_split(config: dict[str, Any], split: str) -> None:
+    path = gsm8k_split(config)
+    if split == config["data"]["split"]:
+        raise ConfigError(f"train.dataset_split={split}: the split the eval and debate score (data.split={split}); training "
+                          "on it would score the models on their own training questions; use train")
+    if not path.is_file():
+        found = ", ".join(sorted(p.stem for p in path.parent.glob("*.jsonl"))) or "none"
+        raise ConfigError(f"train.dataset_split={split}: no file {path} (splits there: {found})")
+
+
+def _check_file(source: str, path: Path, split: str) -> None:
+    if path.suffix not in (".json", ".jsonl"):
+        raise ConfigError(f"train.dataset={source}: not a .jsonl/.json file of preference rows (prompt, chosen, rejected)")
     if not path.is_file():
         raise ConfigError(f"train.dataset={source}: no such file")
-    first = path.read_text(encoding="utf-8").lstrip()
+    if split != "train":
+        raise ConfigError(f"train.dataset_split={split}: a local file is one split, train; leave train.dataset_split out")
     try:
+        first = path.read_text(encoding="utf-8").lstrip()
         row = json.loads(first.splitlines()[0]) if path.suffix == ".jsonl" else json.loads(first)[0]
-    except (json.JSONDecodeError, IndexError, KeyError, TypeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, IndexError, KeyError, TypeError) as err:
         raise ConfigError(f"train.dataset={source}: not a JSON/JSONL file of preference rows ({err})") from None
     if not isinstance(row, dict):
         raise ConfigError(f"train.dataset={source}: rows must be objects with prompt, chosen and rejected")
     check_columns(list(row), f"train.dataset={source}")
+
+
+def _check_hub_dataset(source: str) -> None:
+    """A hub dataset: a valid repo id (huggingface_hub's check); offline (huggingface_hub's reading of
+    HF_HUB_OFFLINE or HF_DATASETS_OFFLINE), one the datasets cache holds."""
+    import os
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ConfigError(f"train.dataset={source}: no such file, and not a hub dataset name (owner/name)") from None
+    flags = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    offline = [f"{name}={value}" for name, value in flags.items() if constants._is_true(value)]
+    if not offline:
+        return
+    from datasets import load_dataset_builder
+
+    try:
+        load_dataset_builder(source)
+    except Exception as err:  # datasets' offline misses have no common base; each is one line here
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"train.dataset={source}: a hub dataset not in the local cache while offline ({offline[0]}: "
+                          f"{detail[:160]}); download it once online, or give a local .jsonl file") from None

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import ConfigError
 from pipeline.settings import PAIR, knob, section
+from pipeline.train.hub import check_repo_id
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def check_scheduler(key: str, value: str) -> None:
+    """One of transformers' own schedule names (its ``SchedulerType``), which the trainer would refuse later."""
+    from transformers.trainer_utils import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if value not in names:
+        raise ConfigError(f"{key}={value}: not one of {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,8 @@ class TrainSettings:
     dataset: str = knob("gsm8k", "gsm8k: preference pairs built from the GSM8K training split (offline); or a local "
                                  ".jsonl/.json file, or a hub dataset name (e.g. mlabonne/orpo-dpo-mix-40k), with "
                                  "prompt/chosen/rejected in its format.", nonempty=True)
-    dataset_split: str = knob("train", "The dataset's split.")
+    dataset_split: str = knob("train", "The dataset's split: gsm8k's file <data.path>/<split>.jsonl (never data.split, "
+                                       "which the eval and debate score), a hub dataset's split; a local file is train.")
     mine_from: str | None = knob(None, "A debate run id: its wrong turns become the rejected answers of the same "
                                        "training questions.")
     max_samples: int | None = knob(2000, "Pairs used (the first ones of GSM8K train, or a seeded shuffle of another "
@@ -45,7 +57,8 @@ class TrainSettings:
     beta: float = knob(0.1, "ORPO's lambda: weight of the odds-ratio term against the NLL of the chosen answer.",
                        minimum=0.0, strict=True, passes_to="trl")
     learning_rate: float = knob(8.0e-6, "The optimizer's peak learning rate.", minimum=0.0, strict=True, passes_to="trl")
-    lr_scheduler_type: str = knob("linear", "The learning-rate schedule after warm-up.", passes_to="trl")
+    lr_scheduler_type: str = knob("linear", "The learning-rate schedule after warm-up.", passes_to="trl",
+                                  check=check_scheduler)
     warmup_steps: float = knob(0.1, "Linear warm-up: a fraction of the steps (< 1) or a number of steps.", minimum=0.0,
                                passes_to="trl")
     per_device_train_batch_size: int = knob(2, "Pairs per process per forward pass.", minimum=1, passes_to="trl")
@@ -67,4 +80,4 @@ class TrainSettings:
     push_to_hub: str | None = knob(None, "A hub repo id (owner/name) to push the finished adapter folder to (model card, "
                                          "adapter, tokenizer, metrics), with the token from HF_TOKEN only; with two models "
                                          "each goes to <repo id>-<model>. A failed push is one warning line and the adapter "
-                                         "stays in the run folder. null: no push.")
+                                         "stays in the run folder. null: no push.", check=check_repo_id)
