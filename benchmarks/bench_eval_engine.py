@@ -12,12 +12,18 @@ how many responses differ from ``generate``'s (with where the first few part).
     # GPU, the default pair's 1.5B (a Hugging Face folder), all 1,319 questions, bf16
     python benchmarks/bench_eval_engine.py --model /path/to/qwen2.5-coder-1.5b-instruct --dtype bfloat16 --json benchmarks/results/eval-engine-bf16.json
     # CPU, the tiny pair's Qwen2, 16 questions (the responses must all agree in float32)
-    python benchmarks/bench_eval_engine.py --model tiny-qwen2 --limit 16 --dtype float32 --max-gen-toks 64 --warmup 0
+    python benchmarks/bench_eval_engine.py --model tiny-qwen2 --dtype float32 --limit 16 --max-gen-toks 64 --batch-size 8 --warmup 0
+
+The folder must be one the static decoder can reproduce greedily: the suite's own conversion of the default
+pair (``~/.cache/gsm8k-slurm/models/<name>``) is; a hub folder whose ``generation_config.json`` sets
+``repetition_penalty`` (Qwen's own instruct releases do) makes ``generate`` apply it, and the static run then
+stops with ``eval.engine=static cannot decode this request``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -43,7 +49,8 @@ def run_eval(args: argparse.Namespace, results: Path, engine: str, run_id: str, 
     if args.max_gen_toks is not None:
         overrides.append(f"eval.max_gen_toks={args.max_gen_toks}")
     started = time.perf_counter()
-    info = submit(overrides)
+    with contextlib.redirect_stdout(sys.stderr):  # the reducer's table: stdout is the report alone
+        info = submit(overrides)
     wall = time.perf_counter() - started
     if not info["result"]["complete"]:
         raise SystemExit(f"the {engine} run did not complete: {info['result']}")
