@@ -1,4 +1,5 @@
-"""The eval stage end to end: real lm-evaluation-harness on the tiny pair, sharded, resumable, reduced."""
+"""The eval stage end to end: real lm-evaluation-harness on the tiny pair, sharded, resumable, reduced; either
+engine (transformers' generate, HFLM's own, or the suite's static decoder) giving the same responses."""
 
 from __future__ import annotations
 
@@ -38,25 +39,39 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def _records(run_dir: Path, part: str) -> list[dict]:
+    """A part's records without their wall time and settings fingerprint (the engine is in it, unless generate)."""
     found = [r for f in sorted((run_dir / "eval" / part).glob("shard-*.jsonl")) for r in read_shard(f)]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in sorted(found, key=lambda r: r["index"])]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "settings")} for r in sorted(found, key=lambda r: r["index"])]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same evaluation as 1 shard (local executor, both models) and 3 shards (debug executor)."""
+    """The same evaluation as 1 shard (local executor, both models, transformers' generate) and 3 shards
+    (debug executor, the static decoder)."""
     results = tmp_path_factory.mktemp("eval") / "results"
     one = submit(eval_overrides(results, TASKS, "shards=1", "cluster=local", "wait=true", "run_id=one"))
-    three = submit(eval_overrides(results, TASKS, "shards=3", "cluster=debug", "run_id=three"))
+    three = submit(eval_overrides(results, TASKS, "shards=3", "cluster=debug", "run_id=three", "eval.engine=static"))
     return {"results": results, "one": one, "three": three}
 
 
-def test_one_and_three_shards_give_the_identical_table(runs: dict) -> None:
+def test_one_and_three_shards_and_either_engine_give_the_identical_table(runs: dict) -> None:
+    """Both tasks (5-shot plain text; 8-shot as chat turns), both models: lm-eval's responses through the
+    static decoder are those of transformers' generate, record for record, in float32 on the CPU."""
     one, three = runs["results"] / "one", runs["results"] / "three"
     assert runs["one"]["result"]["complete"] and runs["three"]["result"]["complete"]
     assert _rows(one) == _rows(three)
     for part in ("a/gsm8k", "a/gsm8k_cot_llama", "b/gsm8k", "b/gsm8k_cot_llama"):
         assert _records(one, part) == _records(three, part), part
+    fingerprints = [{r["settings"] for f in (run / "eval" / "a" / "gsm8k").glob("shard-*.jsonl") for r in read_shard(f)} for run in (one, three)]
+    assert fingerprints[0] != fingerprints[1], "the engine is in the records' settings fingerprint"
+    log = "\n".join(f.read_text() for f in (three / "logs").rglob("*.log"))
+    assert "tiny-qwen2: lm-eval decodes through the static decoder" in log
+
+
+def test_the_engine_is_part_of_the_records_settings(runs: dict, capsys: pytest.CaptureFixture) -> None:
+    """In half precision on a GPU the engines' kernels may give other responses: a run keeps its engine."""
+    assert main(["run_id=three", f"results_dir={runs['results']}", "eval.engine=generate"]) == 2
+    assert "run three was made with eval.engine=static (this submission: generate)" in capsys.readouterr().err
 
 
 def test_every_model_task_and_filter_is_in_the_table(runs: dict) -> None:
@@ -171,3 +186,67 @@ def test_lm_eval_settings_and_a_task_folder(tmp_path: Path, results: Path, capsy
     capsys.readouterr()
     assert main(["run_id=settings", f"results_dir={results}", "eval.num_fewshot=1"]) == 2
     assert "run settings was made with eval.num_fewshot=0 (this submission: 1)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2():
+    import torch
+
+    from pipeline.models.loading import load_chat_model
+    from pipeline.models.registry import load_registry
+
+    torch.set_num_threads(1)
+    return load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+
+
+class _Tokens:
+    """A progress phase that keeps the tokens the model class counts (non-padding generated tokens)."""
+
+    tokens = 0
+
+    def update(self, rows: int, tokens: int) -> None:
+        self.tokens = tokens
+
+
+def _generate_until(lm, until: list[str], **gen_kwargs) -> tuple[list[str], int]:
+    """lm-eval's generate_until on 12 GSM8K questions, as a 0-shot plain-text task asks; the responses and
+    the tokens the model generated for them."""
+    from lm_eval.api.instance import Instance
+
+    from pipeline.data import load_problems
+
+    problems = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", 12)
+    requests = [Instance("generate_until", {}, (f"Question: {p.question}\nAnswer:", {"until": until, "max_gen_toks": 64, **gen_kwargs}), i)
+                for i, p in enumerate(problems)]
+    phase = _Tokens()
+    lm.watch(phase)
+    return lm.generate_until(requests, disable_tqdm=True), phase.tokens
+
+
+def test_the_static_engine_honours_stop_strings_and_leaves_early(tiny_qwen2) -> None:
+    """lm-eval's per-request stop strings: the static decoder's responses are cut where generate's are, and
+    rows that wrote one leave the batch (generate runs every row on until all of a batch have one)."""
+    from pipeline.harness.model import StaticHFLM, WatchedHFLM
+
+    options = {"pretrained": tiny_qwen2.model, "tokenizer": tiny_qwen2.tokenizer, "batch_size": 4}
+    reference, static = WatchedHFLM(**options), StaticHFLM(**options, fallback=False)
+    plain, _ = _generate_until(reference, ["Question:"], do_sample=False)
+    # Stop strings the model does write, a few characters into some responses: they cut most rows short.
+    stops = sorted({r[5:9] for r in plain if len(r) > 20})[:3]
+    expected, generated = _generate_until(reference, stops, do_sample=False)
+    responses, decoded = _generate_until(static, stops, do_sample=False)
+    assert responses == expected
+    assert sum(len(r) < len(p) for r, p in zip(expected, plain)) >= 4, "the stop strings cut responses"
+    assert decoded < generated, "rows left the batch at their stop string"
+    assert _generate_until(static, ["Question:"], temperature=0.0)[0] == plain, "temperature 0 is greedy"
+
+
+def test_requests_beyond_greedy_go_to_generate_under_auto_and_are_refused_under_static(tiny_qwen2) -> None:
+    from pipeline.harness.model import StaticHFLM, WatchedHFLM
+
+    options = {"pretrained": tiny_qwen2.model, "tokenizer": tiny_qwen2.tokenizer, "batch_size": 4}
+    penalised = {"do_sample": False, "repetition_penalty": 1.3}
+    expected, _ = _generate_until(WatchedHFLM(**options), ["Question:"], **penalised)
+    assert _generate_until(StaticHFLM(**options, fallback=True), ["Question:"], **penalised)[0] == expected
+    with pytest.raises(ValueError, match=r"eval.engine=static cannot decode this request: generation settings beyond greedy decoding \(repetition_penalty\)"):
+        _generate_until(StaticHFLM(**options, fallback=False), ["Question:"], **penalised)

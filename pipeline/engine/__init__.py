@@ -8,7 +8,18 @@ This module is light on purpose (no torch): the choices below are what a config 
 checks read them here without loading the engine.
 """
 
-# debate.engine: the static decoder where it supports the model (auto), always (static), or transformers' generate.
+# debate.engine, eval.engine: the static decoder where it supports the model (auto), always (static), or
+# transformers' generate.
 ENGINES = ("auto", "static", "generate")
 # debate.kernels: the decoder's Triton kernels where the GPU runs them (auto), always (triton), or PyTorch's (torch).
 KERNELS = ("auto", "triton", "torch")
+# GenerationConfig fields that leave greedy tokens as they are: sampling's knobs (ignored while do_sample is
+# off), the ids and lengths the static decoder takes as inputs, and what generate returns besides the tokens.
+# Any other field set (repetition_penalty, num_beams, min_new_tokens, ...) changes tokens the static decoder
+# would not change, so a request that sets one is not the static decoder's (lm-eval: eval.engine).
+GREEDY_NEUTRAL = frozenset({
+    "do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+    "bos_token_id", "eos_token_id", "pad_token_id", "max_length", "use_cache", "cache_implementation",
+    "return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states",
+    "transformers_version", "_from_model_config",
+})

@@ -50,6 +50,9 @@ RESERVE_BYTES = 3 * 2**30
 _LIVE: "weakref.WeakSet[StaticDecoder]" = weakref.WeakSet()
 # Progress of one decode call: (step, rows still open, tokens generated so far, an estimate).
 StepReport = Callable[[int, int, int], None]
+# Rows a caller ends beside the stop ids (lm-eval's stop strings): the open rows' tokens so far,
+# ``[rows, steps]`` on the host, -> which of them are finished.
+RowsDone = Callable[[np.ndarray], np.ndarray]
 
 
 def _bucket(n: int) -> int:
@@ -250,18 +253,21 @@ class StaticDecoder:
     @torch.inference_mode()
     def generate(self, ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, stop_ids: list[int],
                  pad_id: int, temperature: float = 0.0, seeds: list[int] | None = None, prefill_tokens: int = 16384,
-                 on_step: StepReport | None = None) -> torch.Tensor:
+                 on_step: StepReport | None = None, rows_done: RowsDone | None = None) -> torch.Tensor:
         """New tokens, ``[rows, max_new_tokens]`` on the CPU, padding after each row's stop token (as
         ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device. ``on_step(step, open
-        rows, tokens so far)`` is called at each check for finished rows (no extra wait for the GPU)."""
+        rows, tokens so far)`` is called at each check for finished rows (no extra wait for the GPU).
+        ``rows_done`` is asked at each check too, about the open rows: those it names are padded from
+        then on and leave the batch as if they had written a stop token (their tokens up to the check stay)."""
         if temperature > 0 and seeds is None:
             raise ValueError("sampling (temperature > 0) needs one seed per row")
         # Streams and graph captures use the current device: make it this model's (two models, two GPUs).
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            return self._decode(ids, attention_mask, max_new_tokens, stop_ids, pad_id, temperature, seeds, prefill_tokens, on_step)
+            return self._decode(ids, attention_mask, max_new_tokens, stop_ids, pad_id, temperature, seeds, prefill_tokens, on_step, rows_done)
 
     def _decode(self, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-                temperature: float, seeds: list[int] | None, prefill_tokens: int, on_step: StepReport | None) -> torch.Tensor:
+                temperature: float, seeds: list[int] | None, prefill_tokens: int, on_step: StepReport | None,
+                rows_done: RowsDone | None) -> torch.Tensor:
         rows, length = ids.shape
         if self.state is not None and (self.state.stop.tolist() != list(stop_ids) or self.state.pad != pad_id):
             self.release()
@@ -311,10 +317,13 @@ class StaticDecoder:
         width: Callable[[int], int] = (lambda n: min(_bucket(n), capacity)) if self.use_graphs else int
         active = width(rows)
         tokens, open_rows = rows, rows  # every row has its first token
+        ended = np.full(rows, max_new_tokens)  # per input row: tokens it wrote before ``rows_done`` ended it
         for step in range(1, max_new_tokens):
             if (step - 1) % CHECK_EVERY == 0:
                 if step > 1:  # the rows open at the last check wrote a token a step since (about: some stopped)
                     tokens += open_rows * CHECK_EVERY
+                if rows_done is not None:
+                    self._end_rows(rows_done, rows, step, slots, ended)
                 open_rows = int((~s.done[:rows]).sum())
                 if on_step is not None:
                     on_step(step, open_rows, tokens)
@@ -329,8 +338,20 @@ class StaticDecoder:
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=self.device)
         out[slots] = s.out[:rows, :max_new_tokens]
         out = out.cpu()
-        self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), stop_ids)
+        self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), stop_ids, ended)
         return out
+
+    def _end_rows(self, rows_done: RowsDone, rows: int, step: int, slots: torch.Tensor, ended: np.ndarray) -> None:
+        """Marks the open rows ``rows_done`` names as done, ``step`` tokens written (``ended``, by input row)."""
+        s = self.state
+        open_slots = (~s.done[:rows]).nonzero().flatten()
+        if not len(open_slots):
+            return
+        finished = torch.from_numpy(rows_done(s.out[open_slots, :step].cpu().numpy())).to(self.device)
+        if finished.any():
+            hit = open_slots[finished]
+            s.done[hit] = True
+            ended[slots[hit].cpu().numpy()] = step
 
     def _moves(self, matches: list[Reuse | None], start: np.ndarray, slot: np.ndarray) -> tuple[torch.Tensor, ...] | None:
         """Where each reused prefix goes: (new rows, new columns, old rows, old columns), one per token, for
@@ -343,15 +364,17 @@ class StaticDecoder:
                  np.concatenate([np.full(m.tokens, m.row) for _, m in pairs]), np.concatenate([m.column + s for (_, m), s in zip(pairs, spans)]))
         return tuple(torch.from_numpy(m).to(self.device) for m in moves)
 
-    def _remember(self, prompts: list[np.ndarray], start: np.ndarray, slots: np.ndarray, out: np.ndarray, stop_ids: list[int]) -> None:
+    def _remember(self, prompts: list[np.ndarray], start: np.ndarray, slots: np.ndarray, out: np.ndarray, stop_ids: list[int],
+                  ended: np.ndarray) -> None:
         """Records what each cache row holds after the call: its prompt and the generated tokens fed back
-        (all but the last of a row's tokens up to its stop: the last may never have been fed)."""
+        (all but the last of a row's tokens up to its stop or its end by ``rows_done``: the last may never
+        have been fed)."""
         if not self.reuse_kv:
             return
         held = []
         for row in slots:
             stops = np.flatnonzero(np.isin(out[row], stop_ids))
-            fed = (int(stops[0]) + 1 if len(stops) else out.shape[1]) - 1
+            fed = min(int(stops[0]) + 1 if len(stops) else out.shape[1], int(ended[row])) - 1
             held.append((np.concatenate((prompts[row], out[row, :fed])), int(start[row])))
         self.index.remember(held)
 

@@ -1,4 +1,5 @@
-"""Batched chat generation: many conversations, few calls, each row stopping on its own.
+"""Batched chat generation: many conversations, few calls, each row stopping on its own; and the static
+decoder on prompts already rendered (lm-eval's), with text stops.
 
 This is the engine the debate spends its time in. Rows are rendered with the model's own chat template,
 sorted by length (less padding), cut into batches that fit (``max_batch``, and the GPU's free memory for
@@ -8,10 +9,15 @@ and CUDA-graph decode steps, the fast one) and transformers' ``generate`` (any m
 the static decoder wherever it supports the model. Sampling is seeded per row (``pipeline.engine.sampling``),
 so a question's sampled answer does not depend on which other questions share its batch, on the engine,
 or on a resume.
+
+``continue_prompts`` is the raw-prompt path: token ids a caller has rendered and padded itself (lm-eval
+puts its few-shot examples and the chat template in the text), greedy, stopping on the ids ``generate``
+stops on and leaving the batch once a row has written one of the caller's stop strings.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import weakref
@@ -19,11 +25,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers import (GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
+                          StoppingCriteriaList)
 
-from pipeline.engine import ENGINES
+from pipeline.engine import ENGINES, GREEDY_NEUTRAL
 from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport
 from pipeline.engine.forward import unsupported
+from pipeline.engine.stop_strings import StopStrings
 from pipeline.models.loading import ChatModel
 from pipeline.engine.sampling import SeededGumbelSampler
 
@@ -63,11 +71,54 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str, reuse_kv: bool) -> StaticDecoder:
-    decoder = _DECODERS.get(chat.model)
+def _decoder(model: PreTrainedModel, cuda_graphs: bool, kernels: str, reuse_kv: bool) -> StaticDecoder:
+    decoder = _DECODERS.get(model)
     if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv):
-        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv)
+        decoder = _DECODERS[model] = StaticDecoder(model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv)
     return decoder
+
+
+def greedy_config(model: PreTrainedModel, generation_kwargs: dict[str, object]) -> tuple[GenerationConfig, str | None]:
+    """The settings ``model.generate(**generation_kwargs)`` would decode with (the model's generation config
+    updated by the call's), and why the static decoder cannot give its tokens (None: it can, plain greedy)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(**generation_kwargs)
+    if config.do_sample:
+        return config, "sampling (do_sample)"
+    other = sorted(set(config.to_diff_dict()) - GREEDY_NEUTRAL)
+    return config, f"generation settings beyond greedy decoding ({', '.join(other)})" if other else None
+
+
+def continue_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    stop_strings: Sequence[str] = (),
+    cuda_graphs: bool = True,
+    kernels: str = "auto",
+    reuse_kv: bool = True,
+    prefill_tokens: int = 16384,
+) -> torch.Tensor:
+    """Greedy continuations of left-padded prompts, ``[rows, max_new_tokens]`` on the CPU, padded after each
+    row's stop id as ``generate`` pads; a row that has written one of ``stop_strings`` leaves the batch (its
+    tokens up to the decoder's next check stay: cut the text at the string). Rows are decoded in groups that
+    fit the device's free memory, each group's all-padding columns dropped."""
+    decoder = _decoder(model, cuda_graphs, kernels, reuse_kv)
+    rows_done = StopStrings(tokenizer, stop_strings) if stop_strings else None
+    pad_id = tokenizer.pad_token_id
+    out, start = [], 0
+    while start < len(ids):
+        rows = decoder.max_rows(ids.shape[1] + max_new_tokens, _VOCAB_BYTES * len(tokenizer), len(ids) - start)
+        mask = attention_mask[start : start + rows]
+        first = int((mask == 0).sum(1).min())
+        out.append(decoder.generate(ids[start : start + rows, first:], mask[:, first:], max_new_tokens=max_new_tokens, stop_ids=list(stop_ids),
+                                    pad_id=pad_id, prefill_tokens=prefill_tokens, rows_done=rows_done))
+        start += rows
+    return torch.cat(out)
 
 
 def _count_tokens(row: torch.Tensor, stop_ids: torch.Tensor, pad_id: int) -> tuple[int, bool]:
@@ -103,7 +154,7 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
-    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if chosen == "static" else None
+    decoder = _decoder(chat.model, cuda_graphs, kernels, reuse_kv) if chosen == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report

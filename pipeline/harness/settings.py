@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ConfigError
+from pipeline.engine import ENGINES
 from pipeline.settings import PAIR, knob
 
 # eval.gen_kwargs: lm-eval's own key, the length keys eval.max_gen_toks owns, and the sampling settings
@@ -87,5 +88,12 @@ class EvalSettings:
                                                   "lm-eval's default, no chat).")
     fewshot_as_multiturn: bool | None = knob(None, "lm-eval's --fewshot_as_multiturn; null: the task's own (other tasks: "
                                                    "few-shot examples as turns whenever the chat template is applied).")
+    engine: str = knob("generate", "How lm-eval's generate_until decodes: generate (HFLM's own, transformers' generate: "
+                                   "the reference, lm-eval's numbers), static (the suite's static decoder: preallocated KV "
+                                   "cache, CUDA-graph steps, rows leaving at their stop string; greedy requests on Llama- "
+                                   "and Qwen2-style models only, anything else an error), or auto (static where it can "
+                                   "run the model and the request, generate elsewhere). Identical responses in float32; "
+                                   "in half precision on a GPU other kernels may change a response (docs/performance.md).",
+                         choices=ENGINES)
     include_path: str | None = knob(None, "lm-eval's --include_path: a folder of task YAMLs whose tasks `tasks=` may "
                                           "name; null: none.")

@@ -50,7 +50,10 @@ RESULT_SETTINGS = ("gen_kwargs", "num_fewshot", "system_instruction", "include_p
 def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
     """The eval records' keys and the fingerprint of what decides one part's records: its model and the
     precision, the data, the seed and the lm-eval settings (not the batch or chunk sizes). The settings added
-    later (``RESULT_SETTINGS``) count only when set, so a run made before them still resumes."""
+    later (``RESULT_SETTINGS``) count only when set, so a run made before them still resumes; so does the
+    engine, which counts unless it is ``generate`` (the reference): the static decoder gives ``generate``'s
+    tokens in float32, but in half precision on a GPU its other kernels may change a response, so a part's
+    records come from one engine."""
     key, task = unit.part.split("/")
     ev = config["eval"]
     settings = {
@@ -58,6 +61,8 @@ def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
         "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
     }
     settings["eval"].update({k: ev[k] for k in RESULT_SETTINGS if ev.get(k) is not None and (k != "include_path" or not is_vendored(task))})
+    if ev.get("engine", "generate") != "generate":
+        settings["eval"]["engine"] = ev["engine"]
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
