@@ -79,11 +79,13 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
     summary = summarize(records, config)
     rows = {r["method"]: r for r in summary["methods"]}
-    assert list(rows) == ["debate", "model a (m-a) alone", "model a (m-a) majority vote (k=4)", "model a (m-a) pass@4", "model a (m-a) mean@4"]
+    assert list(rows) == ["debate", "model a (m-a) alone", "model a (m-a) majority vote (k=4)", "model a (m-a) pass@4", "model a (m-a) mean@4",
+                          "model a (m-a) majority vote of its first 2 (the debate's tokens)"]
     assert (rows["model a (m-a) pass@4"]["correct"], rows["model a (m-a) pass@4"]["n"], rows["model a (m-a) pass@4"]["interval"]) == (2, 3, "wilson")
     assert (rows["model a (m-a) mean@4"]["correct"], rows["model a (m-a) mean@4"]["accuracy"], rows["model a (m-a) mean@4"]["interval"]) == (0.75, 0.25, "normal")
     assert rows["model a (m-a) pass@4"]["kind"] == "sampling" and rows["model a (m-a) majority vote (k=4)"]["kind"] == "method"
-    assert [p["against"] for p in summary["paired"]] == ["model a (m-a) alone", "model a (m-a) majority vote (k=4)"]  # no paired test of a metric
+    assert [p["against"] for p in summary["paired"]] == ["model a (m-a) alone", "model a (m-a) majority vote (k=4)",
+                                                         "model a (m-a) majority vote of its first 2 (the debate's tokens)"]  # no paired test of a metric
     (curve,) = summary["sampling"]
     assert (curve["model"], curve["k"], curve["n"]) == ("a", 4, 3)
     majority_at_k = next(p for p in curve["points"] if p["metric"] == "majority" and p["j"] == 4)
@@ -92,3 +94,23 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     assert "| model a (m-a) pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "| model a (m-a) mean@4 | 25.0% | " in table and " | 0.75 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k)" in table
+
+
+def test_the_vote_at_the_debates_token_budget_is_the_majority_of_its_first_j_samples() -> None:
+    """The debate spends 20 tokens a question and a sample 10: the budget vote is the majority of the first 2
+    samples, paired with the debate like the other rows, and its own column in the outcomes file."""
+    from pipeline.reduce.debate import budget_vote, outcomes
+
+    records = [_record(i, s) for i, s in enumerate(SAMPLES)]
+    j, votes = budget_vote(records, {r["index"]: r["vote"]["a"] for r in records})
+    assert j == 2
+    assert [v["answer"] for v in votes.values()] == ["5", "7", "6"]  # question 1's first two: "7" and no answer
+    assert [v["correct"] for v in votes.values()] == [True, False, False] and {v["tokens"] for v in votes.values()} == {20}
+    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
+    assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, config))
+
+
+def outcomes_header(result) -> str:
+    from pipeline.reduce.outcomes import to_csv
+
+    return to_csv(result).splitlines()[0]

@@ -103,7 +103,29 @@ def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dic
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
             out.append((vote_method(role_label(key, models), _vote_k(votes)), votes))
+            j, budget = budget_vote(records, votes)
+            if j < _vote_k(votes):
+                out.append((f"{role_label(key, models)} majority vote of its first {j} (the debate's tokens)", budget))
     return out
+
+
+def budget_vote(records: list[dict[str, Any]], votes: dict[int, dict[str, Any]]) -> tuple[int, dict[int, dict[str, Any]]]:
+    """The vote cut to the debate's own budget: j, the number of samples whose mean tokens come nearest the
+    debate's mean tokens per question (at least 1), and each question's majority of its first j samples. A
+    vote of k samples costs k generations and a debate about 2 per round; tokens, not generations, are the
+    fair unit, since a review turn is shorter than a solve and a sample as long as one."""
+    k = _vote_k(votes)
+    debate_tokens = sum(r["tokens"] for r in records) / len(records)
+    sample_tokens = sum(v["tokens"] for v in votes.values()) / (k * len(votes))
+    j = max(1, min(k, round(debate_tokens / sample_tokens))) if sample_tokens else k
+    gold = {r["index"]: r["gold"] for r in records}
+    out = {}
+    for index, vote in votes.items():
+        replies = vote["replies"][:j]
+        answer = majority([r["answer"] for r in replies])
+        out[index] = {"answer": answer, "correct": same_answer(answer, gold[index]), "replies": replies,
+                      "tokens": sum(r["tokens"] for r in replies), "seconds": round(sum(r["seconds"] for r in replies), 4)}
+    return j, out
 
 
 def _replies(record: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
