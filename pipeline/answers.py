@@ -42,8 +42,17 @@ _HEADING = re.compile(r"^(?:(?:step|part|phase|case|stage)\b|\d+\s*[.):]\s+[^\W\
 _LABEL = re.compile(r"^[^\W\d_][^\d:=\n]{0,40}?(?:\bis\b|:)\s*", re.IGNORECASE)
 # Words before an "answer is" that make it someone else's answer ("the other agent's answer is 20").
 _OTHERS = re.compile(r"(?:agent|other|their|his|her|your|previous|incorrect|wrong)\W+(?:\w+\W+){0,2}$", re.IGNORECASE)
-# Explicit forms, in the order they are named in records and tables.
-FORMS = ("marker", "boxed", "phrase")
+# The forms a stated answer takes, in the order they are named in records and tables: the explicit ones, and a
+# finished reply's closing statement when it ends in prose after them.
+FORMS = ("marker", "boxed", "phrase", "closing")
+# A reply with this many '#### N' lines, nearly all different, runs through numbers rather than stating one.
+_RUN = 4
+# How many last lines of a reply may hold its closing statement, the words that make a sentence state a value,
+# and characters that show a line has derailed (scripts other than Latin, Greek and maths mixed into it).
+_CLOSING_LINES = 3
+_TAIL_LINES = 8
+_STATES = re.compile(r"\b(?:is|are|was|were|has|have|had|be|equals|received|earned|paid|spent|made|needs|costs|so|therefore|thus)\b", re.IGNORECASE)
+_GARBAGE = re.compile(r"[\u0400-\u1fff\u2e80-\ufaff\uac00-\ud7af]")
 
 
 class GoldAnswerError(ValueError):
@@ -150,13 +159,40 @@ def _marker_value(line: str) -> str | None:
 
 
 def _markers(text: str) -> list[_Found]:
-    """Every '####' line that holds an answer; a heading ('#### Step 3: ...') is text, not an answer."""
+    """Every '####' line that holds an answer; a heading ('#### Step 3: ...') is text, not an answer. On a line
+    with several markers ("#### Final answer: #### 30") the last one's value counts."""
     found = []
     for match in _MARKER.finditer(text):
-        answer = _marker_value(match[1])
+        answer = _marker_value(match[1].rsplit("####", 1)[-1])
         if answer is not None:
             found.append((match.start(), match.end(), answer, "marker"))
     return found
+
+
+def _unsettled(markers: list[_Found]) -> bool:
+    """A reply that runs through '#### N' lines (counting up, or alternating values) has not settled on one:
+    at least ``_RUN`` answer lines with at least ``_RUN - 1`` different values."""
+    return len(markers) >= _RUN and len({m[2] for m in markers}) >= _RUN - 1
+
+
+def _closing(text: str) -> list[_Found]:
+    """The number a finished reply's closing statement gives, when it ends in prose ("The calculation is correct.
+    Mr. Josue has $17000 now.", "The total ... is indeed 82 degrees."): the last sentence with a number among its
+    last few lines, if it says what something is (a verb such as is / has / was, or an '=') and is not garbage
+    (another script mixed in: a derailed sample). Its value: after its last '=', else after its last such verb,
+    else its first number."""
+    lines = [(m.start(), m[0]) for m in re.finditer(r"[^\n]+", text) if m[0].strip() and not m[0].lstrip().startswith(("```", "#"))]
+    for start, line in reversed(lines[-_CLOSING_LINES:]):
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", _WRAPPING.sub("", line)) if _numbers(s)]
+        if not sentences:
+            continue
+        sentence = sentences[-1]
+        if _GARBAGE.search(sentence) or not (_STATES.search(sentence) or "=" in sentence):
+            return []
+        value = sentence.rsplit("=", 1)[1] if "=" in sentence else _STATES.split(sentence)[-1]
+        numbers = _numbers(value) or _numbers(sentence)
+        return [(start, start + len(line), numbers[0], "closing")]
+    return []
 
 
 def _boxes(text: str) -> list[_Found]:
@@ -176,14 +212,24 @@ def _boxes(text: str) -> list[_Found]:
     return found
 
 
+def _tail_start(text: str) -> int:
+    """Where a reply's last ``_TAIL_LINES`` non-empty lines begin: an explicit answer there is its answer, whatever
+    comment follows it ("#### 23\n\nThe first half should have been 4 + 2 = 6 ...")."""
+    starts = [m.start() for m in re.finditer(r"[^\n]*\S[^\n]*", text)]
+    return starts[-_TAIL_LINES] if len(starts) >= _TAIL_LINES else 0
+
+
 def _phrases(text: str) -> list[_Found]:
     """Every "the (final) answer is N" / "Answer: N" with a number on its line (or the next non-empty one),
     except where the answer is another's ("the other agent's answer is 20")."""
     found = []
     for match in _PHRASE.finditer(text):
         line_start = text.rfind("\n", 0, match.start()) + 1
-        if text.startswith("####", line_start) or _OTHERS.search(text[max(line_start, match.start() - 40) : match.start()]):
-            continue  # a marker line is read as one; another's answer is not this reply's
+        line = text[line_start:].split("\n", 1)[0]
+        if line.startswith("####") and _marker_value(line.rsplit("####", 1)[-1]) is not None:
+            continue  # a marker line that holds its answer is read as one
+        if _OTHERS.search(text[max(line_start, match.start() - 40) : match.start()]):
+            continue  # another's answer is not this reply's
         rest = text[match.end() :]
         skipped = len(rest) - len(rest.lstrip())
         line = rest.lstrip().split("\n", 1)[0]
@@ -199,8 +245,13 @@ def read_answer(text: str, complete: bool = True) -> Reading:
     reply cut off at the limit, a statement whose number runs to the very end ("#### 42" of "#### 42000") may
     be cut itself, so it does not count; one stated earlier in the text still does.
     """
-    found = [f for f in (*_markers(text), *_boxes(text), *_phrases(text)) if complete or text[f[1] :].strip()]
+    markers = _markers(text)
     numbers = _numbers(text)
+    if _unsettled(markers):
+        markers = []
+    found = [f for f in (*markers, *_boxes(text), *_phrases(text)) if complete or text[f[1] :].strip()]
+    if complete and not any(f[0] >= _tail_start(text) for f in found):
+        found += _closing(text)
     if found:
         _, _, strict, form = max(found, key=lambda f: (f[0], f[1]))
         return Reading(strict, strict, form)

@@ -149,7 +149,7 @@ def test_parse_gold_errors_quote_the_text(solution, quoted):
         ("The amount of the loss is:\n\\[ \\boxed{-50000} \\]", "-50000"),
         ("```output\n1260\n```\nThe total cost of the pastries Toula bought is \\(\\boxed{1260}\\).", "1260"),
         ("Thus, Eliza's earnings for the week are \\(\\boxed{0.55}\\).", "0.55"),
-        ("= 240 miles\nSo, John is 0 miles from home at the end of those 4 hours.", "4"),
+        ("= 240 miles\nSo, John is 0 miles from home at the end of those 4 hours.", "0"),
         # 3. "the answer is N" / "answer: N"
         ("The answer is 18", "18"),
         ("The final answer is $18.", "18"),
@@ -220,10 +220,10 @@ def test_the_explicit_answer_stated_last_wins(text, expected):
     [
         # a '####' heading is text, not an answer (the models write Markdown)
         ("#### Step 3: Calculate the refund amount\nThe refund is $5600.\n\\boxed{5600}", "5600"),
-        ("#### Step 1: Find the total\n9 + 3 = 12 eggs.\n#### Step 2: Sell them\n12 * 2 = 24", None),
+        ("#### Step 1: Find the total\n9 + 3 = 12 eggs.\n#### Step 2: Sell them\n12 * 2 = 24", "24"),  # its closing line, not the step
         ("#### 5. Output the result.\nThe result is printed: \\(\\boxed{2}\\)", "2"),
-        ("#### 3) Compute the sum\n4 + 5 = 9", None),
-        ("### Step 2\n#### Part 2: Total\nSo 7 apples.", None),
+        ("#### 3) Compute the sum\n4 + 5 = 9", "9"),
+        ("### Step 2\n#### Part 2: Total\nSo 7 apples.", "7"),
         ("#### Final Answer\n\\[\n\\boxed{18}\n\\]", "18"),
         ("#### Final Answer: 18", "18"),
         ("#### Total: $22", "22"),
@@ -242,8 +242,19 @@ def test_the_explicit_answer_stated_last_wins(text, expected):
         # another's answer is not this reply's
         ("The other agent's answer is 20, which is wrong: step 2 should be 9 * 2.\n#### 18", "18"),
         ("Step 2 gives 18.\n#### 18\nTheir answer is 20 because they subtracted twice.", "18"),
-        # prose without an explicit form: strict has none, flexible takes the last number
-        ("So Janet makes $18 every day at the market.", None),
+        # a finished reply that ends in prose: its closing statement
+        ("So Janet makes $18 every day at the market.", "18"),
+        ("#### 3. Verify the calculation.\nThe calculation is correct. Mr. Josue has $17000 now.", "17000"),
+        ("#### 1580\nFirst, the tuition.\n1.\n2.\n3.\n4.\n5.\n6.\n7.\n8.\nTherefore, Janet paid $580.", "580"),
+        ("The total angle after 10 hours is indeed 82 degrees.", "82"),
+        # ... but a comment right after an explicit answer does not replace it
+        ("The total is 6 + 17 = 23.\n#### 23\n\nThe first half should have been 4 + 2 = 6, not 4 - 2 = 2.", "23"),
+        # ... nor does a line that derailed into another script, or one that states nothing
+        ("Let's compute.\n3 \\times 500 الفلسطين", None),
+        ("53.City ruined. Please provide the correct input.", None),
+        # a run of '#### N' lines (counting, alternating) has settled on nothing
+        ("#### 7\n#### 14\n#### 15\n#### 16\n#### 17", None),
+        ("#### 10 barrels\n#### 3 days\n#### 10 barrels\n#### 5 pumps", None),
     ],
 )
 def test_the_strict_reading_is_the_stated_final_answer(text, strict):
@@ -257,8 +268,10 @@ def test_the_strict_reading_is_the_stated_final_answer(text, strict):
         ("so \\boxed{18}", "18", "18", "boxed"),
         ("The final answer is 18.", "18", "18", "phrase"),
         ("#### The answer is 7", "7", "7", "marker"),
-        ("She pays 3 * 4 = 12 dollars.", None, "12", None),
-        ("#### Step 4: Add them\n3 + 4 = 7", None, "7", None),
+        ("She pays 3 * 4 = 12 dollars.", "12", "12", "closing"),
+        ("She pays 3 * 4 dollars", None, "4", None),
+        ("#### Step 4: Add them\n3 + 4 = 7", "7", "7", "closing"),
+        ("#### Step 4: Add them", None, "4", None),
         ("Nothing to compute.", None, None, None),
     ],
 )
