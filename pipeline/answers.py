@@ -121,11 +121,13 @@ def parse_gold(solution: str) -> str:
 class Reading:
     """What a reply states as its answer, read two ways (lm-eval's two GSM8K filters, in this suite's forms).
 
-    ``strict``: the explicit final answer (``#### N`` on a line that holds the answer, ``\\boxed{N}``, "the
-    answer is N"; the one stated last wins), else None: the prompt asks for an explicit answer, and a reply
-    without one has not answered. ``flexible``: ``strict``, else the last number in the text, which also reads
-    a reply that states its result in prose (and takes an intermediate number from a reply cut off mid-way).
-    ``form``: which explicit form gave ``strict`` (one of ``FORMS``), None without one.
+    ``strict``: the final answer the reply states: an explicit form (``#### N`` on a line that holds the answer,
+    ``\\boxed{N}``, "the answer is N"; the one stated last wins), or, in a reply that ended on its own and has no
+    explicit answer among its last lines, its closing statement ("... Mr. Josue has $17000 now."); else None: a
+    reply that states no answer (a run of '#### N' lines, a derailed or cut-off text) has not answered. Checked
+    against 465 replies labelled by reading (tests/test_labelled_replies.py). ``flexible``: ``strict``, else the
+    last number in the text (lm-eval's flexible-extract; it takes an intermediate number from a reply cut off
+    mid-way). ``form``: which form gave ``strict`` (one of ``FORMS``), None without one.
     """
 
     strict: str | None

@@ -39,8 +39,8 @@ def latest(turns: list[dict[str, Any]], speaker: str) -> dict[str, Any] | None:
 
 
 def agree(turns: list[dict[str, Any]]) -> bool:
-    """Whether both models' latest turns state the same explicit answer (the strict reading): a debate stops
-    there. A reply without an explicit answer never agrees, so a number in passing is not taken as agreement."""
+    """Whether both models' latest turns state the same answer (the strict reading): a debate stops there. A
+    reply that states none never agrees, so a number in passing is not taken as agreement."""
     a, b = latest(turns, SPEAKERS[0]), latest(turns, SPEAKERS[1])
     return a is not None and b is not None and same_answer(a["answer"], b["answer"])
 

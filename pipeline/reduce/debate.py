@@ -41,7 +41,7 @@ def _row(method: str, scores: Iterable[float], tokens: Iterable[int], seconds: I
     """A table row: per-question scores (1 right, 0 wrong; a fraction for mean@k) as accuracy with n and its
     95% interval. ``kind``: ``method`` (one answer per question) or ``sampling`` (read off a vote's samples).
     ``facts``, per question: (right under the flexible reading, share of its replies cut at the token limit,
-    share of its replies without an explicit answer)."""
+    share of its replies that state no answer)."""
     scores, toks, secs, facts = list(scores), list(tokens), list(seconds), list(facts)
     n = len(scores)
     row = {
@@ -60,7 +60,7 @@ def _row(method: str, scores: Iterable[float], tokens: Iterable[int], seconds: I
 
 def _facts(replies: list[dict[str, Any]], flexible: str | None, gold: str) -> tuple[bool, float, float]:
     """One question's (right under the flexible reading, share of ``replies`` cut off, share without an
-    explicit answer) for a method whose answer comes from ``replies`` (one, or a vote's k)."""
+    stated answer) for a method whose answer comes from ``replies`` (one, or a vote's k)."""
     n = len(replies)
     return (same_answer(flexible, gold), sum(not r["stopped"] for r in replies) / n, sum(r["answer"] is None for r in replies) / n)
 
@@ -301,7 +301,7 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
     lines += [
         f"Models: a = {escape(summary['models']['a'])}, b = {escape(summary['models']['b'])}; {summary['n']} GSM8K problems.",
         "",
-        "| method | accuracy (strict) | 95% CI | correct / n | accuracy (flexible) | cut at the token limit | no explicit answer "
+        "| method | accuracy (strict) | 95% CI | correct / n | accuracy (flexible) | cut at the token limit | no stated answer "
         "| tokens / question | seconds / question (batched) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -335,16 +335,17 @@ def markdown(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> 
         "",
         f"Converged: {_pct(d['convergence_rate'])}; mean rounds: {d['mean_rounds']}; "
         f"flips from model a's first answer: right->wrong {d['flips_right_to_wrong']}, wrong->right {d['flips_wrong_to_right']}; "
-        f"final answers without an explicit answer: {d['unparsable_final_answers']} (scored wrong); "
+        f"final replies that state no answer: {d['unparsable_final_answers']} (scored wrong); "
         f"final answers cut at the token limit: {d['final_answers_cut_off']}.",
         "",
-        "Accuracy (strict), the one every interval, paired test and plot uses: the answer the reply states explicitly "
-        "(`#### N` on a line that holds the answer, `\\boxed{N}`, \"the answer is N\"; the one stated last), as the prompt "
-        "asks; a reply without one is wrong, and a reply cut at the token limit does not count a statement its cut may "
-        "have shortened. Accuracy (flexible): the same, else the last number in the text (lm-eval's flexible-extract), "
-        "which also credits an answer stated in prose and can pick an intermediate number of a cut-off reply. Cut at the "
-        "token limit and no explicit answer: shares of the replies each row's answer comes from (a debate's final turn, "
-        "a vote's k samples). The debate stops when both models' latest replies state the same explicit answer.",
+        "Accuracy (strict), the one every interval, paired test and plot uses: the final answer the reply states: "
+        "`#### N` on a line that holds the answer, `\\boxed{N}` or \"the answer is N\" (the one stated last), or the "
+        "closing statement of a reply that ended on its own in prose; a reply that states none is wrong, and a reply cut "
+        "at the token limit does not count a statement its cut may have shortened (tests/test_labelled_replies.py "
+        "checks the reading against 465 replies labelled by reading them). Accuracy (flexible): the same, else the last "
+        "number in the text (lm-eval's flexible-extract), which can pick an intermediate number of a cut-off reply. Cut "
+        "at the token limit and no stated answer: shares of the replies each row's answer comes from (a debate's final "
+        "turn, a vote's k samples). The debate stops when both models' latest replies state the same answer.",
         "",
         "Tokens / question: generated over all of a question's turns (or samples). Seconds / question (batched): each "
         "batch's wall time divided by its rows, summed over the question's turns: its share of batched generation, "

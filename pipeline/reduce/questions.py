@@ -17,7 +17,7 @@ FILTERS = (
     ("fixed", "debate fixed model a's answer", "model a's first answer was wrong, the debate's final answer is right"),
     ("broke", "debate broke a right answer", "some turn gave the right answer, the debate's final answer is wrong"),
     ("never_agreed", "the models never agreed", "no agreement within debate.max_rounds"),
-    ("unparsable", "no explicit answer", "the final answer or some turn's reply states no explicit answer"),
+    ("unparsable", "no stated answer", "the final answer or some turn's reply states no answer"),
     ("cut", "cut at the token limit", "some turn's reply was cut at debate.max_new_tokens"),
 )
 

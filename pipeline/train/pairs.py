@@ -5,7 +5,7 @@ Every source becomes rows of ``prompt`` (user messages), ``chosen`` and ``reject
   ``train.mine_from=<run_id>`` (a debate step run on the training split, e.g. a vote of k samples), chosen is
   a right reply of the model's own and rejected a wrong one of the same question, mined from every reply the
   run's records keep (debate turns, model b alone, vote samples; only replies that ended on their own and
-  state an explicit answer). Where none is right, chosen is the gold solution; where none is wrong, rejected is
+  state an answer). Where none is right, chosen is the gold solution; where none is wrong, rejected is
   a deterministic corruption of the gold (its final result moved). Only training-split questions are used,
   matched by text, so a debate on the test split never leaks in.
 - a local ``.jsonl`` / ``.json`` file, or a hub dataset name (``mlabonne/orpo-dpo-mix-40k``) through
@@ -55,7 +55,7 @@ def _replies(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def mined_replies(run_dir: Path) -> dict[str, dict[str, str]]:
     """Question text -> its first ``right`` and first ``wrong`` reply in a debate run's shards (any model),
-    counting only replies that ended on their own and state an explicit answer."""
+    counting only replies that ended on their own and state an answer."""
     mined: dict[str, dict[str, str]] = {}
     for path in sorted((run_dir / "debate").glob("shard-*.jsonl")):
         for record in read_shard(path):
