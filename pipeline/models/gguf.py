@@ -21,13 +21,16 @@ so every SLURM task can call it before loading the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.models.wheels import GgufSource, Log, ensure_gguf
 
@@ -38,6 +41,27 @@ _END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>", "</s>")
 
 
 # --------------------------------------------------------------------------- conversion
+
+
+@contextlib.contextmanager
+def _output_into(path: Path) -> Iterator[None]:
+    """Everything written to this process's stdout and stderr meanwhile (transformers' progress bars,
+    DeepSpeed's import-time warning, C-level prints) goes to ``path``: the submitter's terminal shows the
+    suite's own lines, and the conversion's own output is still there to read."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
 
 
 def _token_id(tok, token: str) -> int | None:
@@ -225,10 +249,15 @@ def ensure_hf_folder(
         gguf_path = ensure_gguf(source, cache_dir, name, log)
 
         t1 = time.monotonic()
-        log(f"[gguf] converting {gguf_path.name} with transformers ...")
+        output = cache_dir / f"{name}.convert.log"
+        log(f"[gguf] converting {gguf_path.name} with transformers (its output: {output}) ...")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
         try:
-            meta = _convert(gguf_path, tmp, name, log)
+            said: list[str] = []
+            with _output_into(output):
+                meta = _convert(gguf_path, tmp, name, said.append)
+            for line in said:
+                log(line)
             meta.update(gguf_name=source.gguf_name, gguf_sha256=source.gguf_sha256,
                         parts=[asdict(p) for p in source.parts])  # fmt: skip
             (tmp / "gguf_source.json").write_text(json.dumps(meta, indent=2) + "\n")
