@@ -28,7 +28,6 @@ Where float rounding decides a token, the kernel rounds as PyTorch's CUDA ops do
 
 from __future__ import annotations
 
-import os
 import zlib
 from functools import lru_cache
 from typing import Sequence
@@ -125,10 +124,10 @@ if HAVE_TRITON:
             return tl.log(x)
 
     @triton.jit
-    def _gumbel_argmax(Logits, stride_row, Seeds, Step, Best, Index, vocab, scale, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+    def _gumbel_argmax(Logits, stride_row, Seeds, Step, Best, Index, vocab, scale, split_size, BLOCK: tl.constexpr,
                        DIVIDE: tl.constexpr, LIBDEVICE: tl.constexpr):
         """One (row, split): the best ``logit * scale`` (or ``logit / scale``, ``DIVIDE``) + Gumbel noise over
-        the split's ``SPLIT`` vocabulary entries, and its lowest token id. Each lane keeps its own best (lanes
+        the split's ``split_size`` vocabulary entries, and its lowest token id. Each lane keeps its own best (lanes
         see increasing ids, so a strict ``>`` keeps the first); the lanes are merged once at the end."""
         row, split = tl.program_id(0), tl.program_id(1)
         seed = tl.load(Seeds + row)
@@ -138,8 +137,8 @@ if HAVE_TRITON:
         lanes = tl.arange(0, BLOCK)
         best = tl.full([BLOCK], float("-inf"), tl.float32)
         index = tl.full([BLOCK], 2147483647, tl.int32)
-        lo = split * SPLIT
-        hi = tl.minimum(lo + SPLIT, vocab)
+        lo = split * split_size
+        hi = tl.minimum(lo + split_size, vocab)
         for start in range(lo, hi, BLOCK):
             token = start + lanes
             ok = token < hi
@@ -191,10 +190,9 @@ def fused_partials(scores: torch.Tensor, temperature: float, seeds: torch.Tensor
     divide = scores.device.type != "cuda"
     # CUDA's kernel multiplies by the float32 reciprocal of the float32 temperature, made on the host.
     scale = float(np.float32(temperature)) if divide else float(np.float32(1.0) / np.float32(temperature))
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    _gumbel_argmax[(rows, splits)](scores, scores.stride(0), seeds, step, best, index, vocab, scale, SPLIT=split,
-                                   BLOCK=min(block, split), DIVIDE=divide, LIBDEVICE=not interpreted,
-                                   enable_fp_fusion=False)
+    interpreted = type(_gumbel_argmax).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1: no libdevice
+    _gumbel_argmax[(rows, splits)](scores, scores.stride(0), seeds, step, best, index, vocab, scale, split, BLOCK=min(block, split),
+                                   DIVIDE=divide, LIBDEVICE=not interpreted, enable_fp_fusion=False)
     return best, index
 
 
