@@ -83,13 +83,13 @@ def test_a_call_reports_its_prefill_and_decode_against_their_limits(models: dict
     def report(done: int, tokens: int, fraction: float, detail: str | None = None) -> None:
         details.append(detail)
 
-    generate_chat(chat, CONVERSATIONS, max_new_tokens=48, max_batch=3, reuse_kv=False, report=report)
+    generate_chat(chat, CONVERSATIONS, max_new_tokens=24, max_batch=3, reuse_kv=False, report=report)
     assert sum(d is not None for d in details) == 2, "a detail after each of the two batches"
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("limit n/a") == 2, details[-1]
 
     decoder = _decoder(chat, True, "auto", False)  # the decoder generate_chat uses with these settings
     decoder.card = Card("a card with figures", 1e9, 1e12)  # shares of a limit, on a CPU
-    out = generate_chat(chat, CONVERSATIONS, max_new_tokens=48, reuse_kv=False, report=report)
+    out = generate_chat(chat, CONVERSATIONS, max_new_tokens=24, reuse_kv=False, report=report)
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("% of its limit") == 2, details[-1]
     texts = [chat.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
     assert decoder.last.prefill.tokens == sum(len(ids) for ids in chat.tokenizer(texts, add_special_tokens=False)["input_ids"])
@@ -98,9 +98,9 @@ def test_a_call_reports_its_prefill_and_decode_against_their_limits(models: dict
 
 
 def test_every_debate_phase_ends_with_one_line_with_its_timings(models: dict, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = load_config(["debate.max_new_tokens=32", "debate.max_rounds=1", "debate.baselines.vote_k=2", "debate.baselines.vote_models=[a]"])
+    cfg = load_config(["debate.max_new_tokens=24", "debate.max_rounds=1", "debate.baselines.vote_k=2", "debate.baselines.vote_models=[a]"])
     caplog.set_level(logging.INFO, logger=progress.__name__)
-    DebateEngine(models, build(DebateSettings, cfg.debate), 0).run(PROBLEMS[:3], lambda record: None)
+    DebateEngine(models, build(DebateSettings, cfg.debate), 0).run(PROBLEMS[:2], lambda record: None)
     closing = [r.getMessage() for r in caplog.records if r.name == progress.__name__ and " rows in " in r.getMessage()]
     phases = [line.split(":")[0] for line in closing]
     assert phases == ["model b alone", "vote of 2, model a", "debate round 1, model a", "debate round 1, model b"], closing
