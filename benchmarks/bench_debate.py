@@ -1,10 +1,18 @@
-"""Benchmark: the seed notebook's way (one question at a time) against the batched shard engine.
+"""Benchmark: the seed notebook's way (one question at a time) against the batched shard engine; or, with
+``--mode phases``, every phase of a real shard against its own limit.
 
-Both run the same debate engine on the same questions; the only difference is how many debates share a
+Both ways run the same debate engine on the same questions; the only difference is how many debates share a
 generate call (1, or the whole group). Prints questions/s and generated tokens/s side by side with the
 ratio, and for the static decoder the seconds spent in prefill, the share of prompt tokens reused from
 the previous turn and the share of the prefill's positions that were chunk padding. Baselines (solo,
 vote) are off: the seed had none, and they would only add the same work to both.
+
+``--mode phases`` runs one batched shard as a run makes it, baselines on (model b alone, each model's vote of
+``2 x rounds`` samples at the vote temperature, then the debate's turns), and prints one row per phase: its
+rows, seconds and tokens/s, and its prefill and decode tokens/s with their share of their own limit
+(``pipeline.engine.roofline``: weights and live KV cache at the card's bandwidth, or the FLOPs at its peak),
+then the same rows as JSON on the last line. ``--sampler torch`` samples with PyTorch's ops instead of the
+fused kernel (the before of the sampler's after, on the same card in the same call).
 
     # CPU, the tiny pair (a real debate: models stop on their end-of-turn tokens)
     python benchmarks/bench_debate.py --models tiny --questions 64 --seed-questions 16
@@ -14,6 +22,9 @@ vote) are off: the seed had none, and they would only add the same work to both.
     python benchmarks/bench_debate.py --models random-8b --mode batched --questions 256 --dtype bfloat16 --reuse-kv off
     # two GPUs: one model on each (debate.devices=split)
     python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
+    # the default pair's phases, all 1,319 questions, from converted model folders (<dir>/<registry name>/)
+    python benchmarks/bench_debate.py --models default --model-dir ~/.cache/gsm8k-slurm/models --mode phases \
+        --questions 1319 --max-new-tokens 512 --json benchmarks/results/phases-h100.json
 
 The one-at-a-time way costs the same per question whatever the count, so it runs on ``--seed-questions``
 of the questions and its questions/s is that rate (printed with the count it was measured on).
@@ -40,7 +51,8 @@ from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine  # noqa: E402
 from pipeline.debate.settings import DebateSettings  # noqa: E402
 from pipeline.settings import build  # noqa: E402
-from pipeline.engine.generation import _DECODERS, generate_chat  # noqa: E402
+from pipeline.engine.generation import _DECODERS, Completion, generate_chat  # noqa: E402
+from pipeline.engine.roofline import Timings  # noqa: E402
 from pipeline.models.device import pick_devices, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
@@ -59,13 +71,17 @@ def random_model(shape: str, tokenizer_from: str, dtype: torch.dtype, device: to
     return ChatModel(name=f"random-{shape}", model=model, tokenizer=tokenizer, stop_ids=stop_token_ids(tokenizer, model))
 
 
-def load_pair(which: str, dtype_name: str, devices: dict[str, torch.device]) -> dict[str, ChatModel]:
+def load_pair(which: str, dtype_name: str, devices: dict[str, torch.device], model_dir: Path | None = None) -> dict[str, ChatModel]:
+    """The pair: random weights of real shapes, the tiny fixtures, two small real models, or the config's
+    default pair (``models.a`` / ``models.b``), real ones from ``model_dir`` (default ``paths.model_cache``)."""
     if which == "random-8b":
         dtype = pick_dtype(dtype_name, devices["a"])
         return {"a": random_model("llama-3.1-8b", "tiny-llama", dtype, devices["a"]), "b": random_model("qwen2-7b", "tiny-qwen2", dtype, devices["b"])}
     registry = load_registry()
-    names = {"tiny": ("tiny-llama", "tiny-qwen2"), "small": ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")}[which]
-    cache = Path(load_config([]).paths.model_cache).expanduser()
+    cfg = load_config([])
+    names = {"tiny": ("tiny-llama", "tiny-qwen2"), "small": ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"),
+             "default": (cfg.models.a, cfg.models.b)}[which]
+    cache = (model_dir or Path(cfg.paths.model_cache)).expanduser()
     return {k: load_chat_model(registry[n], cache, dtype_name, devices[k]) for k, n in zip("ab", names)}
 
 
@@ -94,9 +110,49 @@ def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
             "prefill_padding": 1 - spent["prefill_tokens"] / spent["prefill_positions"] if spent["prefill_positions"] else 0.0}
 
 
+def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str, Any]], float]:
+    """One shard (``run_all``), timed phase by phase (each of the engine's batched generations), and its seconds."""
+    phases: list[dict[str, Any]] = []
+    generate = engine._generate
+
+    def timed(speaker: str, convs: list, seeds: list[int], temperature: float, phase: str) -> list[Completion]:
+        for decoder in list(_DECODERS.values()):
+            decoder.total = Timings()
+        _sync()
+        started = time.perf_counter()
+        out = generate(speaker, convs, seeds, temperature, phase)
+        _sync()
+        seconds = time.perf_counter() - started
+        timings = Timings()
+        for decoder in list(_DECODERS.values()):
+            timings.add(decoder.total)
+        tokens = sum(c.tokens for c in out)
+        phases.append({"phase": f"{engine.group}{phase}", "model": engine.models[speaker].name, "rows": len(convs), "temperature": temperature,
+                       "seconds": round(seconds, 3), "tokens": tokens, "tok_per_s": round(tokens / seconds, 1), "timings": timings.describe(),
+                       **timings.as_dict()})
+        return out
+
+    engine._generate = timed  # type: ignore[method-assign]
+    _sync()
+    started = time.perf_counter()
+    engine.run_all(problems, lambda record: None)
+    _sync()
+    return phases, time.perf_counter() - started
+
+
+def print_phases(phases: list[dict[str, Any]]) -> None:
+    share = lambda v: f"{v:.0%}" if v is not None else "n/a"  # noqa: E731
+    rate = lambda v: f"{v:,.0f}" if v is not None else "-"  # noqa: E731
+    print(f"{'phase':<32}{'rows':>6}{'seconds':>9}{'tok/s':>9}{'prefill tok/s':>15}{'of limit':>10}{'decode tok/s':>14}{'of limit':>10}{'capture s':>11}")
+    for p in phases:
+        print(f"{p['phase']:<32}{p['rows']:>6}{p['seconds']:>9.1f}{p['tok_per_s']:>9,.0f}{rate(p['prefill_tok_per_s']):>15}{share(p['prefill_share_of_limit']):>10}"
+              f"{rate(p['decode_tok_per_s']):>14}{share(p['decode_share_of_limit']):>10}{p['capture_s']:>11.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", choices=["tiny", "small", "random-8b"], default="tiny")
+    parser.add_argument("--models", choices=["tiny", "small", "default", "random-8b"], default="tiny")
+    parser.add_argument("--model-dir", type=Path, help="the converted model folders (<dir>/<registry name>/; default paths.model_cache)")
     parser.add_argument("--questions", type=int, default=64, help="questions for the batched engine (one shard)")
     parser.add_argument("--seed-questions", type=int, default=8, help="questions for the one-at-a-time way")
     parser.add_argument("--batch-size", type=int, default=256, help="debates advanced together (debate.batch_size)")
@@ -111,25 +167,41 @@ def main() -> None:
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",
                         help="debate.devices: both models on the first GPU, or one GPU each")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", choices=["both", "seed", "batched"], default="both", help="which way(s) to time")
+    parser.add_argument("--mode", choices=["both", "seed", "batched", "phases"], default="both",
+                        help="which way(s) to time, or (phases) one shard with its baselines, phase by phase")
+    parser.add_argument("--sampler", choices=["fused", "torch"], default="fused",
+                        help="the static decoder's sampler on a GPU: the fused Triton kernel, or PyTorch's ops")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     devices = pick_devices(args.devices)
     device = devices["a"]
-    models = load_pair(args.models, args.dtype, devices)
+    models = load_pair(args.models, args.dtype, devices, args.model_dir)
+    baselines = [] if args.mode == "phases" else ["debate.baselines.solo=false", "debate.baselines.vote_models=[]"]
     cfg = checked_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
-                       f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", "debate.baselines.solo=false", "debate.baselines.vote_models=[]"])
+                          f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", *baselines])
     settings = build(DebateSettings, cfg.debate)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
     for chat in models.values():  # warm-up: kernels, allocator, caches
         for engine in {args.engine, args.seed_engine}:
             generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels, reuse_kv=args.reuse_kv == "on")
+    for decoder in list(_DECODERS.values()):  # graphs captured so far are greedy ones: no sampler in them
+        decoder.fused_sampling = decoder.fused_sampling and args.sampler == "fused"
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
-          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv}")
+          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler}")
+    if args.mode == "phases":
+        phases, seconds = measure_phases(DebateEngine(models, settings, 0), problems)
+        print_phases(phases)
+        result = {"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "models": {k: m.name for k, m in models.items()},
+                  "questions": len(problems), "seconds": round(seconds, 2), "phases": phases}
+        print(f"{len(problems)} questions in {seconds:.1f} s")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return
     print(f"{'engine':<40}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'tokens/s':>11}{'prefill s':>11}{'prompt tokens reused':>22}{'prefill padding':>17}", flush=True)
     results: dict[str, dict[str, float]] = {}
     ways = []

@@ -31,28 +31,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
+from pipeline.engine import roofline  # noqa: E402
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 
-# Data-sheet memory bandwidth, bytes/s, by a word of the device name.
-BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12, "A100-SXM4-80GB": 2.039e12, "V100-SXM2": 0.9e12}
-
-
 def bandwidth_of(name: str) -> float:
-    for key, value in BANDWIDTH.items():
-        if key in name:
-            return value
-    raise SystemExit(f"no data-sheet bandwidth for {name!r}: give --bandwidth (bytes/s)")
+    """The card's data-sheet bandwidth (``pipeline.engine.roofline``), bytes/s."""
+    value = roofline.bandwidth(name)
+    if value is None:
+        raise SystemExit(f"no data-sheet bandwidth for {name!r}: give --bandwidth (bytes/s)")
+    return value
 
 
 def roofline_seconds(model: Any, batch: int, prompt: int, new: int, bandwidth: float, first: int = 0) -> float:
     """Seconds to read the weights once per token and the batch's KV cache up to that token, tokens ``first..new-1``."""
-    config = model.config
-    dtype_bytes = model.dtype.itemsize
-    weights = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes
-    total = sum(weights * dtype_bytes + batch * (prompt + s + 1) * kv_per_token for s in range(first, new))
+    cost = roofline.ModelCost.of(model)
+    total = sum(cost.weight_bytes + batch * (prompt + s + 1) * cost.kv_bytes_per_token for s in range(first, new))
     return total / bandwidth
 
 

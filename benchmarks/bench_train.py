@@ -55,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import PROJECT_ROOT  # noqa: E402
+from pipeline.engine.roofline import peak_flops  # noqa: E402
 from pipeline.train.deepspeed import deepspeed_config  # noqa: E402
 from pipeline.train.job import lora_config, orpo_config, peak_memory_gib, pin_attention_backend  # noqa: E402
 from pipeline.train.settings import TrainSettings  # noqa: E402
@@ -70,8 +71,6 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 TOKENIZER = PROJECT_ROOT / "pipeline/assets/tiny/tiny-llama"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# Dense fp16/bf16 tensor-core peaks (datasheets), matched against the GPU's name: first match wins.
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4))
 
 
 def synthetic_pairs(tokenizer: Any, prompt_len: int, completion_len: int, rows: int, seed: int) -> list[dict[str, str]]:
@@ -130,9 +129,11 @@ def flops_per_token(n_matmul: int, n_layers: int, n_lora: int, layers: int, attn
 
 
 def peak_tflops(gpu: str, override: float | None) -> float | None:
+    """``override``, else the card's data-sheet dense fp16/bf16 peak (``pipeline.engine.roofline``), TFLOP/s."""
     if override:
         return override
-    return next((peak for key, peak in PEAK_TFLOPS if key in gpu), None)
+    peak = peak_flops(gpu)
+    return peak / 1e12 if peak else None
 
 
 def matmul_ceiling(dtype: torch.dtype, size: int = 8192, warmup: int = 3, repeat: int = 10) -> float:

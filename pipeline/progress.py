@@ -35,15 +35,18 @@ STATES = ("pending", "running", "done", "failed")
 class Phase:
     """One phase of a task: ``total`` items (rows of a batched generation, eval questions, optimizer steps).
     ``update`` takes the items done, the tokens generated so far, and optionally the fraction of the phase's
-    work done when items finish unevenly (rows of a decode stop at different steps)."""
+    work done when items finish unevenly (rows of a decode stop at different steps) and a ``detail`` the
+    phase's closing line ends with (how fast the generation ran against its limits)."""
 
     def __init__(self, owner: "TaskProgress", name: str, total: int, unit: str) -> None:
         self.owner, self.name, self.total, self.unit = owner, name, total, unit
         self.done, self.tokens, self.fraction = 0, 0, 0.0
+        self.detail: str | None = None
         self.started = time.monotonic()
 
-    def update(self, done: int, tokens: int = 0, fraction: float | None = None) -> None:
+    def update(self, done: int, tokens: int = 0, fraction: float | None = None, detail: str | None = None) -> None:
         self.done, self.tokens = min(done, self.total), tokens
+        self.detail = detail or self.detail
         share = self.done / self.total if self.total else 1.0
         self.fraction = max(self.fraction, share if fraction is None else max(share, min(fraction, 1.0)))
         self.owner.changed()
@@ -54,7 +57,7 @@ class Phase:
         return {
             "name": self.name, "done": self.done, "total": self.total, "unit": self.unit, "tokens": self.tokens,
             "tokens_per_s": round(self.tokens / elapsed, 1) if self.tokens and elapsed > 0 else None,
-            "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None,
+            "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1) if eta is not None else None, "detail": self.detail,
         }
 
 
@@ -101,7 +104,8 @@ class TaskProgress:
         phase.update(phase.total, phase.tokens, 1.0)
         shot = phase.snapshot()
         rate = f", {shot['tokens']} tokens ({shot['tokens_per_s']} tok/s)" if shot["tokens_per_s"] else ""
-        log.info("%s: %d %s in %s%s", phase.name, phase.total, phase.unit, format_duration(shot["elapsed_s"]), rate)
+        detail = f"; {phase.detail}" if phase.detail else ""
+        log.info("%s: %d %s in %s%s%s", phase.name, phase.total, phase.unit, format_duration(shot["elapsed_s"]), rate, detail)
         self.current = None
         self._write()
 

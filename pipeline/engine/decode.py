@@ -35,7 +35,9 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline.engine.forward import Forward
+from pipeline.engine.kernels import usable
 from pipeline.engine.prefix_cache import PrefixIndex, Reuse
+from pipeline.engine.roofline import Card, ModelCost, Timing, Timings
 from pipeline.engine.sampling import sample_tokens
 
 # Graph buckets: the key/value columns a step reads are rounded up to this many, so a turn replays a
@@ -114,6 +116,8 @@ class StaticDecoder:
     def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto", reuse_kv: bool = True) -> None:
         self.forward = Forward(model, kernels)
         self.device = model.device
+        # The sampler's Triton kernel wherever Triton runs (unless kernels=torch): the same tokens, one pass.
+        self.fused_sampling = kernels != "torch" and usable(self.device) is None
         self.settings = (cuda_graphs, kernels, reuse_kv)
         self.reuse_kv = reuse_kv
         self.index = PrefixIndex()
@@ -128,6 +132,11 @@ class StaticDecoder:
         self.prefill_tokens = 0  # prompt tokens prefilled
         self.prefill_positions = 0  # positions the prefill computed: those tokens and the padding of their chunks
         self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier call
+        # The last call's prefill and decode against their limits (``pipeline.engine.roofline``).
+        self.cost = ModelCost.of(model)
+        self.card = Card.of(self.device, self.forward.dtype)
+        self.last = Timings()
+        self.total = Timings()  # summed over calls (benchmarks read it)
         _LIVE.add(self)
 
     # ---- memory ---------------------------------------------------------------------------------------
@@ -204,7 +213,7 @@ class StaticDecoder:
         """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
         s = self.state
         logits = self.forward.step(self.cache, s.token[:rows], s.position[:rows], s.start[:rows], s.column, columns)
-        token = sample_tokens(logits, temperature, s.seeds[:rows], s.step)
+        token = sample_tokens(logits, temperature, s.seeds[:rows], s.step, self.fused_sampling)
         done = s.done[:rows]
         token = torch.where(done, s.pad, token)
         s.out[:rows].index_copy_(1, s.step.view(1), token[:, None])
@@ -258,7 +267,8 @@ class StaticDecoder:
         ``generate`` pads). ``ids`` are left-padded prompts on this decoder's device. ``on_step(step, open
         rows, tokens so far)`` is called at each check for finished rows (no extra wait for the GPU).
         ``rows_done`` is asked at each check too, about the open rows: those it names are padded from
-        then on and leave the batch as if they had written a stop token (their tokens up to the check stay)."""
+        then on and leave the batch as if they had written a stop token (their tokens up to the check stay).
+        Afterwards ``last`` holds the call's prefill and decode timed against their limits."""
         if temperature > 0 and seeds is None:
             raise ValueError("sampling (temperature > 0) needs one seed per row")
         # Streams and graph captures use the current device: make it this model's (two models, two GPUs).
@@ -291,20 +301,23 @@ class StaticDecoder:
         s.seeds[:rows] = torch.tensor(seeds, dtype=torch.long)[order] if seeds is not None else 0
         widths = length - fresh[order]
         ids, fresh_device = ids[slots], torch.from_numpy(fresh[order]).to(self.device)
+        captured = self.capture_seconds
         started = time.perf_counter()
         first = []
         # Where the kv heads are copied to the query heads, a row's copies span all ``length`` columns, however
         # few it prefills: a chunk is then bounded by the columns its rows attend to, as whole prompts are.
         costs = widths if self.forward.gqa_in_kernel else np.full(rows, length)
-        for part in _chunks(costs, prefill_tokens):
+        chunks = _chunks(costs, prefill_tokens)
+        for part in chunks:
             widest = int(widths[part].max())
             logits = self.forward.prefill(self.cache, ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
-            first.append(sample_tokens(logits, temperature, s.seeds[part], 0))
+            first.append(sample_tokens(logits, temperature, s.seeds[part], 0, self.fused_sampling))
             self.prefill_positions += widest * (part.stop - part.start)
         token = torch.cat(first)
         if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
             torch.cuda.synchronize(self.device)
-        self.prefill_seconds += time.perf_counter() - started
+        prefilled = time.perf_counter()
+        self.prefill_seconds += prefilled - started
         self.prefill_tokens += int(widths.sum())
         self.reused_tokens += int(reused.sum())
         s.out[:rows, 0] = token
@@ -338,7 +351,15 @@ class StaticDecoder:
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=self.device)
         out[slots] = s.out[:rows, :max_new_tokens]
         out = out.cpu()
-        self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), stop_ids, ended)
+        decoded = time.perf_counter() - prefilled
+        stops = np.isin(out.numpy(), stop_ids)
+        generated = np.minimum(np.where(stops.any(1), stops.argmax(1) + 1, max_new_tokens), ended)  # each row's tokens, its stop included
+        prompt = length - host_start
+        self.last = Timings(Timing(int(widths.sum()), prefilled - started, self.cost.prefill_seconds(prompt, reused, len(chunks), self.card)),
+                            Timing(int((generated - 1).sum()), decoded, self.cost.decode_seconds(prompt, generated, self.card)),
+                            self.capture_seconds - captured)
+        self.total.add(self.last)
+        self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), generated)
         return out
 
     def _end_rows(self, rows_done: RowsDone, rows: int, step: int, slots: torch.Tensor, ended: np.ndarray) -> None:
@@ -364,18 +385,14 @@ class StaticDecoder:
                  np.concatenate([np.full(m.tokens, m.row) for _, m in pairs]), np.concatenate([m.column + s for (_, m), s in zip(pairs, spans)]))
         return tuple(torch.from_numpy(m).to(self.device) for m in moves)
 
-    def _remember(self, prompts: list[np.ndarray], start: np.ndarray, slots: np.ndarray, out: np.ndarray, stop_ids: list[int],
-                  ended: np.ndarray) -> None:
+    def _remember(self, prompts: list[np.ndarray], start: np.ndarray, slots: np.ndarray, out: np.ndarray, generated: np.ndarray) -> None:
         """Records what each cache row holds after the call: its prompt and the generated tokens fed back
-        (all but the last of a row's tokens up to its stop or its end by ``rows_done``: the last may never
-        have been fed)."""
+        (all but the last of a row's ``generated`` tokens: the last may never have been fed)."""
         if not self.reuse_kv:
             return
         held = []
         for row in slots:
-            stops = np.flatnonzero(np.isin(out[row], stop_ids))
-            fed = min(int(stops[0]) + 1 if len(stops) else out.shape[1], int(ended[row])) - 1
-            held.append((np.concatenate((prompts[row], out[row, :fed])), int(start[row])))
+            held.append((np.concatenate((prompts[row], out[row, : generated[row] - 1])), int(start[row])))
         self.index.remember(held)
 
     def _compact(self, slots: torch.Tensor, rows: int, columns: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
 import torch
 from transformers import (GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
@@ -32,14 +32,22 @@ from pipeline.engine import ENGINES, GREEDY_NEUTRAL
 from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport
 from pipeline.engine.forward import unsupported
 from pipeline.engine.stop_strings import StopStrings
+from pipeline.engine.roofline import Timings
 from pipeline.models.loading import ChatModel
 from pipeline.engine.sampling import SeededGumbelSampler
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
-# A call's progress: (rows finished, tokens generated so far, fraction of the call's work done).
-Report = Callable[[int, int, float], None]
+
+
+class Report(Protocol):
+    """A call's progress: rows finished, tokens generated so far, the fraction of the call's work done, and
+    (after each batch) ``detail``: the call's prefill and decode so far against their limits."""
+
+    def __call__(self, done: int, tokens: int, fraction: float, detail: str | None = None) -> None: ...
+
+
 # Bytes per row and vocabulary entry that decoding needs beside the cache (fp32 logits, sampling noise).
 _VOCAB_BYTES = 48
 
@@ -144,7 +152,8 @@ def generate_chat(
     report: Report | None = None,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch. ``report``
-    hears how far the call is, every few decode steps (progress for the people watching a shard)."""
+    hears how far the call is, every few decode steps (progress for the people watching a shard), and after
+    each batch how fast its prefill and decode ran against their limits (``pipeline.engine.roofline``)."""
     if not conversations:
         return []
     if temperature > 0 and seeds is None:
@@ -158,6 +167,7 @@ def generate_chat(
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report
+    timings = Timings()  # the static decoder's batches, summed
     start = 0
     while start < len(order):
         rows = min(max_batch or len(order), len(order) - start)
@@ -180,8 +190,11 @@ def generate_chat(
         for i, row in zip(chunk, new_tokens):
             results[i] = _completion(chat, row, stop, seconds)
             tokens_done += results[i].tokens
+        if decoder is not None:
+            timings.add(decoder.last)
         if report is not None:
-            report(len(results), tokens_done, len(results) / len(order))
+            detail = timings.describe() if decoder is not None else "prefill and decode not timed apart (transformers' generate)"
+            report(len(results), tokens_done, len(results) / len(order), detail)
     return [results[i] for i in range(len(conversations))]
 
 
