@@ -63,10 +63,11 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str, reuse_kv: bool) -> StaticDecoder:
+def _decoder(chat: ChatModel, cuda_graphs: bool, kernels: str, reuse_kv: bool, invariant: bool) -> StaticDecoder:
     decoder = _DECODERS.get(chat.model)
-    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv):
-        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv)
+    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv, invariant):
+        decoder = _DECODERS[chat.model] = StaticDecoder(chat.model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv,
+                                                        invariant=invariant)
     return decoder
 
 
@@ -90,10 +91,12 @@ def generate_chat(
     kernels: str = "auto",
     reuse_kv: bool = True,
     prefill_tokens: int = 16384,
+    batch_invariant: bool = True,
     report: Report | None = None,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch. ``report``
-    hears how far the call is, every few decode steps (progress for the people watching a shard)."""
+    hears how far the call is, every few decode steps (progress for the people watching a shard).
+    ``batch_invariant``: the static decoder's rows independent of their batch (``generate`` never is)."""
     if not conversations:
         return []
     if temperature > 0 and seeds is None:
@@ -103,7 +106,7 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
-    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv) if chosen == "static" else None
+    decoder = _decoder(chat, cuda_graphs, kernels, reuse_kv, batch_invariant) if chosen == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report
