@@ -158,12 +158,13 @@ def test_kernels_match_pytorch_on_the_gpu(dtype: torch.dtype) -> None:
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
-    """The same prompts through both step paths: the same greedy tokens in float32."""
+    """The same prompts through both step paths (without batch invariance: the same matmuls): the same greedy
+    tokens in float32."""
     chat = load_chat_model(load_registry()[name], Path("/nonexistent"), "float32", torch.device("cuda"))
     ids = torch.randint(3, chat.model.config.vocab_size, (6, 40), device="cuda")
     mask = torch.ones_like(ids)
     mask[1:, :7] = 0  # left padding
-    outs = [StaticDecoder(chat.model, kernels=k).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
+    outs = [StaticDecoder(chat.model, kernels=k, invariant=False).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
     assert torch.equal(*outs)
 
 

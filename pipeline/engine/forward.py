@@ -10,6 +10,12 @@ activation, head) around its own attention, in fewer kernels than the model's ``
   write, norms, residuals and activation are ``pipeline.engine.kernels``' fused kernels (``kernels=auto``), and so
   are the prefill's rotary embedding, norms, residuals and activation.
 
+With batch invariance (``invariant``, ``debate.batch_invariant``) a row's logits are the same bits whatever
+its batch, its place and padding, the prefill chunk, or whether its keys and values came from a prefill or
+from decode steps: on a GPU every linear layer is the fixed-tile matmul kernel and every prefill position a
+query of the decode step's attention kernel; on a CPU the matmuls get at least ``MIN_ROWS`` rows and the
+attention runs one query at a time (tests/test_invariance.py).
+
 The cache is the caller's (``pipeline.engine.decode`` allocates, moves and reuses it): a
 ``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer, rows left-padded into shared columns. A
 forward writes the keys and values of the positions it computes and reads the columns it is told to;
