@@ -205,3 +205,22 @@ def test_one_shard_or_three_give_the_same_outcomes_file(tmp_path: Path) -> None:
         records[shards] = _comparable([r for f in (results / "same" / "debate").glob("shard-*.jsonl") for r in read_shard(f)])
     assert files[1] == files[3]
     assert records[1] == records[3] and len(records[1]) == 9
+
+
+def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
+    """Run-only settings (measured above to change no token) leave a record's fingerprint alone; the engine,
+    the kernels and batch invariance itself change it."""
+    from omegaconf import OmegaConf
+
+    from pipeline.debate.units import debate_schema
+
+    def fingerprint(*overrides: str) -> str:
+        config = OmegaConf.to_container(load_config(["stage=debate", *overrides]), resolve=True)
+        return debate_schema(config, None).fingerprint
+
+    base = fingerprint()
+    for run_only in ("debate.batch_size=7", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512",
+                     "debate.devices=shared"):
+        assert fingerprint(run_only) == base, run_only
+    for changes_tokens in ("debate.engine=generate", "debate.kernels=torch", "debate.batch_invariant=false", "debate.max_new_tokens=9"):
+        assert fingerprint(changes_tokens) != base, changes_tokens
