@@ -136,7 +136,7 @@ def emulated_gpu_path(chat: ChatModel, reuse: bool) -> StaticDecoder:
     interpreter runs the kernels, ``TRITON_INTERPRET=1``)."""
     decoder = StaticDecoder(chat.model, reuse_kv=reuse)
     f = decoder.forward
-    f.use_kernels, f.invariant, f.processors, f.gqa_in_kernel = True, True, 4, True
+    f.use_kernels, f.invariant, f.processors, f.gqa_in_kernel, f.min_rows = True, True, 4, True, 0
     f.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")) for layer in f.layers]
     f.gate_up = [_fused(layer.mlp, ("gate_proj", "up_proj")) for layer in f.layers]
     return decoder

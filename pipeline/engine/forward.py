@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from pipeline.engine import KERNELS, kernels
+from pipeline.models.int8 import RowInt8Linear
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Forward:
         self.dtype = model.model.embed_tokens.weight.dtype
         self.use_kernels = self._pick_kernels(kernels)
         self.invariant = invariant and self._invariance_possible()
+        # Rows a CPU matmul gets at least; int8 layers sum in integers, exact at any row count.
+        self.min_rows = MIN_ROWS if self.invariant and not self.use_kernels and not isinstance(model.lm_head, RowInt8Linear) else 0
         self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
         self.gqa_in_kernel = self._gqa_in_kernel()
         self._fuse_weights()
@@ -308,10 +311,10 @@ class Forward:
         return linear(x)
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [tokens, ...] with zero rows after it up to ``MIN_ROWS`` where the forward is invariant on a CPU."""
-        if not self.invariant or self.use_kernels or len(x) >= MIN_ROWS:
+        """``x`` [tokens, ...] with zero rows after it up to ``min_rows`` (a CPU's float matmuls, batch-invariant)."""
+        if len(x) >= self.min_rows:
             return x
-        return torch.cat((x, x.new_zeros(MIN_ROWS - len(x), *x.shape[1:])))
+        return torch.cat((x, x.new_zeros(self.min_rows - len(x), *x.shape[1:])))
 
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden + delta`` (in place with the kernels) and its norm: the residual add and the next norm."""
