@@ -164,6 +164,7 @@ def main() -> None:
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"], help="the static decoder's step kernels (debate.kernels)")
     parser.add_argument("--reuse-kv", default="on", choices=["on", "off"], help="start each turn from the model's previous one (debate.reuse_kv)")
+    parser.add_argument("--batch-invariant", default="on", choices=["on", "off"], help="rows independent of their batch (debate.batch_invariant)")
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",
                         help="debate.devices: both models on the first GPU, or one GPU each")
     parser.add_argument("--threads", type=int, default=2)
@@ -180,18 +181,20 @@ def main() -> None:
     models = load_pair(args.models, args.dtype, devices, args.model_dir)
     baselines = [] if args.mode == "phases" else ["debate.baselines.solo=false", "debate.baselines.vote_models=[]"]
     cfg = checked_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
-                          f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", *baselines])
+                          f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", f"debate.batch_invariant={args.batch_invariant == 'on'}", *baselines])
     settings = build(DebateSettings, cfg.debate)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
     for chat in models.values():  # warm-up: kernels, allocator, caches
         for engine in {args.engine, args.seed_engine}:
-            generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels, reuse_kv=args.reuse_kv == "on")
+            generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels, reuse_kv=args.reuse_kv == "on",
+                          batch_invariant=args.batch_invariant == "on")
     for decoder in list(_DECODERS.values()):  # graphs captured so far are greedy ones: no sampler in them
         decoder.fused_sampling = decoder.fused_sampling and args.sampler == "fused"
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
-          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler}")
+          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler} "
+          f"batch_invariant={args.batch_invariant}")
     if args.mode == "phases":
         phases, seconds = measure_phases(DebateEngine(models, settings, 0), problems)
         print_phases(phases)

@@ -10,11 +10,15 @@ but the input embedding table, of which a step reads one row per sequence) plus 
 to that token, at the card's memory bandwidth (``--bandwidth``, default the card's data-sheet figure).
 
     python benchmarks/bench_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 1 64 128 256 --engines static generate
+    python benchmarks/bench_decode.py --shape qwen2.5-1.5b --batch 1 64 256 --engines static static-fast --json cost.json
 
-Engines: ``static`` (the suite's decoder: static KV cache, CUDA graphs, its fused Triton kernels where
-they can run), ``static-torch`` (the same with PyTorch's kernels), ``static-eager`` (PyTorch's kernels
-without graphs), ``generate`` (transformers' plain ``generate``), ``compile`` (transformers' static
-cache with ``torch.compile``, its own fast path).
+Engines: ``static`` (the suite's decoder as a debate runs it: static KV cache, CUDA graphs, its fused Triton
+kernels where they can run, batch-invariant: fixed-tile matmuls, attention in fixed pieces for prefill and
+decode), ``static-fast`` (the same without batch invariance: cuBLAS, SDPA's prefill, attention split for
+occupancy: ``debate.batch_invariant=false``), ``static-torch`` (PyTorch's kernels), ``static-eager``
+(PyTorch's kernels without graphs), ``generate`` (transformers' plain ``generate``), ``compile``
+(transformers' static cache with ``torch.compile``, its own fast path). With both ``static`` and
+``static-fast`` it ends with what invariance costs at each batch (tokens/s, end to end and decode).
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def engine_call(name: str, model: Any, new: int) -> Callable[[torch.Tensor], Any
     mask_of = lambda ids: torch.ones_like(ids)  # noqa: E731
     if name.startswith("static"):
         # Each call is a new batch: no reuse of the previous call's prompts (the debate benchmark measures that).
-        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name == "static" else "torch", reuse_kv=False)
+        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name in ("static", "static-fast") else "torch",
+                                reuse_kv=False, invariant=name == "static")
         call = lambda ids, n=new: decoder.generate(ids, mask_of(ids), max_new_tokens=n, stop_ids=[], pad_id=0)  # noqa: E731
         call.decoder = decoder  # type: ignore[attr-defined]
         return call
@@ -99,7 +104,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="llama-3.1-8b")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 128, 256])
-    parser.add_argument("--engines", nargs="+", default=["static", "generate"], choices=["static", "static-torch", "static-eager", "generate", "compile"])
+    parser.add_argument("--engines", nargs="+", default=["static", "generate"], choices=["static", "static-fast", "static-torch", "static-eager", "generate", "compile"])
     parser.add_argument("--prompt", type=int, default=200)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--bandwidth", type=float, help="bytes/s (default: the card's data sheet)")
@@ -131,8 +136,25 @@ def main() -> None:
                   f"{r['decode_ratio']:>13.0%}{r['prefill_s']:>10.3f}{r['first_call_s']:>11.1f}{r['peak_gib']:>9.1f}"
                   f"{r['graphs']:>12} ({r['capture_s']:.1f})", flush=True)
             torch.cuda.empty_cache()
+    costs = invariance_costs(rows)
+    for c in costs:
+        print(f"batch invariance at batch {c['batch']}: {c['tok_per_s_ratio']:.0%} of static-fast's tokens/s end to end, "
+              f"{c['decode_tok_per_s_ratio']:.0%} in the decode phase (roofline share {c['ratio']:.0%} vs {c['fast_ratio']:.0%})", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "bandwidth": bandwidth, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "bandwidth": bandwidth, "rows": rows,
+                                         "invariance_cost": costs}, indent=2))
+
+
+def invariance_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch measured with both: the batch-invariant decoder's tokens/s as a share of static-fast's."""
+    by = {(r["engine"], r["batch"]): r for r in rows}
+    out = []
+    for (engine, batch), r in sorted(by.items(), key=lambda item: item[0][1]):
+        fast = by.get(("static-fast", batch))
+        if engine == "static" and fast is not None:
+            out.append({"batch": batch, "tok_per_s_ratio": r["tok_per_s"] / fast["tok_per_s"],
+                        "decode_tok_per_s_ratio": r["decode_tok_per_s"] / fast["decode_tok_per_s"], "ratio": r["ratio"], "fast_ratio": fast["ratio"]})
+    return out
 
 
 if __name__ == "__main__":

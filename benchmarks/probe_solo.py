@@ -5,7 +5,9 @@ Used to choose the prompts and the precision of the default pair (docs/results.m
     python benchmarks/probe_solo.py qwen2.5-coder-1.5b-instruct --questions 30 --tokens 384 --dtype int8
 
 It runs the suite's own path (registry, GGUF cache, loader, ``generate_chat`` with the static decoder), greedy,
-one batch of all the questions, and prints each answer's tail with its verdict.
+one batch of all the questions, and prints each answer's tail with its verdict. ``--caps 320``: also what a
+lower token cap would have scored. Greedy rows are batch-invariant, so a run capped at N tokens writes the
+first N tokens of this run; the capped answer is read off those (re-tokenized text cut at N tokens).
 """
 
 import argparse
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=320)
     parser.add_argument("--dtype", default="int8")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--caps", type=int, nargs="*", default=[], help="lower token caps to score from the same run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config([])
@@ -51,6 +54,10 @@ def main() -> None:
         print(out.text[-300:])
     tokens = sum(o.tokens for o in outs)
     print(f"{args.model} ({args.dtype}): {right} / {len(problems)} right; {tokens} new tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s")
+    for cap in args.caps:
+        capped = [chat.tokenizer.decode(chat.tokenizer(o.text, add_special_tokens=False)["input_ids"][:cap]) for o in outs]
+        right_at = sum(same_answer(extract_answer(t), p.gold) for t, p in zip(capped, problems))
+        print(f"  capped at {cap} tokens: {right_at} / {len(problems)} right ({sum(o.tokens > cap for o in outs)} replies longer than {cap})")
 
 
 if __name__ == "__main__":

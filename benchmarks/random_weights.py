@@ -14,6 +14,11 @@ REAL_SHAPES: dict[str, dict[str, Any]] = {
                                        "original_max_position_embeddings": 8192}),
     "qwen2-7b": dict(arch="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                      num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, tie_word_embeddings=False),
+    # The default (small) pair: Qwen2.5-Coder-1.5B-Instruct and -0.5B-Instruct.
+    "qwen2.5-1.5b": dict(arch="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=False),
+    "qwen2.5-0.5b": dict(arch="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True),
 }
 
 

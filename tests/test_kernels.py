@@ -46,22 +46,38 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     q = torch.randn(rows, heads, dim, dtype=dtype, device=device)
     expected = _reference_attention(q, cache, start, column, 0.125)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    for splits in (1, 3, 8):  # 8 splits of a 1-column row: seven empty ones merge away
-        out = kernels.decode_attention(q, cache[0], cache[1], start, torch.tensor(column, device=device), 0.125, splits, block=32)
+    end = torch.tensor(column, device=device)
+    # 1 piece of 256 columns, 3 of 64, 8 of 32 (a 1-column row: seven empty pieces merge away)
+    for splits, size in ((1, 256), (3, 64), (8, 32)):
+        out = kernels.decode_attention(q, cache[0], cache[1], start, end, 0.125, splits, size, block=32)
         torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance, msg=f"attention, {splits} splits")
 
-    if dtype == torch.float32:  # fixed pieces from the row's own first column: the same bits in any batch
-        row, first, count = 1, 37, column - 37 + 1
-        moved = torch.randn(2, 3, kv_heads, 320, dim, dtype=dtype, device=device)
-        moved[:, 2, :, 5 : 5 + count] = cache[:, row, :, first : column + 1]
-        elsewhere = torch.tensor([0, 40, 5], device=device)
-        for split_size in (32, kernels.INVARIANT_SPLIT):
-            here = kernels.decode_attention(q, cache[0], cache[1], start, torch.tensor(column, device=device), 0.125,
-                                            -(-columns // split_size), split_size, block=32)
-            there = kernels.decode_attention(torch.stack((q[0], q[2], q[row])), moved[0], moved[1], elsewhere,
-                                             torch.tensor(5 + count - 1, device=device), 0.125, -(-320 // split_size), split_size, block=32)
-            assert torch.equal(here[row], there[2]), f"a row's attention, pieces of {split_size}, in another batch"
-            torch.testing.assert_close(here, expected, atol=tolerance, rtol=tolerance, msg=f"attention, pieces of {split_size}")
+    # pieces from the row's own first column: the same bits in another batch, at another place and padding
+    row, first, count = 1, 37, column - 37 + 1
+    moved = torch.randn(2, 3, kv_heads, 320, dim, dtype=dtype, device=device)
+    moved[:, 2, :, 5 : 5 + count] = cache[:, row, :, first : column + 1]
+    elsewhere = torch.tensor([0, 40, 5], device=device)
+    for split_size in (32, kernels.INVARIANT_SPLIT):
+        here = kernels.decode_attention(q, cache[0], cache[1], start, end, 0.125, -(-columns // split_size), split_size, block=32)
+        there = kernels.decode_attention(torch.stack((q[0], q[2], q[row])), moved[0], moved[1], elsewhere,
+                                         torch.tensor(5 + count - 1, device=device), 0.125, -(-320 // split_size), split_size, block=32)
+        assert torch.equal(here[row], there[2]), f"a row's attention, pieces of {split_size}, in another batch"
+        torch.testing.assert_close(here, expected, atol=tolerance, rtol=tolerance, msg=f"attention, pieces of {split_size}")
+        # a prefill's positions as queries of one cache row, each to its own column: the decode step's bits
+        ends = torch.tensor([column - 2, column, column - 1], device=device)
+        queries = torch.stack((q[3], q[row], q[0]))
+        prefill = kernels.decode_attention(queries, cache[0], cache[1], torch.full((3,), first, device=device), ends, 0.125,
+                                           -(-columns // split_size), split_size, rows=torch.tensor([row, row, row], device=device), block=32)
+        assert torch.equal(prefill[1], here[row]), "a prefill position and a decode step, the same query: the same bits"
+
+    # the batch-invariant matmul: F.linear's values, and a row's bits whatever the rows beside it
+    weight, bias = torch.randn(80, 200, dtype=dtype, device=device), torch.randn(80, dtype=dtype, device=device)
+    x = torch.randn(70, 200, dtype=dtype, device=device)
+    product = kernels.matmul(x, weight, bias, processors=4)
+    torch.testing.assert_close(product, F.linear(x, weight, bias), atol=tolerance * 20, rtol=tolerance, msg="matmul")
+    for lo, hi in ((0, 1), (5, 8), (3, 70)):
+        assert torch.equal(kernels.matmul(x[lo:hi], weight, bias, processors=4), product[lo:hi]), f"matmul of rows {lo}-{hi}"
+    assert kernels.matmul_tiles(80, 4) == 16 and kernels.matmul_tiles(4096, 32) == 128
 
     qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device)
     cos, sin = torch.randn(rows, dim, dtype=dtype, device=device), torch.randn(rows, dim, dtype=dtype, device=device)
@@ -96,11 +112,39 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     torch.testing.assert_close(kernels.silu_and_mul(gate_up, block=128), F.silu(gate) * up, msg="SiLU and mul")
 
 
+def strict_index() -> None:
+    """Triton's interpreter as it was before 3.7 (the GPU image's 3.6): a tensor used as a Python int
+    (a loop bound) converted with ``int()`` of its one-element array, which NumPy 2.4+ refuses ("only
+    0-dimensional arrays can be converted to Python scalars"). Kernels must not depend on the newer
+    interpreter's squeeze."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+
+    def strict(tensor, *args):
+        patch(tensor, *args)
+        scope = args[0] if args else None
+
+        def index(self):
+            data = self.handle.data
+            if data.ndim > 0:
+                raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+            return int(np.asarray(data))
+
+        if scope is None:
+            tensor.__index__ = index
+        else:
+            scope.set_attr(tensor, "__index__", index)
+
+    interpreter._patch_lang_tensor = strict
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kernels_match_pytorch_in_the_interpreter(dtype: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = f"import torch; from tests.test_kernels import check_kernels; check_kernels('cpu', torch.{dtype})"
+    code = f"import torch; from tests.test_kernels import check_kernels, strict_index; strict_index(); check_kernels('cpu', torch.{dtype})"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -114,12 +158,13 @@ def test_kernels_match_pytorch_on_the_gpu(dtype: torch.dtype) -> None:
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
-    """The same prompts through both step paths: the same greedy tokens in float32."""
+    """The same prompts through both step paths (without batch invariance: the same matmuls): the same greedy
+    tokens in float32."""
     chat = load_chat_model(load_registry()[name], Path("/nonexistent"), "float32", torch.device("cuda"))
     ids = torch.randint(3, chat.model.config.vocab_size, (6, 40), device="cuda")
     mask = torch.ones_like(ids)
     mask[1:, :7] = 0  # left padding
-    outs = [StaticDecoder(chat.model, kernels=k).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
+    outs = [StaticDecoder(chat.model, kernels=k, invariant=False).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
     assert torch.equal(*outs)
 
 

@@ -87,7 +87,7 @@ def test_a_call_reports_its_prefill_and_decode_against_their_limits(models: dict
     assert sum(d is not None for d in details) == 2, "a detail after each of the two batches"
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("limit n/a") == 2, details[-1]
 
-    decoder = _decoder(chat.model, True, "auto", False)  # the decoder generate_chat uses with these settings
+    decoder = _decoder(chat.model, True, "auto", False, None)  # the decoder generate_chat uses with these settings
     decoder.card = Card("a card with figures", 1e9, 1e12)  # shares of a limit, on a CPU
     out = generate_chat(chat, CONVERSATIONS, max_new_tokens=24, reuse_kv=False, report=report)
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("% of its limit") == 2, details[-1]

@@ -90,6 +90,7 @@ class DebateEngine:
                 kernels=self.settings.kernels,
                 reuse_kv=self.settings.reuse_kv,
                 prefill_tokens=self.settings.prefill_tokens,
+                batch_invariant=self.settings.batch_invariant,
                 report=watched.update,
             )
 

@@ -69,6 +69,14 @@ class DebateSettings:
                                 "prefills only the new messages.")
     prefill_tokens: int = knob(16384, "Static engine: prompts are prefilled in groups of rows of at most this many "
                                       "tokens (bounds the activation memory of long prompts).", minimum=1)
+    batch_invariant: bool | None = knob(None, "Static engine: each row's numbers independent of its batch (its size, place "
+                                              "and neighbours' padding, the prefill groups, CUDA graphs, an earlier turn's cache), "
+                                              "so a question's record does not depend on the shard count, batch_size, a resume or "
+                                              "the votes beside it. On a GPU it takes the Triton kernels (fixed-tile matmuls, "
+                                              "attention in fixed pieces), tested only in Triton's interpreter so far; false = "
+                                              "kernels picked per batch shape (a greedy answer changed with the batching on ~15% of "
+                                              "the questions on an H200). null: on a CPU, off on a GPU until its kernels are "
+                                              "measured on a card (docs/performance.md).")
     devices: str = knob("auto", "Where the two models sit: shared (both on the job's first GPU), split (model a on the "
                                 "first GPU, model b on the second: the job needs two), or auto (split when the job "
                                 "sees two GPUs or more, else shared).", choices=("auto", "shared", "split"))

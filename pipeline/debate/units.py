@@ -29,9 +29,11 @@ def debate_units(config: dict[str, Any]) -> list[Unit]:
 # What every debate record holds (what the reducer reads).
 RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn", "agreed", "rounds", "correct",
                "first_answers", "solo", "vote", "tokens", "seconds")
-# Debate settings that do not change a record: how the work is batched and run (the same seed gives the same
-# records at any batch size, engine or device layout).
-_RUN_ONLY = ("batch_size", "engine", "cuda_graphs", "kernels", "reuse_kv", "prefill_tokens", "devices")
+# Debate settings that change no token, measured with ``batch_invariant`` on (tests/test_invariance.py on the
+# CPU, benchmarks/invariance.py on a GPU): how the work is batched, replayed and placed. ``engine`` and
+# ``kernels`` are not among them: another engine or other kernels sum in another order and change answers
+# (kernels=torch changed 249 of 1,319 greedy answers on an H200), and so does ``batch_invariant`` itself.
+_RUN_ONLY = ("batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices")
 
 
 def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:

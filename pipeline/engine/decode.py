@@ -113,12 +113,13 @@ class StaticDecoder:
     """Decodes batches of left-padded prompts for one model; keeps its cache and graphs between calls
     while the next call fits them."""
 
-    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto", reuse_kv: bool = True) -> None:
-        self.forward = Forward(model, kernels)
+    def __init__(self, model: PreTrainedModel, cuda_graphs: bool = True, kernels: str = "auto", reuse_kv: bool = True,
+                 invariant: bool | None = None) -> None:
+        self.forward = Forward(model, kernels, invariant)
         self.device = model.device
         # The sampler's Triton kernel wherever Triton runs (unless kernels=torch): the same tokens, one pass.
         self.fused_sampling = kernels != "torch" and usable(self.device) is None
-        self.settings = (cuda_graphs, kernels, reuse_kv)
+        self.settings = (cuda_graphs, kernels, reuse_kv, invariant)
         self.reuse_kv = reuse_kv
         self.index = PrefixIndex()
         self.use_graphs = cuda_graphs and self.device.type == "cuda"

@@ -10,6 +10,12 @@ activation, head) around its own attention, in fewer kernels than the model's ``
   write, norms, residuals and activation are ``pipeline.engine.kernels``' fused kernels (``kernels=auto``), and so
   are the prefill's rotary embedding, norms, residuals and activation.
 
+With batch invariance (``invariant``, ``debate.batch_invariant``) a row's logits are the same bits whatever
+its batch, its place and padding, the prefill chunk, or whether its keys and values came from a prefill or
+from decode steps: on a GPU every linear layer is the fixed-tile matmul kernel and every prefill position a
+query of the decode step's attention kernel; on a CPU the matmuls get at least ``MIN_ROWS`` rows and the
+attention runs one query at a time (tests/test_invariance.py).
+
 The cache is the caller's (``pipeline.engine.decode`` allocates, moves and reuses it): a
 ``[k/v, rows, kv_heads, columns, head_dim]`` tensor per layer, rows left-padded into shared columns. A
 forward writes the keys and values of the positions it computes and reads the columns it is told to;
@@ -18,6 +24,7 @@ it keeps no state between calls.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -25,8 +32,16 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from pipeline.engine import KERNELS, kernels
+from pipeline.models.int8 import RowInt8Linear
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "qwen2")
+# On a CPU, PyTorch's float matmuls of fewer rows than this take other kernels, which sum in another order
+# (measured, torch 2.13: 1-3, 5-7 and 9-11 rows differ from 12 or more in float32, 1 row in bfloat16 on one
+# thread); from 12 rows on, a row's output is the same bits whatever the other rows and their count. So a
+# CPU forward pads smaller inputs to this many rows: a row's numbers then depend on that row alone.
+MIN_ROWS = 16
 
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,7 +92,7 @@ def _fused(module: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.Tenso
 class Forward:
     """One model's prefill and decode-step forwards over a cache the caller holds."""
 
-    def __init__(self, model: PreTrainedModel, kernels: str = "auto") -> None:
+    def __init__(self, model: PreTrainedModel, kernels: str = "auto", invariant: bool | None = None) -> None:
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the static decoder cannot run {model.name_or_path}: {reason}")
@@ -93,6 +108,11 @@ class Forward:
         self.device = model.device
         self.dtype = model.model.embed_tokens.weight.dtype
         self.use_kernels = self._pick_kernels(kernels)
+        # None: on where its invariance has been measured (a CPU), off on a GPU until benchmarks/invariance.py has run on one.
+        wanted = self.device.type != "cuda" if invariant is None else invariant
+        self.invariant = wanted and self._invariance_possible()
+        # Rows a CPU matmul gets at least; int8 layers sum in integers, exact at any row count.
+        self.min_rows = MIN_ROWS if self.invariant and not self.use_kernels and not isinstance(model.lm_head, RowInt8Linear) else 0
         self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
         self.gqa_in_kernel = self._gqa_in_kernel()
         self._fuse_weights()
@@ -109,6 +129,17 @@ class Forward:
             raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
         return reason is None
 
+    def _invariance_possible(self) -> bool:
+        """Whether each row's numbers can be made independent of its batch here: on a CPU (PyTorch's ops,
+        rows padded to ``MIN_ROWS``, attention one query at a time) or with the Triton kernels (fixed-tile
+        matmuls, attention in fixed pieces for prefill and decode alike). cuBLAS and SDPA pick their
+        kernels by shape, so ``kernels=torch`` on a GPU (and a V100) cannot be."""
+        if self.device.type == "cpu" or self.use_kernels:
+            return True
+        log.warning("%s: batch invariance needs the Triton kernels, which do not run here (kernels=torch, or a GPU before compute "
+                    "capability 8.0): a question's tokens will depend on its batch", self.model.name_or_path)
+        return False
+
     def _gqa_in_kernel(self) -> bool:
         """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
         copied to its group of query heads. Measured (torch 2.11, H200): with a mask, of the GPU kernels only
@@ -116,7 +147,7 @@ class Forward:
         the time of copying them); the memory-efficient kernel, all a V100 has and float32's kernel on any
         GPU, needs equal head counts, and ``enable_gqa`` would fall back to the math kernel and its
         [queries x columns] scores (11 GiB more for one 16k-token chunk). On a CPU, as ``generate`` does."""
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or (self.invariant and self.use_kernels):
             return True
         return self.dtype != torch.float32 and torch.cuda.get_device_capability(self.device)[0] >= 9
 
@@ -150,11 +181,22 @@ class Forward:
         new = (queries[None] >= fresh[:, None])[:, None, :, None]
         copies = 1 if self.gqa_in_kernel else self.heads // self.kv_heads
 
+        if self.invariant and self.use_kernels:  # every position a query of the decode step's attention kernel
+            per_token = {"start": start.repeat_interleave(width), "end": queries.repeat(count),
+                         "rows": torch.arange(rows.start, rows.stop, device=self.device).repeat_interleave(width)}
+            splits, split_size = kernels.attention_plan(count * width, self.kv_heads, end, self.processors, True)
+
         def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in self._rotate(qkv, cos, sin))
+            rotated = self._rotate(qkv, cos, sin)
+            q, k, v = (t.view(count, width, -1, self.head_dim).transpose(1, 2) for t in rotated)
             rows_cache = cache[layer][:, rows]
             window = rows_cache[:, :, :, end - width : end]
             window.copy_(torch.where(new, torch.stack((k, v)), window))
+            if self.invariant and self.use_kernels:
+                return kernels.decode_attention(rotated[0], cache[layer][0], cache[layer][1], per_token["start"], per_token["end"],
+                                                self.scale, splits, split_size, rows=per_token["rows"]).view(count * width, -1)
+            if self.invariant:
+                return self._each_query(q, rows_cache, start, fresh, end)
             keys, values = rows_cache[0, :, :, :end], rows_cache[1, :, :, :end]
             if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
                 keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
@@ -179,7 +221,7 @@ class Forward:
         kernel, and attention reading each row's own columns, from its first prompt token to the one
         written now."""
         rows = len(token)
-        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.dtype == torch.float32)
+        splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.invariant)
 
         def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
             q = kernels.rope_and_store(qkv.view(rows, -1), cos, sin, cache[layer], column, self.heads, self.kv_heads)
@@ -201,12 +243,31 @@ class Forward:
             keys, values = cache[layer][0, :rows], cache[layer][1, :rows]
             keys.index_copy_(2, index, k[:, :, None])
             values.index_copy_(2, index, v[:, :, None])
+            if self.invariant:
+                return self._each_query(q[:, :, None], cache[layer][:, :rows], start, column.view(1).expand(rows), int(column) + 1)
             # The query heads of a group are a short query sequence over their one kv head.
             grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
             out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
             return out.reshape(rows, -1)
 
         return self._logits(token[:, None], position[:, None], attend)
+
+    def _each_query(self, q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, end: int) -> torch.Tensor:
+        """Attention of each row's queries from column ``fresh`` to ``end`` (exclusive; ``q`` [rows, heads, width,
+        dim] holds the last ``width`` columns) over that row's own columns from ``start`` to the query's, one
+        query at a time: every query is then the same computation of the same shapes, whatever its batch, its
+        neighbours' padding, its prefill chunk, or whether it is a prefill position or a decode step (so a
+        turn that reuses the cache equals a fresh prefill). Other queries (padding, reused) give zeros.
+        Returns [rows * width, heads * dim]."""
+        rows, heads, width, dim = q.shape
+        out = q.new_zeros(rows, width, heads * dim)
+        for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
+            for column in range(max(own, end - width), end):
+                query = q[r : r + 1, :, column - end + width, None].contiguous()
+                keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
+                attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
+                out[r, column - end + width] = attended.reshape(-1)
+        return out.view(rows * width, -1)
 
     # ---- the layers -----------------------------------------------------------------------------------
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
@@ -217,7 +278,8 @@ class Forward:
         where they run (prefill and decode steps alike)."""
         base = self.model.model
         rows, length = ids.shape
-        hidden = base.embed_tokens(ids.reshape(-1))  # [tokens, hidden]: the fused kernels take rows of one width
+        tokens = rows * length
+        hidden = self._padded(base.embed_tokens(ids.reshape(-1)))  # [tokens, hidden]: the fused kernels take rows of one width
         cos, sin = base.rotary_emb(hidden[None], positions.reshape(1, -1))
         half = self.head_dim // 2
         # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2), bit for bit: the kernels' form too
@@ -226,16 +288,35 @@ class Forward:
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             hidden, x = self._add_norm(layer.input_layernorm, hidden, delta)
-            qkv = F.linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
-            out = attend(i, qkv.view(rows * length, -1, self.head_dim), cos, sin)
-            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, attn.o_proj(out))
+            qkv = self._linear(x, *self.qkv[i]) if self.qkv else torch.cat((attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)), -1)
+            out = self._padded(attend(i, qkv[:tokens].view(tokens, -1, self.head_dim), cos, sin))
+            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, self._layer(attn.o_proj, out))
             if self.use_kernels:
-                delta = mlp.down_proj(kernels.silu_and_mul(F.linear(x, *self.gate_up[i])))
+                delta = self._layer(mlp.down_proj, kernels.silu_and_mul(self._linear(x, *self.gate_up[i])))
             else:
                 gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
                 delta = mlp.down_proj(mlp.act_fn(gate) * up)
-        last = slice(length - 1, None, length)  # each row's last position
-        return self.model.lm_head(self._add_norm(base.norm, hidden[last], delta[last])[1])
+        last = slice(length - 1, tokens, length)  # each row's last position
+        return self._layer(self.model.lm_head, self._padded(self._add_norm(base.norm, hidden[last], delta[last])[1]))[:rows]
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear``, or with batch invariance on a GPU the fixed-tile matmul kernel."""
+        if self.invariant and self.use_kernels:
+            return kernels.matmul(x, weight, bias, self.processors)
+        return F.linear(x, weight, bias)
+
+    def _layer(self, linear: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A linear layer of the model: its own ``forward`` (a float or an int8 layer), or its weights through
+        ``_linear`` where that is the batch-invariant kernel."""
+        if self.invariant and self.use_kernels:
+            return self._linear(x, linear.weight, linear.bias)
+        return linear(x)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [tokens, ...] with zero rows after it up to ``min_rows`` (a CPU's float matmuls, batch-invariant)."""
+        if len(x) >= self.min_rows:
+            return x
+        return torch.cat((x, x.new_zeros(self.min_rows - len(x), *x.shape[1:])))
 
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``hidden + delta`` (in place with the kernels) and its norm: the residual add and the next norm."""

@@ -79,10 +79,10 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(model: PreTrainedModel, cuda_graphs: bool, kernels: str, reuse_kv: bool) -> StaticDecoder:
+def _decoder(model: PreTrainedModel, cuda_graphs: bool, kernels: str, reuse_kv: bool, invariant: bool | None) -> StaticDecoder:
     decoder = _DECODERS.get(model)
-    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv):
-        decoder = _DECODERS[model] = StaticDecoder(model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv)
+    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv, invariant):
+        decoder = _DECODERS[model] = StaticDecoder(model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv, invariant=invariant)
     return decoder
 
 
@@ -115,7 +115,7 @@ def continue_prompts(
     row's stop id as ``generate`` pads; a row that has written one of ``stop_strings`` leaves the batch (its
     tokens up to the decoder's next check stay: cut the text at the string). Rows are decoded in groups that
     fit the device's free memory, each group's all-padding columns dropped."""
-    decoder = _decoder(model, cuda_graphs, kernels, reuse_kv)
+    decoder = _decoder(model, cuda_graphs, kernels, reuse_kv, False)  # lm-eval: the same sums as its reference, generate
     rows_done = StopStrings(tokenizer, stop_strings) if stop_strings else None
     pad_id = tokenizer.pad_token_id
     out, start = [], 0
@@ -149,11 +149,14 @@ def generate_chat(
     kernels: str = "auto",
     reuse_kv: bool = True,
     prefill_tokens: int = 16384,
+    batch_invariant: bool | None = None,
     report: Report | None = None,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch. ``report``
     hears how far the call is, every few decode steps (progress for the people watching a shard), and after
-    each batch how fast its prefill and decode ran against their limits (``pipeline.engine.roofline``)."""
+    each batch how fast its prefill and decode ran against their limits (``pipeline.engine.roofline``).
+    ``batch_invariant``: the static decoder's rows independent of their batch (``generate`` never is); None: on a
+    CPU, off on a GPU (``debate.batch_invariant``)."""
     if not conversations:
         return []
     if temperature > 0 and seeds is None:
@@ -163,7 +166,7 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
-    decoder = _decoder(chat.model, cuda_graphs, kernels, reuse_kv) if chosen == "static" else None
+    decoder = _decoder(chat.model, cuda_graphs, kernels, reuse_kv, batch_invariant) if chosen == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report

@@ -2,12 +2,15 @@
 
 A decode step at 64-256 rows is no longer bound by the weights alone: the batch's keys and values and
 some twenty element-wise kernels per layer (norms, rotary embedding, cache writes, residuals,
-activation) cost about as much as the matmuls. Four kernels replace them:
+activation) cost about as much as the matmuls. Four kernels replace them (and a fifth, the matmul, makes a
+row's numbers independent of its batch):
 
 - ``decode_attention``: grouped-query attention of one new token per row over that row's own cache
   columns (from its first prompt token to the column just written, not the graph's whole bucket), the
   query heads of a group reading each key/value once; long rows are split across programs and merged
-  (flash-decoding), so batch 1 still fills the GPU;
+  (flash-decoding), so batch 1 still fills the GPU; with batch invariance the prefill runs each of its
+  positions through it too, so a position's keys and values are the same bits however they were made;
+- ``matmul``: the linear layers with batch invariance: fixed tiles, no split of K;
 - ``rope_and_store``: rotary embedding of q and k and the store of k and v into the cache column;
 - ``add_rms_norm``: residual add and RMSNorm in one pass;
 - ``silu_and_mul``: the gated MLP's activation.
@@ -31,42 +34,49 @@ import torch
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 # Key/value columns an attention program reads per loop step.
 BLOCK_COLUMNS = 64
-# In float32, a row's columns are split in pieces of this many from its own first column, whatever batch
-# it shares, so its attention is the same bits in a batch of 5 or of 24. Half precision picks the split
-# count for occupancy instead: its matmuls already part rows between batch sizes.
+# Batch-invariant attention splits a row's columns in pieces of this many from its own first column,
+# whatever batch it shares, so its attention is the same bits in a batch of 5 or of 24, in a decode step or
+# a prefill.
 INVARIANT_SPLIT = 256
+# The batch-invariant matmul's row tile and K step: the same for every batch (decode steps of 1-256 rows
+# and prefills of thousands), so a row's sums run in one order.
+MATMUL_BLOCK_M = 64
+MATMUL_BLOCK_K = 64
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _attention_partial(Q, K, V, Start, Column, Out, Lse, Final, stride_qr, stride_qh, stride_kr, stride_kh, stride_kc,
+    def _attention_partial(Q, K, V, Start, End, Rows, Out, Lse, Final, stride_end, stride_qr, stride_qh, stride_kr, stride_kh, stride_kc,
                            stride_vr, stride_vh, stride_vc, scale, SPLITS: tl.constexpr, SPLIT_SIZE: tl.constexpr, GROUP: tl.constexpr,
-                           BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-        """One (row, key/value head, split): softmax-weighted values of its share of the row's columns,
-        with the log-sum-exp that merges the shares; with one split, the output itself into ``Final``. A
-        share is ``SPLIT_SIZE`` columns from the row's first, or (0) the row's columns over ``SPLITS``."""
+                           BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                           ROW_MAP: tl.constexpr):
+        """One (query, key/value head, split): softmax-weighted values of the split's ``SPLIT_SIZE`` columns,
+        counted from the query's first column, with the log-sum-exp that merges the splits; with one split,
+        the output itself into ``Final``. A query reads cache row ``Rows[query]`` (``ROW_MAP``; else its own
+        index) from ``Start`` to ``End`` inclusive. The loop's bounds are constants: a block past the
+        query's last column is masked out and changes no bit (its weights are exact zeros, its rescale 1)."""
         row, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         first = tl.load(Start + row)
-        end = tl.load(Column) + 1
-        if SPLIT_SIZE > 0:
-            share = SPLIT_SIZE
-        else:
-            share = tl.cdiv(tl.cdiv(end - first, SPLITS), BLOCK_N) * BLOCK_N
-        lo = first + split * share
-        hi = tl.minimum(lo + share, end)
+        end = tl.load(End + row * stride_end) + 1
+        lo = first + split * SPLIT_SIZE
+        hi = tl.minimum(lo + SPLIT_SIZE, end)
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, HEAD_DIM)
         heads = kv_head * GROUP + g
         q = tl.load(Q + row * stride_qr + heads[:, None] * stride_qh + d[None, :], mask=g[:, None] < GROUP, other=0.0)
-        k_base = K + row * stride_kr + kv_head * stride_kh
-        v_base = V + row * stride_vr + kv_head * stride_vh
+        if ROW_MAP:
+            cache_row = tl.load(Rows + row).to(tl.int64)
+        else:
+            cache_row = row
+        k_base = K + cache_row * stride_kr + kv_head * stride_kh
+        v_base = V + cache_row * stride_vr + kv_head * stride_vh
         m = tl.full([BLOCK_G], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        for c0 in range(lo, hi, BLOCK_N):
-            c = c0 + tl.arange(0, BLOCK_N)
+        for offset in range(0, SPLIT_SIZE, BLOCK_N):
+            c = lo + offset + tl.arange(0, BLOCK_N)
             ok = c < hi
             k = tl.load(k_base + c[:, None] * stride_kc + d[None, :], mask=ok[:, None], other=0.0)
             if IEEE:
@@ -75,8 +85,9 @@ if HAVE_TRITON:
                 s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
-            p = tl.exp(s - m_new[:, None])
-            alpha = tl.exp(m - m_new)
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # no column yet: weights 0, not exp(nan)
+            p = tl.exp(s - shift[:, None])
+            alpha = tl.exp(m - shift)
             v = tl.load(v_base + c[:, None] * stride_vc + d[None, :], mask=ok[:, None], other=0.0)
             if IEEE:
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
@@ -188,6 +199,30 @@ if HAVE_TRITON:
         tl.store(Out + row * WIDTH + i, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=ok)
 
 
+    @triton.jit
+    def _matmul(A, W, Bias, C, M, stride_am, stride_wn, stride_cm, N: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+        """One ``BLOCK_M`` x ``BLOCK_N`` tile of ``A @ W.T (+ bias)``: the whole K in ``BLOCK_K`` steps, in order,
+        into one float32 accumulator, rounded once. No split of K and tiles that depend on the layer, not on
+        M: an output row is the same bits whatever the other rows and their count."""
+        pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(A + rm[:, None].to(tl.int64) * stride_am + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            w = tl.load(W + rn[None, :].to(tl.int64) * stride_wn + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)
+            if IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
+        if HAS_BIAS:
+            acc += tl.load(Bias + rn, mask=rn < N, other=0.0).to(tl.float32)
+        tl.store(C + rm[:, None].to(tl.int64) * stride_cm + rn[None, :], acc.to(C.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
 def usable(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device``, or None when they can."""
     if not HAVE_TRITON:
@@ -201,33 +236,63 @@ def usable(device: torch.device) -> str | None:
 
 
 def attention_plan(rows: int, kv_heads: int, columns: int, processors: int, invariant: bool) -> tuple[int, int]:
-    """(splits, split size) for a step over ``columns``: how many programs share one row's columns.
-    ``invariant``: fixed pieces of ``INVARIANT_SPLIT`` columns (split size > 0). Otherwise enough splits
-    (rows x kv heads x splits) to give every processor two programs, none shorter than one block, each
-    row's columns shared evenly (split size 0)."""
+    """(splits, split size) for a step over ``columns``: each query's columns, from its own first, in
+    ``splits`` pieces of ``split size``. ``invariant``: pieces of ``INVARIANT_SPLIT`` columns, whatever the
+    batch, so that a row's attention is the same bits in any batch. Otherwise as many pieces as give every
+    processor two programs (rows x kv heads x splits), each a power of two of at least ``BLOCK_COLUMNS``
+    columns (few compiled variants)."""
     if invariant:
         return -(-columns // INVARIANT_SPLIT), INVARIANT_SPLIT
-    want = -(-2 * processors // (rows * kv_heads))
-    return max(1, min(want, columns // BLOCK_COLUMNS)), 0
+    want = max(1, min(-(-2 * processors // (rows * kv_heads)), columns // BLOCK_COLUMNS))
+    size = max(BLOCK_COLUMNS, triton.next_power_of_2(-(-columns // want)))
+    return -(-columns // size), size
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, column: torch.Tensor,
-                     scale: float, splits: int, split_size: int = 0, block: int = BLOCK_COLUMNS) -> torch.Tensor:
-    """Attention of one query per row, ``q`` [rows, heads, dim], over ``keys``/``values`` [rows, kv_heads,
-    columns, dim] from column ``start[row]`` to ``column`` (inclusive, a 0-d device tensor), in ``splits``
-    programs per row (``attention_plan``). Returns [rows, heads, dim] in q's dtype."""
-    rows, heads, dim = q.shape
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                     scale: float, splits: int, split_size: int, rows: torch.Tensor | None = None, block: int = BLOCK_COLUMNS) -> torch.Tensor:
+    """Attention of one query per entry of ``q`` [queries, heads, dim] over ``keys``/``values`` [cache rows,
+    kv_heads, columns, dim], from column ``start[query]`` to ``end`` (inclusive: a 0-d device tensor for a
+    decode step, one column for all, or one per query), in ``splits`` pieces of ``split_size`` columns
+    (``attention_plan``). Query i reads cache row ``rows[i]`` (default: row i): a prefill runs each of its
+    positions as one such query, the very computation of a decode step. Returns [queries, heads, dim] in
+    q's dtype."""
+    queries, heads, dim = q.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
     out = torch.empty_like(q)
-    part = torch.empty((rows, heads, splits, dim) if splits > 1 else (), dtype=torch.float32, device=q.device)
-    lse = torch.empty((rows, heads, splits) if splits > 1 else (), dtype=torch.float32, device=q.device)
-    _attention_partial[(rows, kv_heads, splits)](
-        q, keys, values, start, column, part, lse, out, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2), scale, SPLITS=splits, SPLIT_SIZE=split_size, GROUP=group,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim, BLOCK_N=block, IEEE=q.dtype == torch.float32)
+    part = torch.empty((queries, heads, splits, dim) if splits > 1 else (), dtype=torch.float32, device=q.device)
+    lse = torch.empty((queries, heads, splits) if splits > 1 else (), dtype=torch.float32, device=q.device)
+    _attention_partial[(queries, kv_heads, splits)](
+        q, keys, values, start, end, start if rows is None else rows, part, lse, out, 0 if end.dim() == 0 else end.stride(0),
+        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
+        scale, SPLITS=splits, SPLIT_SIZE=split_size, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
+        BLOCK_N=block, IEEE=q.dtype == torch.float32, ROW_MAP=rows is not None)
     if splits > 1:
-        _attention_merge[(rows * heads,)](part, lse, out, SPLITS=splits, HEAD_DIM=dim)
+        _attention_merge[(queries * heads,)](part, lse, out, SPLITS=splits, HEAD_DIM=dim)
+    return out
+
+
+def matmul_tiles(n: int, processors: int) -> int:
+    """``BLOCK_N`` of a layer with ``n`` outputs: the widest tile that still gives every processor a program
+    at one row tile (decode steps are a row tile or a few), down to 16. A function of the layer and the
+    GPU, never of the batch."""
+    for block in (128, 64, 32):
+        if -(-n // block) >= processors:
+            return block
+    return 16
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, processors: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``x`` [rows, in] with fixed tiles (``_matmul``): a row's output does
+    not depend on the others. Returns [rows, out] in x's dtype."""
+    rows, k = x.shape
+    n = weight.shape[0]
+    x = x.contiguous()
+    out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    block_m, block_n, block_k = MATMUL_BLOCK_M, matmul_tiles(n, processors), MATMUL_BLOCK_K
+    _matmul[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
+        x, weight, weight if bias is None else bias, out, rows, x.stride(0), weight.stride(0), out.stride(0), N=n, K=k,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32)
     return out
 
 

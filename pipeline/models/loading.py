@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from pipeline.config import project_path
 from pipeline.models.device import pick_dtype
 from pipeline.models.gguf import ensure_hf_folder
+from pipeline.models.int8 import quantize_int8
 from pipeline.models.registry import ModelSpec
 from pipeline.models.wheels import gguf_source_from_config
 
@@ -84,21 +85,6 @@ def _with_adapter(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
 
     peft_model = PeftModel.from_pretrained(model, spec.adapter)
     return peft_model if spec.load_in_4bit else peft_model.merge_and_unload()
-
-
-def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
-    """Every linear layer as a dynamic int8 layer (weights int8 per output channel, activations quantized
-    per call; torch's fbgemm kernels). On a 2-core AVX2 CPU, where float32 matmuls of a few rows run at
-    15 GFLOP/s, a decode step of Qwen2.5-Coder-1.5B is 5.4x faster (measured: docs/results.md). Answers differ
-    from float32's, and an input is quantized with one scale for all its rows, so a row's answer can depend
-    on the rows batched with it. ``torch.ao.quantization`` is deprecated upstream but present in the pinned torch."""
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(torch\.ao\.quantization|quantized tensor creation).*deprecated")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
 
 def load_tokenizer(location: str, spec: ModelSpec) -> PreTrainedTokenizerBase:
