@@ -116,3 +116,22 @@ def test_a_phase_keeps_its_last_detail_for_its_closing_line(tmp_path: Path, capl
         phase.update(3, 12, 0.7)
         assert task.snapshot()["phase"]["detail"] == "prefill 1 tok/s (limit n/a), decode 2 tok/s (limit n/a)"
     assert caplog.records[-1].getMessage().endswith("; prefill 1 tok/s (limit n/a), decode 2 tok/s (limit n/a)")
+
+
+def test_a_models_cost_reads_the_int8_layers_as_int8() -> None:
+    """models.dtype=int8 (the CPU demo): every linear layer a per-row int8 one; a step reads their int8 matrices
+    (one byte a weight) and the float parameters left (norms; the embedding table only as it is not the head)."""
+    import copy
+
+    from pipeline.models.int8 import quantize_int8
+    from pipeline.models.loading import load_chat_model
+    from pipeline.models.registry import load_registry
+
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    floating = ModelCost.of(chat.model)
+    quantized = quantize_int8(copy.deepcopy(chat.model))
+    cost = ModelCost.of(quantized)
+    int8 = sum(m.weight_int8.numel() for m in quantized.modules() if hasattr(m, "weight_int8"))
+    rest = sum(p.numel() * 4 for p in quantized.parameters() if p is not quantized.get_input_embeddings().weight)
+    assert cost.weight_bytes == int8 + rest < floating.weight_bytes
+    assert (cost.layer_flops, cost.head_flops) == (floating.layer_flops, floating.head_flops)

@@ -57,8 +57,16 @@ class Card:
         return cls(name, bandwidth(name), peak_flops(name) if dtype in HALF else None)
 
 
+def _is_linear(module: torch.nn.Module) -> bool:
+    """A float linear layer, a dynamically quantised one (its ``weight`` a method) or the suite's per-row int8 one."""
+    return isinstance(module, torch.nn.Linear) or callable(getattr(module, "weight", None)) or hasattr(module, "weight_int8")
+
+
 def _matrix(linear: torch.nn.Module) -> torch.Tensor:
-    """A linear layer's weight: its parameter, or the int8 matrix a dynamically quantised layer unpacks."""
+    """A linear layer's weight as a step reads it: its parameter, the int8 matrix a dynamically quantised layer
+    unpacks, or a per-row int8 layer's int8 buffer (``pipeline.models.int8``)."""
+    if hasattr(linear, "weight_int8"):
+        return linear.weight_int8
     return linear.weight() if callable(linear.weight) else linear.weight
 
 
@@ -78,8 +86,8 @@ class ModelCost:
     def of(cls, model: torch.nn.Module) -> "ModelCost":
         config = model.config
         embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings()
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) or callable(getattr(m, "weight", None))]
-        packed = [_matrix(m) for m in linears if callable(m.weight)]  # int8 layers' weights are no parameters
+        linears = [m for m in model.modules() if _is_linear(m)]
+        packed = [w for w in map(_matrix, linears) if not isinstance(w, torch.nn.Parameter)]  # int8 weights are no parameters
         read = [p for p in {id(p): p for p in model.parameters()}.values() if p is not embedding or p is _matrix(head)]
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(weight_bytes=sum(p.numel() * p.element_size() for p in read + packed),
