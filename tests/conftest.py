@@ -81,3 +81,17 @@ def comparable_tables(run_dir: Path) -> dict:
     for row in summary["methods"]:
         row.pop("seconds_per_question")
     return {k: summary[k] for k in ("methods", "per_round", "debate", "models", "n", "complete")}
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    """Records in problem order without their wall times (``seconds``, at any depth: turns, solo replies, vote
+    samples): what must be the same between two runs that batch differently."""
+
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k != "seconds"}
+        if isinstance(value, list):
+            return [drop(v) for v in value]
+        return value
+
+    return [drop(r) for r in sorted(records, key=lambda r: r["index"])]

@@ -15,7 +15,7 @@ CASES = [
     (["models=huge"], "unknown models 'huge'; valid choices: mini, small, tiny, v100"),
     (["cluster=k8s"], "unknown cluster 'k8s'; valid choices: debug, local, slurm"),
     (["shard=2"], "unknown key 'shard'; valid keys here: cluster, data, debate, "),
-    (["debate.rounds=2"], "unknown key 'debate.rounds'; valid keys here: baselines, batch_size, "),
+    (["debate.rounds=2"], "unknown key 'debate.rounds'; valid keys here: baselines, batch_invariant, batch_size, "),
     (["+extra=1"], "unknown key 'extra'"),
     (["shards=0"], "shards=0: must be a whole number >= 1"),
     (["shards=-3"], "shards=-3: must be a whole number >= 1"),

@@ -23,7 +23,7 @@ from pipeline.settings import build
 from pipeline.stages import load_config
 from pipeline.models.registry import load_registry
 from pipeline.engine.sampling import row_seed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, without_timings
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=24)
 # Prompts of several lengths (left padding differs per row); 200 new tokens: most rows stop early, one
@@ -200,9 +200,7 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
 
 def _comparable(records: list[dict]) -> list[dict]:
     """Records without their timings, in problem order."""
-    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
-    return [drop(r) | {"turns": [drop(t) for t in r["turns"]], "solo": {m: drop(e) for m, e in r["solo"].items()},
-                       "vote": {m: drop(e) for m, e in r["vote"].items()}} for r in sorted(records, key=lambda r: r["index"])]
+    return without_timings(records)
 
 
 def test_split_devices_need_two_gpus() -> None:

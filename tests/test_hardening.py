@@ -273,13 +273,14 @@ def test_a_failing_debug_job_opens_no_debugger(finished: Path) -> None:
 
 
 def test_a_resume_may_change_run_only_settings(finished: Path) -> None:
-    """A run out of memory resumes at a smaller batch, on another engine: keys outside the records' fingerprint
-    (debate/units.py's _RUN_ONLY) are not compared on resume; its records join the others."""
+    """A run out of memory resumes at a smaller batch, without the cache reuse: keys outside the records'
+    fingerprint (debate/units.py's _RUN_ONLY: they change no token) are not compared on resume; its records join
+    the others. The engine and kernels are not among them (they change tokens)."""
     run = copy_run(finished, "smaller-batch")
     shard = run / "debate" / "shard-00001-of-00002.jsonl"
     shard.write_text(shard.read_text().splitlines()[0] + "\n")
-    info = submit([f"results_dir={run.parent}", "run_id=smaller-batch", "debate.batch_size=1", "debate.engine=generate",
-                   "debate.kernels=torch", "debate.reuse_kv=false"])
+    info = submit([f"results_dir={run.parent}", "run_id=smaller-batch", "debate.batch_size=1", "debate.reuse_kv=false",
+                   "debate.prefill_tokens=512"])
     assert info["resumed"] and info["result"]["complete"] is True
     assert len(shard.read_text().splitlines()) == 2
 
@@ -404,9 +405,9 @@ def test_model_names_reach_the_tables_and_the_page_escaped(tmp_path: Path) -> No
                           f"models.b='{folders[1]}'", "debate.max_rounds=1"))
     table = (results / "names" / "debate_accuracy.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "alone" in line]
-    assert len(rows) == 4 and all(len(_cells(row)) == 6 for row in rows), rows  # the methods table and the paired one
+    assert len(rows) == 4 and sorted(len(_cells(row)) for row in rows) == [6, 6, 9, 9], rows  # the methods table and the paired one
     rendered = markdown_html(table, results / "names")
-    assert f"<td>{HOSTILE_NAMES[0]} alone</td>" in rendered and f"<td>{HOSTILE_NAMES[1]} alone</td>" in rendered
+    assert f"<td>model a ({HOSTILE_NAMES[0]}) alone</td>" in rendered and f"<td>model b ({HOSTILE_NAMES[1]}) alone</td>" in rendered
     page = (results / "names" / "report.html").read_text()
     assert sorted(set(re.findall(r'href="([^"]*)"', page))) == ["#browser", "#config"]
     assert "<a " not in page.replace('<a href="#browser">', "").replace('<a href="#config">', "")

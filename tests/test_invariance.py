@@ -30,7 +30,7 @@ from pipeline.settings import build
 from pipeline.shards import read_shard
 from pipeline.stages import load_config
 from pipeline.submit import submit
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, tiny_overrides, without_timings
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=8)
 GPU = torch.cuda.is_available() and kernels.usable(torch.device("cuda")) is None
@@ -63,10 +63,10 @@ def _spied() -> Iterator[dict[int, list[torch.Tensor]]]:
     seen: dict[int, list[torch.Tensor]] = defaultdict(list)
     sample = decode.sample_tokens
 
-    def spy(logits: torch.Tensor, temperature: float, row_seeds: torch.Tensor, step: object) -> torch.Tensor:
+    def spy(logits: torch.Tensor, temperature: float, row_seeds: torch.Tensor, step: object, *how: object) -> torch.Tensor:
         for row, s in zip(logits, row_seeds.tolist()):
             seen[s].append(row.clone())
-        return sample(logits, temperature, row_seeds, step)
+        return sample(logits, temperature, row_seeds, step, *how)
 
     decode.sample_tokens = spy
     try:
@@ -169,9 +169,7 @@ def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str) -> None
 
 def _comparable(records: list[dict]) -> list[dict]:
     """Records without their timings, in problem order."""
-    drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
-    return [drop(r) | {"turns": [drop(t) for t in r["turns"]], "solo": {m: drop(e) for m, e in r["solo"].items()},
-                       "vote": {m: drop(e) for m, e in r["vote"].items()}} for r in sorted(records, key=lambda r: r["index"])]
+    return without_timings(records)
 
 
 def test_batch_size_and_votes_change_no_record() -> None:

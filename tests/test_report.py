@@ -65,6 +65,7 @@ def expected(records: list[dict]) -> dict[str, set[int]]:
         "broke": {r["index"] for r in records if any_turn(r, lambda a: same_answer(a, r["gold"])) and not r["correct"]},
         "never_agreed": {r["index"] for r in records if not r["agreed"]},
         "unparsable": {r["index"] for r in records if r["final_answer"] is None or any_turn(r, lambda a: a is None)},
+        "cut": {r["index"] for r in records if any(not t["stopped"] for t in r["turns"])},
     }
 
 
