@@ -95,3 +95,11 @@ def without_timings(records: list[dict]) -> list[dict]:
         return value
 
     return [drop(r) for r in sorted(records, key=lambda r: r["index"])]
+
+
+def run_interpreted(code: str, timeout: float) -> None:
+    """``code`` in a fresh Python with ``TRITON_INTERPRET=1`` (Triton reads it at import, so the kernels run in its
+    interpreter on this CPU); fails the test with the tail of its stderr."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -7,9 +7,6 @@ count, the batch size, or whether votes ran beside the solo rows."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,7 +27,7 @@ from pipeline.settings import build
 from pipeline.shards import read_shard
 from pipeline.stages import load_config
 from pipeline.submit import submit
-from tests.conftest import ROOT, tiny_overrides, without_timings
+from tests.conftest import ROOT, run_interpreted, tiny_overrides, without_timings
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=8)
 GPU = torch.cuda.is_available() and kernels.usable(torch.device("cuda")) is None
@@ -152,10 +149,7 @@ def check_gpu_path(name: str) -> None:
 
 @pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
 def test_the_gpu_paths_invariance_in_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "from tests.test_kernels import strict_index; strict_index(); from tests.test_invariance import check_gpu_path; check_gpu_path('tiny-qwen2')"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted("from tests.test_kernels import strict_index; strict_index(); from tests.test_invariance import check_gpu_path; check_gpu_path('tiny-qwen2')", timeout=900)
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")

@@ -5,9 +5,6 @@ interpreter (a subprocess: the interpreter is chosen when a kernel is defined); 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from pipeline.stages import checked_config
 from pipeline.engine.decode import StaticDecoder
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry
-from tests.conftest import ROOT
+from tests.conftest import run_interpreted
 
 needs_triton = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
 GPU = torch.cuda.is_available() and kernels.usable(torch.device("cuda")) is None
@@ -143,10 +140,7 @@ def strict_index() -> None:
 @needs_triton
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kernels_match_pytorch_in_the_interpreter(dtype: str) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = f"import torch; from tests.test_kernels import check_kernels, strict_index; strict_index(); check_kernels('cpu', torch.{dtype})"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted(f"import torch; from tests.test_kernels import check_kernels, strict_index; strict_index(); check_kernels('cpu', torch.{dtype})", timeout=300)
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")

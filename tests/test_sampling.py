@@ -10,8 +10,6 @@ arithmetic around numpy's ``log``, so that the order and rounding of every other
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ import torch
 
 from pipeline.engine import kernels, sampling
 from pipeline.engine.sampling import row_seed
-from tests.conftest import ROOT
+from tests.conftest import run_interpreted
 
 needs_triton = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
 GPU = torch.cuda.is_available() and kernels.usable(torch.device("cuda")) is None
@@ -142,10 +140,7 @@ def test_the_plan_splits_small_batches_and_keeps_big_ones_whole() -> None:
 
 @needs_triton
 def test_the_kernel_gives_the_reference_tokens_in_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "from tests.test_sampling import check_sampler; check_sampler('cpu')"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted("from tests.test_sampling import check_sampler; check_sampler('cpu')", timeout=600)
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
