@@ -15,7 +15,7 @@
 #   evalgen        lm-eval through transformers' generate on the first 200 (the static engine's reference, issue 32)
 #   sampler        the fused sampler against PyTorch's ops, one step at 1 to 1,536 rows (bench_sampler.py)
 #   cost           the batch-invariant kernels against the fast ones, 1.5B shape, batch 1/64/256 (bench_decode.py)
-#   invariance     benchmarks/invariance.py's cases with the real pair on the first 512 questions
+#   invariance     benchmarks/invariance.py's cases with the real pair on the first 256 questions, 256 tokens
 #   queue S1 S2 .. run those steps one after another, detached, into /tmp/res (queue.log: each step's start,
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
@@ -75,7 +75,8 @@ case "$step" in
   invariance)
     models="$HOME/.cache/gsm8k-slurm/models"
     python3 benchmarks/invariance.py --model-a "$models/qwen2.5-coder-1.5b-instruct" \
-      --model-b "$models/qwen2.5-coder-0.5b-instruct" --limit 512 --alone 16 --json "$out/invariance.json"
+      --model-b "$models/qwen2.5-coder-0.5b-instruct" --limit 256 --new 256 --alone 8 --kill-after 100 \
+      --kill-batch 64 --json "$out/invariance.json"
     ;;
   queue)
     shift
@@ -105,8 +106,10 @@ case "$step" in
   train)
     time submit stage=train models=small 'train.models=[a]' train.mine_from=gpu-mine train.max_samples=2000 \
       train.precision=bf16 run_id=gpu-train
-    collect gpu-train train
-    time submit stage=debate models=small models.a=gpu-train/train/a models.b=qwen2.5-coder-1.5b-instruct shards=1 \
+    cp results/gpu-train/train_summary.md results/gpu-train/train_summary.json results/gpu-train/train_curves.png "$out/"
+    tar -C results -cJf "$out/gpu-train_logs.tar.xz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' gpu-train
+    time submit stage=debate models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct \
+      models.b=qwen2.5-coder-1.5b-instruct shards=1 \
       debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
     collect gpu-adapter debate
     ;;
