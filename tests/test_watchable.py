@@ -181,8 +181,7 @@ def test_every_task_writes_its_progress_and_logs_its_phases(results: Path) -> No
 
 def test_plots_are_scaled_to_their_data_and_titled() -> None:
     """Accuracies of a few percent fill the plot instead of one line at the bottom of a 0-100% axis."""
-    from pipeline.reduce.debate import rounds_figure
-    from pipeline.reduce.eval import figure
+    from pipeline.reduce.figures import eval_figure, rounds_figure
 
     low = {"accuracy": 0.02, "ci95_low": 0.005, "ci95_high": 0.07}
     summary = {"per_round": [{"method": "after round 1", **low}], "n": 100, "models": {"a": "x", "b": "y + adapter (r/train/y)"},
@@ -191,7 +190,7 @@ def test_plots_are_scaled_to_their_data_and_titled() -> None:
     assert 0.07 < ax.get_ylim()[1] < 0.1
     assert "run r1, n=100" in ax.get_title() and "y + adapter (r/train/y)" in ax.get_title()
     rows = [{"model": "x", "task": "gsm8k", "filter": "strict-match", "n": 100, **low}]
-    ax = figure(rows, "GSM8K accuracy, run r1, n=100").axes[0]
+    ax = eval_figure(rows, "GSM8K accuracy, run r1, n=100").axes[0]
     assert 0.07 < ax.get_ylim()[1] < 0.1 and ax.get_title() == "GSM8K accuracy, run r1, n=100"
 
 
