@@ -215,3 +215,23 @@ def test_building_the_package_prints_no_warning(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     noise = [line for line in (done.stdout + done.stderr).splitlines() if "Warning" in line]  # Python warning categories
     assert noise == [], noise
+
+
+def test_a_steps_work_is_summed_alike_by_the_display_and_the_status(tmp_path: Path) -> None:
+    """The waiting submitter's line and the status command's step total are one sum (``progress.step_work``):
+    while a train unit has not taken its first step its total is unknown, shown as ``?``, and the bar fills by
+    the units that know theirs."""
+    from pipeline.progress import TaskProgress, step_work
+    from pipeline.shards import Unit
+    from pipeline.stages import STAGES
+    from pipeline.watch import Step, step_line
+
+    run = Run(tmp_path)
+    first, second = Unit("tiny-llama", 0, 1, ()), Unit("tiny-qwen2", 0, 1, ())
+    step = Step("train", STAGES["train"], None, {first: (0, 0), second: (0, 0)})
+    TaskProgress(run.progress_path("train", first.label), first.label).set_work(4, 8, "steps")
+    assert step_line(step, run, 0).startswith(f"train          [{'#' * 10}{'-' * 10}] 4/? steps")
+    TaskProgress(run.progress_path("train", second.label), second.label).set_work(0, 8, "steps")
+    assert " 4/16 steps" in step_line(step, run, 0)
+    assert step_work([(4, 8), (0, 0)]) == (4, 8, False) and step_work([(4, 8), (0, 8)]) == (4, 16, True)
+    assert step_work([]) == (0, 0, True)
