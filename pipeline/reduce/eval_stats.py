@@ -7,7 +7,7 @@ fine-tuned models against their base on the same questions, and each row's verdi
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from pipeline.reduce.outcomes import Outcomes
 from pipeline.reduce.stats import mcnemar_exact, wilson_interval
@@ -34,7 +34,7 @@ def _row(model: str, key: str, task: str, filter_name: str, records: list[dict[s
     }
 
 
-def _filters(names: Any) -> list[str]:
+def _filters(names: Iterable[str]) -> list[str]:
     """Filter names in table order: strict-match first, the rest alphabetical."""
     return sorted(set(names), key=lambda f: (f != "strict-match", f))
 
