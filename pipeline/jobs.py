@@ -109,9 +109,10 @@ def _logged_failure(label: str) -> Iterator[None]:
 CANCELLED = "cancelled (SIGINT)"
 
 
-def _start_progress(path: Path, label: str, settings: dict[str, Any]) -> None:
-    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes)."""
-    progress.start(path if _rank() == 0 else None, label, float(settings["refresh_s"]), float(settings["log_every_s"]))
+def _start_progress(path: Path, label: str, progress_config: dict[str, Any]) -> None:
+    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes),
+    at the intervals of the run's ``progress.*`` keys."""
+    progress.start(path if _rank() == 0 else None, label, float(progress_config["refresh_s"]), float(progress_config["log_every_s"]))
 
 
 def _rank() -> int:
@@ -144,18 +145,18 @@ class ShardJob(submitit.helpers.Checkpointable):
 
 class ReduceJob(submitit.helpers.Checkpointable):
     """The reducer's callable: ``fn(run_root, where)``, once the backend's ``gate`` (if any) lets it run;
-    ``settings`` are the run's ``progress`` settings."""
+    ``progress_config``: the run's ``progress.*`` keys (how often its progress file is written and logged)."""
 
-    def __init__(self, fn: Callable[[str, str], dict[str, Any]], settings: dict[str, Any], gate: ContextManager[Any] | None = None) -> None:
+    def __init__(self, fn: Callable[[str, str], dict[str, Any]], progress_config: dict[str, Any], gate: ContextManager[Any] | None = None) -> None:
         self.fn = fn
-        self.settings = settings
+        self.progress_config = progress_config
         self.gate = gate
 
     def __call__(self, run_root: str, where: str) -> dict[str, Any]:
         label = reduce_label(where)
         run = Run(Path(run_root))
         setup_task_logging(run, label)
-        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.settings)
+        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.progress_config)
         with _logged_failure(label), _held(self.gate):
             progress.current().set_state("running")
             return self.fn(run_root, where)

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.config import project_path
 from pipeline.launch import read_submissions, submissions
 from pipeline.launch.local import Dependency, process_alive
-from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
+from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import ShardCorruptError
 from pipeline.stages import CHAIN, STAGES
@@ -88,8 +88,7 @@ def run_status(run: Run) -> dict[str, Any]:
     for where, name in steps:
         stage = STAGES[name]
         tables.append(run.root / stage.table_file(where))
-        step_done = step_total = 0
-        unknown = False  # a unit whose total is not known yet (a train job before its first step)
+        work: list[tuple[int, int]] = []
         for unit in units[where]:
             state = states.get((where, unit.label), "-")
             try:
@@ -104,8 +103,9 @@ def run_status(run: Run) -> dict[str, Any]:
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
                          "note": _note(state, shot),
                          "updated": shot.get("updated") if shot else None})
-            step_done, step_total, unknown = step_done + done, step_total + total, unknown or total == 0
-        totals.append({"where": where, "what": stage.what, "done": step_done, "total": None if unknown else step_total})
+            work.append((done, total))
+        step_done, step_total, known = step_work(work)
+        totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total if known else None})
     done = sum(t["done"] for t in totals)
     complete = all(t["total"] and t["done"] == t["total"] for t in totals)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
