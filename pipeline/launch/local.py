@@ -17,7 +17,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import submitit
