@@ -3,7 +3,7 @@
 Both are :class:`submitit.helpers.Checkpointable`: when SLURM preempts a job or its time limit nears
 (``--signal``), submitit requeues the same call, and the shard resumes from its own file. Each sets up its
 log and its progress file, passes the backend's gate if it was given one (the local backend's ordering and
-slots: ``pipeline.launch.local``), and records how it ended. Nothing here knows which backend runs it.
+slots: ``pipeline.launch.local_gate``), and records how it ended. Nothing here knows which backend runs it.
 """
 
 from __future__ import annotations

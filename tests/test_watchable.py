@@ -16,7 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+import submitit
+
+from pipeline.launch.local import DetachedLocalExecutor
 from pipeline.monitor import format_status, run_status
 from pipeline.runs import Run
 from tests.conftest import ROOT, tiny_overrides
@@ -126,6 +131,33 @@ def test_a_cancel_prints_no_traceback_where_the_run_was_submitted(results: Path,
     assert "Traceback" not in terminal.read_text() and "KeyboardInterrupt" not in terminal.read_text()
     states = [row["state"] for row in run_status(run)["shards"]]
     assert "CANCELLED" in states and "RUNNING" not in states, states
+
+
+def test_a_local_job_starts_as_submitit_starts_it_only_detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend starts each job's controller itself (submitit's start takes no session, stdin or
+    stdout): with the command, environment and GPUs submitit's own local executor gives it, and the same
+    job, only reading nothing, writing its log and in a session of its own. A submitit that starts its
+    controller otherwise fails here, not in a run."""
+    starts: list[tuple[Any, dict[str, Any]]] = []
+
+    class Started:
+        def __init__(self, args: Any, **kwargs: Any) -> None:
+            starts.append((args, kwargs))
+            self.pid = 4_000_000 + len(starts)
+
+    monkeypatch.setattr(subprocess, "Popen", Started)
+    for setup in ((), ("true",)):
+        jobs = []
+        for executor in (submitit.LocalExecutor(folder=tmp_path), DetachedLocalExecutor(folder=tmp_path)):
+            executor.update_parameters(timeout_min=7, tasks_per_node=2, gpus_per_node=1, visible_gpus=(3, 5), signal_delay_s=11, setup=setup)
+            jobs.append(executor._submit_command("python -u -m submitit.core._submit folder"))
+        (theirs, their_options), (ours, our_options) = starts[-2:]
+        assert ours == theirs and our_options.pop("env") == their_options.pop("env")
+        assert our_options.pop("stdin") == subprocess.DEVNULL and our_options.pop("stderr") == subprocess.STDOUT
+        assert our_options.pop("start_new_session") and isinstance(our_options.pop("stdout"), int)
+        assert our_options == their_options, "nothing else differs"
+        assert [type(job) for job in jobs] == [submitit.local.local.LocalJob] * 2 and jobs[0].num_tasks == jobs[1].num_tasks == 2
+        assert (tmp_path / f"{jobs[1].job_id}_controller.log").exists()
 
 
 def test_a_closed_pipe_ends_a_command_quietly() -> None:

@@ -2,8 +2,10 @@
 after everything; each submission recorded in ``launch/jobs.jsonl`` for the status and cancel commands.
 
 A backend (``local``, ``slurm``, ``debug``: one small class each) says how to build its submitit executor,
-how a job is ordered after earlier ones, and what else it must do around a submission. Job bodies
-(``pipeline.jobs``) know nothing of the backend: a backend that holds jobs itself hands them a gate.
+how a job is ordered after earlier ones, and what else it must do around a submission; and, for the status
+and cancel commands, what state its recorded jobs are in and how to cancel them (as submitit keeps state and
+cancel on each backend's ``Job``). Job bodies (``pipeline.jobs``) know nothing of the backend: a backend
+that holds jobs itself hands them a gate.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import io
 import json
 import time
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, TypeVar
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
@@ -20,9 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import ConfigError
 from pipeline.files import append_line
 from pipeline.runs import Run
-from pipeline.jobs import ReduceJob, ShardJob, ShardTask
+from pipeline.jobs import CANCELLED, ReduceJob, ShardJob, ShardTask
 
 JOBS_FILE = "jobs.jsonl"
+
+# What the status command keys its jobs by (a step and a task label); the backend hands the key back.
+Key = TypeVar("Key")
 
 
 class SubmissionRefused(ConfigError):
@@ -93,6 +98,20 @@ class Launcher:
     def recorded(self, jobs: Sequence[submitit.Job]) -> dict[str, Any]:
         """What else the backend keeps of a submission in jobs.jsonl."""
         return {}
+
+    # ---- what a backend says of the jobs a run recorded (status, cancel: no config, only the run) ----
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """The state of each job (its id in ``jobs``) in SLURM's words (PENDING, RUNNING, COMPLETED, FAILED,
+        CANCELLED, ...), ``-`` where the backend cannot tell; ``shots`` holds the last word of each job's
+        progress file, for a backend that keeps no record of its own."""
+        return {key: "-" for key in jobs}
+
+    @classmethod
+    def cancel_jobs(cls, run: Run, subs: Sequence[dict[str, Any]]) -> list[str]:
+        """Cancel every recorded job that may still be queued or running; the ids cancelled."""
+        return []
 
     # ---- shared ------------------------------------------------------------------------------------
     def processes(self, per_gpu: bool) -> int:
@@ -191,6 +210,21 @@ def read_submissions(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
             problems.append(f"{path}:{number}: not a job record (a write cut short?); skipped: its jobs are not shown or "
                             "cancelled here; delete that line")
     return entries, problems
+
+
+def job_ids(subs: Sequence[dict[str, Any]]) -> list[str]:
+    """Every job id the submissions recorded (each shard's and each reducer's), once, oldest first."""
+    return list(dict.fromkeys(j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])))
+
+
+def ended_state(shot: dict[str, Any] | None) -> str:
+    """An ended job's state as its progress file says it, in sacct's words: COMPLETED, FAILED, CANCELLED (a
+    task that says it was cancelled), else ENDED. For a backend whose jobs leave no record of their own."""
+    if shot is not None and shot["state"] == "done":
+        return "COMPLETED"
+    if shot is not None and shot["state"] == "failed":
+        return "CANCELLED" if shot.get("note", "").startswith(CANCELLED) else "FAILED"
+    return "ENDED"
 
 
 def submissions(run: Run) -> list[dict[str, Any]]:

@@ -10,13 +10,14 @@ the result of a job that failed gives the same error, without running it a secon
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 from submitit.local.debug import DebugExecutor, DebugJob
 
-from pipeline.launch.base import Launcher
+from pipeline.launch.base import Key, Launcher, ended_state
+from pipeline.runs import Run
 
 
 class QuietDebugJob(DebugJob):
@@ -65,3 +66,9 @@ class DebugLauncher(Launcher):
                 job.result()
             except Exception:  # noqa: BLE001 - the reducer reports it
                 pass
+
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """Its jobs ran inside the submitter and left no record but their progress files."""
+        return {key: ended_state(shots.get(key)) for key in jobs}
