@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -426,3 +427,22 @@ def test_markdown_escapes_keep_a_name_one_literal_cell() -> None:
     assert _inline(code("a`b")) == "<code>a`b</code>" and _inline(code("`x`")) == "<code>`x`</code>"
     assert _inline("[page](debate_report.html) [x](javascript:alert(1)) [y](https://example.com)") == (
         '<a href="debate_report.html">page</a> [x](javascript:alert(1)) [y](https://example.com)')
+
+
+def test_a_command_started_with_sigint_ignored_starts_programs_that_take_sigint() -> None:
+    """`python jobs/submit.py ... &` in a script: the shell starts it with SIGINT ignored, and without taking
+    it back every local job it starts would ignore the SIGINT of `jobs/cancel.py`."""
+    probe = ("import subprocess, sys\n"
+             "from pipeline.cli import run_command\n"
+             "def main():\n"
+             "    child = subprocess.Popen(['sleep', '30'])\n"
+             "    ignored = [l for l in open(f'/proc/{child.pid}/status') if l.startswith('SigIgn:')][0].split()[1]\n"
+             "    child.kill()\n"
+             "    print(int(ignored, 16) & 2)\n"
+             "    return 0\n"
+             "START\n")
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    for start, inherited in (("run_command(main)", "0"), ("main()", "2")):
+        done = subprocess.run([sys.executable, "-c", probe.replace("START", start)], capture_output=True, text=True, cwd=ROOT,
+                              preexec_fn=ignore, timeout=60)
+        assert done.stdout.strip() == inherited, done.stderr
