@@ -10,6 +10,8 @@ from typing import Any
 
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
+from pipeline.debate.settings import DebateSettings
+from pipeline.settings import result_values
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
@@ -29,22 +31,18 @@ def debate_units(config: dict[str, Any]) -> list[Unit]:
 # What every debate record holds (what the reducer reads).
 RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn", "agreed", "rounds", "correct",
                "first_answers", "solo", "vote", "tokens", "seconds")
-# Debate settings that change no token, measured with ``batch_invariant`` on (tests/test_invariance.py on the
-# CPU, benchmarks/invariance.py on a GPU): how the work is batched, replayed and placed. ``engine`` and
-# ``kernels`` are not among them: another engine or other kernels sum in another order and change answers
-# (kernels=torch changed 249 of 1,319 greedy answers on an H200), and so does ``batch_invariant`` itself.
-_RUN_ONLY = ("batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices")
 
 
 def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
     """The debate records' keys and the fingerprint of what decides them: the data, the models and their
-    precision, the seed, and every debate setting but the run-only ones."""
+    precision, the seed, and every debate setting that can change a result (``results=False`` on a field of
+    :class:`DebateSettings` leaves it out)."""
     models = config["models"]
     settings = {
         "data": config["data"]["split"],
         "models": {"a": models["a"], "b": models["b"], "dtype": models["dtype"]},
         "seed": config["seed"],
-        "debate": {k: v for k, v in config["debate"].items() if k not in _RUN_ONLY},
+        "debate": result_values(DebateSettings, config["debate"]),
     }
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 

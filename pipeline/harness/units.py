@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import DictConfig
+
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
 from pipeline.harness.tasks import is_vendored
@@ -69,3 +71,8 @@ def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
 # The reducer's main table and its plots in the run folder, with {where} (the step's folder).
 TABLE = "{where}_accuracy.md"
 PLOTS = ("{where}_accuracy.png",)
+
+
+def describe_eval(cfg: DictConfig, problems: int) -> str:
+    """The eval array in its own units: models x tasks, each sharded."""
+    return f"{len(cfg.eval.models)} model(s) x {len(cfg.tasks)} task(s) on {problems} problems, {cfg.shards} shard(s) each"

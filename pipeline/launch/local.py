@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import submitit
-from omegaconf import OmegaConf
 from submitit.core.utils import JobPaths
 from submitit.local import local
 
 from pipeline import progress
-from pipeline.launch.base import Launcher
+from pipeline.config import ConfigError
+from pipeline.launch.base import BackendSettings, Launcher, check_one_process_per_gpu
 from pipeline.jobs import ShardJob, ShardTask
+from pipeline.settings import knob
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,42 @@ def _start_controller(folder: Path, command: str, tasks_per_node: int, cuda_devi
     return process
 
 
+@dataclass(frozen=True)
+class LocalSettings(BackendSettings):
+    """submitit's local executor: every task is a process on this machine. No scheduler needed."""
+
+    kind: str = knob("local", "The backend: cluster=NAME picks it, with its settings.")
+    array_parallelism: int = knob(2, "Tasks of one array that may run at once (each holds a slot lock in the run's "
+                                     "launch folder).", minimum=1)
+    cpus_per_task: int | None = knob(None, "Torch threads per task; null: this machine's cores / array_parallelism "
+                                           "(more threads than cores makes every task many times slower).", minimum=1)
+    timeout_min: int = knob(240, "submitit kills a local job after this many minutes.", minimum=1)
+    gpus_per_node: int | None = knob(None, "GPUs the train stage uses, one process each (null: every GPU of this "
+                                           "machine; none: one CPU process).", minimum=0)
+    tasks_per_node: int | None = knob(None, "Processes per train job (null: one per GPU, or one on a CPU). More than one "
+                                            "on a CPU: torch.distributed on gloo.", minimum=1)
+
+    def check_per_gpu(self) -> None:
+        """One process per GPU, and no more GPUs than this machine has."""
+        gpus = self.gpus_per_node
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        check_one_process_per_gpu(self.tasks_per_node, gpus)
+        if self.gpus_per_node:
+            import torch
+
+            have = torch.cuda.device_count()
+            if self.gpus_per_node > have:
+                raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node}: this machine has {have} GPU(s)")
+
+
 class LocalLauncher(Launcher):
     """cluster=local: submitit's local executor, detached, with the ordering and throttle it lacks."""
 
     kind = "local"
+    settings = LocalSettings
 
     def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> DetachedLocalExecutor:
         executor = DetachedLocalExecutor(folder=self.run.launch_dir)
@@ -241,7 +274,7 @@ class LocalLauncher(Launcher):
 
     def gpus(self) -> int:
         """``cluster.gpus_per_node``, or every GPU of this machine."""
-        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
+        gpus = self.cluster.gpus_per_node
         if gpus is None:
             import torch
 
@@ -249,7 +282,7 @@ class LocalLauncher(Launcher):
         return int(gpus)
 
     def gate(self, after: Sequence[submitit.Job], array: bool) -> LocalGate:
-        slots = (self.run.launch_dir / "slots", int(self.cfg.cluster.array_parallelism)) if array else None
+        slots = (self.run.launch_dir / "slots", self.cluster.array_parallelism) if array else None
         return LocalGate(_dependencies(after), slots)
 
     def submit_array(self, executor: submitit.Executor, fn: Callable[[ShardTask], dict[str, Any]], tasks: Sequence[ShardTask],

@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from pipeline.config import project_path
 from pipeline.models.registry import display_name
 from pipeline.shards import Unit
 from pipeline.train.metrics import read_metrics
@@ -42,3 +45,15 @@ def train_progress(stage_dir: Path, unit: Unit) -> tuple[int, int]:
 # The reducer's main table and its plots in the run folder, with {where} (the step's folder).
 TABLE = "{where}_summary.md"
 PLOTS = ("{where}_curves.png",)
+
+
+def describe_training(cfg: DictConfig, problems: int) -> str:
+    """``2 model(s) trained on 2000 pairs (GSM8K train), 1 epoch(s)``; GSM8K's pairs are counted from its file."""
+    train = cfg.train
+    if train.dataset == "gsm8k":
+        available = len((project_path(cfg.data.path) / f"{train.dataset_split}.jsonl").read_text(encoding="utf-8").splitlines())
+        pairs = f"{min(available, train.max_samples or available)} pairs (GSM8K {train.dataset_split})"
+    else:
+        pairs = f"{'up to ' + str(train.max_samples) if train.max_samples else 'all'} pairs ({train.dataset})"
+    steps = f"{train.max_steps} steps" if train.max_steps else f"{train.num_train_epochs:g} epoch(s)"
+    return f"{len(train.models)} model(s) trained on {pairs}, {steps}"
