@@ -19,9 +19,8 @@ from typing import Any, Callable, ContextManager, Iterator
 import submitit
 
 from pipeline import progress
-from pipeline.run_config import ProgressSettings
+from pipeline.run_config import ProgressSettings, RunConfig
 from pipeline.runs import Run
-from pipeline.settings import build
 from pipeline.shards import Unit
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ShardTask:
     """One array item: which run, which step of it (``where``: the stage's folder), which unit of work; the
-    resolved config travels with it."""
+    step's typed config travels with it (pickled by submitit), so the task reads no file to know its settings."""
 
     run_root: str
     where: str
     unit: Unit
-    config: dict[str, Any]
+    config: RunConfig
 
     @property
     def run(self) -> Run:
@@ -49,10 +48,10 @@ class ShardTask:
     @property
     def threads(self) -> int:
         """Torch threads: the cluster's cpus_per_task, or this machine's share per parallel local task."""
-        cluster = self.config["cluster"]
-        if cluster["cpus_per_task"]:
-            return int(cluster["cpus_per_task"])
-        return max(1, (os.cpu_count() or 1) // int(cluster["array_parallelism"]))
+        cluster = self.config.cluster
+        if cluster.cpus_per_task:
+            return cluster.cpus_per_task
+        return max(1, (os.cpu_count() or 1) // cluster.array_parallelism)
 
     @property
     def label(self) -> str:
@@ -139,7 +138,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         setup_task_logging(task.run, task.label)
-        _start_progress(task.progress_path, task.label, build(ProgressSettings, task.config["progress"]))
+        _start_progress(task.progress_path, task.label, task.config.progress)
         with _logged_failure(task.label), _held(self.gate):
             progress.current().set_state("running")
             return self.fn(task)

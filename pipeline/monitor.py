@@ -20,7 +20,7 @@ from pipeline.launch.local import Dependency, process_alive
 from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
 from pipeline.runs import Run
 from pipeline.shards import ShardCorruptError
-from pipeline.stages import CHAIN, STAGES
+from pipeline.stages import CHAIN, STAGES, saved_config
 from pipeline.jobs import CANCELLED, REDUCE_LABEL
 
 
@@ -75,7 +75,7 @@ def run_status(run: Run) -> dict[str, Any]:
         reducers[sub["stage"]] = sub["reduce"]
     cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
     started = _started(subs)
-    units = {where: STAGES[name].units(run.stage_config(where)) for where, name in steps}
+    units = {where: STAGES[name].units(saved_config(run, where)) for where, name in steps}
     shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label)) for where in units for unit in units[where]}
     shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
     jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}

@@ -11,13 +11,14 @@ say (a folder that must exist). The defaults here are the ones Hydra composes: n
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.config import SEED_MAX, ConfigError, printable, project_path
-from pipeline.settings import knob, section
+from pipeline.settings import build, knob, plain, section
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
@@ -121,6 +122,11 @@ class RunConfig:
             raise AttributeError(name)
         return sections[name]
 
+    def plain(self) -> dict[str, Any]:
+        """The config as plain data, for people (YAML): the root keys, the backend's section, the stages'."""
+        return {**plain(self), **({"cluster": plain(self.cluster)} if self.cluster is not None else {}),
+                **{name: plain(settings) for name, settings in self.sections.items()}}
+
     def validate(self, prefix: str) -> None:
         """The run id: a folder name of its own (no path, not one of the suite's own files in results_dir)."""
         if self.run_id is None:
@@ -133,3 +139,11 @@ class RunConfig:
         if run_id in reserved or run_id.endswith((".log", ".lock")):
             raise ConfigError(f"run_id={run_id}: the name of one of the suite's own files in {self.results_dir}/ "
                               f"({', '.join(sorted(reserved))}, *.log, *.lock); pick another")
+
+
+def load(values: Mapping[str, Any], sections: Mapping[str, type], backend: type | None = None) -> RunConfig:
+    """The typed config of a resolved one as plain data (a run's config.yaml, a step's stage.yaml): the root keys,
+    the named stages' sections and, given its settings class, the backend's. A reducer reads its step's
+    config with its own stage's section only (``load(run.stage_config(where), {"debate": DebateSettings})``)."""
+    return dataclasses.replace(build(RunConfig, values), cluster=build(backend, values["cluster"]) if backend else None,
+                               sections={name: build(settings, values[name]) for name, settings in sections.items()})

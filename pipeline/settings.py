@@ -104,15 +104,19 @@ def run_only(cls: type, prefix: str) -> frozenset[str]:
     return frozenset(keys)
 
 
-def result_values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The section's values (plain data) without those that cannot change a result: what decides a record."""
-    hints, kept = _types(cls), {}
-    for f in _knobs(cls):
-        if not _knob(f).results:
-            continue
-        value = values[f.name]
-        kept[f.name] = result_values(hints[f.name], value) if _is_section(hints[f.name]) else value
-    return kept
+def result_values(settings: Any) -> dict[str, Any]:
+    """The section's values as plain data without those that cannot change a result: what decides a record."""
+    return {f.name: result_values(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v)
+            for f in _knobs(type(settings)) if _knob(f).results}
+
+
+def plain(settings: Any) -> dict[str, Any]:
+    """The section's values as plain data (lists as lists), as the composed config holds them: for YAML."""
+    return {f.name: plain(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v) for f in _knobs(type(settings))}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _types(cls: type) -> dict[str, Any]:
@@ -260,13 +264,15 @@ def check_template(key: str, text: str, names: tuple[str, ...], required: tuple[
 
 
 def build(cls: type[T], node: Mapping[str, Any] | DictConfig) -> T:
-    """The typed section from a config node (a job's resolved config): lists become tuples, nested sections
-    their dataclasses."""
+    """The typed section from a config node (a job's resolved config, a run's saved one): lists become tuples,
+    nested sections their dataclasses; a key the node lacks (added since the run was made) takes its default."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     hints = _types(cls)
     values: dict[str, Any] = {}
     for f in _knobs(cls):
+        if f.name not in node:
+            continue
         value, tp = node[f.name], hints[f.name]
         if _is_section(tp):
             value = build(tp, value)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from pipeline.config import ConfigError
+from pipeline.run_config import RunConfig
 from pipeline.settings import PAIR
 from pipeline.shards import RecordSchema, Unit, check_files, read_shard
 
@@ -35,7 +36,7 @@ class Stage:
     name: str
     # Its keys' checks (``debate.*``, ``eval.*``, ``train.*``): run before anything is submitted.
     check: Callable[[DictConfig], None]
-    units: Callable[[dict[str, Any]], list[Unit]]
+    units: Callable[[RunConfig], list[Unit]]
     task: str
     reducer: str
     # The reducer's main table and its plots, as names with ``{where}`` (the reducer's own constants).
@@ -47,24 +48,24 @@ class Stage:
     # One process per GPU (the train stage); the sharded stages run one process per array task.
     per_gpu: bool = False
     # What a unit's records must hold (sharded stages): their keys and the fingerprint of their settings.
-    schema: Callable[[dict[str, Any], Unit], RecordSchema] | None = None
+    schema: Callable[[RunConfig, Unit], RecordSchema] | None = None
     # Its section of the config (``<name>.*``): the typed settings dataclass (``pipeline.settings``), whose
     # fields say which keys change results.
     settings: type | None = None
     # The models of the pair it loads (``a``, ``b``), from its config.
-    models: Callable[[dict[str, Any]], list[str]] = lambda config: list(PAIR)
+    models: Callable[[RunConfig], list[str]] = lambda config: list(PAIR)
     # Its keys (dotted) that count tokens one sequence of a model holds: each below the model's context.
     token_keys: tuple[str, ...] = ()
     # What else it asks of a model whose folder is here, given the tokens the model holds (the debate's first
     # prompt must fit): (config, model key, folder, context) -> raises ConfigError.
-    check_model: Callable[[dict[str, Any], str, Path, int], None] | None = None
+    check_model: Callable[[RunConfig, str, Path, int], None] | None = None
     # What it checks once the models are prepared (the training set, the layers LoRA adapts):
     # (config, model folders by key) -> raises ConfigError.
-    check_models: Callable[[DictConfig, dict[str, Path]], None] | None = None
+    check_models: Callable[[RunConfig, dict[str, Path]], None] | None = None
     # Its work in its own units, for the submitter's first line: (config, problems) -> text.
-    describe: Callable[[DictConfig, int], str] = lambda cfg, problems: f"{problems} problems, {cfg.shards} shard(s)"
+    describe: Callable[[RunConfig, int], str] = lambda config, problems: f"{problems} problems, {config.shards} shard(s)"
 
-    def work_done(self, config: dict[str, Any], stage_dir: Path, units: list[Unit]) -> dict[Unit, tuple[int, int]]:
+    def work_done(self, config: RunConfig, stage_dir: Path, units: list[Unit]) -> dict[Unit, tuple[int, int]]:
         """Each unit's work done / total. A sharded stage's files are read once, and must all be this run's
         (its schema) and readable: a ConfigError names the first that is not."""
         if self.progress is not records_progress:

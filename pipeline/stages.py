@@ -10,6 +10,7 @@ added in one place. A stage runs in a folder of the run (``where``): its own nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from pipeline import config, debate, harness, train
 from pipeline.config import GROUPS, ConfigError, require_choice
 from pipeline.launch import LAUNCHERS
 from pipeline.models.registry import display_name
-from pipeline.run_config import RunConfig
+from pipeline.run_config import RunConfig, load
 from pipeline.runs import Run
-from pipeline.settings import PAIR, build, check, defaults, free_keys, loose_keys, run_only
+from pipeline.settings import PAIR, check, defaults, free_keys, loose_keys, run_only
 from pipeline.stage import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (debate.STAGE, harness.STAGE, train.STAGE)}
@@ -80,47 +81,56 @@ def checked_config(overrides: list[str]) -> DictConfig:
 def build_config(cfg: DictConfig) -> RunConfig:
     """The typed, frozen config of a composed and checked one: the root keys, the backend's section and each
     stage's section."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return dataclasses.replace(build(RunConfig, plain), cluster=build(_BACKEND_SETTINGS[plain["cluster"]["kind"]], plain["cluster"]),
-                               sections={name: build(settings, plain[name]) for name, settings in _STAGE_SETTINGS.items()})
+    return _built(OmegaConf.to_container(cfg, resolve=True))
 
 
-def model_keys(config: dict[str, Any]) -> list[str]:
+def saved_config(run: Run, where: str) -> RunConfig:
+    """The typed config a step of a run was submitted with (its ``stage.yaml`` in a chain, else the run's
+    ``config.yaml``)."""
+    return _built(run.stage_config(where))
+
+
+def _built(values: dict[str, Any]) -> RunConfig:
+    return load(values, _STAGE_SETTINGS, _BACKEND_SETTINGS[values["cluster"]["kind"]])
+
+
+def model_keys(config: RunConfig) -> list[str]:
     """The models of the pair that the config's stages load, in the pair's order."""
-    wanted = {key for name in stage_names(config["stage"]) for key in STAGES[name].models(config)}
+    wanted = {key for name in stage_names(config.stage) for key in STAGES[name].models(config)}
     return [key for key in PAIR if key in wanted]
 
 
-def describe_work(cfg: DictConfig, problems: int) -> str:
+def describe_work(config: RunConfig, problems: int) -> str:
     """What the config will do, in each stage's own units; the chain's steps in order, then what the stages
     not counted in problems do (training)."""
-    if cfg.stage != "all":
-        return STAGES[cfg.stage].describe(cfg, problems)
+    if config.stage != "all":
+        return STAGES[config.stage].describe(config, problems)
     steps = " -> ".join(where.replace("_finetuned", " fine-tuned") for where, _ in CHAIN)
-    others = [STAGES[name].describe(cfg, problems) for name in stage_names("all") if STAGES[name].schema is None]
-    return "; ".join([f"{steps} on {problems} problems, {cfg.shards} shard(s) a step", *others])
+    others = [STAGES[name].describe(config, problems) for name in stage_names("all") if STAGES[name].schema is None]
+    return "; ".join([f"{steps} on {problems} problems, {config.shards} shard(s) a step", *others])
 
 
-def steps(config: dict[str, Any], run: Run) -> list[tuple[str, Stage, dict[str, Any]]]:
+def steps(config: RunConfig, run: Run) -> list[tuple[str, Stage, RunConfig]]:
     """Each step's folder, stage and config: the config's stage, or the chain's steps (``stage=all``), where
     the fine-tuned eval and the debate take the adapters the train step writes (``<run>/train/<model>``) in
     place of the models it trains."""
-    if config["stage"] != "all":
-        return [(config["stage"], STAGES[config["stage"]], config)]
-    tuned = {key: str(run.stage_dir("train") / display_name(config["models"][key])) for key in config["train"]["models"]}
-    return [(where, STAGES[name], {**config, "stage": name, **({"models": {**config["models"], **tuned}} if where in TUNED else {})})
+    if config.stage != "all":
+        return [(config.stage, STAGES[config.stage], config)]
+    tuned = dataclasses.replace(config.models, **{key: str(run.stage_dir("train") / display_name(getattr(config.models, key)))
+                                                  for key in config.train.models})
+    return [(where, STAGES[name], dataclasses.replace(config, stage=name, models=tuned if where in TUNED else config.models))
             for where, name in CHAIN]
 
 
-def model_folder_checks(config: dict[str, Any], key: str, folder: Path, context: int) -> None:
+def model_folder_checks(config: RunConfig, key: str, folder: Path, context: int) -> None:
     """Each stage the config runs, on a model whose folder is here: its token counts below the model's context
     (``max_position_embeddings``), then what else it asks of the model."""
-    names = stage_names(config["stage"])
+    names = stage_names(config.stage)
     for name in names:
         for dotted in STAGES[name].token_keys:
-            value = OmegaConf.select(OmegaConf.create(config), dotted)
+            value = functools.reduce(getattr, dotted.split("."), config)
             if value is not None and value >= context:
-                raise ConfigError(f"{dotted}={value}: models.{key} ({config['models'][key]}) holds at most {context} tokens "
+                raise ConfigError(f"{dotted}={value}: models.{key} ({getattr(config.models, key)}) holds at most {context} tokens "
                                   f"(max_position_embeddings); use 1..{context - 1}")
     for name in names:
         if STAGES[name].check_model is not None:

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError, check_given_once, project_path, to_yaml
 from pipeline.data import load_problems
 from pipeline.launch import Launcher, job_name, launcher_for
 from pipeline.models.registry import check_available, load_registry, resolve_model
+from pipeline.run_config import RunConfig
 from pipeline.files import write_atomic
 from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run, saved_cluster
@@ -37,16 +37,16 @@ from pipeline.watch import Step, watch
 log = logging.getLogger("gsm8k-slurm")
 
 
-def _check_models(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Path]:
+def _check_models(config: RunConfig, keys: Sequence[str]) -> dict[str, Path]:
     """Each model's folder, checked (a hub model's is on the nodes: not here), and what each stage asks of
     a model whose folder is here."""
     from pipeline.models.loading import prepare  # torch and transformers: only once the config is valid
 
     registry = load_registry()
-    cache = project_path(config["paths"]["model_cache"])
+    cache = project_path(config.paths.model_cache)
     folders = {}
     for key in keys:
-        spec = resolve_model(f"models.{key}", config["models"][key], registry, config["results_dir"])
+        spec = resolve_model(f"models.{key}", getattr(config.models, key), registry, config.results_dir)
         check_available(f"models.{key}", spec)
         if spec.source == "gguf":
             prepare(spec, cache)
@@ -66,18 +66,18 @@ def _context(folder: Path) -> int | None:
         return None
 
 
-def _check_data(cfg: DictConfig) -> int:
-    path = project_path(cfg.data.path) / f"{cfg.data.split}.jsonl"
+def _check_data(config: RunConfig) -> int:
+    path = project_path(config.data.path) / f"{config.data.split}.jsonl"
     try:
-        total = len(load_problems(path, cfg.limit))
+        total = len(load_problems(path, config.limit))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.shards > total:
-        raise ConfigError(f"shards={cfg.shards}: more shards than problems ({total}); use shards=1..{total}")
+    if config.shards > total:
+        raise ConfigError(f"shards={config.shards}: more shards than problems ({total}); use shards=1..{total}")
     return total
 
 
-def plan(stage: Stage, config: dict[str, Any], run: Run, where: str) -> tuple[list[ShardTask], dict[Unit, tuple[int, int]]]:
+def plan(stage: Stage, config: RunConfig, run: Run, where: str) -> tuple[list[ShardTask], dict[Unit, tuple[int, int]]]:
     """The stage's units that still have work (a resubmission of a run only sends those), and every unit
     with its work done / total. The shard files of a sharded stage are read once, and must all be this
     run's and readable."""
@@ -97,24 +97,23 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     if backend is not None:  # a resume goes on in the run's backend, checked as if named: cluster=<it>
         cfg = checked_config([*overrides, f"cluster={backend}"])
     adopt_saved(cfg, given, RUN_ONLY)
-    total = _check_data(cfg)
-    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    config = build_config(cfg)
+    total = _check_data(config)
     folders = _check_models(config, model_keys(config))
-    stages = [STAGES[name] for name in stage_names(cfg.stage)]
+    stages = [STAGES[name] for name in stage_names(config.stage)]
     for stage in stages:
         if stage.check_models is not None:
-            stage.check_models(cfg, folders)
-    run_config = build_config(cfg)
+            stage.check_models(config, folders)
     if any(stage.per_gpu for stage in stages):
-        run_config.cluster.check_per_gpu()
+        config.cluster.check_per_gpu()
     run, resumed = open_run(cfg, RUN_ONLY)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    launcher = launcher_for(dataclasses.replace(run_config, run_id=run.run_id), run)
+    config = dataclasses.replace(config, run_id=run.run_id)  # a new run's id is picked with its folder
+    launcher = launcher_for(config, run)
     after: list[Any] = []
     submitted: list[dict[str, Any]] = []
     for where, stage, step_config in steps(config, run):
-        if cfg.stage == "all":
-            write_atomic(run.stage_dir(where) / STAGE_CONFIG, to_yaml(step_config))
+        if config.stage == "all":
+            write_atomic(run.stage_dir(where) / STAGE_CONFIG, to_yaml(step_config.plain()))
         tasks, before = plan(stage, step_config, run, where)
         for task in tasks:
             mark_submitted(task.progress_path, task.label)
@@ -123,16 +122,16 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
         submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job, "before": before})
         after = [*jobs, reduce_job]
     final = submitted[-1]["reduce"]
-    if cfg.stage == "all":
+    if config.stage == "all":
         mark_submitted(run.progress_path("summary", REDUCE_LABEL), reduce_label("summary"))
         final = launcher.submit_summary(write_run_readme, after)
-    info = _info(cfg, run, resumed, total, submitted, final, launcher)
+    info = _info(config, run, resumed, total, submitted, final, launcher)
     _announce(info)
-    if cfg.wait or launcher.runs_at_once:
+    if config.wait or launcher.runs_at_once:
         try:
             if not launcher.runs_at_once:  # everything has run by now
-                watch([Step(s["where"], s["stage"], s["reduce"], s["before"]) for s in submitted], run, config["progress"])
-            result = _wait_for(final, run, submitted[-1]["where"] if cfg.stage != "all" else "summary")
+                watch([Step(s["where"], s["stage"], s["reduce"], s["before"]) for s in submitted], run, config.progress)
+            result = _wait_for(final, run, submitted[-1]["where"] if config.stage != "all" else "summary")
         except KeyboardInterrupt:
             raise StoppedWatching(f"stopped watching; run {run.run_id} goes on. Watch it: python jobs/status.py {run.run_id}; "
                                   f"cancel it: python jobs/cancel.py {run.run_id}") from None
@@ -167,19 +166,19 @@ class StoppedWatching(RuntimeError):
     """Ctrl-C while waiting for a run: the jobs are not the submitter's to stop (they run detached)."""
 
 
-def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[dict[str, Any]], final: Any,
+def _info(config: RunConfig, run: Run, resumed: bool, total: int, submitted: list[dict[str, Any]], final: Any,
           launcher: Launcher) -> dict[str, Any]:
     last = submitted[-1]
-    name = job_name(cfg.stage if cfg.stage != "all" else last["where"], run.run_id)
+    name = job_name(config.stage if config.stage != "all" else last["where"], run.run_id)
     tasks = [t for s in submitted for t in s["tasks"]]
     return {
         "run_id": run.run_id,
         "run_dir": str(run.root),
         "resumed": resumed,
-        "stage": cfg.stage,
+        "stage": config.stage,
         "problems": total,
-        "shards": cfg.shards,
-        "work": describe_work(cfg, total),
+        "shards": config.shards,
+        "work": describe_work(config, total),
         "steps": [{"where": s["where"], "jobs": [j.job_id for j in s["jobs"]], "reduce": s["reduce"].job_id,
                    "submitted": [t.unit.label for t in s["tasks"]], "table": f"{run.root}/{s['stage'].table_file(s['where'])}"}
                   for s in submitted],
@@ -188,7 +187,7 @@ def _info(cfg: DictConfig, run: Run, resumed: bool, total: int, submitted: list[
         "shard_jobs": [j.job_id for s in submitted for j in s["jobs"]],
         "reduce_job": final.job_id,
         "name": name,
-        "cluster": cfg.cluster.kind,
+        "cluster": config.cluster.kind,
         "watch_also": launcher.watch_hint(name),
     }
 

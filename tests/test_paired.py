@@ -10,7 +10,7 @@ from pipeline.reduce.debate import agreement, agreement_kind, markdown, summariz
 from pipeline.reduce.eval import against_base
 from pipeline.reduce.eval import markdown as markdown_eval
 from pipeline.reduce.stats import format_p, mcnemar_exact
-from tests.debate_records import record
+from tests.debate_records import debate_config, record
 
 
 def test_mcnemar_exact_by_hand() -> None:
@@ -69,8 +69,8 @@ def test_without_b_alone_agreement_is_not_called_independent() -> None:
 
 
 def test_the_debate_table_carries_paired_tests_and_agreement() -> None:
-    config = {"models": {"a": "m-a", "b": "m-b"},
-              "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}}
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"},
+                            "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}})
     summary = summarize(RECORDS, config)
     by_method = {p["against"]: p for p in summary["paired"]}
     # debate right on 0, 1, 4; a alone right on 0, 1; b alone right on 0, 2, 4.
@@ -147,8 +147,8 @@ def test_a_p_value_of_a_large_run_is_not_rounded_to_0() -> None:
     """On 1,319 questions a difference of 600 discordant pairs to 30 has p near 1e-140: the JSON keeps it and the
     table prints it in scientific notation (it printed 0 before)."""
     records = [record(i, "5", ["5", "5"], b_solo="6") for i in range(600)] + [record(600 + i, "5", ["6", "6"], b_solo="5") for i in range(30)]
-    summary = summarize(records, {"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last",
-                                                                              "baselines": {"vote_models": []}}})
+    summary = summarize(records, debate_config({"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last",
+                                                                                            "baselines": {"vote_models": []}}}))
     against_b = next(p for p in summary["paired"] if p["against"] == "model b (m) alone")
     assert 0 < against_b["p_value"] < 1e-100
     assert f"| {format_p(against_b['p_value'])} |" in markdown(summary, "r", []) and "e-" in format_p(against_b["p_value"])

@@ -59,9 +59,7 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     assert schema is not None
 
     def fingerprint(*overrides: str) -> str:
-        from omegaconf import OmegaConf
-
-        return schema(OmegaConf.to_container(load_config(["stage=debate", *overrides]), resolve=True), None).fingerprint
+        return schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
     assert fingerprint("debate.prefill_tokens=64", "progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()

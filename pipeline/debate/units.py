@@ -6,25 +6,22 @@ command and the reducer read a run's plan in a fraction of a second.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
-from pipeline.debate.settings import DebateSettings
+from pipeline.run_config import RunConfig
 from pipeline.settings import result_values
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
-def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
+def shard_problems(config: RunConfig, shard: int, shards: int) -> list:
     """The problems one shard owns (a contiguous slice of the first ``limit`` problems)."""
-    data = config["data"]
-    problems = load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
+    problems = load_problems(project_path(config.data.path) / f"{config.data.split}.jsonl", config.limit)
     return [problems[i] for i in shard_slice(len(problems), shard, shards)]
 
 
-def debate_units(config: dict[str, Any]) -> list[Unit]:
+def debate_units(config: RunConfig) -> list[Unit]:
     """The debate array: one unit per shard, each a slice of the problems."""
-    shards = int(config["shards"])
+    shards = config.shards
     return [Unit("", s, shards, tuple(p.index for p in shard_problems(config, s, shards))) for s in range(shards)]
 
 
@@ -33,16 +30,16 @@ RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn
                "first_answers", "solo", "vote", "tokens", "seconds")
 
 
-def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+def debate_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The debate records' keys and the fingerprint of what decides them: the data, the models and their
     precision, the seed, and every debate setting that can change a result (``results=False`` on a field of
     :class:`DebateSettings` leaves it out)."""
-    models = config["models"]
+    models = config.models
     settings = {
-        "data": config["data"]["split"],
-        "models": {"a": models["a"], "b": models["b"], "dtype": models["dtype"]},
-        "seed": config["seed"],
-        "debate": result_values(DebateSettings, config["debate"]),
+        "data": config.data.split,
+        "models": {"a": models.a, "b": models.b, "dtype": models.dtype},
+        "seed": config.seed,
+        "debate": result_values(config.debate),
     }
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 

@@ -10,4 +10,4 @@ from pipeline.stage import Stage
 
 STAGE = Stage("eval", check_eval, eval_units, "pipeline.harness.shard:run_eval_shard", "pipeline.reduce.eval:reduce_eval",
               TABLE, PLOTS, "samples", schema=eval_schema, settings=EvalSettings,
-              models=lambda config: list(config["eval"]["models"]), token_keys=("eval.max_gen_toks",), describe=describe_eval)
+              models=lambda config: list(config.eval.models), token_keys=("eval.max_gen_toks",), describe=describe_eval)

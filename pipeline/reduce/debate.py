@@ -19,6 +19,7 @@ from pipeline.answers import same_answer
 from pipeline.debate.scoring import final_turn
 from pipeline.debate.vote import majority
 from pipeline.config import project_path
+from pipeline.debate.settings import DebateSettings
 from pipeline.debate.units import PLOTS, TABLE, debate_schema, debate_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
@@ -30,6 +31,7 @@ from pipeline.reduce.report import write_report
 from pipeline.reduce.sampling import scores_at, score_summary, vote_curve
 from pipeline.reduce.stats import format_p, mcnemar_exact
 from pipeline.reduce.wandb_log import log_step
+from pipeline.run_config import RunConfig, load
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 
@@ -92,14 +94,14 @@ def _vote_k(entries: dict[int, dict[str, Any]]) -> int:
     return len(next(iter(entries.values()))["samples"])
 
 
-def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
+def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> list[tuple[str, dict[int, dict[str, Any]]]]:
     """Each baseline's method name with its entry (answer, correct, tokens, seconds) per question index."""
     out = []
     for key in ("a", "b"):
         solo = {r["index"]: r["solo"][key] for r in records if key in r["solo"]}
         if solo:
             out.append((solo_method(role_label(key, models)), solo))
-    for key in debate["baselines"]["vote_models"]:
+    for key in debate.baselines.vote_models:
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
             out.append((vote_method(role_label(key, models), _vote_k(votes)), votes))
@@ -141,11 +143,11 @@ def _baseline_facts(record: dict[str, Any], entry: dict[str, Any]) -> tuple[bool
     return _facts(replies, flexible, record["gold"])
 
 
-def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
     """Per voting model, read off its k samples: its vote row's name, the pass@k and mean@k rows of the table
     (at the vote's cost: no generation of their own) and the majority@j, pass@j, mean@j curve for j = 1..k."""
     out = []
-    for key in debate["baselines"]["vote_models"]:
+    for key in debate.baselines.vote_models:
         mine = [r for r in records if key in r["vote"]]
         if not mine:
             continue
@@ -224,15 +226,15 @@ def _alone(record: dict[str, Any], key: str) -> str | None:
     return record["first_answers"]["a"] if key == "a" else record["solo"]["b"]["answer"]
 
 
-def model_labels(config: dict[str, Any]) -> dict[str, str]:
+def model_labels(config: RunConfig) -> dict[str, str]:
     """Each model's display name, by its key in the pair."""
-    return {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+    return {key: model_label(getattr(config.models, key), config.results_dir) for key in ("a", "b")}
 
 
-def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], config: RunConfig) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this)."""
     models = model_labels(config)
-    debate = config["debate"]
+    debate = config.debate
     by_index = {r["index"]: r for r in records}
     finals = [r["turns"][r["final_turn"]] for r in records]
     rows = [_row("debate", (r["correct"] for r in records), (r["tokens"] for r in records), (r["seconds"] for r in records),
@@ -247,8 +249,8 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
         if method in sampled:
             rows += sampled[method][0]
     per_round = []
-    for round_no in range(1, int(debate["max_rounds"]) + 1):
-        flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"])["answer"], r["gold"]) for r in records]
+    for round_no in range(1, debate.max_rounds + 1):
+        flags = [same_answer(answer_after_round(r, round_no, debate.final_answer)["answer"], r["gold"]) for r in records]
         row = _row(f"after round {round_no}", flags, [], [])
         row["still_open"] = sum(r["rounds"] > round_no for r in records)
         per_round.append({k: v for k, v in row.items() if not k.endswith("per_question") and k != "kind"})
@@ -274,15 +276,15 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
     }
 
 
-def outcomes(records: list[dict[str, Any]], config: dict[str, Any]) -> Outcomes:
+def outcomes(records: list[dict[str, Any]], config: RunConfig) -> Outcomes:
     """Every method's answer and verdict per question (the compact file a results page is recomputed from)."""
     models = model_labels(config)
-    debate = config["debate"]
+    debate = config.debate
     methods: dict[str, dict[int, tuple[str | None, bool]]] = {"debate": {r["index"]: (r["final_answer"], bool(r["correct"])) for r in records}}
     for method, entries in baselines(records, models, debate):
         methods[method] = {i: (e["answer"], bool(e["correct"])) for i, e in entries.items()}
-    for round_no in range(1, int(debate["max_rounds"]) + 1):
-        answers = {r["index"]: answer_after_round(r, round_no, debate["final_answer"])["answer"] for r in records}
+    for round_no in range(1, debate.max_rounds + 1):
+        answers = {r["index"]: answer_after_round(r, round_no, debate.final_answer)["answer"] for r in records}
         methods[f"debate stopped after round {round_no}"] = {r["index"]: (answers[r["index"]], same_answer(answers[r["index"]], r["gold"])) for r in records}
     return Outcomes({r["index"]: r["gold"] for r in records}, methods)
 
@@ -439,7 +441,7 @@ def vote_curve_figure(summary: dict[str, Any], run_id: str) -> Any:
     return fig
 
 
-def transcript_block(run_id: str, records: list[dict[str, Any]], config: dict[str, Any]) -> str:
+def transcript_block(run_id: str, records: list[dict[str, Any]], config: RunConfig) -> str:
     """The run's transcripts as text: question, discussion, final answer, correct."""
     models = model_labels(config)
     out = [f"{BLOCK_START}{run_id} | debate | a={models['a']} b={models['b']} | {len(records)} problems | {time.strftime('%Y-%m-%d %H:%M:%S')}"]
@@ -458,7 +460,7 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG, with a vote the
     vote-curve PNG, and the report page; logs transcripts once if complete."""
     run = Run(Path(run_root))
-    config = run.stage_config(where)
+    config = load(run.stage_config(where), {"debate": DebateSettings})
     by_part, checks, result = begin_reduce(run, where, debate_units(config), "problems", lambda unit: debate_schema(config, unit))
     if "table" in result:
         return result
@@ -479,11 +481,11 @@ def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
     save_figure(rounds_figure(summary, run.run_id), run.root / PLOTS[0].format(where=where))
     if summary["sampling"]:
         save_figure(vote_curve_figure(summary, run.run_id), run.root / PLOTS[1].format(where=where))
-    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, debate_questions(records, per_question))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config.plain(), debate_questions(records, per_question))
     log_step(run, where, config, {k: summary[k] for k in ("methods", "per_round", "paired", "agreement")},
              [run.root / p.format(where=where) for p in PLOTS], result["complete"], rounds=summary["per_round"])
     if not incomplete:
-        log_path = project_path(config["paths"]["transcript_log"])
+        log_path = project_path(config.paths.transcript_log)
         result["transcripts_appended"] = append_block_once(log_path, run.run_id, lambda: transcript_block(run.run_id, records, config))
     result["table"] = table
     log.info("reduced %d records of run %s (complete: %s)", len(records), run.run_id, result["complete"])

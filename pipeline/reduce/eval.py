@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.harness.settings import EvalSettings
 from pipeline.harness.units import PLOTS, TABLE, eval_schema, eval_units
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
@@ -25,6 +26,7 @@ from pipeline.reduce.questions import eval_questions
 from pipeline.reduce.report import write_report
 from pipeline.reduce.stats import format_p, mcnemar_exact, wilson_interval
 from pipeline.reduce.wandb_log import log_step
+from pipeline.run_config import RunConfig, load
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck, collect
 
@@ -52,14 +54,14 @@ def _row(model: str, key: str, task: str, filter_name: str, records: list[dict[s
     }
 
 
-def summarize(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> list[dict[str, Any]]:
+def summarize(by_part: dict[str, list[dict[str, Any]]], config: RunConfig) -> list[dict[str, Any]]:
     """One row per model x task x filter, in the config's order."""
     rows = []
-    for key in config["eval"]["models"]:
-        for task in config["tasks"]:
+    for key in config.eval.models:
+        for task in config.tasks:
             records = by_part.get(f"{key}/{task}", [])
             filters = sorted({f for r in records for f in r["correct"]}, key=lambda f: (f != "strict-match", f))
-            rows += [_row(model_label(config["models"][key], config.get("results_dir")), key, task, f, records) for f in filters]
+            rows += [_row(model_label(getattr(config.models, key), config.results_dir), key, task, f, records) for f in filters]
     return rows
 
 
@@ -163,16 +165,16 @@ def figure(rows: list[dict[str, Any]], title: str) -> Any:
     return fig
 
 
-def outcomes(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], label: str) -> Outcomes:
+def outcomes(by_part: dict[str, list[dict[str, Any]]], config: RunConfig, label: str) -> Outcomes:
     """Each model x task x filter's extracted answer and verdict per question, as ``<label> <model> <task> <filter>``."""
     methods: dict[str, dict[int, tuple[str | None, bool]]] = {}
     gold: dict[int, str] = {}
-    for key in config["eval"]["models"]:
-        for task in config["tasks"]:
+    for key in config.eval.models:
+        for task in config.tasks:
             for r in by_part.get(f"{key}/{task}", []):
                 gold[r["index"]] = r["gold"]
                 for name, right in r["correct"].items():
-                    column = methods.setdefault(f"{label}{model_label(config['models'][key], config.get('results_dir'))} ({key}) {task} {name}", {})
+                    column = methods.setdefault(f"{label}{model_label(getattr(config.models, key), config.results_dir)} ({key}) {task} {name}", {})
                     column[r["index"]] = (r["extracted"].get(name), bool(right))
     return Outcomes(gold, methods)
 
@@ -181,7 +183,7 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
     """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing."""
     if where == "eval" or not run.stage_dir("eval").is_dir():
         return []
-    base_config = run.stage_config("eval")
+    base_config = load(run.stage_config("eval"), {"eval": EvalSettings})
     base, _ = collect(run.stage_dir("eval"), eval_units(base_config), lambda unit: eval_schema(base_config, unit))
     return against_base(by_part, base)
 
@@ -190,7 +192,7 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json,png}`` and the report page; an incomplete run's table is marked partial.
     ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
     run = Run(Path(run_root))
-    config = run.stage_config(where)
+    config = load(run.stage_config(where), {"eval": EvalSettings})
     by_part, checks, result = begin_reduce(run, where, eval_units(config), "questions", lambda unit: eval_schema(config, unit))
     if "table" in result:
         return result
@@ -211,7 +213,7 @@ def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
     n = max(r["n"] for r in rows)
     title = f"GSM8K accuracy{', fine-tuned models' if where != 'eval' else ''} (lm-eval, 95% CI), run {run.run_id}, n={n}"
     save_figure(figure(rows, title), run.root / PLOTS[0].format(where=where))
-    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config, eval_questions(by_part, config, per_question))
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config.plain(), eval_questions(by_part, config, per_question))
     log_step(run, where, config, {"accuracy": rows, "against_base": base}, [run.root / p.format(where=where) for p in PLOTS], result["complete"])
     result["table"] = table
     result["rows"] = rows

@@ -11,7 +11,9 @@ from typing import Any
 from pipeline.files import save_figure, write_atomic
 from pipeline.markdown import escape
 from pipeline.reduce.report import write_report
+from pipeline.run_config import load
 from pipeline.runs import Run
+from pipeline.train.settings import TrainSettings
 from pipeline.train.units import DONE_FILE, PLOTS, TABLE, train_units
 from pipeline.train.metrics import read_metrics
 
@@ -46,7 +48,7 @@ def curves_figure(curves: dict[str, list[dict[str, Any]]], run_id: str) -> Any:
 def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     """Writes the summary, the curves and the report page; says which models are not trained yet and how to resume."""
     run = Run(Path(run_root))
-    config = run.stage_config(where)
+    config = load(run.stage_config(where), {"train": TrainSettings})
     rows, curves, missing = [], {}, []
     for unit in train_units(config):
         folder = run.stage_dir(where) / unit.part
@@ -60,7 +62,7 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
                          "final_accuracy": last.get("rewards/accuracies")})
         else:
             missing.append(unit.part)
-    resume = f"python jobs/submit.py stage={config['stage']} run_id={run.run_id}" if missing else None
+    resume = f"python jobs/submit.py stage={config.stage} run_id={run.run_id}" if missing else None
     lines = [f"# ORPO training: run {run.run_id}", ""]
     if missing:
         lines += [f"**Not trained yet: {', '.join(map(escape, missing))}.** Resume with: {resume}", ""]
@@ -76,5 +78,5 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
     write_atomic(run.root / TABLE.format(where=where), table)
     if curves:
         save_figure(curves_figure(curves, run.run_id), run.root / PLOTS[0].format(where=where))
-    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config)
+    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config.plain())
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "rows": rows, "table": table}

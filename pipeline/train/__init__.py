@@ -10,5 +10,5 @@ from pipeline.train.units import PLOTS, TABLE, describe_training, train_progress
 
 STAGE = Stage("train", check_train, train_units, "pipeline.train.job:run_train", "pipeline.reduce.train:reduce_train",
               TABLE, PLOTS, "steps", train_progress, per_gpu=True, settings=TrainSettings,
-              models=lambda config: list(config["train"]["models"]), token_keys=("train.max_length",),
+              models=lambda config: list(config.train.models), token_keys=("train.max_length",),
               check_models=check_training, describe=describe_training)

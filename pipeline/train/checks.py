@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.config import ConfigError
 
 from pipeline.models.registry import display_name
+from pipeline.run_config import RunConfig
 from pipeline.settings import check
 from pipeline.train.hub import check_repo_id, hub_repo
 from pipeline.train.settings import TrainSettings
@@ -48,19 +49,19 @@ def check_lora_targets(key: str, name: str, folder: Path, targets: list[str]) ->
                               f"{', '.join(linear)}")
 
 
-def check_training(cfg: DictConfig, folders: dict[str, Path]) -> None:
+def check_training(config: RunConfig, folders: dict[str, Path]) -> None:
     """The training set, the layers LoRA adapts, the DeepSpeed config and the adapters' folders: what would
     otherwise fail inside the job (the backend checks the processes and GPUs of a per-GPU stage)."""
     from pipeline.train.deepspeed import deepspeed_config
     from pipeline.train.pairs import check_dataset
 
-    check_dataset(OmegaConf.to_container(cfg, resolve=True))
-    for key in cfg.train.models:
+    check_dataset(config)
+    for key in config.train.models:
         if key in folders:
-            check_lora_targets(f"models.{key}", str(cfg.models[key]), folders[key], list(cfg.train.lora.target_modules))
-    deepspeed = deepspeed_config(cfg.train.deepspeed)
-    if deepspeed and cfg.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
+            check_lora_targets(f"models.{key}", getattr(config.models, key), folders[key], list(config.train.lora.target_modules))
+    deepspeed = deepspeed_config(config.train.deepspeed)
+    if deepspeed and config.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
         raise ConfigError("train.load_in_4bit=true with ZeRO-3: 4-bit weights cannot be partitioned; use train.deepspeed=zero2 or null")
-    names = [display_name(cfg.models[k]) for k in cfg.train.models]
+    names = [display_name(getattr(config.models, k)) for k in config.train.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"train.models: both models are {names[0]}; their adapters would share train/{names[0]}/")
