@@ -84,10 +84,10 @@ def build_config(cfg: DictConfig) -> RunConfig:
     return _built(OmegaConf.to_container(cfg, resolve=True))
 
 
-def saved_config(run: Run, where: str) -> RunConfig:
-    """The typed config a step of a run was submitted with (its ``stage.yaml`` in a chain, else the run's
-    ``config.yaml``)."""
-    return _built(run.stage_config(where))
+def saved_config(run: Run, where: str | None = None) -> RunConfig:
+    """The typed config a run was made with (its ``config.yaml``), or one of its steps was submitted with
+    (``where``: its ``stage.yaml`` in a chain, else the run's)."""
+    return _built(run.saved_config_container() if where is None else run.stage_config(where))
 
 
 def _built(values: dict[str, Any]) -> RunConfig:
