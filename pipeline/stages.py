@@ -38,6 +38,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "run": {key: value for key, value in defaults(RunConfig).items() if key not in GROUPS},
     **{f"cluster/{kind}": defaults(settings) for kind, settings in _BACKEND_SETTINGS.items()},
 }
+# The group options that are settings classes, not YAML (``cluster=slurm``), by group.
+GROUP_SETTINGS: dict[str, dict[str, type]] = {"cluster": _BACKEND_SETTINGS}
 _TREE = [("", RunConfig), *_STAGE_SETTINGS.items(), *(("cluster", s) for s in _BACKEND_SETTINGS.values())]
 LOOSE = frozenset(key for prefix, settings in _TREE for key in loose_keys(settings, prefix))
 FREE = frozenset(key for prefix, settings in _TREE for key in free_keys(settings, prefix))

@@ -13,7 +13,7 @@ from pipeline.config import CONFIG_DIR, GROUPS, show_scalar
 from pipeline.launch import LAUNCHERS
 from pipeline.run_config import RunConfig
 from pipeline.settings import describe
-from pipeline.stages import STAGES, load_defaults
+from pipeline.stages import GROUP_SETTINGS, STAGES, load_defaults
 
 # Defaults longer than this (the prompts) are cut short in the overview.
 LONGEST = 40
@@ -35,17 +35,16 @@ def _first_comment(path: Any) -> str:
 
 
 def _options(group: str) -> dict[str, str]:
-    """A group's choices and what each is: its YAML files' first comments; for ``cluster``, also each
-    backend's own section (its settings' docstring)."""
+    """A group's choices and what each is: its YAML files' first comments, and the options that are settings
+    classes (each backend of ``cluster``) their docstrings' first line."""
     options = {path.stem: _first_comment(path) for path in (CONFIG_DIR / group).glob("*.yaml")}
-    if group == "cluster":
-        options.update({kind: (launcher.settings.__doc__ or "").split("\n")[0] for kind, launcher in LAUNCHERS.items()})
+    options.update({name: (settings.__doc__ or "").split("\n")[0] for name, settings in GROUP_SETTINGS.get(group, {}).items()})
     return options
 
 
 def _options_from(group: str) -> str:
-    if group == "cluster":
-        return "a backend of pipeline/launch/, or a preset configs/cluster/NAME.yaml"
+    if group in GROUP_SETTINGS:
+        return f"one declared in code: --help NAME lists its keys; or a preset configs/{group}/NAME.yaml"
     return f"configs/{group}/NAME.yaml"
 
 
