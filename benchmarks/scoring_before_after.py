@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from pipeline.debate import scoring  # noqa: E402
-from pipeline.reduce.debate import markdown, outcomes, summarize  # noqa: E402
+from pipeline.reduce.debate_stats import outcomes, summarize  # noqa: E402
 from pipeline.reduce.outcomes import to_csv  # noqa: E402
 from pipeline.debate.settings import DebateSettings  # noqa: E402
+from pipeline.reduce.sharded import model_labels  # noqa: E402
+from pipeline.reduce.tables import debate_table  # noqa: E402
 from pipeline.run_config import RunConfig, load  # noqa: E402
 
 
@@ -72,11 +74,12 @@ def main() -> int:
     replies = [(b, a) for rb, ra in zip(before, after) for b, a in zip(scoring.replies_of(rb), scoring.replies_of(ra))]
     differ = sum(b["answer"] != a["answer"] for b, a in replies)
     print(f"{len(records)} questions, {len(replies)} replies: the two readings differ on {differ}")
+    labels = model_labels(config)
     for name, chosen in (("before", before), ("after", after)):
-        summary = summarize(chosen, config)
+        summary = summarize(chosen, labels, config.debate)
         suffix = "_before_outcomes.csv" if name == "before" else "_outcomes.csv"
-        Path(f"{args.out}.{name}.md").write_text(markdown(summary, args.run_id or args.records.stem, []))
-        Path(f"{args.out}{suffix}").write_text(to_csv(outcomes(chosen, config)))
+        Path(f"{args.out}.{name}.md").write_text(debate_table(summary, args.run_id or args.records.stem, []))
+        Path(f"{args.out}{suffix}").write_text(to_csv(outcomes(chosen, labels, config.debate)))
         debate = summary["methods"][0]
         print(f"{name}: debate {debate['correct']} / {debate['n']} ({100 * debate['accuracy']:.1f}%)")
     return 0

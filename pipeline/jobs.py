@@ -3,7 +3,7 @@
 Both are :class:`submitit.helpers.Checkpointable`: when SLURM preempts a job or its time limit nears
 (``--signal``), submitit requeues the same call, and the shard resumes from its own file. Each sets up its
 log and its progress file, passes the backend's gate if it was given one (the local backend's ordering and
-slots: ``pipeline.launch.local``), and records how it ended. Nothing here knows which backend runs it.
+slots: ``pipeline.launch.local_gate``), and records how it ended. Nothing here knows which backend runs it.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ CANCELLED = "cancelled (SIGINT)"
 
 
 def _start_progress(path: Path, label: str, shown: ProgressSettings) -> None:
-    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes)."""
+    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes),
+    at the intervals of the run's ``progress.*`` keys."""
     progress.start(path if _rank() == 0 else None, label, shown.refresh_s, shown.log_every_s)
 
 
@@ -146,7 +147,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
 class ReduceJob(submitit.helpers.Checkpointable):
     """The reducer's callable: ``fn(run_root, where)``, once the backend's ``gate`` (if any) lets it run;
-    ``shown``: how the run shows its progress (``progress.*``)."""
+    ``shown``: the run's ``progress.*`` keys (how often its progress file is written and logged)."""
 
     def __init__(self, fn: Callable[[str, str], dict[str, Any]], shown: ProgressSettings, gate: ContextManager[Any] | None = None) -> None:
         self.fn = fn

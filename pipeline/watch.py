@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, TextIO
 
 from pipeline.run_config import ProgressSettings
-from pipeline.progress import bar, count, describe_phase, format_duration, read_progress
+from pipeline.progress import bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import Unit
 from pipeline.stages import Stage
@@ -41,8 +41,7 @@ class Step:
 
 def step_line(step: Step, run: Run, elapsed: float) -> str:
     """The step's display now, from its tasks' progress files."""
-    done = total = 0
-    unknown = False  # a unit whose total is not known yet (a train job before its first step)
+    work: list[tuple[int, int]] = []
     states: Counter[str] = Counter()
     phases: list[dict[str, Any]] = []
     for unit, (unit_done, unit_total) in step.before.items():
@@ -53,10 +52,11 @@ def step_line(step: Step, run: Run, elapsed: float) -> str:
                 unit_done, unit_total = shot["work"]["done"], shot["work"]["total"]
             if shot["state"] == "running" and shot.get("phase"):
                 phases.append(shot["phase"])
-        done, total, unknown = done + unit_done, total + unit_total, unknown or unit_total == 0
+        work.append((unit_done, unit_total))
+    done, total, known = step_work(work)
     reducer = read_progress(run.progress_path(step.where, REDUCE_LABEL))
     what = step.stage.what
-    parts = [f"{step.where:<14} [{bar(done, total, '-')}] {count(done, None if unknown else total, what)}"]
+    parts = [f"{step.where:<14} [{bar(done, total, '-')}] {count(done, total if known else None, what)}"]
     tasks = len(step.before)
     if reducer is not None and reducer["state"] == "running":
         parts.append("merging the shards")
@@ -116,7 +116,8 @@ class Display:
 
 
 def watch(steps: Sequence[Step], run: Run, shown: ProgressSettings, out: TextIO = sys.stdout) -> None:
-    """Shows each step until its reducer has ended, one after the other."""
+    """Shows each step until its reducer has ended, one after the other, at the intervals of the run's
+    ``progress.*`` keys (``shown``)."""
     for step in steps:
         started = time.monotonic()
         display = Display(out, shown.refresh_s, shown.log_every_s)

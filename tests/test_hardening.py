@@ -22,7 +22,7 @@ from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run, open_run
 from pipeline.submit import main, submit
-from pipeline.launch.local import process_alive, process_start
+from pipeline.launch.process import process_alive, process_start
 from tests.conftest import ROOT, copy_run, tiny_overrides
 
 

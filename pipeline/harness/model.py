@@ -102,6 +102,8 @@ def harness_model(config: RunConfig, key: str, threads: int) -> WatchedHFLM:
         batch = config.eval.cpu_batch_size
     engine = config.eval.engine
     static = pick_engine(loaded, engine) == "static"
+    if static and str(batch).startswith("auto"):
+        batch = config.eval.max_batch_size
     options = {"pretrained": loaded.model, "tokenizer": loaded.tokenizer, "batch_size": batch, "max_batch_size": config.eval.max_batch_size}
     lm = StaticHFLM(**options, fallback=engine == "auto") if static else WatchedHFLM(**options)
     log.info("%s: lm-eval decodes through %s", loaded.name, "the static decoder" if static else "transformers' generate")

@@ -3,8 +3,10 @@ after everything; each submission recorded in ``launch/jobs.jsonl`` for the stat
 
 A backend (``local``, ``slurm``, ``debug``: one small class each) declares its settings (``cluster.*``: a
 :class:`BackendSettings` dataclass of ``knob()`` fields, which checks itself) and says how to build its
-submitit executor, how a job is ordered after earlier ones, and what else it must do around a submission.
-Job bodies (``pipeline.jobs``) know nothing of the backend: a backend that holds jobs itself hands them a gate.
+submitit executor, how a job is ordered after earlier ones, and what else it must do around a submission;
+and, for the status and cancel commands, what state its recorded jobs are in and how to cancel them (as
+submitit keeps state and cancel on each backend's ``Job``). Job bodies (``pipeline.jobs``) know nothing of
+the backend: a backend that holds jobs itself hands them a gate.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, TypeVar
 
 import submitit
 
@@ -22,10 +24,13 @@ from pipeline.config import ConfigError
 from pipeline.files import append_line
 from pipeline.run_config import RunConfig
 from pipeline.runs import Run
-from pipeline.jobs import ReduceJob, ShardJob, ShardTask
+from pipeline.jobs import CANCELLED, ReduceJob, ShardJob, ShardTask
 from pipeline.settings import knob
 
 JOBS_FILE = "jobs.jsonl"
+
+# What the status command keys its jobs by (a step and a task label); the backend hands the key back.
+Key = TypeVar("Key")
 
 
 class SubmissionRefused(ConfigError):
@@ -128,6 +133,20 @@ class Launcher:
         """What else the backend keeps of a submission in jobs.jsonl."""
         return {}
 
+    # ---- what a backend says of the jobs a run recorded (status, cancel: no config, only the run) ----
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """The state of each job (its id in ``jobs``) in SLURM's words (PENDING, RUNNING, COMPLETED, FAILED,
+        CANCELLED, ...), ``-`` where the backend cannot tell; ``shots`` holds the last word of each job's
+        progress file, for a backend that keeps no record of its own."""
+        return {key: "-" for key in jobs}
+
+    @classmethod
+    def cancel_jobs(cls, run: Run, subs: Sequence[dict[str, Any]]) -> list[str]:
+        """Cancel every recorded job that may still be queued or running; the ids cancelled."""
+        return []
+
     # ---- shared ------------------------------------------------------------------------------------
     def processes(self, per_gpu: bool) -> int:
         """Processes per job: for a per-GPU stage (train), ``cluster.tasks_per_node`` or one per GPU; else one."""
@@ -225,6 +244,21 @@ def read_submissions(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
             problems.append(f"{path}:{number}: not a job record (a write cut short?); skipped: its jobs are not shown or "
                             "cancelled here; delete that line")
     return entries, problems
+
+
+def job_ids(subs: Sequence[dict[str, Any]]) -> list[str]:
+    """Every job id the submissions recorded (each shard's and each reducer's), once, oldest first."""
+    return list(dict.fromkeys(j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])))
+
+
+def ended_state(shot: dict[str, Any] | None) -> str:
+    """An ended job's state as its progress file says it, in sacct's words: COMPLETED, FAILED, CANCELLED (a
+    task that says it was cancelled), else ENDED. For a backend whose jobs leave no record of their own."""
+    if shot is not None and shot["state"] == "done":
+        return "COMPLETED"
+    if shot is not None and shot["state"] == "failed":
+        return "CANCELLED" if shot.get("note", "").startswith(CANCELLED) else "FAILED"
+    return "ENDED"
 
 
 def submissions(run: Run) -> list[dict[str, Any]]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 from submitit.local.debug import DebugExecutor, DebugJob
 
-from pipeline.launch.base import BackendSettings, Launcher
+from pipeline.launch.base import BackendSettings, Key, Launcher, ended_state
+from pipeline.runs import Run
 from pipeline.settings import knob
 
 
@@ -78,3 +79,9 @@ class DebugLauncher(Launcher):
                 job.result()
             except Exception:  # noqa: BLE001 - the reducer reports it
                 pass
+
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """Its jobs ran inside the submitter and left no record but their progress files."""
+        return {key: ended_state(shots.get(key)) for key in jobs}

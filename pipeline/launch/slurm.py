@@ -1,7 +1,8 @@
 """The SLURM backend: one ``sbatch --array`` per stage, throttled by ``cluster.array_parallelism``; the
 reducer, and the next step of a chain, depend on it with ``afterany`` (an ``afterok`` never fires when one
 task fails: each step checks its own inputs). A per-GPU stage (train) runs ``--ntasks-per-node``
-processes per job. Every ``cluster.*`` key maps to an sbatch option; reducers ask for no GPU."""
+processes per job. Every ``cluster.*`` key maps to an sbatch option; reducers ask for no GPU. A job's state
+is SLURM's (``squeue``, then ``sacct`` for jobs that left the queue); a cancel is ``scancel`` of each array."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import submitit
 
 from pipeline.config import ConfigError
-from pipeline.launch.base import BackendSettings, Launcher, check_one_process_per_gpu
+from pipeline.launch.base import BackendSettings, Key, Launcher, check_one_process_per_gpu, job_ids
+from pipeline.runs import Run
 from pipeline.settings import knob
 
 
@@ -99,12 +101,48 @@ class SlurmLauncher(Launcher):
         """Start after every given job has ended, whatever its outcome (afterany)."""
         if not after:
             return
-        ids = sorted({j.job_id.split("_")[0] for j in after})
         extra: dict[str, Any] = dict(self.cluster.additional)
-        extra["dependency"] = "afterany:" + ":".join(ids)
+        extra["dependency"] = "afterany:" + ":".join(_arrays(j.job_id for j in after))
         executor.update_parameters(slurm_additional_parameters=extra)
 
     def withdraw(self, jobs: Sequence[submitit.Job]) -> None:
         """The array whose reducer SLURM refused would run for nothing."""
         if jobs:
-            subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
+            subprocess.run(["scancel", *_arrays([jobs[0].job_id])], check=False)
+
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """What SLURM says of each job; ``-`` for one it no longer knows (or on a machine without SLURM)."""
+        scheduler = _scheduler_states(list(jobs.values()))
+        return {key: scheduler.get(job, "-") for key, job in jobs.items()}
+
+    @classmethod
+    def cancel_jobs(cls, run: Run, subs: Sequence[dict[str, Any]]) -> list[str]:
+        """``scancel`` of every array (and single job) the run recorded; SLURM ignores those already over."""
+        arrays = _arrays(job_ids(subs))
+        subprocess.run(["scancel", *arrays], check=False)
+        return arrays
+
+
+def _arrays(ids: Iterable[str]) -> list[str]:
+    """The arrays (or single jobs) of some job ids: ``1234_5`` is task 5 of array 1234."""
+    return sorted({j.split("_")[0] for j in ids})
+
+
+def _scheduler_states(ids: list[str]) -> dict[str, str]:
+    """State per job id: squeue for queued/running jobs, sacct (when accounting runs) for the rest."""
+    states: dict[str, str] = {}
+    if not ids or shutil.which("squeue") is None:
+        return states
+    arrays = ",".join(_arrays(ids))
+    out = subprocess.run(["squeue", "-h", "-r", "-j", arrays, "-o", "%i|%T"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job] = state
+    if shutil.which("sacct"):
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", arrays, "-o", "JobID,State"], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            states.setdefault(job, state.split()[0] if state else "UNKNOWN")
+    return states
