@@ -16,22 +16,22 @@ from pipeline.launch import backend, read_submissions, submissions
 from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import ShardCorruptError
-from pipeline.stages import CHAIN, STAGES
+from pipeline.stages import CHAIN, STAGES, saved_config
 from pipeline.jobs import REDUCE_LABEL
 
 
 def run_status(run: Run) -> dict[str, Any]:
     """Per array task of every step: job id, scheduler state, work done / planned; and the overall state."""
-    config = run.saved_config_container()
-    steps = CHAIN if config["stage"] == "all" else ((config["stage"], config["stage"]),)
+    config = saved_config(run)
+    steps = CHAIN if config.stage == "all" else ((config.stage, config.stage),)
     subs, warnings = read_submissions(run)
     latest: dict[tuple[str, str], str] = {}
     reducers: dict[str, str] = {}
     for sub in subs:
         latest.update({(sub["stage"], label): job for label, job in sub["shards"].items()})
         reducers[sub["stage"]] = sub["reduce"]
-    cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
-    units = {where: STAGES[name].units(run.stage_config(where)) for where, name in steps}
+    cluster = subs[-1]["cluster"] if subs else config.cluster.kind
+    units = {where: STAGES[name].units(saved_config(run, where)) for where, name in steps}
     shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label)) for where in units for unit in units[where]}
     shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
     jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}
@@ -61,12 +61,12 @@ def run_status(run: Run) -> dict[str, Any]:
     done = sum(t["done"] for t in totals)
     complete = all(t["total"] and t["done"] == t["total"] for t in totals)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
-    final = run.root / "README.md" if config["stage"] == "all" else tables[-1]
+    final = run.root / "README.md" if config.stage == "all" else tables[-1]
     overall = "complete" if complete and final.exists() else ("running" if active else "incomplete")
     reduce_where = "summary" if "summary" in reducers else steps[-1][0]
     return {
         "run_id": run.run_id,
-        "stage": config["stage"],
+        "stage": config.stage,
         "cluster": cluster,
         "steps": totals,
         "shards": rows,

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence, TextIO
 
+from pipeline.run_config import ProgressSettings
 from pipeline.progress import bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import Unit
@@ -114,12 +115,12 @@ class Display:
         self.out.flush()
 
 
-def watch(steps: Sequence[Step], run: Run, progress_config: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def watch(steps: Sequence[Step], run: Run, shown: ProgressSettings, out: TextIO = sys.stdout) -> None:
     """Shows each step until its reducer has ended, one after the other, at the intervals of the run's
-    ``progress.*`` keys (``progress_config``)."""
+    ``progress.*`` keys (``shown``)."""
     for step in steps:
         started = time.monotonic()
-        display = Display(out, float(progress_config["refresh_s"]), float(progress_config["log_every_s"]))
+        display = Display(out, shown.refresh_s, shown.log_every_s)
         while not step.reduce_job.done():
             display.show(step_line(step, run, time.monotonic() - started))
             time.sleep(display.refresh_s)

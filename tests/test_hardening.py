@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stages import load_config
+from pipeline.stages import RUN_ONLY, load_config
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
@@ -133,7 +133,7 @@ def test_two_submissions_of_one_new_run_id_do_not_both_pass(tmp_path: Path) -> N
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = open_run(configs[i])[1]
+            outcomes[i] = open_run(configs[i], RUN_ONLY)[1]
         except ConfigError as err:
             outcomes[i] = str(err)
 
@@ -275,7 +275,7 @@ def test_a_failing_debug_job_opens_no_debugger(finished: Path) -> None:
 
 def test_a_resume_may_change_run_only_settings(finished: Path) -> None:
     """A run out of memory resumes at a smaller batch, without the cache reuse: keys outside the records'
-    fingerprint (debate/units.py's _RUN_ONLY: they change no token) are not compared on resume; its records join
+    fingerprint (results=False on their knob() in debate/settings.py: they change no token) are not compared on resume; its records join
     the others. The engine and kernels are not among them (they change tokens)."""
     run = copy_run(finished, "smaller-batch")
     shard = run / "debate" / "shard-00001-of-00002.jsonl"

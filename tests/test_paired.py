@@ -11,7 +11,7 @@ from pipeline.reduce.eval_stats import against_base
 from pipeline.reduce.sharded import model_labels
 from pipeline.reduce.tables import debate_table, eval_table
 from pipeline.reduce.stats import format_p, mcnemar_exact
-from tests.debate_records import record
+from tests.debate_records import debate_config, record
 
 
 def test_mcnemar_exact_by_hand() -> None:
@@ -70,9 +70,9 @@ def test_without_b_alone_agreement_is_not_called_independent() -> None:
 
 
 def test_the_debate_table_carries_paired_tests_and_agreement() -> None:
-    config = {"models": {"a": "m-a", "b": "m-b"},
-              "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}}
-    summary = summarize(RECORDS, model_labels(config), config["debate"])
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"},
+                            "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}})
+    summary = summarize(RECORDS, model_labels(config), config.debate)
     by_method = {p["against"]: p for p in summary["paired"]}
     # debate right on 0, 1, 4; a alone right on 0, 1; b alone right on 0, 2, 4.
     assert by_method["model a (m-a) alone"] == {"against": "model a (m-a) alone", "n": 7, "only_debate_right": 1, "only_baseline_right": 0,
@@ -148,7 +148,8 @@ def test_a_p_value_of_a_large_run_is_not_rounded_to_0() -> None:
     """On 1,319 questions a difference of 600 discordant pairs to 30 has p near 1e-140: the JSON keeps it and the
     table prints it in scientific notation (it printed 0 before)."""
     records = [record(i, "5", ["5", "5"], b_solo="6") for i in range(600)] + [record(600 + i, "5", ["6", "6"], b_solo="5") for i in range(30)]
-    summary = summarize(records, {"a": "m", "b": "m"}, {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}})
+    config = debate_config({"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}}})
+    summary = summarize(records, model_labels(config), config.debate)
     against_b = next(p for p in summary["paired"] if p["against"] == "model b (m) alone")
     assert 0 < against_b["p_value"] < 1e-100
     assert f"| {format_p(against_b['p_value'])} |" in debate_table(summary, "r", []) and "e-" in format_p(against_b["p_value"])

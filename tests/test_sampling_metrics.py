@@ -9,7 +9,7 @@ import pytest
 from pipeline.reduce.debate_stats import summarize
 from pipeline.reduce.sharded import model_labels
 from pipeline.reduce.tables import debate_table
-from tests.debate_records import record
+from tests.debate_records import debate_config, record
 from pipeline.reduce.sampling import mean_interval, pass_at_k, score_summary, scores_at, vote_curve
 
 
@@ -78,8 +78,8 @@ def _record(index: int, samples: list[str | None]) -> dict:
 
 def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     records = [_record(i, s) for i, s in enumerate(SAMPLES)]
-    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
-    summary = summarize(records, model_labels(config), config["debate"])
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
+    summary = summarize(records, model_labels(config), config.debate)
     rows = {r["method"]: r for r in summary["methods"]}
     assert list(rows) == ["debate", "model a (m-a) alone", "model a (m-a) majority vote (k=4)", "model a (m-a) pass@4", "model a (m-a) mean@4",
                           "model a (m-a) majority vote of its first 2 (the debate's tokens)"]
@@ -108,8 +108,8 @@ def test_the_vote_at_the_debates_token_budget_is_the_majority_of_its_first_j_sam
     assert j == 2
     assert [v["answer"] for v in votes.values()] == ["5", "7", "6"]  # question 1's first two: "7" and no answer
     assert [v["correct"] for v in votes.values()] == [True, False, False] and {v["tokens"] for v in votes.values()} == {20}
-    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
-    assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, model_labels(config), config["debate"]))
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
+    assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, model_labels(config), config.debate))
 
 
 def outcomes_header(result) -> str:

@@ -227,8 +227,7 @@ def test_plots_are_scaled_to_their_data_and_titled() -> None:
 
 
 def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> None:
-    from pipeline.stages import load_config
-    from pipeline.submit import describe_work
+    from pipeline.stages import describe_work, load_config
 
     train = load_config(["stage=train", "train.max_samples=8", "train.max_steps=2", "train.models=[a]"])
     assert describe_work(train, 1319) == "1 model(s) trained on 8 pairs (GSM8K train), 2 steps"
@@ -236,6 +235,8 @@ def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> Non
     assert describe_work(full, 1319) == "2 model(s) trained on 7473 pairs (GSM8K train), 1 epoch(s)"
     assert describe_work(load_config(["stage=eval", "shards=2"]), 40) == "2 model(s) x 1 task(s) on 40 problems, 2 shard(s) each"
     assert describe_work(load_config(["stage=debate", "shards=4"]), 16) == "16 problems, 4 shard(s)"
+    assert describe_work(load_config(["stage=all", "shards=2", "train.max_steps=3"]), 16) == \
+        "eval -> train -> eval fine-tuned -> debate on 16 problems, 2 shard(s) a step; 2 model(s) trained on 2000 pairs (GSM8K train), 3 steps"
 
 
 def test_building_the_package_prints_no_warning(tmp_path: Path) -> None:

@@ -17,17 +17,19 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import submitit
-from omegaconf import OmegaConf
 from submitit.local.local import LocalJob
 
-from pipeline.launch.base import Key, Launcher, ended_state, job_ids
+from pipeline.config import ConfigError
+from pipeline.launch.base import BackendSettings, Key, Launcher, check_one_process_per_gpu, ended_state, job_ids
 from pipeline.launch.local_gate import Dependency, LocalGate
 from pipeline.launch.process import interrupt, process_start
 from pipeline.jobs import ShardJob, ShardTask
 from pipeline.runs import Run
+from pipeline.settings import knob
 
 
 class DetachedLocalExecutor(submitit.LocalExecutor):
@@ -79,10 +81,42 @@ class DetachedLocalExecutor(submitit.LocalExecutor):
         return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(tasks)))
 
 
+@dataclass(frozen=True)
+class LocalSettings(BackendSettings):
+    """submitit's local executor: every task is a process on this machine. No scheduler needed."""
+
+    kind: str = knob("local", "The backend: cluster=NAME picks it, with its settings.")
+    array_parallelism: int = knob(2, "Tasks of one array that may run at once (each holds a slot lock in the run's "
+                                     "launch folder).", minimum=1)
+    cpus_per_task: int | None = knob(None, "Torch threads per task; null: this machine's cores / array_parallelism "
+                                           "(more threads than cores makes every task many times slower).", minimum=1)
+    timeout_min: int = knob(240, "submitit kills a local job after this many minutes.", minimum=1)
+    gpus_per_node: int | None = knob(None, "GPUs the train stage uses, one process each (null: every GPU of this "
+                                           "machine; none: one CPU process).", minimum=0)
+    tasks_per_node: int | None = knob(None, "Processes per train job (null: one per GPU, or one on a CPU). More than one "
+                                            "on a CPU: torch.distributed on gloo.", minimum=1)
+
+    def check_per_gpu(self) -> None:
+        """One process per GPU, and no more GPUs than this machine has."""
+        gpus = self.gpus_per_node
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        check_one_process_per_gpu(self.tasks_per_node, gpus)
+        if self.gpus_per_node:
+            import torch
+
+            have = torch.cuda.device_count()
+            if self.gpus_per_node > have:
+                raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node}: this machine has {have} GPU(s)")
+
+
 class LocalLauncher(Launcher):
     """cluster=local: submitit's local executor, detached, with the ordering and throttle it lacks."""
 
     kind = "local"
+    settings = LocalSettings
 
     def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> DetachedLocalExecutor:
         executor = DetachedLocalExecutor(folder=self.run.launch_dir)
@@ -96,7 +130,7 @@ class LocalLauncher(Launcher):
 
     def gpus(self) -> int:
         """``cluster.gpus_per_node``, or every GPU of this machine."""
-        gpus = OmegaConf.select(self.cfg, "cluster.gpus_per_node")
+        gpus = self.cluster.gpus_per_node
         if gpus is None:
             import torch
 
@@ -104,7 +138,7 @@ class LocalLauncher(Launcher):
         return int(gpus)
 
     def gate(self, after: Sequence[submitit.Job], array: bool) -> LocalGate:
-        slots = (self.run.launch_dir / "slots", int(self.cfg.cluster.array_parallelism)) if array else None
+        slots = (self.run.launch_dir / "slots", self.cluster.array_parallelism) if array else None
         return LocalGate([Dependency.of(j) for j in after], slots)
 
     def submit_array(self, executor: submitit.Executor, fn: Callable[[ShardTask], dict[str, Any]], tasks: Sequence[ShardTask],

@@ -25,7 +25,7 @@ def _merge(step: StepRecords) -> Merged | None:
     records = step.by_part.get("", [])
     if not records:
         return None
-    run_id, debate = step.run.run_id, step.config["debate"]
+    run_id, debate = step.run.run_id, step.config.debate
     summary = summarize(records, step.labels, debate)
     per_question = outcomes(records, step.labels, debate)
     return Merged(
@@ -37,7 +37,7 @@ def _merge(step: StepRecords) -> Merged | None:
         figures=(lambda: rounds_figure(summary, run_id), (lambda: vote_curve_figure(summary, run_id)) if summary["sampling"] else None),
         logged={k: summary[k] for k in ("methods", "per_round", "paired", "agreement")},
         rounds=summary["per_round"],
-        when_complete=lambda: {"transcripts_appended": log_transcripts(step.config["paths"]["transcript_log"], run_id, records, step.labels)},
+        when_complete=lambda: {"transcripts_appended": log_transcripts(step.config.paths.transcript_log, run_id, records, step.labels)},
     )
 
 

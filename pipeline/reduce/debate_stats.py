@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from pipeline.answers import same_answer
+from pipeline.debate.settings import DebateSettings
 from pipeline.debate.scoring import final_turn
 from pipeline.debate.vote import majority
 from pipeline.reduce.outcomes import Outcomes
@@ -72,14 +73,14 @@ def _vote_k(entries: dict[int, dict[str, Any]]) -> int:
     return len(next(iter(entries.values()))["samples"])
 
 
-def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, dict[int, dict[str, Any]]]]:
+def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> list[tuple[str, dict[int, dict[str, Any]]]]:
     """Each baseline's method name with its entry (answer, correct, tokens, seconds) per question index."""
     out = []
     for key in ("a", "b"):
         solo = {r["index"]: r["solo"][key] for r in records if key in r["solo"]}
         if solo:
             out.append((solo_method(role_label(key, models)), solo))
-    for key in debate["baselines"]["vote_models"]:
+    for key in debate.baselines.vote_models:
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
             out.append((vote_method(role_label(key, models), _vote_k(votes)), votes))
@@ -121,11 +122,11 @@ def _baseline_facts(record: dict[str, Any], entry: dict[str, Any]) -> tuple[bool
     return _facts(replies, flexible, record["gold"])
 
 
-def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+def sampling(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
     """Per voting model, read off its k samples: its vote row's name, the pass@k and mean@k rows of the table
     (at the vote's cost: no generation of their own) and the majority@j, pass@j, mean@j curve for j = 1..k."""
     out = []
-    for key in debate["baselines"]["vote_models"]:
+    for key in debate.baselines.vote_models:
         mine = [r for r in records if key in r["vote"]]
         if not mine:
             continue
@@ -204,7 +205,7 @@ def _alone(record: dict[str, Any], key: str) -> str | None:
     return record["first_answers"]["a"] if key == "a" else record["solo"]["b"]["answer"]
 
 
-def summarize(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> dict[str, Any]:
     """All the numbers of the debate table, as plain data (the JSON file is exactly this). ``models``: each
     model's display name by its key in the pair; ``debate``: the step's ``debate`` section."""
     by_index = {r["index"]: r for r in records}
@@ -221,8 +222,8 @@ def summarize(records: list[dict[str, Any]], models: dict[str, str], debate: dic
         if method in sampled:
             rows += sampled[method][0]
     per_round = []
-    for round_no in range(1, int(debate["max_rounds"]) + 1):
-        flags = [same_answer(answer_after_round(r, round_no, debate["final_answer"])["answer"], r["gold"]) for r in records]
+    for round_no in range(1, debate.max_rounds + 1):
+        flags = [same_answer(answer_after_round(r, round_no, debate.final_answer)["answer"], r["gold"]) for r in records]
         row = _row(f"after round {round_no}", flags, [], [])
         row["still_open"] = sum(r["rounds"] > round_no for r in records)
         per_round.append({k: v for k, v in row.items() if not k.endswith("per_question") and k != "kind"})
@@ -248,12 +249,12 @@ def summarize(records: list[dict[str, Any]], models: dict[str, str], debate: dic
     }
 
 
-def outcomes(records: list[dict[str, Any]], models: dict[str, str], debate: dict[str, Any]) -> Outcomes:
+def outcomes(records: list[dict[str, Any]], models: dict[str, str], debate: DebateSettings) -> Outcomes:
     """Every method's answer and verdict per question (the compact file a results page is recomputed from)."""
     methods: dict[str, dict[int, tuple[str | None, bool]]] = {"debate": {r["index"]: (r["final_answer"], bool(r["correct"])) for r in records}}
     for method, entries in baselines(records, models, debate):
         methods[method] = {i: (e["answer"], bool(e["correct"])) for i, e in entries.items()}
-    for round_no in range(1, int(debate["max_rounds"]) + 1):
-        answers = {r["index"]: answer_after_round(r, round_no, debate["final_answer"])["answer"] for r in records}
+    for round_no in range(1, debate.max_rounds + 1):
+        answers = {r["index"]: answer_after_round(r, round_no, debate.final_answer)["answer"] for r in records}
         methods[f"debate stopped after round {round_no}"] = {r["index"]: (answers[r["index"]], same_answer(answers[r["index"]], r["gold"])) for r in records}
     return Outcomes({r["index"]: r["gold"] for r in records}, methods)

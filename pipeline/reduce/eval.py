@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.harness import STAGE
+from pipeline.harness.settings import EvalSettings
 from pipeline.harness.units import eval_schema, eval_units
 from pipeline.reduce.eval_stats import against_base, outcomes, summarize
 from pipeline.reduce.figures import eval_figure
 from pipeline.reduce.questions import eval_questions
 from pipeline.reduce.sharded import Merged, StepRecords, reduce_sharded
 from pipeline.reduce.tables import eval_table
+from pipeline.run_config import load
 from pipeline.runs import Run
 from pipeline.shards import collect
 
@@ -24,7 +26,7 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
     """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing."""
     if where == "eval" or not run.stage_dir("eval").is_dir():
         return []
-    base_config = run.stage_config("eval")
+    base_config = load(run.stage_config("eval"), {"eval": EvalSettings})
     base, _ = collect(run.stage_dir("eval"), eval_units(base_config), lambda unit: eval_schema(base_config, unit))
     return against_base(by_part, base)
 
@@ -32,7 +34,7 @@ def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any
 def _merge(step: StepRecords) -> Merged | None:
     """The eval step's files, from its records (none: no question finished yet)."""
     run, where, config = step.run, step.where, step.config
-    keys, tasks = config["eval"]["models"], config["tasks"]
+    keys, tasks = config.eval.models, config.tasks
     rows = summarize(step.by_part, step.labels, keys, tasks)
     if not rows:
         return None

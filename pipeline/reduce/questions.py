@@ -10,6 +10,7 @@ from pipeline.answers import same_answer
 from pipeline.harness.units import questions as eval_questions_of
 from pipeline.reduce.outcomes import Outcomes
 from pipeline.reduce.report import Questions
+from pipeline.run_config import RunConfig
 
 # (key, label, what it means): the debate browser's filters, in the order its buttons show them.
 FILTERS = (
@@ -48,7 +49,7 @@ def debate_questions(records: list[dict[str, Any]], outcomes: Outcomes) -> Quest
     return Questions(outcomes, details, FILTERS)
 
 
-def eval_questions(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], outcomes: Outcomes,
+def eval_questions(by_part: dict[str, list[dict[str, Any]]], config: RunConfig, outcomes: Outcomes,
                    labels: dict[str, str]) -> Questions:
     """An eval step's browser: its outcomes, and per question its text and each model's response per task
     (the answer shown is the first filter's, strict-match where there is one); ``labels``: each model's

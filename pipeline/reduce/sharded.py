@@ -21,6 +21,7 @@ from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.report import Questions, write_report
 from pipeline.reduce.tables import rows_csv
 from pipeline.reduce.wandb_log import log_step
+from pipeline.run_config import RunConfig, load
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 from pipeline.stage import Stage
@@ -36,7 +37,7 @@ class StepRecords:
 
     run: Run
     where: str
-    config: dict[str, Any]
+    config: RunConfig
     by_part: dict[str, list[dict[str, Any]]]
     checks: list[ShardCheck]
     labels: dict[str, str]
@@ -66,9 +67,9 @@ class Merged:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def model_labels(config: dict[str, Any]) -> dict[str, str]:
+def model_labels(config: RunConfig) -> dict[str, str]:
     """Each model's display name, by its key in the pair."""
-    return {key: model_label(config["models"][key], config.get("results_dir")) for key in ("a", "b")}
+    return {key: model_label(getattr(config.models, key), config.results_dir) for key in ("a", "b")}
 
 
 def reduce_sharded(run_root: str, where: str, stage: Stage, noun: str, merge: Callable[[StepRecords], Merged | None]) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def reduce_sharded(run_root: str, where: str, stage: Stage, noun: str, merge: Ca
     (None: no record finished yet). ``noun`` counts the records (``problems``) in the lines people read.
     Returns what ``begin_reduce`` reports with the ``table``, and the merge's own keys."""
     run = Run(Path(run_root))
-    config = run.stage_config(where)
+    config = load(run.stage_config(where), {stage.name: stage.settings})
     schema = stage.schema
     by_part, checks, result = begin_reduce(run, where, stage.units(config), noun,
                                            (lambda unit: schema(config, unit)) if schema is not None else None)
@@ -96,7 +97,7 @@ def reduce_sharded(run_root: str, where: str, stage: Stage, noun: str, merge: Ca
     for plot, draw in zip(plots, merged.figures):
         if draw is not None:
             save_figure(draw(), run.root / plot)
-    write_report(run, where, table, plots, config, merged.questions)
+    write_report(run, where, table, plots, config.plain(), merged.questions)
     log_step(run, where, config, merged.logged, [run.root / p for p in plots], result["complete"], rounds=merged.rounds)
     if result["complete"] and merged.when_complete is not None:
         result.update(merged.when_complete())
