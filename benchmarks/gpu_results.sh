@@ -39,6 +39,12 @@ collect() {
   tar -C results -cJf "$out/$1_logs.tar.xz" --exclude='*.jsonl' --exclude='*.lock' "$1"
 }
 
+# What the queue has made so far, to $OUT (the device tool brings back only what a call writes there).
+copy_back() {
+  cp -r /tmp/res/. "$out/" 2>/dev/null || true
+  tail -n 20 /tmp/res/queue.log 2>/dev/null || true
+}
+
 case "$step" in
   setup)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -89,13 +95,11 @@ case "$step" in
     echo "queued: $*"
     ;;
   collect)
-    cp -r /tmp/res/. "$out/" 2>/dev/null || true
-    tail -n 20 /tmp/res/queue.log 2>/dev/null || true
+    copy_back
     ;;
   wait)
     timeout "${WAIT_S:-540}" bash -c 'until grep -q "queue done" /tmp/res/queue.log 2>/dev/null; do sleep 5; done' || true
-    cp -r /tmp/res/. "$out/" 2>/dev/null || true
-    tail -n 20 /tmp/res/queue.log 2>/dev/null || true
+    copy_back
     ;;
   mine)
     time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct data.split=train limit=2000 shards=1 \
