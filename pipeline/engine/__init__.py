@@ -1,8 +1,9 @@
-"""The inference engine: batched chat generation (``generation``) over the static decoder (``decode``: KV
-cache, CUDA graphs, rows leaving as they stop), which schedules the model's forward math (``forward``: fused
-projections, attention over its cache) and its Triton kernels (``kernels``), turn-to-turn prefix reuse
-(``prefix_cache``), per-row seeded sampling (``sampling``) and the limits its phases are timed against
-(``roofline``). It knows models and tokens, not runs, stages or configs; the debate stage drives it.
+"""The inference engine: batched chat generation (``generation``) over the static decoder (``decode``: rows
+leaving as they stop), which schedules the model's forward math (``forward``: fused projections, attention
+over its cache) and its Triton kernels (``kernels``) over its KV cache (``kv_cache``) and CUDA graphs
+(``graphs``), turn-to-turn prefix reuse (``prefix_cache``), per-row seeded sampling (``sampling``) and the
+limits its phases are timed against (``roofline``); a job's decoders and the memory they share have one
+owner (``memory``). It knows models and tokens, not runs, stages or configs; the debate stage drives it.
 
 This module is light on purpose (no torch): the choices below are what a config may name, and the config
 checks read them here without loading the engine; ``DecoderOptions`` is what a stage's settings hand the
