@@ -12,8 +12,15 @@
 #   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models
 #   mine           the 1.5B on the first 2,000 training questions: its first answer and a vote of 4 (the pairs' source)
 #   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter alone on all 1,319
+#   evalgen        lm-eval through transformers' generate on the first 200 (the static engine's reference, issue 32)
+#   sampler        the fused sampler against PyTorch's ops, one step at 1 to 1,536 rows (bench_sampler.py)
+#   cost           the batch-invariant kernels against the fast ones, 1.5B shape, batch 1/64/256 (bench_decode.py)
+#   invariance     benchmarks/invariance.py's cases with the real pair on the first 256 questions, 256 tokens
+#   queue S1 S2 .. run those steps one after another, detached, into /tmp/res (queue.log: each step's start,
+#                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
+#                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|pair|twice|eval|mine|train}"
+step="${1:?usage: gpu_results.sh setup|pair|twice|eval|evalgen|mine|train|sampler|cost|invariance|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -49,8 +56,46 @@ case "$step" in
     collect gpu-twice debate
     ;;
   eval)
-    time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 run_id=gpu-eval
+    time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static \
+      eval.max_gen_toks=512 run_id=gpu-eval
     collect gpu-eval eval
+    ;;
+  evalgen)
+    time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=generate \
+      eval.max_gen_toks=512 limit=200 run_id=gpu-evalgen
+    collect gpu-evalgen eval
+    ;;
+  sampler)
+    python3 benchmarks/bench_sampler.py --rows 1 64 256 1536 --json "$out/sampler.json"
+    ;;
+  cost)
+    python3 benchmarks/bench_decode.py --shape qwen2.5-1.5b --dtype bfloat16 --batch 1 64 256 \
+      --engines static static-fast --json "$out/cost-1.5b.json"
+    ;;
+  invariance)
+    models="$HOME/.cache/gsm8k-slurm/models"
+    python3 benchmarks/invariance.py --model-a "$models/qwen2.5-coder-1.5b-instruct" \
+      --model-b "$models/qwen2.5-coder-0.5b-instruct" --limit 256 --new 256 --alone 8 --kill-after 100 \
+      --kill-batch 64 --json "$out/invariance.json"
+    ;;
+  queue)
+    shift
+    mkdir -p /tmp/res
+    setsid bash -c 'for s in "$@"; do
+        echo "$(date +%T) start $s" >>/tmp/res/queue.log
+        OUT=/tmp/res bash benchmarks/gpu_results.sh "$s" >"/tmp/res/$s.log" 2>&1
+        echo "$(date +%T) end $s rc=$?" >>/tmp/res/queue.log
+      done; echo "$(date +%T) queue done" >>/tmp/res/queue.log' queue "$@" </dev/null >/dev/null 2>&1 &
+    echo "queued: $*"
+    ;;
+  collect)
+    cp -r /tmp/res/. "$out/" 2>/dev/null || true
+    tail -n 20 /tmp/res/queue.log 2>/dev/null || true
+    ;;
+  wait)
+    timeout "${WAIT_S:-540}" bash -c 'until grep -q "queue done" /tmp/res/queue.log 2>/dev/null; do sleep 5; done' || true
+    cp -r /tmp/res/. "$out/" 2>/dev/null || true
+    tail -n 20 /tmp/res/queue.log 2>/dev/null || true
     ;;
   mine)
     time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct data.split=train limit=2000 shards=1 \
@@ -61,8 +106,10 @@ case "$step" in
   train)
     time submit stage=train models=small 'train.models=[a]' train.mine_from=gpu-mine train.max_samples=2000 \
       train.precision=bf16 run_id=gpu-train
-    collect gpu-train train
-    time submit stage=debate models=small models.a=gpu-train/train/a models.b=qwen2.5-coder-1.5b-instruct shards=1 \
+    cp results/gpu-train/train_summary.md results/gpu-train/train_summary.json results/gpu-train/train_curves.png "$out/"
+    tar -C results -cJf "$out/gpu-train_logs.tar.xz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' gpu-train
+    time submit stage=debate models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct \
+      models.b=qwen2.5-coder-1.5b-instruct shards=1 \
       debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
     collect gpu-adapter debate
     ;;

@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.answers import extract_answer  # noqa: E402
+from pipeline.answers import read_answer  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.settings import REVIEW_PROMPT, SOLVE_PROMPT  # noqa: E402
 from pipeline.engine import DecoderOptions  # noqa: E402
@@ -68,7 +68,7 @@ def _conversations(questions: list[str]) -> list[list[dict[str, str]]]:
 def _differ(reference: list[Any], other: list[Any]) -> dict[str, int]:
     """Rows whose tokens (texts) differ, and whose extracted answers differ."""
     return {"rows": len(reference), "rows_differing": sum(a.text != b.text for a, b in zip(reference, other)),
-            "answers_differing": sum(extract_answer(a.text) != extract_answer(b.text) for a, b in zip(reference, other))}
+            "answers_differing": sum(read_answer(a.text, True).flexible != read_answer(b.text, True).flexible for a, b in zip(reference, other))}
 
 
 ENGINE_CASES = ("batch_1", "batch_7", "batch_64", "places_and_padding", "prefill_groups", "graphs_off", "reuse_kv")

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.answers import extract_answer, same_answer  # noqa: E402
+from pipeline.answers import read_answer, same_answer  # noqa: E402
 from pipeline.config import project_path  # noqa: E402
 from pipeline.stages import load_config  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     right = 0
     for p, out in zip(problems, outs):
-        answer = extract_answer(out.text)
+        answer = read_answer(out.text, out.stopped).strict
         ok = same_answer(answer, p.gold)
         right += ok
         print(f"--- {p.index} gold {p.gold} answer {answer} {'right' if ok else 'wrong'}, {out.tokens} tokens, stopped {out.stopped}")
@@ -56,7 +56,8 @@ def main() -> None:
     print(f"{args.model} ({args.dtype}): {right} / {len(problems)} right; {tokens} new tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s")
     for cap in args.caps:
         capped = [chat.tokenizer.decode(chat.tokenizer(o.text, add_special_tokens=False)["input_ids"][:cap]) for o in outs]
-        right_at = sum(same_answer(extract_answer(t), p.gold) for t, p in zip(capped, problems))
+        right_at = sum(same_answer(read_answer(t, o.stopped and o.tokens <= cap).strict, p.gold)
+                       for t, o, p in zip(capped, outs, problems))
         print(f"  capped at {cap} tokens: {right_at} / {len(problems)} right ({sum(o.tokens > cap for o in outs)} replies longer than {cap})")
 
 

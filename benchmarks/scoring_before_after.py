@@ -26,8 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from pipeline.debate import scoring  # noqa: E402
-from pipeline.reduce.debate import markdown, outcomes, summarize  # noqa: E402
+from pipeline.reduce.debate_stats import outcomes, summarize  # noqa: E402
 from pipeline.reduce.outcomes import to_csv  # noqa: E402
+from pipeline.debate.settings import DebateSettings  # noqa: E402
+from pipeline.reduce.sharded import model_labels  # noqa: E402
+from pipeline.reduce.tables import debate_table  # noqa: E402
+from pipeline.run_config import RunConfig, load  # noqa: E402
 
 
 def older_reader(revision: str) -> types.ModuleType:
@@ -39,12 +43,12 @@ def older_reader(revision: str) -> types.ModuleType:
     return module
 
 
-def scored(records: list[dict], config: dict, reading) -> list[dict]:
+def scored(records: list[dict], config: RunConfig, reading) -> list[dict]:
     """Every record's replies read by ``reading`` and its verdicts derived again."""
     original = scoring.reading_of
     scoring.reading_of = reading
     try:
-        return [scoring.rescore(json.loads(json.dumps(r)), config["debate"]["final_answer"], int(config["debate"]["max_rounds"]))[0]
+        return [scoring.rescore(json.loads(json.dumps(r)), config.debate.final_answer, config.debate.max_rounds)[0]
                 for r in records]
     finally:
         scoring.reading_of = original
@@ -58,7 +62,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="path prefix of the files written")
     parser.add_argument("--run-id", default="")
     args = parser.parse_args()
-    config = yaml.safe_load(args.config.read_text())
+    config = load(yaml.safe_load(args.config.read_text()), {"debate": DebateSettings})
     records = [json.loads(line) for line in args.records.read_text(encoding="utf-8").splitlines() if line.strip()]
     old = older_reader(args.before)
 
@@ -70,11 +74,12 @@ def main() -> int:
     replies = [(b, a) for rb, ra in zip(before, after) for b, a in zip(scoring.replies_of(rb), scoring.replies_of(ra))]
     differ = sum(b["answer"] != a["answer"] for b, a in replies)
     print(f"{len(records)} questions, {len(replies)} replies: the two readings differ on {differ}")
+    labels = model_labels(config)
     for name, chosen in (("before", before), ("after", after)):
-        summary = summarize(chosen, config)
+        summary = summarize(chosen, labels, config.debate)
         suffix = "_before_outcomes.csv" if name == "before" else "_outcomes.csv"
-        Path(f"{args.out}.{name}.md").write_text(markdown(summary, args.run_id or args.records.stem, []))
-        Path(f"{args.out}{suffix}").write_text(to_csv(outcomes(chosen, config)))
+        Path(f"{args.out}.{name}.md").write_text(debate_table(summary, args.run_id or args.records.stem, []))
+        Path(f"{args.out}{suffix}").write_text(to_csv(outcomes(chosen, labels, config.debate)))
         debate = summary["methods"][0]
         print(f"{name}: debate {debate['correct']} / {debate['n']} ({100 * debate['accuracy']:.1f}%)")
     return 0

@@ -1,9 +1,11 @@
 """Loading and validating the suite's configuration: the one place that knows the keys.
 
 Configs are YAML under ``configs/`` composed by Hydra's compose API, with ``key=value`` overrides from the
-command line. The stages' sections (``debate.*``, ``eval.*``, ``train.*``) are not YAML: each is a typed
-dataclass in its stage (``pipeline.settings``), whose defaults the caller hands in as ``sections`` (the
-stage table, ``pipeline.stages``, does), so this module knows no stage. Every mistake a user can make on the command line becomes a :class:`ConfigError` whose
+command line. The keys' defaults are not YAML: each key is a typed ``knob()`` field of the run's config tree
+(``pipeline.run_config``, the stages' and the backends' settings), whose defaults the caller hands in as
+``nodes`` (the stage table, ``pipeline.stages``, does), so this module knows no key, stage or backend. It
+composes, checks every value's type against its default's, and refuses secrets; each section then checks
+its own values. Every mistake a user can make on the command line becomes a :class:`ConfigError` whose
 message is one line naming the bad value and the valid choices; the entry points print it and exit 2
 before anything is submitted.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,10 +28,6 @@ from omegaconf.errors import OmegaConfBaseException
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
-CLUSTER_KINDS = ("local", "debug", "slurm")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
 GROUPS = ("stage", "cluster", "models")
 
 
@@ -44,14 +41,16 @@ def project_path(path: str | Path) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-# A section's defaults by its name: plain data, composed where ``configs/config.yaml``'s defaults list names it.
+# Defaults by the config's name (``debate``; ``cluster/slurm``: an option of a group): plain data, composed where
+# ``configs/config.yaml``'s defaults list (or a group choice) names it.
 Sections = Mapping[str, Mapping[str, Any]]
 
 
 def _compose(overrides: list[str], sections: Sections) -> DictConfig:
     store = ConfigStore.instance()
-    for name, values in sections.items():
-        store.store(name=name, node={name: dict(values)})
+    for path, values in sections.items():
+        group, _, name = path.rpartition("/")
+        store.store(group=group or None, name=name, node=dict(values))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
@@ -61,7 +60,7 @@ def load_defaults(sections: Sections) -> DictConfig:
     return _compose([], sections)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Text for a one-line message: control characters (a pasted newline) shown as escapes."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
@@ -70,7 +69,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def _translate_hydra_error(err: Exception, overrides: list[str], sections: Sections) -> ConfigError:
+def _translate_hydra_error(err: Exception, overrides: list[str], sections: Sections, free: frozenset[str]) -> ConfigError:
     """Turns Hydra's multi-line messages into one line that names the bad value and the choices."""
     text = str(err)
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
@@ -81,20 +80,20 @@ def _translate_hydra_error(err: Exception, overrides: list[str], sections: Secti
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)
-        if any(key.startswith(free + ".") for free in _FREE_MAPPINGS):
+        if any(key.startswith(mapping + ".") for mapping in free):
             return ConfigError(f"{key} is a new key: add it with a leading '+', as +{key}=...")
         return ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(_sibling_keys(key, sections))}")
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        return ConfigError(f"'{_printable(bad[0])}' is not a key=value override")
+        return ConfigError(f"'{printable(bad[0])}' is not a key=value override")
     for override in overrides:
         try:
             OverridesParser.create().parse_overrides([override])
         except HydraException as parse_err:
             return ConfigError(
-                f"cannot parse the override '{_printable(override)}' ({_first_line(str(parse_err))}); quote a value with special characters: key='...'"
+                f"cannot parse the override '{printable(override)}' ({_first_line(str(parse_err))}); quote a value with special characters: key='...'"
             )
-    return ConfigError(f"cannot parse the overrides {_printable(' '.join(overrides))}: {_first_line(text)}")
+    return ConfigError(f"cannot parse the overrides {printable(' '.join(overrides))}: {_first_line(text)}")
 
 
 def _sibling_keys(dotted: str, sections: Sections) -> list[str]:
@@ -104,19 +103,20 @@ def _sibling_keys(dotted: str, sections: Sections) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def _check_same_shape(value: Any, default: Any, where: str, loose: frozenset[str]) -> None:
+def _check_same_shape(value: Any, default: Any, where: str, loose: frozenset[str], free: frozenset[str]) -> None:
     """Rejects keys the defaults do not have and values whose type differs from the default's (``loose``
-    keys take a value of more than one type: their stage checks them)."""
+    keys take a value of more than one type: their section checks them; ``free`` keys hold a mapping of
+    any keys)."""
     if isinstance(default, DictConfig):
         if not isinstance(value, DictConfig):
             raise ConfigError(f"{where}={_show(value)}: must be a mapping of keys {', '.join(sorted(default))}")
         extra = sorted(set(value) - set(default))
-        if extra and where not in _FREE_MAPPINGS:
+        if extra and where not in free:
             raise ConfigError(f"unknown key '{where + '.' if where else ''}{extra[0]}'; valid keys here: {', '.join(sorted(default))}")
         for key in default:
-            _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key), loose)
+            _check_same_shape(value[key], default[key], f"{where}.{key}" if where else str(key), loose, free)
         return
-    if default is None or where in _FREE_MAPPINGS or where in loose:
+    if default is None or where in free or where in loose:
         return
     expected = _type_name(default)
     ok = {
@@ -129,10 +129,6 @@ def _check_same_shape(value: Any, default: Any, where: str, loose: frozenset[str
     }[expected]
     if value is not None and not ok(value):
         raise ConfigError(f"{where}={_show(value)}: must be a {expected}")
-
-
-# Keys whose content is free-form (passed through to another tool), so any sub-key is valid there.
-_FREE_MAPPINGS = {"cluster.additional"}
 
 
 def _type_name(default: Any) -> str:
@@ -225,72 +221,24 @@ def check_given_once(overrides: list[str]) -> None:
         seen[key] = override
 
 
-def load_config(overrides: list[str], sections: Sections, loose: frozenset[str] = frozenset()) -> DictConfig:
-    """Composes ``configs/`` and the sections' defaults with the overrides and validates the common keys
-    (those of no stage) that do not need data or models; each stage checks its own section (``loose``: its
-    keys that take a value of more than one type, e.g. a number or ``auto``)."""
+def load_config(overrides: list[str], sections: Sections, loose: frozenset[str] = frozenset(),
+                free: frozenset[str] = frozenset()) -> DictConfig:
+    """Composes ``configs/`` and the sections' defaults with the overrides, checks each value's type against
+    its default's and refuses secrets; the sections check their own values (``loose``: keys that take a
+    value of more than one type, e.g. a number or ``auto``; ``free``: mappings of any keys)."""
     _check_override_forms(overrides)
     try:
         cfg = _compose(list(overrides), sections)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise _translate_hydra_error(err, list(overrides), sections) from None
+        raise _translate_hydra_error(err, list(overrides), sections, free) from None
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve the config: {_first_line(str(err))}") from None
     group_choices = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
-    _check_same_shape(cfg, _compose(group_choices, sections), "", loose)
-    _validate_values(cfg)
-    return cfg
-
-
-def _validate_values(cfg: DictConfig) -> None:
+    _check_same_shape(cfg, _compose(group_choices, sections), "", loose, free)
     _refuse_secret_values(OmegaConf.to_container(cfg, resolve=True))
-    require_int(cfg, "shards", 1)
-    require_int(cfg, "limit", 1, nullable=True)
-    require_int(cfg, "seed", 0, maximum=SEED_MAX)
-    require_int(cfg, "paths.min_free_mib", 0)
-    require_number(cfg, "progress.refresh_s", 0.05)
-    require_number(cfg, "progress.log_every_s", 0)
-    if cfg.run_id is not None:
-        run_id = str(cfg.run_id)
-        if not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
-            raise ConfigError(
-                f"run_id={_printable(run_id)}: use letters, digits, '.', '_' and '-' only (no '/', no '..', no control characters, at most 100 characters)"
-            )
-        reserved = {Path(str(cfg.paths.transcript_log)).name, "README.md"}
-        if run_id in reserved or run_id.endswith((".log", ".lock")):
-            raise ConfigError(f"run_id={run_id}: the name of one of the suite's own files in {cfg.results_dir}/ "
-                              f"({', '.join(sorted(reserved))}, *.log, *.lock); pick another")
-    require_choice(cfg, "wandb.mode", WANDB_MODES)
-    if not str(cfg.wandb.project or "").strip():
-        raise ConfigError("wandb.project is empty: name the wandb project the runs go to, e.g. gsm8k-slurm")
-    require_choice(cfg, "cluster.kind", CLUSTER_KINDS)
-    if cfg.cluster.kind == "slurm":
-        require_int(cfg, "cluster.max_requeues", 0)
-        require_int(cfg, "cluster.reduce_timeout_min", 1)
-        require_int(cfg, "cluster.signal_delay_s", 1)
-        if cfg.cluster.timeout_min * 60 <= cfg.cluster.signal_delay_s + 60:
-            raise ConfigError(
-                f"cluster.signal_delay_s={cfg.cluster.signal_delay_s} with cluster.timeout_min={cfg.cluster.timeout_min}: "
-                "SLURM may send the signal up to 60 s early, so keep timeout_min x 60 > signal_delay_s + 60"
-            )
-        if shutil.which("sbatch") is None:
-            raise ConfigError("cluster=slurm: no 'sbatch' on PATH; run on a SLURM login node, or use cluster=local")
-    require_int(cfg, "cluster.array_parallelism", 1)
-    require_int(cfg, "cluster.cpus_per_task", 1, nullable=cfg.cluster.kind != "slurm")
-    require_int(cfg, "cluster.timeout_min", 1)
-    require_int(cfg, "cluster.tasks_per_node", 1, nullable=True)
-    require_choice(cfg, "models.dtype", DTYPES)
-    for key in ("models.a", "models.b"):
-        if not isinstance(OmegaConf.select(cfg, key), str) or not OmegaConf.select(cfg, key):
-            raise ConfigError(f"{key} is empty: give a registered model name or a model folder")
-    data_dir = project_path(cfg.data.path)
-    if not data_dir.is_dir():
-        raise ConfigError(f"data.path={cfg.data.path}: no such folder (it holds <split>.jsonl files, e.g. test.jsonl)")
-    data_file = data_dir / f"{cfg.data.split}.jsonl"
-    if not data_file.is_file():
-        raise ConfigError(f"data.split={cfg.data.split}: no file {data_file}")
+    return cfg
 
 
 def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:

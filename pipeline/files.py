@@ -4,10 +4,9 @@ progress, configs) and once-only appends to a shared log. Every layer writes thr
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -84,23 +83,3 @@ def append_line(path: Path, line: str) -> None:
     finally:
         os.close(fd)
 
-
-def save_figure(fig: Any, path: Path) -> None:
-    """A matplotlib figure as PNG, written atomically, and closed."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-
-
-def accuracy_axis(ax: Any, highest: float) -> None:
-    """An accuracy y-axis in percent, scaled to the data: from 0 to a little above the highest value
-    plotted (an interval's top included), so that accuracies of a few percent do not collapse into one
-    line at the bottom of a 0-100% axis."""
-    from matplotlib.ticker import PercentFormatter
-
-    ax.set_ylim(0, min(1.0, max(0.05, 1.15 * highest + 0.01)))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylabel("accuracy on GSM8K")

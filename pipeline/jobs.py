@@ -3,7 +3,7 @@
 Both are :class:`submitit.helpers.Checkpointable`: when SLURM preempts a job or its time limit nears
 (``--signal``), submitit requeues the same call, and the shard resumes from its own file. Each sets up its
 log and its progress file, passes the backend's gate if it was given one (the local backend's ordering and
-slots: ``pipeline.launch.local``), and records how it ended. Nothing here knows which backend runs it.
+slots: ``pipeline.launch.local_gate``), and records how it ended. Nothing here knows which backend runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import submitit
 
 from pipeline import progress
+from pipeline.run_config import ProgressSettings, RunConfig
 from pipeline.runs import Run
 from pipeline.shards import Unit
 
@@ -27,12 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One array item: which run, which stage, which unit of work; the resolved config travels with it."""
+    """One array item: which run, which step of it (``where``: the stage's folder), which unit of work; the
+    step's typed config travels with it (pickled by submitit), so the task reads no file to know its settings."""
 
     run_root: str
-    stage: str
+    where: str
     unit: Unit
-    config: dict[str, Any]
+    config: RunConfig
 
     @property
     def run(self) -> Run:
@@ -41,23 +43,23 @@ class ShardTask:
     @property
     def path(self) -> Path:
         """The shard file this task appends to."""
-        return self.unit.path(self.run.stage_dir(self.stage))
+        return self.unit.path(self.run.stage_dir(self.where))
 
     @property
     def threads(self) -> int:
         """Torch threads: the cluster's cpus_per_task, or this machine's share per parallel local task."""
-        cluster = self.config["cluster"]
-        if cluster["cpus_per_task"]:
-            return int(cluster["cpus_per_task"])
-        return max(1, (os.cpu_count() or 1) // int(cluster["array_parallelism"]))
+        cluster = self.config.cluster
+        if cluster.cpus_per_task:
+            return cluster.cpus_per_task
+        return max(1, (os.cpu_count() or 1) // cluster.array_parallelism)
 
     @property
     def label(self) -> str:
-        return f"{self.stage}-{self.unit.label}"
+        return f"{self.where}-{self.unit.label}"
 
     @property
     def progress_path(self) -> Path:
-        return self.run.progress_path(self.stage, self.unit.label)
+        return self.run.progress_path(self.where, self.unit.label)
 
 
 def setup_task_logging(run: Run, label: str) -> None:
@@ -109,9 +111,10 @@ def _logged_failure(label: str) -> Iterator[None]:
 CANCELLED = "cancelled (SIGINT)"
 
 
-def _start_progress(path: Path, label: str, settings: dict[str, Any]) -> None:
-    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes)."""
-    progress.start(path if _rank() == 0 else None, label, float(settings["refresh_s"]), float(settings["log_every_s"]))
+def _start_progress(path: Path, label: str, shown: ProgressSettings) -> None:
+    """The task's progress file, from its first moment (only rank 0 of a job of several processes writes),
+    at the intervals of the run's ``progress.*`` keys."""
+    progress.start(path if _rank() == 0 else None, label, shown.refresh_s, shown.log_every_s)
 
 
 def _rank() -> int:
@@ -136,7 +139,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
         setup_task_logging(task.run, task.label)
-        _start_progress(task.progress_path, task.label, task.config["progress"])
+        _start_progress(task.progress_path, task.label, task.config.progress)
         with _logged_failure(task.label), _held(self.gate):
             progress.current().set_state("running")
             return self.fn(task)
@@ -144,18 +147,18 @@ class ShardJob(submitit.helpers.Checkpointable):
 
 class ReduceJob(submitit.helpers.Checkpointable):
     """The reducer's callable: ``fn(run_root, where)``, once the backend's ``gate`` (if any) lets it run;
-    ``settings`` are the run's ``progress`` settings."""
+    ``shown``: the run's ``progress.*`` keys (how often its progress file is written and logged)."""
 
-    def __init__(self, fn: Callable[[str, str], dict[str, Any]], settings: dict[str, Any], gate: ContextManager[Any] | None = None) -> None:
+    def __init__(self, fn: Callable[[str, str], dict[str, Any]], shown: ProgressSettings, gate: ContextManager[Any] | None = None) -> None:
         self.fn = fn
-        self.settings = settings
+        self.shown = shown
         self.gate = gate
 
     def __call__(self, run_root: str, where: str) -> dict[str, Any]:
         label = reduce_label(where)
         run = Run(Path(run_root))
         setup_task_logging(run, label)
-        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.settings)
+        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.shown)
         with _logged_failure(label), _held(self.gate):
             progress.current().set_state("running")
             return self.fn(run_root, where)

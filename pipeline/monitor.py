@@ -1,95 +1,46 @@
-"""``jobs/status.py`` and ``jobs/cancel.py``: a run's jobs and progress, from its folder and the scheduler.
+"""``jobs/status.py`` and ``jobs/cancel.py``: a run's jobs and progress, from its folder and its backend.
 
-Progress comes from the shard files (the unit of truth), job states from SLURM (``squeue``, then
-``sacct`` for finished jobs) or, for local runs, from the task processes.
+Progress comes from the shard files (the unit of truth); each job's state, and its cancel, from the backend
+that submitted it (``Launcher.job_states``, ``Launcher.cancel_jobs``: SLURM's records, or the local
+processes and their progress files).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import project_path
-from pipeline.launch import read_submissions, submissions
-from pipeline.launch.local import Dependency, process_alive
-from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress
+from pipeline.launch import backend, read_submissions, submissions
+from pipeline.progress import BAR, bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import ShardCorruptError
-from pipeline.stages import CHAIN, STAGES
-from pipeline.jobs import CANCELLED, REDUCE_LABEL
-
-
-def _slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """State per job id: squeue for queued/running jobs, sacct (when accounting runs) for the rest."""
-    states: dict[str, str] = {}
-    if not job_ids or shutil.which("squeue") is None:
-        return states
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"], capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        job, _, state = line.partition("|")
-        states[job] = state
-    if shutil.which("sacct"):
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State"], capture_output=True, text=True)
-        for line in out.stdout.splitlines():
-            job, _, state = line.partition("|")
-            states.setdefault(job, state.split()[0] if state else "UNKNOWN")
-    return states
-
-
-def _local_state(launch: Path, job_id: str, started: dict[str, int | None], shot: dict[str, Any] | None) -> str:
-    """A local job (a pid) runs until its work is over (``Dependency.finished``: its results written, or its
-    process gone): PENDING while its progress file says it waits (for a slot of
-    ``cluster.array_parallelism``, or for an earlier job), as SLURM shows a job held by its array's throttle
-    or a dependency; RUNNING once its work has begun. An ended one is COMPLETED, FAILED or CANCELLED as its
-    progress file says (sacct's words), else ENDED."""
-    if job_id.isdigit() and not Dependency.recorded(launch, job_id, started.get(job_id)).finished():
-        return "PENDING" if shot is not None and shot["state"] == "pending" else "RUNNING"
-    if shot is not None and shot["state"] == "done":
-        return "COMPLETED"
-    if shot is not None and shot["state"] == "failed":
-        return "CANCELLED" if shot.get("note", "").startswith(CANCELLED) else "FAILED"
-    return "ENDED"
-
-
-def _started(subs: list[dict[str, Any]]) -> dict[str, int | None]:
-    """The recorded start time of every local job of the run (submissions made before they were recorded
-    have none: such jobs are never taken for running, nor signalled)."""
-    return {job: start for sub in subs for job, start in sub.get("started", {}).items()}
+from pipeline.stages import CHAIN, STAGES, saved_config
+from pipeline.jobs import REDUCE_LABEL
 
 
 def run_status(run: Run) -> dict[str, Any]:
     """Per array task of every step: job id, scheduler state, work done / planned; and the overall state."""
-    config = run.saved_config_container()
-    steps = CHAIN if config["stage"] == "all" else ((config["stage"], config["stage"]),)
+    config = saved_config(run)
+    steps = CHAIN if config.stage == "all" else ((config.stage, config.stage),)
     subs, warnings = read_submissions(run)
     latest: dict[tuple[str, str], str] = {}
     reducers: dict[str, str] = {}
     for sub in subs:
         latest.update({(sub["stage"], label): job for label, job in sub["shards"].items()})
         reducers[sub["stage"]] = sub["reduce"]
-    cluster = subs[-1]["cluster"] if subs else config["cluster"]["kind"]
-    started = _started(subs)
-    units = {where: STAGES[name].units(run.stage_config(where)) for where, name in steps}
+    cluster = subs[-1]["cluster"] if subs else config.cluster.kind
+    units = {where: STAGES[name].units(saved_config(run, where)) for where, name in steps}
     shots = {(where, unit.label): read_progress(run.progress_path(where, unit.label)) for where in units for unit in units[where]}
     shots.update({(where, REDUCE_LABEL): read_progress(run.progress_path(where, REDUCE_LABEL)) for where in reducers})
     jobs = {**latest, **{(where, REDUCE_LABEL): job for where, job in reducers.items()}}
-    if cluster == "slurm":
-        scheduler = _slurm_states(list(jobs.values()))
-        states = {key: scheduler.get(job, "-") for key, job in jobs.items()}
-    else:
-        states = {key: _local_state(run.launch_dir, job, started, shots.get(key)) for key, job in jobs.items()}
+    states = backend(cluster).job_states(run, subs, jobs, shots)
     rows, tables, totals = [], [], []
     for where, name in steps:
         stage = STAGES[name]
         tables.append(run.root / stage.table_file(where))
-        step_done = step_total = 0
-        unknown = False  # a unit whose total is not known yet (a train job before its first step)
+        work: list[tuple[int, int]] = []
         for unit in units[where]:
             state = states.get((where, unit.label), "-")
             try:
@@ -104,17 +55,18 @@ def run_status(run: Run) -> dict[str, Any]:
                          "phase": describe_phase(shot.get("phase")) if shot and state in ("RUNNING", "PENDING") else "",
                          "note": _note(state, shot),
                          "updated": shot.get("updated") if shot else None})
-            step_done, step_total, unknown = step_done + done, step_total + total, unknown or total == 0
-        totals.append({"where": where, "what": stage.what, "done": step_done, "total": None if unknown else step_total})
+            work.append((done, total))
+        step_done, step_total, known = step_work(work)
+        totals.append({"where": where, "what": stage.what, "done": step_done, "total": step_total if known else None})
     done = sum(t["done"] for t in totals)
     complete = all(t["total"] and t["done"] == t["total"] for t in totals)
     active = any(s in ("RUNNING", "PENDING", "CONFIGURING", "REQUEUED") for s in states.values())
-    final = run.root / "README.md" if config["stage"] == "all" else tables[-1]
+    final = run.root / "README.md" if config.stage == "all" else tables[-1]
     overall = "complete" if complete and final.exists() else ("running" if active else "incomplete")
     reduce_where = "summary" if "summary" in reducers else steps[-1][0]
     return {
         "run_id": run.run_id,
-        "stage": config["stage"],
+        "stage": config.stage,
         "cluster": cluster,
         "steps": totals,
         "shards": rows,
@@ -169,40 +121,10 @@ def list_runs(results_dir: Path) -> list[Run]:
 
 
 def cancel_run(run: Run) -> list[str]:
-    """Cancels every job of the run that may still be queued or running; returns their ids."""
+    """Cancels every job of the run that may still be queued or running, through the backend that submitted
+    them; returns their ids."""
     subs = submissions(run)
-    ids = list(dict.fromkeys(j for sub in subs for j in (*sub["shards"].values(), sub["reduce"])))
-    if not subs:
-        return []
-    if subs[-1]["cluster"] == "slurm":
-        arrays = sorted({j.split("_")[0] for j in ids})
-        subprocess.run(["scancel", *arrays], check=False)
-        return arrays
-    cancelled = []
-    started = _started(subs)
-    for job in ids:
-        if job.isdigit() and _signal_if_same(int(job), started.get(job)):
-            cancelled.append(job)
-    return cancelled
-
-
-def _signal_if_same(pid: int, started: int | None) -> bool:
-    """SIGINT (what submitit's LocalJob.cancel sends; its controller bypasses SIGTERM) to the process recorded
-    as (pid, start time) and to no other: the pid is pinned with a pidfd first, then its start time checked,
-    so a process that took over the pid in between is never signalled."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        if not process_alive(pid, started):
-            return False
-        signal.pidfd_send_signal(fd, signal.SIGINT)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return backend(subs[-1]["cluster"]).cancel_jobs(run, subs) if subs else []
 
 
 def resolve_run(results_dir: str, run_id: str) -> Run:

@@ -22,7 +22,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pipeline.files import write_atomic
 
@@ -187,6 +187,13 @@ def bar(done: int, total: int | None, empty: str) -> str:
     """A bar of ``BAR`` characters, ``#`` for the share done, ``empty`` for the rest."""
     filled = int(BAR * done / total) if total else 0
     return "#" * filled + empty * (BAR - filled)
+
+
+def step_work(units: Iterable[tuple[int, int]]) -> tuple[int, int, bool]:
+    """A step's work summed over its units' (done, total): done, total, and whether every unit's total is known
+    (a train unit's is 0 until its job has taken its first step; ``count`` then shows ``?``)."""
+    work = list(units)
+    return sum(done for done, _ in work), sum(total for _, total in work), all(total for _, total in work)
 
 
 def count(done: int, total: int | None, unit: str) -> str:

@@ -1,7 +1,8 @@
 """The run folder: ``results/<run_id>/`` holds the resolved config, what was submitted, logs, shards, tables.
 
 A run folder explains itself, and it is also how a run is resumed: submitting again with the same run_id
-reuses the folder, and only the settings that change results must match the first submission.
+reuses the folder, and only the settings that change results must match the first submission. Which those
+are, each setting says (``results=False`` on its ``knob()``): the caller hands in the others as ``run_only``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError, project_path, show_scalar, to_yaml
 
-# Settings that decide a run's results: a resubmission with other values would mix two experiments.
 STAGE_CONFIG = "stage.yaml"
-RESULT_KEYS = ("stage", "data", "limit", "shards", "seed", "models", "debate", "tasks", "eval", "train")
 
 
 @dataclass(frozen=True)
@@ -99,11 +98,12 @@ def saved_cluster(cfg: DictConfig, given: set[str]) -> str | None:
     return str(kind) if kind is not None and kind != cfg.cluster.kind else None
 
 
-def adopt_saved(cfg: DictConfig, given: set[str]) -> None:
-    """Resuming ``run_id=<id>``: every result setting not given again on the command line (``given`` holds
-    the dotted keys that were) comes from the run's saved config, leaf by leaf, so the id alone resumes a
-    run, and a default changed since the run was made does not count as a difference. So do the backend's
-    settings (``cluster.*``) when the backend is the run's (:func:`saved_cluster`)."""
+def adopt_saved(cfg: DictConfig, given: set[str], run_only: frozenset[str]) -> None:
+    """Resuming ``run_id=<id>``: every section with a result setting (a top-level key not in ``run_only``)
+    not given again on the command line (``given`` holds the dotted keys that were) comes from the run's
+    saved config, leaf by leaf, so the id alone resumes a run, and a default changed since the run was made
+    does not count as a difference. So do the backend's settings (``cluster.*``) when the backend is the
+    run's (:func:`saved_cluster`)."""
     if cfg.run_id is None:
         return
     path = project_path(cfg.results_dir) / str(cfg.run_id) / "config.yaml"
@@ -111,7 +111,8 @@ def adopt_saved(cfg: DictConfig, given: set[str]) -> None:
         return
     saved = load_saved(path)
     same_backend = OmegaConf.select(saved, "cluster.kind") == cfg.cluster.kind
-    for key in (*RESULT_KEYS, *(("cluster",) if same_backend else ())):
+    results = [key for key in saved if key not in run_only]
+    for key in (*results, *(("cluster",) if same_backend else ())):
         if key not in saved or key in given:
             continue
         merged = OmegaConf.create({key: saved[key]})
@@ -156,9 +157,9 @@ def check_free_space(cfg: DictConfig) -> None:
                           f"{cfg.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
-def open_run(cfg: DictConfig, run_only: frozenset[str] = frozenset()) -> tuple[Run, bool]:
+def open_run(cfg: DictConfig, run_only: frozenset[str]) -> tuple[Run, bool]:
     """Creates the run folder (new run) or checks a resubmission against the saved config (resume); the
-    dotted keys in ``run_only`` (the stages' settings outside their records' fingerprint) may differ.
+    dotted keys in ``run_only`` (settings that cannot change a result) may differ.
 
     Returns the run and whether it already existed. Sets ``cfg.run_id`` for a new run.
     """
@@ -204,7 +205,7 @@ def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = fro
         return None
     if isinstance(new, dict) and isinstance(old, dict):
         for key in [*old, *(k for k in new if k not in old)]:
-            found = _first_difference(new.get(key), old.get(key), f"{where}.{key}", skip)
+            found = _first_difference(new.get(key), old.get(key), f"{where}.{key}" if where else str(key), skip)
             if found:
                 return found
         return None
@@ -212,16 +213,13 @@ def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = fro
 
 
 def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run, run_only: frozenset[str]) -> None:
-    new_all = OmegaConf.to_container(cfg, resolve=True)
-    old_all = OmegaConf.to_container(saved, resolve=True)
-    for key in RESULT_KEYS:
-        found = _first_difference(new_all.get(key), old_all.get(key), key, run_only)
-        if found:
-            where, new, old = found
-            raise ConfigError(
-                f"run {run.run_id} was made with {where}={_shown(old)} (this submission: {_shown(new)}); resume it with "
-                f"the same {where}, or leave it out (see {run.config_path})"
-            )
+    found = _first_difference(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(saved, resolve=True), "", run_only)
+    if found:
+        where, new, old = found
+        raise ConfigError(
+            f"run {run.run_id} was made with {where}={_shown(old)} (this submission: {_shown(new)}); resume it with "
+            f"the same {where}, or leave it out (see {run.config_path})"
+        )
 
 
 def _shown(value: Any) -> str:

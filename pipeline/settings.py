@@ -5,7 +5,10 @@ its range, and any check of its own (a prompt template's placeholders, a callabl
 decides). From that one field come the section's defaults that Hydra composes (no YAML repeats them), the
 check every submission runs (one-line :class:`ConfigError`, the same words for every key), the typed object
 a job reads (no hand-copied ``from_config``) and the ``--help`` text. A field that is another library's
-setting under that library's name says so (``passes_to``) and reaches it as is.
+setting under that library's name says so (``passes_to``) and reaches it as is. A field that cannot change a
+result (how the work is batched or placed, where files go, how progress is shown) says so (``results=False``,
+or a whole ``section(..., results=False)``): the records' fingerprint, the resume check and the docs read that
+one flag (:func:`run_only`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class Knob:
     # What no type or range can say (a value another library must know): called with the key and the set
     # (non-null) value as plain data; raises ConfigError.
     check: Callable[[str, Any], None] | None = None
+    # Whether another value can change a result (a record, a table): false for how the work runs (the batch,
+    # the devices, the backend, the progress display). Off, the key is left out of the records' fingerprint
+    # and may take another value when a run is resumed.
+    results: bool = True
+    # Texts: what the one-line error for an empty (or null) value tells the user; the help when unset.
+    when_empty: str | None = None
 
 
 def knob(default: Any, help: str, **limits: Any) -> Any:
@@ -57,17 +66,57 @@ def knob(default: Any, help: str, **limits: Any) -> Any:
         if name in limits:
             limits[name] = tuple(limits[name])
     meta = {"knob": Knob(help=help, **limits)}
+    if isinstance(default, dict):  # a mapping of any keys (passed on as is): each object its own copy
+        return field(default_factory=lambda: dict(default), metadata=meta)
     # A list setting is a tuple in the frozen object (and a list again in the composed config).
     return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
 
 
-def section(cls: type[T], help: str) -> Any:
-    """A nested section (``debate.prompts``), with its defaults."""
-    return field(default_factory=cls, metadata={"knob": Knob(help=help)})
+def section(cls: type[T], help: str, results: bool = True) -> Any:
+    """A nested section (``debate.prompts``), with its defaults; ``results=False``: none of its keys can
+    change a result (``progress.*``)."""
+    return field(default_factory=cls, metadata={"knob": Knob(help=help, results=results)})
 
 
 def _knob(f: dataclasses.Field) -> Knob:
     return f.metadata["knob"]
+
+
+def _knobs(cls: type) -> list[dataclasses.Field]:
+    """The section's settings: its fields that are knobs (a run's config also holds parts built elsewhere)."""
+    return [f for f in fields(cls) if "knob" in f.metadata]
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def run_only(cls: type, prefix: str) -> frozenset[str]:
+    """The dotted keys of the section that cannot change a result (``results=False``; a run-only section
+    is named whole): what the fingerprint leaves out and a resume may change."""
+    hints, keys = _types(cls), set()
+    for f in _knobs(cls):
+        key = _key(prefix, f.name)
+        if not _knob(f).results:
+            keys.add(key)
+        elif _is_section(hints[f.name]):
+            keys |= run_only(hints[f.name], key)
+    return frozenset(keys)
+
+
+def result_values(settings: Any) -> dict[str, Any]:
+    """The section's values as plain data without those that cannot change a result: what decides a record."""
+    return {f.name: result_values(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v)
+            for f in _knobs(type(settings)) if _knob(f).results}
+
+
+def plain(settings: Any) -> dict[str, Any]:
+    """The section's values as plain data (lists as lists), as the composed config holds them: for YAML."""
+    return {f.name: plain(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v) for f in _knobs(type(settings))}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _types(cls: type) -> dict[str, Any]:
@@ -90,7 +139,7 @@ def _base(tp: Any) -> tuple[Any, bool]:
 def defaults(cls: type) -> dict[str, Any]:
     """The section's defaults as plain data (what Hydra composes, lists as lists)."""
     out: dict[str, Any] = {}
-    for f in fields(cls):
+    for f in _knobs(cls):
         value = f.default_factory() if f.default is MISSING else f.default
         out[f.name] = defaults(type(value)) if is_dataclass(value) else (list(value) if isinstance(value, tuple) else value)
     return out
@@ -100,8 +149,8 @@ def loose_keys(cls: type, prefix: str) -> set[str]:
     """The section's keys typed as a union of several types (``int | str``: a number or ``auto``), which a
     check against the default's type would refuse."""
     hints, keys = _types(cls), set()
-    for f in fields(cls):
-        key, tp = f"{prefix}.{f.name}", hints[f.name]
+    for f in _knobs(cls):
+        key, tp = _key(prefix, f.name), hints[f.name]
         if _is_section(tp):
             keys |= loose_keys(tp, key)
         elif typing.get_origin(tp) in (typing.Union, types.UnionType) and len([a for a in typing.get_args(tp) if a is not type(None)]) > 1:
@@ -109,13 +158,26 @@ def loose_keys(cls: type, prefix: str) -> set[str]:
     return keys
 
 
+def free_keys(cls: type, prefix: str) -> set[str]:
+    """The section's keys that hold a mapping of any keys (passed as is to another tool: sbatch's flags)."""
+    hints, keys = _types(cls), set()
+    for f in _knobs(cls):
+        key, tp = _key(prefix, f.name), hints[f.name]
+        if _is_section(tp):
+            keys |= free_keys(tp, key)
+        elif typing.get_origin(_base(tp)[0]) is dict:
+            keys.add(key)
+    return keys
+
+
 def check(cfg: DictConfig, prefix: str, cls: type) -> None:
-    """Checks every field of the section at ``prefix`` against its type and limits (types were checked against
-    the defaults when the config was composed, but for settings whose default is null: here), then the
-    field's own ``check``."""
+    """Checks every field of the section at ``prefix`` (``""``: the root) against its type and limits (types
+    were checked against the defaults when the config was composed, but for settings whose default is null:
+    here), then the field's own ``check``, then what no single field can say: the section's own
+    ``validate(prefix)``, on the typed section."""
     hints = _types(cls)
-    for f in fields(cls):
-        key, tp = f"{prefix}.{f.name}", hints[f.name]
+    for f in _knobs(cls):
+        key, tp = _key(prefix, f.name), hints[f.name]
         if _is_section(tp):
             check(cfg, key, tp)
             continue
@@ -128,9 +190,13 @@ def check(cfg: DictConfig, prefix: str, cls: type) -> None:
             check_template(key, value, k.format_fields, k.placeholders)
         if k.check is not None:
             k.check(key, OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value)
+    if hasattr(cls, "validate"):
+        build(cls, OmegaConf.select(cfg, prefix) if prefix else cfg).validate(prefix)
 
 
 def _check_value(cfg: DictConfig, key: str, value: Any, base: Any, nullable: bool, k: Knob) -> None:
+    if base is str and k.nonempty and (value is None or (isinstance(value, str) and not value.strip())):
+        raise ConfigError(f"{key} is empty: {k.when_empty or k.help}")
     if base is bool and nullable and not isinstance(value, bool):
         raise ConfigError(f"{key}={show_scalar(value)}: must be true, false or null")
     if base is bool:
@@ -155,8 +221,6 @@ def _check_value(cfg: DictConfig, key: str, value: Any, base: Any, nullable: boo
             raise ConfigError(f"{key}={entries}: {show_scalar(bad[0])!r} is not a name; list names, e.g. {key}=[...]")
         if len(set(entries)) != len(entries):
             raise ConfigError(f"{key}={entries}: {_twice(entries)!r} is listed twice; list each once")
-    elif base is str and k.nonempty and not value.strip():
-        raise ConfigError(f"{key} is empty: {k.help}")
 
 
 def _check_entries(key: str, entries: list[Any], k: Knob) -> None:
@@ -200,13 +264,15 @@ def check_template(key: str, text: str, names: tuple[str, ...], required: tuple[
 
 
 def build(cls: type[T], node: Mapping[str, Any] | DictConfig) -> T:
-    """The typed section from a config node (a job's resolved config): lists become tuples, nested sections
-    their dataclasses."""
+    """The typed section from a config node (a job's resolved config, a run's saved one): lists become tuples,
+    nested sections their dataclasses; a key the node lacks (added since the run was made) takes its default."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     hints = _types(cls)
     values: dict[str, Any] = {}
-    for f in fields(cls):
+    for f in _knobs(cls):
+        if f.name not in node:
+            continue
         value, tp = node[f.name], hints[f.name]
         if _is_section(tp):
             value = build(tp, value)
@@ -224,21 +290,22 @@ def passed_to(settings: Any, library: str) -> dict[str, Any]:
             for f in fields(settings) if _knob(f).passes_to == library}
 
 
-def describe(cls: type, prefix: str) -> Iterable[tuple[str, str, str]]:
-    """(key, default, help) for every setting of the section, nested ones included (``--help <section>``)."""
+def describe(cls: type, prefix: str, results: bool = True) -> Iterable[tuple[str, str, str]]:
+    """(key, default, help) for every setting of the section, nested ones included (``--help <section>``);
+    ``results=False``: the section is run-only, and so each of its keys."""
     hints = _types(cls)
-    for f in fields(cls):
-        key = f"{prefix}.{f.name}"
+    for f in _knobs(cls):
+        key, k = _key(prefix, f.name), _knob(f)
         if _is_section(hints[f.name]):
-            yield from describe(hints[f.name], key)
+            yield from describe(hints[f.name], key, results and k.results)
             continue
-        k = _knob(f)
         default = f.default_factory() if f.default is MISSING else f.default
         shown = "[" + ",".join(map(show_scalar, default)) + "]" if isinstance(default, (list, tuple)) else show_scalar(default)
         limits = [f"one of {', '.join(k.choices)}" if k.choices else "",
                   f"{'>' if k.strict else '>='} {k.minimum:g}" if k.minimum is not None else "",
-                  f"<= {k.maximum:g}" if k.maximum is not None else "",
+                  f"<= {k.maximum}" if k.maximum is not None else "",
                   f"< {k.below:g}" if k.below is not None else "",
-                  f"{k.passes_to}'s own setting" if k.passes_to else ""]
+                  f"{k.passes_to}'s own setting" if k.passes_to else "",
+                  "run-only: changes no result" if not (results and k.results) else ""]
         note = "; ".join(x for x in limits if x)
         yield key, shown, k.help + (f" ({note})" if note else "")

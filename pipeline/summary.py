@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.files import write_atomic
 from pipeline.reduce.report import REPORT, step_report, write_chain_report
 from pipeline.runs import Run
-from pipeline.stages import CHAIN, STAGES
+from pipeline.stages import CHAIN, STAGES, saved_config
 from pipeline.train.card import add_eval_table
 from pipeline.train.units import train_units
 
@@ -50,5 +50,5 @@ def _cards_with_eval(run: Run) -> None:
     table = run.root / STAGES["eval"].table_file("eval_finetuned")
     if not table.exists() or not run.stage_dir("train").is_dir():
         return
-    for unit in train_units(run.stage_config("train")):
+    for unit in train_units(saved_config(run, "train")):
         add_eval_table(run.stage_dir("train") / unit.part, table.read_text(encoding="utf-8"))

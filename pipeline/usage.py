@@ -9,11 +9,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONFIG_DIR, show_scalar
+from pipeline.config import CONFIG_DIR, GROUPS, show_scalar
+from pipeline.launch import LAUNCHERS
+from pipeline.run_config import RunConfig
 from pipeline.settings import describe
-from pipeline.stages import STAGES, load_defaults
+from pipeline.stages import GROUP_SETTINGS, STAGES, load_defaults
 
-GROUPS = ("stage", "cluster", "models")
 # Defaults longer than this (the prompts) are cut short in the overview.
 LONGEST = 40
 EXAMPLES = (
@@ -31,6 +32,20 @@ def _first_comment(path: Any) -> str:
         if line.startswith("# ") and not line.startswith("# @package"):
             return line[2:].strip()
     return ""
+
+
+def _options(group: str) -> dict[str, str]:
+    """A group's choices and what each is: its YAML files' first comments, and the options that are settings
+    classes (each backend of ``cluster``) their docstrings' first line."""
+    options = {path.stem: _first_comment(path) for path in (CONFIG_DIR / group).glob("*.yaml")}
+    options.update({name: (settings.__doc__ or "").split("\n")[0] for name, settings in GROUP_SETTINGS.get(group, {}).items()})
+    return options
+
+
+def _options_from(group: str) -> str:
+    if group in GROUP_SETTINGS:
+        return f"one declared in code: --help NAME lists its keys; or a preset configs/{group}/NAME.yaml"
+    return f"configs/{group}/NAME.yaml"
 
 
 def _shown(value: Any) -> str:
@@ -53,12 +68,12 @@ def usage(width: int = 100) -> str:
              "Submits one stage of gsm8k-slurm (or the whole chain) through submitit; every setting is a key=value",
              "override of the YAML under configs/. Errors are one line and exit 2; nothing is submitted then.", ""]
     for group in GROUPS:
-        lines.append(f"{group}=NAME  (configs/{group}/NAME.yaml)")
-        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
-            lines.append(f"  {path.stem:<8} {_first_comment(path)}"[:width])
+        lines.append(f"{group}=NAME  ({_options_from(group)})")
+        for name, what in sorted(_options(group).items()):
+            lines.append(f"  {name:<8} {what}"[:width])
         lines.append("")
     config = OmegaConf.to_container(load_defaults(), resolve=False)
-    lines.append(f"keys, with their defaults (what each does: --help {' | --help '.join(_described())}; the rest: configs/config.yaml):")
+    lines.append(f"keys, with their defaults (what each does: --help {' | --help '.join(_described())}):")
     scalars = [leaf for key, value in config.items() if key != "stage" and not isinstance(value, dict) for leaf in _leaves(value, f"{key}.")]
     sections = [_leaves(value, f"{key}.") for key, value in config.items() if isinstance(value, dict)]
     for leaves in (scalars, *sections):
@@ -69,18 +84,27 @@ def usage(width: int = 100) -> str:
     return "\n".join(lines)
 
 
+def _sections() -> dict[str, tuple[type, str]]:
+    """What ``--help <name>`` describes: its settings and the prefix of their keys. ``run``: the root keys and
+    the common sections; each stage's section; each backend's (``cluster.*``, by the backend's name)."""
+    return {"run": (RunConfig, ""),
+            **{name: (stage.settings, name) for name, stage in STAGES.items() if stage.settings is not None},
+            **{kind: (launcher.settings, "cluster") for kind, launcher in LAUNCHERS.items()}}
+
+
 def _described() -> list[str]:
-    return [name for name, stage in STAGES.items() if stage.settings is not None]
+    return list(_sections())
 
 
 def section_usage(name: str, width: int = 100) -> str:
-    """``--help <section>``: each key of a stage's section, its default, and what it does and takes."""
-    stage = STAGES.get(name)
-    if stage is None or stage.settings is None:
+    """``--help <section>``: each key of a section, its default, and what it does and takes (and whether it
+    can change a result)."""
+    if name not in _sections():
         raise KeyError(f"no section '{name}'; sections: {', '.join(_described())}")
-    summary = " ".join((stage.settings.__doc__ or "").replace("``", "`").split()).split(". ")[0].rstrip(".")
-    lines = [f"{name}.*: {summary}.", ""]
-    for key, default, text in describe(stage.settings, name):
+    settings, prefix = _sections()[name]
+    summary = " ".join((settings.__doc__ or "").replace("``", "`").split()).split(". ")[0].rstrip(".")
+    lines = [f"{prefix + '.*' if prefix else 'root keys'}: {summary}.", ""]
+    for key, default, text in describe(settings, prefix):
         lines.append(f"  {key}={_shown(default) if not default.startswith('[') else default}")
         lines += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
     return "\n".join(lines)

@@ -12,12 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.run_config import RunConfig
 
-def wandb_mode(config: dict[str, Any]) -> str:
+
+def wandb_mode(config: RunConfig) -> str:
     """``wandb.mode`` as wandb takes it. ``auto`` defers to wandb's own ``WANDB_MODE`` when it is set (the
     tests set it to ``disabled``), else goes online only when ``WANDB_API_KEY`` is set: a cluster job with
     no key must never wait on a login prompt or the network, so it writes an offline run instead."""
-    mode = str(config["wandb"]["mode"])
+    mode = config.wandb.mode
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE") in ("offline", "online", "disabled"):
@@ -26,7 +28,7 @@ def wandb_mode(config: dict[str, Any]) -> str:
 
 
 @contextmanager
-def train_environment(config: dict[str, Any], run_id: str, folder: Path) -> Iterator[list[str]]:
+def train_environment(config: RunConfig, run_id: str, folder: Path) -> Iterator[list[str]]:
     """The trainer's ``report_to``, with wandb's settings in the environment while it trains: transformers'
     wandb callback reads them there (the key stays where the user put it). Training logs into
     ``folder/wandb/``; the environment is as it was afterwards (a debug run trains inside the submitter)."""
@@ -34,7 +36,7 @@ def train_environment(config: dict[str, Any], run_id: str, folder: Path) -> Iter
     if mode == "disabled":
         yield []
         return
-    settings = {"WANDB_MODE": mode, "WANDB_PROJECT": str(config["wandb"]["project"]), "WANDB_RUN_GROUP": run_id,
+    settings = {"WANDB_MODE": mode, "WANDB_PROJECT": config.wandb.project, "WANDB_RUN_GROUP": run_id,
                 "WANDB_DIR": str(folder), "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")}
     before = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
@@ -67,7 +69,7 @@ def step_run_id(run_root: Path, where: str) -> str:
     return f"{run_root.name}-{where}-{digest}"
 
 
-def init_step_run(config: dict[str, Any], run_root: Path, where: str) -> Any | None:
+def init_step_run(config: RunConfig, run_root: Path, where: str) -> Any | None:
     """An open wandb run for a reducer's step (None when wandb is disabled), resumed when it exists. Offline,
     each reduce adds an ``offline-run-<time>-<id>`` folder of the same id; ``wandb sync`` uploads a run's
     folders in the order they were made, so the last reduce's tables and summary are the ones shown."""
@@ -76,6 +78,6 @@ def init_step_run(config: dict[str, Any], run_root: Path, where: str) -> Any | N
         return None
     import wandb
 
-    return wandb.init(mode=mode, dir=str(run_root), project=str(config["wandb"]["project"]), group=run_root.name,
+    return wandb.init(mode=mode, dir=str(run_root), project=config.wandb.project, group=run_root.name,
                       job_type=where, name=f"{run_root.name}-{where}", id=step_run_id(run_root, where), resume="allow",
-                      config=config, settings=wandb.Settings(silent=True, console="off"))
+                      config=config.plain(), settings=wandb.Settings(silent=True, console="off"))

@@ -19,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence, TextIO
 
-from pipeline.progress import bar, count, describe_phase, format_duration, read_progress
+from pipeline.run_config import ProgressSettings
+from pipeline.progress import bar, count, describe_phase, format_duration, read_progress, step_work
 from pipeline.runs import Run
 from pipeline.shards import Unit
 from pipeline.stages import Stage
@@ -40,8 +41,7 @@ class Step:
 
 def step_line(step: Step, run: Run, elapsed: float) -> str:
     """The step's display now, from its tasks' progress files."""
-    done = total = 0
-    unknown = False  # a unit whose total is not known yet (a train job before its first step)
+    work: list[tuple[int, int]] = []
     states: Counter[str] = Counter()
     phases: list[dict[str, Any]] = []
     for unit, (unit_done, unit_total) in step.before.items():
@@ -52,10 +52,11 @@ def step_line(step: Step, run: Run, elapsed: float) -> str:
                 unit_done, unit_total = shot["work"]["done"], shot["work"]["total"]
             if shot["state"] == "running" and shot.get("phase"):
                 phases.append(shot["phase"])
-        done, total, unknown = done + unit_done, total + unit_total, unknown or unit_total == 0
+        work.append((unit_done, unit_total))
+    done, total, known = step_work(work)
     reducer = read_progress(run.progress_path(step.where, REDUCE_LABEL))
     what = step.stage.what
-    parts = [f"{step.where:<14} [{bar(done, total, '-')}] {count(done, None if unknown else total, what)}"]
+    parts = [f"{step.where:<14} [{bar(done, total, '-')}] {count(done, total if known else None, what)}"]
     tasks = len(step.before)
     if reducer is not None and reducer["state"] == "running":
         parts.append("merging the shards")
@@ -114,11 +115,12 @@ class Display:
         self.out.flush()
 
 
-def watch(steps: Sequence[Step], run: Run, settings: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    """Shows each step until its reducer has ended, one after the other."""
+def watch(steps: Sequence[Step], run: Run, shown: ProgressSettings, out: TextIO = sys.stdout) -> None:
+    """Shows each step until its reducer has ended, one after the other, at the intervals of the run's
+    ``progress.*`` keys (``shown``)."""
     for step in steps:
         started = time.monotonic()
-        display = Display(out, float(settings["refresh_s"]), float(settings["log_every_s"]))
+        display = Display(out, shown.refresh_s, shown.log_every_s)
         while not step.reduce_job.done():
             display.show(step_line(step, run, time.monotonic() - started))
             time.sleep(display.refresh_s)

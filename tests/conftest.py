@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import take_back_sigint
+
+# Tests signal the processes they start with SIGINT (a local job's cancel): under a runner started with SIGINT
+# ignored (a script's `cmd &`), those processes would inherit the ignore, as the suite's commands do not.
+take_back_sigint()
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 # wandb.mode=auto defers to this: no test logs to wandb but those that ask for it (wandb.mode=offline).

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from pipeline.debate.scoring import reply, score_record
+from pipeline.debate.settings import DebateSettings
+from pipeline.run_config import RunConfig, load
 
 
 def said(answer: str | None, stopped: bool = True) -> dict[str, Any]:
@@ -24,3 +26,9 @@ def record(index: int, gold: str, turns: Sequence[str | None], b_solo: str | Non
     vote = {key: {"replies": [said(s) for s in samples], "tokens": 10 * len(samples), "seconds": 1.0 * len(samples)}
             for key, samples in (votes or {}).items()}
     return score_record({"index": index, "question": f"q{index}", "gold": gold, "turns": made, "solo": solo, "vote": vote}, rule)
+
+
+def debate_config(values: dict[str, Any]) -> RunConfig:
+    """A reducer's typed config from the few keys a test gives (the pair, some debate settings); every other
+    key takes its default."""
+    return load(values, {"debate": DebateSettings})

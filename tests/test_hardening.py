@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -16,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stages import load_config
+from pipeline.stages import RUN_ONLY, load_config
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run, open_run
 from pipeline.submit import main, submit
-from pipeline.launch.local import process_alive, process_start
+from pipeline.launch.process import process_alive, process_start
 from tests.conftest import ROOT, copy_run, tiny_overrides
 
 
@@ -132,7 +133,7 @@ def test_two_submissions_of_one_new_run_id_do_not_both_pass(tmp_path: Path) -> N
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = open_run(configs[i])[1]
+            outcomes[i] = open_run(configs[i], RUN_ONLY)[1]
         except ConfigError as err:
             outcomes[i] = str(err)
 
@@ -274,7 +275,7 @@ def test_a_failing_debug_job_opens_no_debugger(finished: Path) -> None:
 
 def test_a_resume_may_change_run_only_settings(finished: Path) -> None:
     """A run out of memory resumes at a smaller batch, without the cache reuse: keys outside the records'
-    fingerprint (debate/units.py's _RUN_ONLY: they change no token) are not compared on resume; its records join
+    fingerprint (results=False on their knob() in debate/settings.py: they change no token) are not compared on resume; its records join
     the others. The engine and kernels are not among them (they change tokens)."""
     run = copy_run(finished, "smaller-batch")
     shard = run / "debate" / "shard-00001-of-00002.jsonl"
@@ -426,3 +427,22 @@ def test_markdown_escapes_keep_a_name_one_literal_cell() -> None:
     assert _inline(code("a`b")) == "<code>a`b</code>" and _inline(code("`x`")) == "<code>`x`</code>"
     assert _inline("[page](debate_report.html) [x](javascript:alert(1)) [y](https://example.com)") == (
         '<a href="debate_report.html">page</a> [x](javascript:alert(1)) [y](https://example.com)')
+
+
+def test_a_command_started_with_sigint_ignored_starts_programs_that_take_sigint() -> None:
+    """`python jobs/submit.py ... &` in a script: the shell starts it with SIGINT ignored, and without taking
+    it back every local job it starts would ignore the SIGINT of `jobs/cancel.py`."""
+    probe = ("import subprocess, sys\n"
+             "from pipeline.cli import run_command\n"
+             "def main():\n"
+             "    child = subprocess.Popen(['sleep', '30'])\n"
+             "    ignored = [l for l in open(f'/proc/{child.pid}/status') if l.startswith('SigIgn:')][0].split()[1]\n"
+             "    child.kill()\n"
+             "    print(int(ignored, 16) & 2)\n"
+             "    return 0\n"
+             "START\n")
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    for start, inherited in (("run_command(main)", "0"), ("main()", "2")):
+        done = subprocess.run([sys.executable, "-c", probe.replace("START", start)], capture_output=True, text=True, cwd=ROOT,
+                              preexec_fn=ignore, timeout=60)
+        assert done.stdout.strip() == inherited, done.stderr

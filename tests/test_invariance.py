@@ -206,13 +206,11 @@ def test_one_shard_or_three_give_the_same_outcomes_file(tmp_path: Path) -> None:
 def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
     """Run-only settings (measured above to change no token) leave a record's fingerprint alone; the engine,
     the kernels and batch invariance itself change it."""
-    from omegaconf import OmegaConf
-
     from pipeline.debate.units import debate_schema
+    from pipeline.stages import build_config
 
     def fingerprint(*overrides: str) -> str:
-        config = OmegaConf.to_container(load_config(["stage=debate", *overrides]), resolve=True)
-        return debate_schema(config, None).fingerprint
+        return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
     base = fingerprint()
     for run_only in ("debate.batch_size=7", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from submitit.local.local import LocalJob
 
-from pipeline.launch.local import EXIT_GRACE_S, Dependency
+from pipeline.launch.local_gate import EXIT_GRACE_S, Dependency
 from pipeline.progress import read_progress
 from pipeline.runs import Run
 from pipeline.submit import submit

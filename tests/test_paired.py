@@ -6,11 +6,12 @@ import math
 
 import pytest
 
-from pipeline.reduce.debate import agreement, agreement_kind, markdown, summarize
-from pipeline.reduce.eval import against_base
-from pipeline.reduce.eval import markdown as markdown_eval
+from pipeline.reduce.debate_stats import agreement, agreement_kind, summarize
+from pipeline.reduce.eval_stats import against_base
+from pipeline.reduce.sharded import model_labels
+from pipeline.reduce.tables import debate_table, eval_table
 from pipeline.reduce.stats import format_p, mcnemar_exact
-from tests.debate_records import record
+from tests.debate_records import debate_config, record
 
 
 def test_mcnemar_exact_by_hand() -> None:
@@ -69,15 +70,15 @@ def test_without_b_alone_agreement_is_not_called_independent() -> None:
 
 
 def test_the_debate_table_carries_paired_tests_and_agreement() -> None:
-    config = {"models": {"a": "m-a", "b": "m-b"},
-              "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}}
-    summary = summarize(RECORDS, config)
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"},
+                            "debate": {"max_rounds": 2, "final_answer": "last", "baselines": {"vote_models": []}}})
+    summary = summarize(RECORDS, model_labels(config), config.debate)
     by_method = {p["against"]: p for p in summary["paired"]}
     # debate right on 0, 1, 4; a alone right on 0, 1; b alone right on 0, 2, 4.
     assert by_method["model a (m-a) alone"] == {"against": "model a (m-a) alone", "n": 7, "only_debate_right": 1, "only_baseline_right": 0,
                                           "difference": round(1 / 7, 4), "p_value": 1.0}
     assert (by_method["model b (m-b) alone"]["only_debate_right"], by_method["model b (m-b) alone"]["only_baseline_right"]) == (1, 1)
-    table = markdown(summary, "r", [])
+    table = debate_table(summary, "r", [])
     assert "| model a (m-a) alone | 7 | 1 | 0 | +14.3 pts | 1 |" in table
     assert "| b took a's answer | 3 | 1 | 2 | 1 | 1 |" in table
 
@@ -90,7 +91,7 @@ def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:
     base = {"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}
     same = against_base({"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}, base)
     assert {r["identical_responses"] for r in same} == {6} and {r["p_value"] for r in same} == {1.0}
-    assert "WARNING: model a's fine-tuned responses on gsm8k are identical" in markdown_eval([], "r", [], "eval_finetuned", same)
+    assert "WARNING: model a's fine-tuned responses on gsm8k are identical" in eval_table([], "r", [], "eval_finetuned", same)
     moved = against_base({"a/gsm8k": [_eval_record(i, f"new{i}", True) for i in range(6)]}, base)
     strict = next(r for r in moved if r["filter"] == "strict-match")
     assert (strict["identical_responses"], strict["only_finetuned_right"], strict["only_base_right"]) == (0, 3, 0)
@@ -147,8 +148,8 @@ def test_a_p_value_of_a_large_run_is_not_rounded_to_0() -> None:
     """On 1,319 questions a difference of 600 discordant pairs to 30 has p near 1e-140: the JSON keeps it and the
     table prints it in scientific notation (it printed 0 before)."""
     records = [record(i, "5", ["5", "5"], b_solo="6") for i in range(600)] + [record(600 + i, "5", ["6", "6"], b_solo="5") for i in range(30)]
-    summary = summarize(records, {"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last",
-                                                                              "baselines": {"vote_models": []}}})
+    config = debate_config({"models": {"a": "m", "b": "m"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}}})
+    summary = summarize(records, model_labels(config), config.debate)
     against_b = next(p for p in summary["paired"] if p["against"] == "model b (m) alone")
     assert 0 < against_b["p_value"] < 1e-100
-    assert f"| {format_p(against_b['p_value'])} |" in markdown(summary, "r", []) and "e-" in format_p(against_b["p_value"])
+    assert f"| {format_p(against_b['p_value'])} |" in debate_table(summary, "r", []) and "e-" in format_p(against_b["p_value"])

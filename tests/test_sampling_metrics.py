@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from pipeline.reduce.debate import markdown, summarize
-from tests.debate_records import record
+from pipeline.reduce.debate_stats import summarize
+from pipeline.reduce.sharded import model_labels
+from pipeline.reduce.tables import debate_table
+from tests.debate_records import debate_config, record
 from pipeline.reduce.sampling import mean_interval, pass_at_k, score_summary, scores_at, vote_curve
 
 
@@ -76,8 +78,8 @@ def _record(index: int, samples: list[str | None]) -> dict:
 
 def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     records = [_record(i, s) for i, s in enumerate(SAMPLES)]
-    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
-    summary = summarize(records, config)
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
+    summary = summarize(records, model_labels(config), config.debate)
     rows = {r["method"]: r for r in summary["methods"]}
     assert list(rows) == ["debate", "model a (m-a) alone", "model a (m-a) majority vote (k=4)", "model a (m-a) pass@4", "model a (m-a) mean@4",
                           "model a (m-a) majority vote of its first 2 (the debate's tokens)"]
@@ -90,7 +92,7 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     assert (curve["model"], curve["k"], curve["n"]) == ("a", 4, 3)
     majority_at_k = next(p for p in curve["points"] if p["metric"] == "majority" and p["j"] == 4)
     assert majority_at_k["accuracy"] == rows["model a (m-a) majority vote (k=4)"]["accuracy"]
-    table = markdown(summary, "r", [])
+    table = debate_table(summary, "r", [])
     assert "| model a (m-a) pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "| model a (m-a) mean@4 | 25.0% | " in table and " | 0.75 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k)" in table
@@ -99,15 +101,15 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
 def test_the_vote_at_the_debates_token_budget_is_the_majority_of_its_first_j_samples() -> None:
     """The debate spends 20 tokens a question and a sample 10: the budget vote is the majority of the first 2
     samples, paired with the debate like the other rows, and its own column in the outcomes file."""
-    from pipeline.reduce.debate import budget_vote, outcomes
+    from pipeline.reduce.debate_stats import budget_vote, outcomes
 
     records = [_record(i, s) for i, s in enumerate(SAMPLES)]
     j, votes = budget_vote(records, {r["index"]: r["vote"]["a"] for r in records})
     assert j == 2
     assert [v["answer"] for v in votes.values()] == ["5", "7", "6"]  # question 1's first two: "7" and no answer
     assert [v["correct"] for v in votes.values()] == [True, False, False] and {v["tokens"] for v in votes.values()} == {20}
-    config = {"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}}
-    assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, config))
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
+    assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, model_labels(config), config.debate))
 
 
 def outcomes_header(result) -> str:

@@ -86,4 +86,4 @@ def test_section_help_lists_every_key() -> None:
     assert "one of auto, static, generate" in done.stdout
     wrong = subprocess.run([sys.executable, str(ROOT / "jobs" / "submit.py"), "--help", "nope"], capture_output=True,
                            text=True, cwd=ROOT, timeout=60)
-    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: no section 'nope'; sections: debate, eval, train"
+    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: no section 'nope'; sections: run, debate, eval, train, local, debug, slurm"

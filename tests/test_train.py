@@ -137,10 +137,9 @@ def test_mined_pairs_come_from_a_debate_on_training_questions(results: Path) -> 
         writer.append({"index": 2, "question": third["question"], "gold": "5",
                        "turns": [{"model": "a", "answer": "4", "stopped": False, "text": "It is 4"},
                                  {"model": "b", "answer": "5", "stopped": True, "text": "#### 5"}]})
-    from pipeline.stages import load_config
-    from omegaconf import OmegaConf
+    from pipeline.stages import build_config, load_config
 
-    config = OmegaConf.to_container(load_config([f"results_dir={results}", "train.mine_from=mine", "train.max_samples=3"]), resolve=True)
+    config = build_config(load_config([f"results_dir={results}", "train.mine_from=mine", "train.max_samples=3"]))
     rows, info = gsm8k_pairs(config)
     assert info == {"pairs": 3, "mined_rejected": 1, "mined_chosen": 2}
     assert (rows[0]["chosen"][0]["content"], rows[0]["rejected"][0]["content"]) == (right, wrong)

@@ -304,10 +304,11 @@ from pathlib import Path
 
 import wandb
 
+from pipeline.run_config import load
 from pipeline.wandb_run import init_step_run, train_environment
 
 folder = Path(sys.argv[1])
-config = {"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}
+config = load({"wandb": {"mode": "offline", "project": "gsm8k-slurm"}}, {})
 with train_environment(config, "trained", folder / "train") as report_to:
     assert report_to == ["wandb"]
     wandb.init(settings=wandb.Settings(silent=True, console="off"))  # as transformers' callback does

@@ -16,7 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+import submitit
+
+from pipeline.launch.local import DetachedLocalExecutor
 from pipeline.monitor import format_status, run_status
 from pipeline.runs import Run
 from tests.conftest import ROOT, tiny_overrides
@@ -128,6 +133,33 @@ def test_a_cancel_prints_no_traceback_where_the_run_was_submitted(results: Path,
     assert "CANCELLED" in states and "RUNNING" not in states, states
 
 
+def test_a_local_job_starts_as_submitit_starts_it_only_detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend starts each job's controller itself (submitit's start takes no session, stdin or
+    stdout): with the command, environment and GPUs submitit's own local executor gives it, and the same
+    job, only reading nothing, writing its log and in a session of its own. A submitit that starts its
+    controller otherwise fails here, not in a run."""
+    starts: list[tuple[Any, dict[str, Any]]] = []
+
+    class Started:
+        def __init__(self, args: Any, **kwargs: Any) -> None:
+            starts.append((args, kwargs))
+            self.pid = 4_000_000 + len(starts)
+
+    monkeypatch.setattr(subprocess, "Popen", Started)
+    for setup in ((), ("true",)):
+        jobs = []
+        for executor in (submitit.LocalExecutor(folder=tmp_path), DetachedLocalExecutor(folder=tmp_path)):
+            executor.update_parameters(timeout_min=7, tasks_per_node=2, gpus_per_node=1, visible_gpus=(3, 5), signal_delay_s=11, setup=setup)
+            jobs.append(executor._submit_command("python -u -m submitit.core._submit folder"))
+        (theirs, their_options), (ours, our_options) = starts[-2:]
+        assert ours == theirs and our_options.pop("env") == their_options.pop("env")
+        assert our_options.pop("stdin") == subprocess.DEVNULL and our_options.pop("stderr") == subprocess.STDOUT
+        assert our_options.pop("start_new_session") and isinstance(our_options.pop("stdout"), int)
+        assert our_options == their_options, "nothing else differs"
+        assert [type(job) for job in jobs] == [submitit.local.local.LocalJob] * 2 and jobs[0].num_tasks == jobs[1].num_tasks == 2
+        assert (tmp_path / f"{jobs[1].job_id}_controller.log").exists()
+
+
 def test_a_closed_pipe_ends_a_command_quietly() -> None:
     """``status.py | head``, ``submit.py --help | head``: the reader is gone before the command writes."""
     for command in ([sys.executable, str(ROOT / "jobs" / "submit.py"), "--help"], [sys.executable, str(ROOT / "jobs" / "status.py")]):
@@ -181,8 +213,7 @@ def test_every_task_writes_its_progress_and_logs_its_phases(results: Path) -> No
 
 def test_plots_are_scaled_to_their_data_and_titled() -> None:
     """Accuracies of a few percent fill the plot instead of one line at the bottom of a 0-100% axis."""
-    from pipeline.reduce.debate import rounds_figure
-    from pipeline.reduce.eval import figure
+    from pipeline.reduce.figures import eval_figure, rounds_figure
 
     low = {"accuracy": 0.02, "ci95_low": 0.005, "ci95_high": 0.07}
     summary = {"per_round": [{"method": "after round 1", **low}], "n": 100, "models": {"a": "x", "b": "y + adapter (r/train/y)"},
@@ -191,13 +222,12 @@ def test_plots_are_scaled_to_their_data_and_titled() -> None:
     assert 0.07 < ax.get_ylim()[1] < 0.1
     assert "run r1, n=100" in ax.get_title() and "y + adapter (r/train/y)" in ax.get_title()
     rows = [{"model": "x", "task": "gsm8k", "filter": "strict-match", "n": 100, **low}]
-    ax = figure(rows, "GSM8K accuracy, run r1, n=100").axes[0]
+    ax = eval_figure(rows, "GSM8K accuracy, run r1, n=100").axes[0]
     assert 0.07 < ax.get_ylim()[1] < 0.1 and ax.get_title() == "GSM8K accuracy, run r1, n=100"
 
 
 def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> None:
-    from pipeline.stages import load_config
-    from pipeline.submit import describe_work
+    from pipeline.stages import describe_work, load_config
 
     train = load_config(["stage=train", "train.max_samples=8", "train.max_steps=2", "train.models=[a]"])
     assert describe_work(train, 1319) == "1 model(s) trained on 8 pairs (GSM8K train), 2 steps"
@@ -205,6 +235,8 @@ def test_the_stages_announce_their_work_in_their_own_units(results: Path) -> Non
     assert describe_work(full, 1319) == "2 model(s) trained on 7473 pairs (GSM8K train), 1 epoch(s)"
     assert describe_work(load_config(["stage=eval", "shards=2"]), 40) == "2 model(s) x 1 task(s) on 40 problems, 2 shard(s) each"
     assert describe_work(load_config(["stage=debate", "shards=4"]), 16) == "16 problems, 4 shard(s)"
+    assert describe_work(load_config(["stage=all", "shards=2", "train.max_steps=3"]), 16) == \
+        "eval -> train -> eval fine-tuned -> debate on 16 problems, 2 shard(s) a step; 2 model(s) trained on 2000 pairs (GSM8K train), 3 steps"
 
 
 def test_building_the_package_prints_no_warning(tmp_path: Path) -> None:
@@ -216,3 +248,23 @@ def test_building_the_package_prints_no_warning(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     noise = [line for line in (done.stdout + done.stderr).splitlines() if "Warning" in line]  # Python warning categories
     assert noise == [], noise
+
+
+def test_a_steps_work_is_summed_alike_by_the_display_and_the_status(tmp_path: Path) -> None:
+    """The waiting submitter's line and the status command's step total are one sum (``progress.step_work``):
+    while a train unit has not taken its first step its total is unknown, shown as ``?``, and the bar fills by
+    the units that know theirs."""
+    from pipeline.progress import TaskProgress, step_work
+    from pipeline.shards import Unit
+    from pipeline.stages import STAGES
+    from pipeline.watch import Step, step_line
+
+    run = Run(tmp_path)
+    first, second = Unit("tiny-llama", 0, 1, ()), Unit("tiny-qwen2", 0, 1, ())
+    step = Step("train", STAGES["train"], None, {first: (0, 0), second: (0, 0)})
+    TaskProgress(run.progress_path("train", first.label), first.label).set_work(4, 8, "steps")
+    assert step_line(step, run, 0).startswith(f"train          [{'#' * 10}{'-' * 10}] 4/? steps")
+    TaskProgress(run.progress_path("train", second.label), second.label).set_work(0, 8, "steps")
+    assert " 4/16 steps" in step_line(step, run, 0)
+    assert step_work([(4, 8), (0, 0)]) == (4, 8, False) and step_work([(4, 8), (0, 8)]) == (4, 16, True)
+    assert step_work([]) == (0, 0, True)

@@ -52,23 +52,30 @@ class DebateSettings:
     """Two models take turns on each problem. A round is one turn of model a then one of model b; the debate
     stops when both models' latest answers agree numerically, or after ``max_rounds``."""
 
+    # ``results=False``: settings measured to change no token with ``batch_invariant`` on (tests/test_invariance.py
+    # on the CPU, benchmarks/invariance.py on a GPU): how the work is batched, replayed and placed. ``engine`` and
+    # ``kernels`` are not among them: another engine or other kernels sum in another order and change answers
+    # (kernels=torch changed 249 of 1,319 greedy answers on an H200), and so does ``batch_invariant`` itself.
+
     max_rounds: int = knob(3, "Rounds at most (a round: model a's turn, then model b's).", minimum=1)
     max_new_tokens: int = knob(256, "Tokens a model may write in one turn; generation also stops on each model's "
                                     "end-of-turn tokens.", minimum=1)
     temperature: float = knob(0.0, "0 = greedy. Above 0: seeded sampling per row (see `seed`).", minimum=0.0)
     batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
-                                "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1)
+                                "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1,
+                          results=False)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
     cuda_graphs: bool = knob(True, "Static engine: replay each decode step as a CUDA graph (GPU only); off = the same "
-                                   "kernels launched one by one (for debugging).")
+                                   "kernels launched one by one (for debugging).", results=False)
     kernels: str = knob("auto", "Static engine: triton (fused Triton kernels; compute capability 8.0+, not a V100), "
                                 "torch (PyTorch's kernels), or auto (triton wherever it can run).", choices=KERNELS)
     reuse_kv: bool = knob(True, "Static engine: a turn starts from the KV cache of the model's previous turn and "
-                                "prefills only the new messages.")
+                                "prefills only the new messages.", results=False)
     prefill_tokens: int = knob(16384, "Static engine: prompts are prefilled in groups of rows of at most this many "
-                                      "tokens (bounds the activation memory of long prompts).", minimum=1)
+                                      "tokens (bounds the activation memory of long prompts).", minimum=1,
+                              results=False)
     batch_invariant: bool | None = knob(None, "Static engine: each row's numbers independent of its batch (its size, place "
                                               "and neighbours' padding, the prefill groups, CUDA graphs, an earlier turn's cache), "
                                               "so a question's record does not depend on the shard count, batch_size, a resume or "
@@ -79,7 +86,8 @@ class DebateSettings:
                                               "measured on a card (docs/performance.md).")
     devices: str = knob("auto", "Where the two models sit: shared (both on the job's first GPU), split (model a on the "
                                 "first GPU, model b on the second: the job needs two), or auto (split when the job "
-                                "sees two GPUs or more, else shared).", choices=("auto", "shared", "split"))
+                                "sees two GPUs or more, else shared).", choices=("auto", "shared", "split"),
+                       results=False)
     final_answer: str = knob("last", "The answer of a debate that did not converge: the last turn's (last), or "
                                      "model a's / b's.", choices=("last", *SPEAKERS))
     system_prompt: str | None = knob(None, "A system message before every conversation (null: none).")

@@ -11,12 +11,10 @@ import torch
 from pipeline import progress
 from pipeline.config import project_path
 from pipeline.debate.engine import DebateEngine
-from pipeline.debate.settings import DebateSettings
 from pipeline.debate.units import debate_schema, shard_problems
 from pipeline.models.device import describe_placement, pick_devices
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
-from pipeline.settings import build
 from pipeline.shards import ShardWriter
 from pipeline.jobs import ShardTask
 
@@ -27,7 +25,7 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
     """Resumable: skips problems already in the shard file; returns a summary for the submitter."""
     cfg = task.config
     torch.set_num_threads(task.threads)
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     path = task.path
     mine = shard_problems(cfg, task.unit.shard, task.unit.shards)
     started = time.perf_counter()
@@ -37,16 +35,17 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
         reporter = progress.current()
         reporter.set_work(len(writer.records), len(mine), "problems")
         if todo:
-            devices = pick_devices(cfg["debate"]["devices"])
+            devices = pick_devices(cfg.debate.devices)
             log.info("%s: %s", path.name, describe_placement(devices))
             registry = load_registry()
-            cache = project_path(cfg["paths"]["model_cache"])
+            cache = project_path(cfg.paths.model_cache)
             reporter.set_state("running", "loading the models")
             models = {
-                key: load_chat_model(resolve_model(f"models.{key}", cfg["models"][key], registry, cfg["results_dir"]), cache, cfg["models"]["dtype"], devices[key])
+                key: load_chat_model(resolve_model(f"models.{key}", getattr(cfg.models, key), registry, cfg.results_dir), cache, cfg.models.dtype,
+                                     devices[key])
                 for key in ("a", "b")
             }
-            engine = DebateEngine(models, build(DebateSettings, cfg["debate"]), cfg["seed"])
+            engine = DebateEngine(models, cfg.debate, cfg.seed)
             reporter.set_state("running")
 
             def emit(record: dict[str, Any]) -> None:

@@ -6,45 +6,40 @@ command and the reducer read a run's plan in a fraction of a second.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
+from pipeline.run_config import RunConfig
+from pipeline.settings import result_values
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
-def shard_problems(config: dict[str, Any], shard: int, shards: int) -> list:
+def shard_problems(config: RunConfig, shard: int, shards: int) -> list:
     """The problems one shard owns (a contiguous slice of the first ``limit`` problems)."""
-    data = config["data"]
-    problems = load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
+    problems = load_problems(project_path(config.data.path) / f"{config.data.split}.jsonl", config.limit)
     return [problems[i] for i in shard_slice(len(problems), shard, shards)]
 
 
-def debate_units(config: dict[str, Any]) -> list[Unit]:
+def debate_units(config: RunConfig) -> list[Unit]:
     """The debate array: one unit per shard, each a slice of the problems."""
-    shards = int(config["shards"])
+    shards = config.shards
     return [Unit("", s, shards, tuple(p.index for p in shard_problems(config, s, shards))) for s in range(shards)]
 
 
 # What every debate record holds (what the reducer reads).
 RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn", "agreed", "rounds", "correct",
                "first_answers", "solo", "vote", "tokens", "seconds")
-# Debate settings that change no token, measured with ``batch_invariant`` on (tests/test_invariance.py on the
-# CPU, benchmarks/invariance.py on a GPU): how the work is batched, replayed and placed. ``engine`` and
-# ``kernels`` are not among them: another engine or other kernels sum in another order and change answers
-# (kernels=torch changed 249 of 1,319 greedy answers on an H200), and so does ``batch_invariant`` itself.
-_RUN_ONLY = ("batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices")
 
 
-def debate_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+def debate_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The debate records' keys and the fingerprint of what decides them: the data, the models and their
-    precision, the seed, and every debate setting but the run-only ones."""
-    models = config["models"]
+    precision, the seed, and every debate setting that can change a result (``results=False`` on a field of
+    :class:`DebateSettings` leaves it out)."""
+    models = config.models
     settings = {
-        "data": config["data"]["split"],
-        "models": {"a": models["a"], "b": models["b"], "dtype": models["dtype"]},
-        "seed": config["seed"],
-        "debate": {k: v for k, v in config["debate"].items() if k not in _RUN_ONLY},
+        "data": config.data.split,
+        "models": {"a": models.a, "b": models.b, "dtype": models.dtype},
+        "seed": config.seed,
+        "debate": result_values(config.debate),
     }
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 

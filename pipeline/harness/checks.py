@@ -11,6 +11,7 @@ from pipeline.engine import GREEDY_NEUTRAL
 from pipeline.harness.settings import EvalSettings
 from pipeline.harness.tasks import RUN_OPTIONS, is_vendored, run_options, task_names
 from pipeline.harness.units import questions
+from pipeline.run_config import load
 from pipeline.settings import check
 
 
@@ -41,7 +42,7 @@ def check_eval(cfg: DictConfig) -> None:
         from pipeline.harness.other_tasks import check_task  # lm-eval: only for tasks that need it
 
         try:
-            documents = len(questions(OmegaConf.to_container(cfg, resolve=True)))
+            documents = len(questions(load(OmegaConf.to_container(cfg, resolve=True), {})))
         except (OSError, ValueError) as err:
             raise ConfigError(str(err)) from None
         for task in others:

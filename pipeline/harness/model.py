@@ -18,6 +18,7 @@ from pipeline.models.device import pick_device
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
 from pipeline.progress import Phase
+from pipeline.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,21 @@ class StaticHFLM(WatchedHFLM):
         return torch.cat([context.cpu(), new], dim=1)
 
 
-def harness_model(config: dict[str, Any], key: str, threads: int) -> WatchedHFLM:
+def harness_model(config: RunConfig, key: str, threads: int) -> WatchedHFLM:
     """lm-eval's HFLM around a model loaded by the suite's loader (the same path the debate uses), with the
     engine ``eval.engine`` picks for it (``auto``: the static decoder where it supports the model)."""
     torch.set_num_threads(threads)
-    spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
+    spec = resolve_model(f"models.{key}", getattr(config.models, key), load_registry(), config.results_dir)
     device = pick_device()
-    loaded = load_chat_model(spec, project_path(config["paths"]["model_cache"]), config["models"]["dtype"], device)
-    batch = config["eval"]["batch_size"]
+    loaded = load_chat_model(spec, project_path(config.paths.model_cache), config.models.dtype, device)
+    batch = config.eval.batch_size
     if device.type == "cpu" and str(batch).startswith("auto"):
-        batch = int(config["eval"]["cpu_batch_size"])
-    engine = config["eval"]["engine"]
+        batch = config.eval.cpu_batch_size
+    engine = config.eval.engine
     static = pick_engine(loaded, engine) == "static"
-    options = {"pretrained": loaded.model, "tokenizer": loaded.tokenizer, "batch_size": batch, "max_batch_size": int(config["eval"]["max_batch_size"])}
+    if static and str(batch).startswith("auto"):
+        batch = config.eval.max_batch_size
+    options = {"pretrained": loaded.model, "tokenizer": loaded.tokenizer, "batch_size": batch, "max_batch_size": config.eval.max_batch_size}
     lm = StaticHFLM(**options, fallback=engine == "auto") if static else WatchedHFLM(**options)
     log.info("%s: lm-eval decodes through %s", loaded.name, "the static decoder" if static else "transformers' generate")
     return lm

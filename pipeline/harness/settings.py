@@ -64,8 +64,11 @@ class EvalSettings:
 
     models: tuple[str, ...] = knob(list(PAIR), "the models of the pair", choices=PAIR, nonempty=True)
     batch_size: int | str = knob("auto", "lm-eval's batch size: a number, auto (the largest that fits, found by "
-                                         "lm-eval), or auto:N (re-found N times as prompts get shorter).")
-    max_batch_size: int = knob(64, "Upper bound for auto.", minimum=1)
+                                         "lm-eval), or auto:N (re-found N times as prompts get shorter). With "
+                                         "eval.engine=static, auto is max_batch_size: the decoder fits its rows to "
+                                         "free memory itself, and lm-eval's probe (full forward passes at the "
+                                         "model's whole context, 32,768 tokens for Qwen2.5) found 1 on an H100.")
+    max_batch_size: int = knob(64, "Upper bound for auto; what auto is under eval.engine=static.", minimum=1)
     cpu_batch_size: int = knob(8, "What auto means on a CPU: lm-eval's probe runs full-length forward passes from "
                                   "max_batch_size down until one fits, which takes minutes there and finds nothing.",
                                minimum=1)

@@ -64,11 +64,11 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
 
     config = task.config
     key, name = task.unit.part.split("/")
-    data_dir = project_path(config["data"]["path"])
-    ev = config["eval"]
+    data_dir = project_path(config.data.path)
+    ev = config.eval
     golds = {p.index: p.gold for p in questions(config)} if is_vendored(name) else None
-    options = run_options(name, {k: ev[k] for k in RUN_OPTIONS})
-    gen_kwargs = {**(ev.get("gen_kwargs") or {}), **({"max_gen_toks": int(ev["max_gen_toks"])} if ev["max_gen_toks"] else {})}
+    options = run_options(name, {k: getattr(ev, k) for k in RUN_OPTIONS})
+    gen_kwargs = {**(ev.gen_kwargs or {}), **({"max_gen_toks": ev.max_gen_toks} if ev.max_gen_toks else {})}
     started = time.perf_counter()
     with ShardWriter(task.path, eval_schema(config, task.unit)) as writer:
         todo = [i for i in task.unit.indices if i not in writer.done_indices()]
@@ -80,11 +80,11 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
             lm = harness_model(config, key, task.threads)
             reporter.set_state("running")
             if golds is not None:
-                spec, manager = task_config(name, data_dir, config["data"]["split"]), TaskManager(include_defaults=False)
+                spec, manager = task_config(name, data_dir, config.data.split), TaskManager(include_defaults=False)
             else:
-                spec, manager = name, task_manager(name, ev.get("include_path"))
-            model_args = {"pretrained": config["models"][key], "dtype": config["models"]["dtype"]}
-            chunk = int(ev["chunk_size"])
+                spec, manager = name, task_manager(name, ev.include_path)
+            model_args = {"pretrained": getattr(config.models, key), "dtype": config.models.dtype}
+            chunk = ev.chunk_size
             with reporter.phase(f"lm-eval {task.unit.part}", len(todo), "samples") as phase:
                 lm.watch(phase)
                 for start in range(0, len(todo), chunk):
@@ -97,20 +97,20 @@ def run_eval_shard(task: ShardTask) -> dict[str, Any]:
                         tasks=[spec],
                         task_manager=manager,
                         samples={name: docs},
-                        num_fewshot=ev.get("num_fewshot"),
+                        num_fewshot=ev.num_fewshot,
                         batch_size=lm.batch_size,
                         max_batch_size=lm.max_batch_size,
                         device=str(lm.device),
                         gen_kwargs=gen_kwargs or None,
-                        system_instruction=ev.get("system_instruction"),
+                        system_instruction=ev.system_instruction,
                         evaluation_tracker=tracker,
                         log_samples=True,
-                        random_seed=int(config["seed"]),
+                        random_seed=config.seed,
                         **options,
                     )
                     seconds = (time.perf_counter() - t0) / len(docs)
                     _save_results(task.path, docs, output, tracker)
-                    for record in _records(output, name, config["models"][key], golds, seconds):
+                    for record in _records(output, name, getattr(config.models, key), golds, seconds):
                         writer.append(record)
                     lm.finished(len(writer.records) - (len(task.unit.indices) - len(todo)))
                     reporter.set_work(len(writer.records), len(task.unit.indices), "samples")

@@ -6,36 +6,34 @@ status command and the reducer read a run's plan in a fraction of a second.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
 from pipeline.harness.tasks import is_vendored
+from pipeline.run_config import RunConfig
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
-def questions(config: dict[str, Any]) -> list:
+def questions(config: RunConfig) -> list:
     """The first ``limit`` questions of the configured split."""
-    data = config["data"]
-    return load_problems(project_path(data["path"]) / f"{data['split']}.jsonl", config["limit"])
+    return load_problems(project_path(config.data.path) / f"{config.data.split}.jsonl", config.limit)
 
 
-def documents(config: dict[str, Any], task: str) -> int:
+def documents(config: RunConfig, task: str) -> int:
     """How many of a task's documents are evaluated: a vendored task's first ``limit`` questions; another
     task's first ``limit`` documents, or with ``limit=null`` as many as data.split has (the submitter refuses
     such a task unless its count is that)."""
-    if is_vendored(task) or config["limit"] is None:
+    if is_vendored(task) or config.limit is None:
         return len(questions(config))
-    return int(config["limit"])
+    return config.limit
 
 
-def eval_units(config: dict[str, Any]) -> list[Unit]:
+def eval_units(config: RunConfig) -> list[Unit]:
     """The eval array: model x task x shard, each shard a contiguous slice of the task's first documents."""
-    shards = int(config["shards"])
+    shards = config.shards
     return [
         Unit(f"{model}/{task}", s, shards, tuple(shard_slice(documents(config, task), s, shards)))
-        for model in config["eval"]["models"]
-        for task in config["tasks"]
+        for model in config.eval.models
+        for task in config.tasks
         for s in range(shards)
     ]
 
@@ -47,7 +45,7 @@ RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracte
 RESULT_SETTINGS = ("gen_kwargs", "num_fewshot", "system_instruction", "include_path")
 
 
-def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
+def eval_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The eval records' keys and the fingerprint of what decides one part's records: its model and the
     precision, the data, the seed and the lm-eval settings (not the batch or chunk sizes). The settings added
     later (``RESULT_SETTINGS``) count only when set, so a run made before them still resumes; so does the
@@ -55,17 +53,23 @@ def eval_schema(config: dict[str, Any], unit: Unit) -> RecordSchema:
     tokens in float32, but in half precision on a GPU its other kernels may change a response, so a part's
     records come from one engine."""
     key, task = unit.part.split("/")
-    ev = config["eval"]
+    ev = config.eval
     settings = {
-        "data": config["data"]["split"], "model": config["models"][key], "dtype": config["models"]["dtype"], "task": task,
-        "seed": config["seed"], "eval": {k: ev[k] for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
+        "data": config.data.split, "model": getattr(config.models, key), "dtype": config.models.dtype, "task": task,
+        "seed": config.seed, "eval": {k: getattr(ev, k) for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
     }
-    settings["eval"].update({k: ev[k] for k in RESULT_SETTINGS if ev.get(k) is not None and (k != "include_path" or not is_vendored(task))})
-    if ev.get("engine", "generate") != "generate":
-        settings["eval"]["engine"] = ev["engine"]
+    settings["eval"].update({k: getattr(ev, k) for k in RESULT_SETTINGS
+                             if getattr(ev, k) is not None and (k != "include_path" or not is_vendored(task))})
+    if ev.engine != "generate":
+        settings["eval"]["engine"] = ev.engine
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
 # The reducer's main table and its plots in the run folder, with {where} (the step's folder).
 TABLE = "{where}_accuracy.md"
 PLOTS = ("{where}_accuracy.png",)
+
+
+def describe_eval(config: RunConfig, problems: int) -> str:
+    """The eval array in its own units: models x tasks, each sharded."""
+    return f"{len(config.eval.models)} model(s) x {len(config.tasks)} task(s) on {problems} problems, {config.shards} shard(s) each"

@@ -9,14 +9,26 @@ the result of a job that failed gives the same error, without running it a secon
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 from submitit.local.debug import DebugExecutor, DebugJob
 
-from pipeline.launch.base import Launcher
+from pipeline.launch.base import BackendSettings, Key, Launcher, ended_state
+from pipeline.runs import Run
+from pipeline.settings import knob
+
+
+@dataclass(frozen=True)
+class DebugSettings(BackendSettings):
+    """submitit's debug executor: every task runs in the submitting process, one after the other."""
+
+    kind: str = knob("debug", "The backend: cluster=NAME picks it, with its settings. Handy under a debugger; "
+                              "implies wait=true.")
+    cpus_per_task: int | None = knob(None, "Torch threads; null: all of this machine's cores.", minimum=1)
 
 
 class QuietDebugJob(DebugJob):
@@ -50,6 +62,8 @@ class DebugLauncher(Launcher):
     """cluster=debug."""
 
     kind = "debug"
+    settings = DebugSettings
+    runs_at_once = True
 
     def executor(self, name: str, timeout_min: int, processes: int, gpus: int) -> submitit.Executor:
         return QuietDebugExecutor(folder=self.run.launch_dir)
@@ -65,3 +79,9 @@ class DebugLauncher(Launcher):
                 job.result()
             except Exception:  # noqa: BLE001 - the reducer reports it
                 pass
+
+    @classmethod
+    def job_states(cls, run: Run, subs: Sequence[dict[str, Any]], jobs: Mapping[Key, str],
+                   shots: Mapping[Key, dict[str, Any] | None]) -> dict[Key, str]:
+        """Its jobs ran inside the submitter and left no record but their progress files."""
+        return {key: ended_state(shots.get(key)) for key in jobs}

@@ -8,9 +8,9 @@ from typing import Any
 
 from pipeline.answers import same_answer
 from pipeline.harness.units import questions as eval_questions_of
-from pipeline.models.registry import model_label
 from pipeline.reduce.outcomes import Outcomes
 from pipeline.reduce.report import Questions
+from pipeline.run_config import RunConfig
 
 # (key, label, what it means): the debate browser's filters, in the order its buttons show them.
 FILTERS = (
@@ -49,14 +49,16 @@ def debate_questions(records: list[dict[str, Any]], outcomes: Outcomes) -> Quest
     return Questions(outcomes, details, FILTERS)
 
 
-def eval_questions(by_part: dict[str, list[dict[str, Any]]], config: dict[str, Any], outcomes: Outcomes) -> Questions:
+def eval_questions(by_part: dict[str, list[dict[str, Any]]], config: RunConfig, outcomes: Outcomes,
+                   labels: dict[str, str]) -> Questions:
     """An eval step's browser: its outcomes, and per question its text and each model's response per task
-    (the answer shown is the first filter's, strict-match where there is one)."""
+    (the answer shown is the first filter's, strict-match where there is one); ``labels``: each model's
+    display name by its key in the pair."""
     text = {p.index: p.question for p in eval_questions_of(config)}
     details: dict[int, dict[str, Any]] = {}
     for part, records in by_part.items():
         key, task = part.split("/", 1)
-        name = model_label(config["models"][key], config.get("results_dir"))
+        name = labels[key]
         for r in records:
             first = min(r["correct"], key=lambda f: (f != "strict-match", f))
             entry = details.setdefault(r["index"], {"question": text.get(r["index"], ""), "turns": []})

@@ -14,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pipeline.debate.settings import DebateSettings
 from pipeline.debate.scoring import replies_of, rescore
 from pipeline.debate.units import TABLE, debate_schema, debate_units
 from pipeline.files import write_atomic
 from pipeline.reduce.debate import reduce_debate
+from pipeline.run_config import load
 from pipeline.runs import Run
 from pipeline.shards import ShardWriter
 
@@ -44,10 +46,11 @@ def rescore_step(run_root: Path, where: str = "debate") -> dict[str, Any]:
     rewrites it atomically with the new readings, and runs the step's reducer. Returns the counts the command
     prints and the reducer's result."""
     run = Run(run_root)
-    config = run.stage_config(where)
-    if "debate" not in config or not (run.stage_dir(where)).is_dir():
+    saved = run.stage_config(where)
+    if "debate" not in saved or not (run.stage_dir(where)).is_dir():
         raise RescoreError(f"{run_root}: no debate step {where!r} to score again (rescore reads debate records)")
-    rule, max_rounds = config["debate"]["final_answer"], int(config["debate"]["max_rounds"])
+    config = load(saved, {"debate": DebateSettings})
+    rule, max_rounds = config.debate.final_answer, config.debate.max_rounds
     counts: Counter[str] = Counter()
     kept = _keep_before(run, where)
     for unit in debate_units(config):

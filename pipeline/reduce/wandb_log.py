@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.run_config import RunConfig
 from pipeline.runs import Run
 from pipeline.wandb_run import init_step_run
 
@@ -51,7 +52,7 @@ def _cell(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def log_step(run: Run, where: str, config: dict[str, Any], tables: dict[str, list[dict[str, Any]]], plots: list[Path],
+def log_step(run: Run, where: str, config: RunConfig, tables: dict[str, list[dict[str, Any]]], plots: list[Path],
              complete: bool, rounds: list[dict[str, Any]] | None = None) -> None:
     """Logs one reduced step to its wandb run (``<run id>-<where>``, grouped by run id); a failure is a warning."""
     try:

@@ -1,6 +1,6 @@
 """The train stage's own keys, checked before anything is submitted (the stage table runs it), each against
-its field in :class:`TrainSettings`; what needs the dataset, the DeepSpeed file or the GPUs is checked by
-the submitter after these."""
+its field in :class:`TrainSettings`; what needs the dataset, the prepared models or the DeepSpeed file is
+checked once the models are prepared (:func:`check_training`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from pipeline.config import ConfigError
 
 from pipeline.models.registry import display_name
+from pipeline.run_config import RunConfig
 from pipeline.settings import check
 from pipeline.train.hub import check_repo_id, hub_repo
 from pipeline.train.settings import TrainSettings
@@ -46,3 +47,21 @@ def check_lora_targets(key: str, name: str, folder: Path, targets: list[str]) ->
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise ConfigError(f"train.lora.target_modules has '{target}': {key} ({name}) has no such layer; its linear layers: "
                               f"{', '.join(linear)}")
+
+
+def check_training(config: RunConfig, folders: dict[str, Path]) -> None:
+    """The training set, the layers LoRA adapts, the DeepSpeed config and the adapters' folders: what would
+    otherwise fail inside the job (the backend checks the processes and GPUs of a per-GPU stage)."""
+    from pipeline.train.deepspeed import deepspeed_config
+    from pipeline.train.pairs import check_dataset
+
+    check_dataset(config)
+    for key in config.train.models:
+        if key in folders:
+            check_lora_targets(f"models.{key}", getattr(config.models, key), folders[key], list(config.train.lora.target_modules))
+    deepspeed = deepspeed_config(config.train.deepspeed)
+    if deepspeed and config.train.load_in_4bit and "zero3" in Path(deepspeed).stem:
+        raise ConfigError("train.load_in_4bit=true with ZeRO-3: 4-bit weights cannot be partitioned; use train.deepspeed=zero2 or null")
+    names = [display_name(getattr(config.models, k)) for k in config.train.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.models: both models are {names[0]}; their adapters would share train/{names[0]}/")

@@ -25,7 +25,7 @@ from pipeline.config import project_path
 from pipeline.models.device import cuda_usable, describe_rank
 from pipeline.models.registry import display_name
 from pipeline.files import write_atomic
-from pipeline.settings import build, passed_to
+from pipeline.settings import passed_to
 from pipeline.jobs import ShardTask
 from pipeline.train.callbacks import MetricsJSONL, StepProgress
 from pipeline.train.card import write_card
@@ -154,9 +154,9 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     from pipeline.train.pairs import load_pairs
 
     config = task.config
-    train = build(TrainSettings, config["train"])
+    train = config.train
     name = task.unit.part
-    key = next(k for k in train.models if display_name(config["models"][k]) == name)
+    key = next(k for k in train.models if display_name(getattr(config.models, k)) == name)
     folder = task.run.stage_dir("train") / name
     if (folder / DONE_FILE).exists():
         log.info("%s: already trained (%s)", name, folder / DONE_FILE)
@@ -168,8 +168,8 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     log.info("%s: %s", name, describe_rank(rank, world, local_rank, device))
     precision = pick_precision(train.precision, device)
     pin_attention_backend(device)
-    spec = resolve_model(f"models.{key}", config["models"][key], load_registry(), config["results_dir"])
-    model, tokenizer = _load(spec, project_path(config["paths"]["model_cache"]), precision, device, train.load_in_4bit)
+    spec = resolve_model(f"models.{key}", getattr(config.models, key), load_registry(), config.results_dir)
+    model, tokenizer = _load(spec, project_path(config.paths.model_cache), precision, device, train.load_in_4bit)
     dataset, info = load_pairs(config)
     checkpoints = folder / "checkpoints"
     last = latest_checkpoint(checkpoints)
@@ -182,7 +182,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
              name, info["pairs"], info["mined_rejected"], info["mined_chosen"], precision, world, train.deepspeed, last.name if last else "step 0")
     with train_environment(config, task.run.run_id, folder) as report_to:
         args = orpo_config(train, str(checkpoints), f"{task.run.run_id}-{name}", precision, resume_settings(last, deepspeed, world),
-                           device, int(config["seed"]), report_to=report_to, world=world)
+                           device, config.seed, report_to=report_to, world=world)
         trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(train.lora),
                               callbacks=[MetricsJSONL(folder / "metrics.jsonl"), StepProgress(f"ORPO {name}")])
         started = time.perf_counter()
@@ -191,7 +191,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
     summary = {
         "model": name,
         "key": key,
-        "base": config["models"][key],
+        "base": getattr(config.models, key),
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint_step(last),
         "pairs": info["pairs"],
@@ -210,7 +210,7 @@ def run_train(task: ShardTask) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if trainer.is_world_process_zero():
-        _point_adapter_at_base(folder, config["models"][key])
+        _point_adapter_at_base(folder, getattr(config.models, key))
         write_card(folder, task.run.run_id, config, summary, read_metrics(folder / "metrics.jsonl"), spec.hub_id)
         if train.push_to_hub:
             summary["hub"] = push_adapter(folder, hub_repo(train.push_to_hub, name, list(train.models)), task.run.run_id)

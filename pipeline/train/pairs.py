@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.answers import normalize_number, read_answer, same_answer
 from pipeline.config import ConfigError, project_path
+from pipeline.run_config import RunConfig
 from pipeline.data import load_problems
 from pipeline.shards import read_shard
 
@@ -66,24 +67,24 @@ def mined_replies(run_dir: Path) -> dict[str, dict[str, str]]:
     return mined
 
 
-def gsm8k_split(config: dict[str, Any]) -> Path:
+def gsm8k_split(config: RunConfig) -> Path:
     """The GSM8K file the pairs come from: ``<data.path>/<train.dataset_split>.jsonl``."""
-    return project_path(config["data"]["path"]) / f"{config['train']['dataset_split']}.jsonl"
+    return project_path(config.data.path) / f"{config.train.dataset_split}.jsonl"
 
 
-def gsm8k_pairs(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def gsm8k_pairs(config: RunConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs from the GSM8K training split; also returns how many rejected answers were mined."""
-    train = config["train"]
+    train = config.train
     path = gsm8k_split(config)
-    problems = load_problems(path, train["max_samples"])
+    problems = load_problems(path, train.max_samples)
     answers = [json.loads(line)["answer"] for line in path.read_text(encoding="utf-8").splitlines()[: len(problems)]]
     mined: dict[str, dict[str, str]] = {}
-    if train["mine_from"]:
-        run_dir = project_path(config["results_dir"]) / str(train["mine_from"])
+    if train.mine_from:
+        run_dir = project_path(config.results_dir) / str(train.mine_from)
         if not (run_dir / "debate").is_dir():
-            raise ConfigError(f"train.mine_from={train['mine_from']}: no debate shards under {run_dir}")
+            raise ConfigError(f"train.mine_from={train.mine_from}: no debate shards under {run_dir}")
         mined = mined_replies(run_dir)
-    solve = config["debate"]["prompts"]["solve"]
+    solve = config.debate.prompts.solve
     rows, used, own = [], 0, 0
     for problem, answer in zip(problems, answers):
         gold_solution = clean_solution(answer)
@@ -109,12 +110,12 @@ def check_columns(columns: list[str], where: str) -> None:
             raise ConfigError(f"{where}: no '{field}' field; ORPO needs prompt, chosen and rejected (found: {', '.join(columns) or 'nothing'})")
 
 
-def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+def load_pairs(config: RunConfig) -> tuple[Any, dict[str, int]]:
     """The training set as a ``datasets.Dataset``, subset to ``train.max_samples`` (seeded shuffle)."""
     from datasets import Dataset, load_dataset
 
-    train = config["train"]
-    source = str(train["dataset"])
+    train = config.train
+    source = train.dataset
     if source == "gsm8k":
         rows, info = gsm8k_pairs(config)
         return Dataset.from_list(rows), info
@@ -122,23 +123,23 @@ def load_pairs(config: dict[str, Any]) -> tuple[Any, dict[str, int]]:
     if path.is_file():
         dataset = load_dataset("json", data_files=str(path), split="train")
     else:
-        dataset = load_dataset(source, split=train["dataset_split"])
+        dataset = load_dataset(source, split=train.dataset_split)
     check_columns(list(dataset.column_names), f"train.dataset={source}")
-    dataset = dataset.shuffle(seed=int(config["seed"]))
-    if train["max_samples"]:
-        dataset = dataset.select(range(min(len(dataset), int(train["max_samples"]))))
+    dataset = dataset.shuffle(seed=config.seed)
+    if train.max_samples:
+        dataset = dataset.select(range(min(len(dataset), train.max_samples)))
     return dataset, {"pairs": len(dataset), "mined_rejected": 0, "mined_chosen": 0}
 
 
-def check_dataset(config: dict[str, Any]) -> None:
+def check_dataset(config: RunConfig) -> None:
     """Submit-time check of what the job will train on: the GSM8K split (a file of data.path, never the split
     the eval and debate score), a local dataset file's fields (the first row), a hub dataset's name (and,
     offline, that it is in the cache), and the debate run that rejected answers are mined from."""
-    train = config["train"]
-    mine_from = train["mine_from"]
-    if mine_from and not (project_path(config["results_dir"]) / str(mine_from) / "debate").is_dir():
-        raise ConfigError(f"train.mine_from={mine_from}: no debate shards under {project_path(config['results_dir']) / str(mine_from)}")
-    source, split = str(train["dataset"]), str(train["dataset_split"])
+    train = config.train
+    mine_from = train.mine_from
+    if mine_from and not (project_path(config.results_dir) / str(mine_from) / "debate").is_dir():
+        raise ConfigError(f"train.mine_from={mine_from}: no debate shards under {project_path(config.results_dir) / str(mine_from)}")
+    source, split = str(train.dataset), str(train.dataset_split)
     if source == "gsm8k":
         _check_gsm8k_split(config, split)
         return
@@ -151,9 +152,9 @@ def check_dataset(config: dict[str, Any]) -> None:
         _check_hub_dataset(source)
 
 
-def _check_gsm8k_split(config: dict[str, Any], split: str) -> None:
+def _check_gsm8k_split(config: RunConfig, split: str) -> None:
     path = gsm8k_split(config)
-    if split == config["data"]["split"]:
+    if split == config.data.split:
         raise ConfigError(f"train.dataset_split={split}: the split the eval and debate score (data.split={split}); training "
                           "on it would score the models on their own training questions; use train")
     if not path.is_file():

@@ -1,0 +1,90 @@
+"""The config tree: every key a knob() field of the part that owns it, each section checking itself, one flag
+for what changes results, and a submitter that names no stage and no backend."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.debate.settings import DebateSettings
+from pipeline.launch import LAUNCHERS
+from pipeline.launch.slurm import SlurmSettings
+from pipeline.run_config import RunConfig
+from pipeline.stages import RUN_ONLY, STAGES, build_config, load_config
+from tests.conftest import ROOT
+
+
+def test_the_config_is_built_once_into_typed_frozen_sections() -> None:
+    config = build_config(load_config(["stage=debate", "models=tiny", "debate.max_rounds=2", "cluster=debug", "limit=3"]))
+    assert isinstance(config, RunConfig) and isinstance(config.debate, DebateSettings)
+    assert (config.debate.max_rounds, config.limit, config.models.a, config.cluster.kind) == (2, 3, "tiny-llama", "debug")
+    assert config.debate.baselines.vote_models == ("a", "b") and config.progress.refresh_s == 1.0
+    with pytest.raises(AttributeError):
+        config.nonesuch  # noqa: B018 - a section that is not there is no silent None
+    with pytest.raises(Exception):
+        config.limit = 4  # type: ignore[misc]
+
+
+def test_the_backends_are_the_launchers_each_with_its_own_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(LAUNCHERS) == ["local", "debug", "slurm"]
+    with pytest.raises(ConfigError, match=r"^cluster\.kind=k8s: not one of local, debug, slurm$"):
+        load_config(["cluster.kind=k8s"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match=r"^cluster=slurm: no 'sbatch' on PATH"):
+        load_config(["cluster=slurm"])
+    with pytest.raises(ConfigError, match=r"^cluster\.max_requeues=-1: must be a whole number >= 0$"):
+        load_config(["cluster=slurm", "cluster.max_requeues=-1"])
+
+
+def test_a_slurm_section_checks_what_spans_its_fields(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    config = build_config(load_config(["cluster=v100"]))
+    assert isinstance(config.cluster, SlurmSettings) and config.cluster.gpus_per_node == 1 and config.cluster.constraint == "v100"
+    with pytest.raises(ConfigError, match=r"^cluster\.signal_delay_s=120 with cluster\.timeout_min=2: SLURM may send"):
+        load_config(["cluster=slurm", "cluster.timeout_min=2"])
+
+
+def test_what_changes_results_is_one_flag_on_each_field() -> None:
+    """The resume check and the fingerprint skip exactly the keys whose knob() says results=False."""
+    assert RUN_ONLY == {"run_id", "results_dir", "wait", "paths", "wandb", "progress", "cluster", "debate.batch_size",
+                        "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
+    schema = STAGES["debate"].schema
+    assert schema is not None
+
+    def fingerprint(*overrides: str) -> str:
+        return schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
+
+    assert fingerprint("debate.prefill_tokens=64", "progress.refresh_s=5") == fingerprint()
+    assert fingerprint("debate.kernels=torch") != fingerprint()
+
+
+def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:
+    def help_of(*topic: str) -> str:
+        done = subprocess.run([sys.executable, str(ROOT / "jobs" / "submit.py"), "--help", *topic], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "--help run | --help debate | --help eval | --help train | --help local | --help debug | --help slurm" in help_of()
+    slurm = help_of("slurm")
+    assert slurm.startswith("cluster.*: A real SLURM cluster through submitit.") and "cluster.signal_delay_s=120" in slurm
+    debate = help_of("debate").split("\n  debate.")
+    assert [entry.split("=")[0] for entry in debate if "run-only: changes no result" in " ".join(entry.split())] == \
+        ["batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
+    assert "paths.min_free_mib=200" in help_of("run")
+
+
+def test_the_submitter_names_no_stage_and_no_backend() -> None:
+    """submit.py reads the Stage objects and the launcher; a stage's or a backend's name in it is a table
+    that belongs to them."""
+    names = set(STAGES) | set(LAUNCHERS)
+    tree = ast.parse((ROOT / "pipeline" / "submit.py").read_text(encoding="utf-8"))
+    named = sorted({node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in names})
+    assert named == []
