@@ -51,7 +51,8 @@ from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.engine import DebateEngine  # noqa: E402
 from pipeline.debate.settings import DebateSettings  # noqa: E402
 from pipeline.settings import build  # noqa: E402
-from pipeline.engine.generation import _DECODERS, Completion, generate_chat  # noqa: E402
+from pipeline.engine.generation import Completion, generate_chat  # noqa: E402
+from pipeline.engine.memory import Decoders  # noqa: E402
 from pipeline.engine.roofline import Timings  # noqa: E402
 from pipeline.models.device import pick_devices, pick_dtype  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model, stop_token_ids  # noqa: E402
@@ -90,11 +91,18 @@ def _sync() -> None:
         torch.cuda.synchronize(index)
 
 
+def debate_engine(models: dict, settings: DebateSettings, decoders: Decoders) -> DebateEngine:
+    """The shard's engine, on the benchmark's decoders (already warm)."""
+    engine = DebateEngine(models, settings, 0)
+    engine.decoders = decoders
+    return engine
+
+
 def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
     """The shard's own loop (``run_all``: groups of ``batch_size``)."""
     records: list[dict[str, Any]] = []
     counters = ("prefill_seconds", "prefill_tokens", "prefill_positions", "reused_tokens")
-    totals = lambda: {c: sum(getattr(_DECODERS[m.model], c) for m in engine.models.values() if m.model in _DECODERS) for c in counters}  # noqa: E731
+    totals = lambda: {c: sum(getattr(d, c) for d in engine.decoders) for c in counters}  # noqa: E731
     before = totals()
     _sync()
     started = time.perf_counter()
@@ -116,7 +124,7 @@ def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str,
     generate = engine._generate
 
     def timed(speaker: str, convs: list, seeds: list[int], temperature: float, phase: str) -> list[Completion]:
-        for decoder in list(_DECODERS.values()):
+        for decoder in engine.decoders:
             decoder.total = Timings()
         _sync()
         started = time.perf_counter()
@@ -124,7 +132,7 @@ def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str,
         _sync()
         seconds = time.perf_counter() - started
         timings = Timings()
-        for decoder in list(_DECODERS.values()):
+        for decoder in engine.decoders:
             timings.add(decoder.total)
         tokens = sum(c.tokens for c in out)
         phases.append({"phase": f"{engine.group}{phase}", "model": engine.models[speaker].name, "rows": len(convs), "temperature": temperature,
@@ -185,18 +193,19 @@ def main() -> None:
     settings = build(DebateSettings, cfg.debate)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
+    # One set of decoders for the warm-up and every way measured: each starts from the caches and graphs before it.
+    decoders = Decoders(settings.decoder_options)
     for chat in models.values():  # warm-up: kernels, allocator, caches
         for engine in {args.engine, args.seed_engine}:
-            generate_chat(chat, warm, max_new_tokens=8, engine=engine, kernels=args.kernels, reuse_kv=args.reuse_kv == "on",
-                          batch_invariant=args.batch_invariant == "on")
-    for decoder in list(_DECODERS.values()):  # graphs captured so far are greedy ones: no sampler in them
+            generate_chat(chat, warm, max_new_tokens=8, engine=engine, decoders=decoders)
+    for decoder in decoders:  # graphs captured so far are greedy ones: no sampler in them
         decoder.fused_sampling = decoder.fused_sampling and args.sampler == "fused"
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler} "
           f"batch_invariant={args.batch_invariant}")
     if args.mode == "phases":
-        phases, seconds = measure_phases(DebateEngine(models, settings, 0), problems)
+        phases, seconds = measure_phases(debate_engine(models, settings, decoders), problems)
         print_phases(phases)
         result = {"args": {k: str(v) for k, v in vars(args).items()}, "device": gpu, "models": {k: m.name for k, m in models.items()},
                   "questions": len(problems), "seconds": round(seconds, 2), "phases": phases}
@@ -213,7 +222,7 @@ def main() -> None:
     if args.mode in ("both", "batched"):
         ways.append((f"batched shard ({args.engine}, {args.devices})", replace(settings, engine=args.engine), args.questions))
     for label, way, count in ways:
-        m = results[label] = measure(DebateEngine(models, way, 0), problems[:count])
+        m = results[label] = measure(debate_engine(models, way, decoders), problems[:count])
         print(f"{label:<40}{m['questions']:>10}{m['seconds']:>10.1f}{m['q_per_s']:>13.3f}{m['tok_per_s']:>11.1f}{m['prefill_s']:>11.1f}"
               f"{m['reused_tokens'] / max(1, m['reused_tokens'] + m['prefilled_tokens']):>22.0%}{m['prefill_padding']:>17.0%}", flush=True)
     peaks = [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if device.type == "cuda" else []

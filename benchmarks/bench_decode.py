@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.engine import DecoderOptions  # noqa: E402
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
 from pipeline.engine import roofline  # noqa: E402
 from pipeline.models.device import pick_dtype  # noqa: E402
@@ -59,8 +60,8 @@ def engine_call(name: str, model: Any, new: int) -> Callable[[torch.Tensor], Any
     mask_of = lambda ids: torch.ones_like(ids)  # noqa: E731
     if name.startswith("static"):
         # Each call is a new batch: no reuse of the previous call's prompts (the debate benchmark measures that).
-        decoder = StaticDecoder(model, cuda_graphs=name != "static-eager", kernels="auto" if name in ("static", "static-fast") else "torch",
-                                reuse_kv=False, invariant=name == "static")
+        decoder = StaticDecoder(model, DecoderOptions(cuda_graphs=name != "static-eager", kernels="auto" if name in ("static", "static-fast") else "torch",
+                                                      reuse_kv=False, batch_invariant=name == "static"))
         call = lambda ids, n=new: decoder.generate(ids, mask_of(ids), max_new_tokens=n, stop_ids=[], pad_id=0)  # noqa: E731
         call.decoder = decoder  # type: ignore[attr-defined]
         return call
@@ -83,7 +84,7 @@ def measure(engine: str, model: Any, batch: int, prompt: int, new: int, bandwidt
     call = engine_call(engine, model, new)
     warm = timed(lambda: call(ids))  # graphs captured / compiled here
     decoder = getattr(call, "decoder", None)
-    graphs = (len(decoder.graphs), decoder.capture_seconds) if decoder is not None else (0, 0.0)
+    graphs = (len(decoder.graphs.captured), decoder.graphs.seconds) if decoder is not None else (0, 0.0)
     torch.cuda.reset_peak_memory_stats()
     total = timed(lambda: call(ids))
     prefill = timed(lambda: call(ids, 1))

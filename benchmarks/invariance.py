@@ -50,7 +50,9 @@ sys.path.insert(0, str(ROOT))
 from pipeline.answers import read_answer  # noqa: E402
 from pipeline.data import load_problems  # noqa: E402
 from pipeline.debate.settings import REVIEW_PROMPT, SOLVE_PROMPT  # noqa: E402
-from pipeline.engine.generation import _DECODERS, generate_chat  # noqa: E402
+from pipeline.engine import DecoderOptions  # noqa: E402
+from pipeline.engine.generation import generate_chat  # noqa: E402
+from pipeline.engine.memory import Decoders  # noqa: E402
 from pipeline.models.device import pick_device  # noqa: E402
 from pipeline.models.loading import ChatModel, load_chat_model  # noqa: E402
 from pipeline.models.registry import load_registry, resolve_model  # noqa: E402
@@ -85,10 +87,11 @@ class Engine:
             saved.write_text(json.dumps([c.text for c in self.call(self.convs)]))
         self.reference = [Reply(t) for t in json.loads(saved.read_text())]
 
-    def call(self, conversations: list[list[dict[str, str]]], **kwargs: Any) -> list[Any]:
-        settings = {"max_new_tokens": self.new, "reuse_kv": False, "batch_invariant": self.invariant, **kwargs}
-        _DECODERS.pop(self.chat.model, None)  # every case from a new decoder: no cache or graphs carried over
-        return generate_chat(self.chat, conversations, **settings)
+    def call(self, conversations: list[list[dict[str, str]]], max_batch: int | None = None, **options: Any) -> list[Any]:
+        """One case's call, from new decoders (no cache or graphs carried over), each call decoded afresh;
+        ``options``: the ``DecoderOptions`` the case changes."""
+        decoders = Decoders(DecoderOptions(reuse_kv=False, batch_invariant=self.invariant, **options))
+        return generate_chat(self.chat, conversations, max_new_tokens=self.new, max_batch=max_batch, decoders=decoders)
 
     def case(self, name: str) -> dict[str, int]:
         if name.startswith("batch_"):  # small batches on the first questions only: one row at a time is slow
@@ -105,9 +108,9 @@ class Engine:
         second = [c + [{"role": "assistant", "content": r.text}, {"role": "user", "content": REVIEW_PROMPT.format(other=r.text)}]
                   for c, r in zip(self.convs, self.reference)]
         fresh = self.call(second)
-        _DECODERS.pop(self.chat.model, None)
-        generate_chat(self.chat, self.convs, max_new_tokens=self.new, reuse_kv=True, batch_invariant=self.invariant)  # the first turn, cached
-        return _differ(fresh, generate_chat(self.chat, second, max_new_tokens=self.new, reuse_kv=True, batch_invariant=self.invariant))
+        reusing = Decoders(DecoderOptions(reuse_kv=True, batch_invariant=self.invariant))
+        generate_chat(self.chat, self.convs, max_new_tokens=self.new, decoders=reusing)  # the first turn, cached
+        return _differ(fresh, generate_chat(self.chat, second, max_new_tokens=self.new, decoders=reusing))
 
 
 class Reply:
@@ -234,7 +237,6 @@ def main() -> None:
             report["cases"][case] = engine.case(case)
             print(case, json.dumps(report["cases"][case]), flush=True)
         del chat, engine
-        _DECODERS.clear()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     runs = args.work / f"runs-{args.limit}-{args.new}-{args.batch_invariant}"

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.engine import DecoderOptions  # noqa: E402
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
@@ -55,19 +56,19 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
-    decoder = StaticDecoder(model, cuda_graphs=False, kernels=args.kernels, reuse_kv=False)
+    decoder = StaticDecoder(model, DecoderOptions(cuda_graphs=False, kernels=args.kernels, reuse_kv=False))
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=device)
     decoder.generate(ids, torch.ones_like(ids), max_new_tokens=max(1, args.columns - args.prompt), stop_ids=[], pad_id=0)
 
     def step() -> None:
         """The step that writes the last of ``--columns`` columns (the state is rewound each time)."""
-        decoder.state.column.fill_(args.columns - 1)
-        decoder.state.step.fill_(1)
+        decoder.cache.state.column.fill_(args.columns - 1)
+        decoder.cache.state.step.fill_(1)
         decoder._step(args.batch, args.columns, 0.0)
 
     def prefill() -> None:
         start = torch.zeros(args.batch, dtype=torch.long, device=device)
-        decoder.forward.prefill(decoder.cache, ids[:, args.reused :], start, start + args.reused, slice(0, args.batch), args.prompt)
+        decoder.forward.prefill(decoder.cache.layers, ids[:, args.reused :], start, start + args.reused, slice(0, args.batch), args.prompt)
 
     run = step if args.phase == "decode" else prefill
 

@@ -16,8 +16,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import DebateSettings
+from pipeline.engine import DecoderOptions
 from pipeline.engine.decode import StaticDecoder
-from pipeline.engine.generation import _DECODERS, generate_chat, pick_engine
+from pipeline.engine.generation import generate_chat, pick_engine
+from pipeline.engine.memory import Decoders
 from pipeline.models.loading import ChatModel, load_chat_model
 from pipeline.settings import build
 from pipeline.stages import load_config
@@ -40,13 +42,17 @@ def chat(request: pytest.FixtureRequest) -> ChatModel:
     return load_chat_model(load_registry()[name], Path("/nonexistent"), dtype, torch.device(device))
 
 
+# The static decoder as generate computes: no batch invariance, and (but where a test says) no reuse of an earlier call.
+PLAIN = DecoderOptions(reuse_kv=False, batch_invariant=False)
+
+
 def _texts(chat: ChatModel, engine: str, **kwargs) -> list[str]:
     return [c.text for c in generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine=engine, **kwargs)]
 
 
 def _same(chat: ChatModel, **kwargs) -> None:
     reference = generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine="generate", **kwargs)
-    static = generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine="static", batch_invariant=False, **kwargs)
+    static = generate_chat(chat, CONVERSATIONS, max_new_tokens=200, engine="static", decoders=Decoders(DecoderOptions(batch_invariant=False)), **kwargs)
     assert [c.text for c in static] == [c.text for c in reference]
     assert [(c.tokens, c.stopped) for c in static] == [(c.tokens, c.stopped) for c in reference]
     assert any(c.stopped for c in reference) and len({c.tokens for c in reference}) > 3, "rows stop at different lengths"
@@ -69,17 +75,17 @@ def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
     would otherwise start from its own earlier rows (turn-to-turn reuse has its own test below)."""
     if chat.device.type == "cuda" and chat.model.dtype != torch.float32:
         pytest.skip("half precision on a GPU: cuBLAS picks other kernels for the fused projections")
-    whole = _texts(chat, "static", reuse_kv=False, batch_invariant=False)
-    in_fives = _texts(chat, "static", max_batch=5, reuse_kv=False, batch_invariant=False)
+    decoders = Decoders(PLAIN)
+    whole = _texts(chat, "static", decoders=decoders)
+    in_fives = _texts(chat, "static", max_batch=5, decoders=decoders)
     assert in_fives == _texts(chat, "generate", max_batch=5), "batches of 5 rows, as generate makes them"
     if chat.model.dtype == torch.float32:  # half precision is not batch-invariant, for generate either
         assert in_fives == whole, "batches of 5 rows give the tokens of one batch of 24"
-    decoder = _DECODERS[chat.model]
-    cache = decoder.cache
-    few = [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="static", reuse_kv=False, batch_invariant=False)]
-    assert decoder.cache is cache, "a smaller call reuses the cache (and its graphs)"
+    layers = decoders.of(chat.model).cache.layers
+    few = [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="static", decoders=decoders)]
+    assert decoders.of(chat.model).cache.layers is layers, "a smaller call reuses the cache (and its graphs)"
     assert few == [c.text for c in generate_chat(chat, CONVERSATIONS[:3], max_new_tokens=200, engine="generate")], "3 rows in a 24-row cache"
-    assert _texts(chat, "static", reuse_kv=False, batch_invariant=False) == whole, "the whole batch again, after smaller calls"
+    assert _texts(chat, "static", decoders=decoders) == whole, "the whole batch again, after smaller calls"
 
 
 def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:
@@ -91,13 +97,13 @@ def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:
     mask = torch.ones_like(ids)
     mask[1::2, : long - short] = 0  # rows 1 and 3 are short, left-padded
     ids[mask == 0] = 0
-    decoder = StaticDecoder(chat.model, reuse_kv=False)
-    out = decoder.generate(ids, mask, max_new_tokens=12, stop_ids=[], pad_id=0, prefill_tokens=2 * long)
+    decoder = StaticDecoder(chat.model, DecoderOptions(reuse_kv=False, prefill_tokens=2 * long))
+    out = decoder.generate(ids, mask, max_new_tokens=12, stop_ids=[], pad_id=0)
     assert decoder.prefill_tokens == 2 * long + 2 * short
     assert decoder.prefill_positions == decoder.prefill_tokens, "the two long rows share a chunk, the two short ones another"
     for row in range(4):
         alone = ids[row : row + 1, long - int(mask[row].sum()) :]
-        expected = StaticDecoder(chat.model, reuse_kv=False).generate(alone, torch.ones_like(alone), max_new_tokens=12, stop_ids=[], pad_id=0)
+        expected = StaticDecoder(chat.model, DecoderOptions(reuse_kv=False)).generate(alone, torch.ones_like(alone), max_new_tokens=12, stop_ids=[], pad_id=0)
         assert torch.equal(out[row], expected[0]), f"row {row}"
 
 
@@ -116,14 +122,14 @@ def test_copying_kv_heads_in_the_prefill_changes_no_token() -> None:
     news = torch.randint(3, chat.model.config.vocab_size, (6, 5), generator=generator)
     calls = {}
     for grouped in (True, False):
-        decoder = StaticDecoder(chat.model, invariant=False)
+        decoder = StaticDecoder(chat.model, DecoderOptions(prefill_tokens=64, batch_invariant=False))
         decoder.forward.gqa_in_kernel = grouped
-        first = decoder.generate(ids, mask, max_new_tokens=10, stop_ids=[], pad_id=0, prefill_tokens=64)
+        first = decoder.generate(ids, mask, max_new_tokens=10, stop_ids=[], pad_id=0)
         turns = [torch.cat((ids[r, mask[r] == 1], first[r], news[r])) for r in range(6)]
         width = max(len(t) for t in turns)
         next_ids = torch.stack([F.pad(t, (width - len(t), 0)) for t in turns])
         next_mask = torch.stack([F.pad(torch.ones_like(t), (width - len(t), 0)) for t in turns])
-        second = decoder.generate(next_ids, next_mask, max_new_tokens=10, stop_ids=[], pad_id=0, prefill_tokens=64)
+        second = decoder.generate(next_ids, next_mask, max_new_tokens=10, stop_ids=[], pad_id=0)
         assert decoder.reused_tokens > decoder.prefill_tokens / 2, "the second call starts from the first's cache"
         calls[grouped] = (first, second)
     assert all(torch.equal(a, b) for a, b in zip(calls[True], calls[False]))
@@ -185,12 +191,11 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
     cfg = load_config(overrides)
     records, reused, prefilled = {}, {}, {}
     for reuse in (False, True):
-        for chat in models.values():
-            _DECODERS.pop(chat.model, None)
         out: list[dict] = []
-        DebateEngine(models, build(DebateSettings, {**cfg.debate, "reuse_kv": reuse}), 0).run(problems, out.append)
+        engine = DebateEngine(models, build(DebateSettings, {**cfg.debate, "reuse_kv": reuse}), 0)
+        engine.run(problems, out.append)
         records[reuse] = _comparable(out)
-        decoders = [_DECODERS[chat.model] for chat in models.values()]
+        decoders = [engine.decoders.of(chat.model) for chat in models.values()]
         reused[reuse] = sum(d.reused_tokens for d in decoders)
         prefilled[reuse] = sum(d.prefill_tokens for d in decoders)
     assert records[True] == records[False]

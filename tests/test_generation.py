@@ -9,7 +9,9 @@ import torch
 
 from pipeline.data import load_problems
 from pipeline.debate.vote import majority
+from pipeline.engine import DecoderOptions
 from pipeline.engine.generation import generate_chat
+from pipeline.engine.memory import Decoders
 from pipeline.engine.sampling import row_seed
 from pipeline.models.int8 import RowInt8Linear
 from pipeline.models.loading import load_chat_model, stop_token_ids
@@ -77,7 +79,7 @@ def test_int8_runs_the_linear_layers_in_int8_with_both_engines() -> None:
     plain = [generate_chat(chat, _convs([q]), max_new_tokens=48, engine="generate")[0] for q in QUESTIONS[:3]]
     assert [c.text for c in static] == [c.text for c in plain]
     assert all(c.tokens > 0 for c in static)
-    batched = generate_chat(chat, _convs(QUESTIONS[:3]), max_new_tokens=48, engine="static", reuse_kv=False)
+    batched = generate_chat(chat, _convs(QUESTIONS[:3]), max_new_tokens=48, engine="static", decoders=Decoders(DecoderOptions(reuse_kv=False)))
     assert [c.text for c in batched] == [c.text for c in static], "a row's tokens in a batch of 3 are its tokens alone"
 
 

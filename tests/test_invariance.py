@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import DebateSettings
-from pipeline.engine import decode, kernels
+from pipeline.engine import DecoderOptions, decode, kernels
 from pipeline.engine.decode import StaticDecoder
 from pipeline.engine.forward import _fused
 from pipeline.models.loading import ChatModel, load_chat_model
@@ -87,7 +88,10 @@ def _until_stop(row: torch.Tensor, stop_ids: list[int]) -> int:
     return int(stops[0]) + 1 if len(stops) else len(row)
 
 
-Decoder = Callable[[bool], StaticDecoder]
+# A static decoder of the model under test, made with the options a case asks for.
+Decoder = Callable[[DecoderOptions], StaticDecoder]
+# Each call decoded afresh: rows in other batches, never started from an earlier call's cache.
+FRESH = DecoderOptions(reuse_kv=False)
 
 
 def batch_case(chat: ChatModel, decoder: Decoder, rows: int = 7, new_tokens: int = 24) -> None:
@@ -95,11 +99,11 @@ def batch_case(chat: ChatModel, decoder: Decoder, rows: int = 7, new_tokens: int
     logits row a row sampled from is the same bits, up to its stop (rows stop at different steps and leave)."""
     prompts = _prompts(chat, rows, seed=1)
     stop_ids = chat.stop_ids + [7, 11, 13]  # some rows stop early, so finished rows leave the batch mid-call
-    alone = {i: _logits(decoder(False), [p], [i], stop_ids, new_tokens) for i, p in enumerate(prompts)}
+    alone = {i: _logits(decoder(FRESH), [p], [i], stop_ids, new_tokens) for i, p in enumerate(prompts)}
     lengths = {i: _until_stop(out[0], stop_ids) for i, (_, out) in alone.items()}
     assert len(set(lengths.values())) > 1, "rows stop at different steps"
     for order, extra, chunk in ((list(range(rows)), 0, 16384), (list(range(rows))[::-1], 9, 60)):
-        together, _ = _logits(decoder(False), [prompts[i] for i in order], order, stop_ids, new_tokens, extra=extra, prefill_tokens=chunk)
+        together, _ = _logits(decoder(replace(FRESH, prefill_tokens=chunk)), [prompts[i] for i in order], order, stop_ids, new_tokens, extra=extra)
         for i, (seen, _) in alone.items():
             assert all(torch.equal(a, b) for a, b in zip(seen[i][: lengths[i]], together[i][: lengths[i]])), f"row {i}, order {order[:2]}.."
 
@@ -109,29 +113,29 @@ def reuse_case(chat: ChatModel, decoder: Decoder, rows: int = 5, new_tokens: int
     prompt from the prefill; the next turn, prefilling only its new tokens, gives the logits of prefilling
     the whole conversation afresh, alone."""
     prompts, news = _prompts(chat, rows, seed=2), _prompts(chat, rows, seed=3)
-    reusing = decoder(True)
+    reusing = decoder(replace(FRESH, reuse_kv=True))
     _, first = _logits(reusing, prompts, list(range(rows)), [], new_tokens)
     turns = [torch.cat((p, first[i].cpu(), n)) for i, (p, n) in enumerate(zip(prompts, news))]
     reused, _ = _logits(reusing, turns, list(range(rows)), [], new_tokens)
     assert reusing.reused_tokens > reusing.prefill_tokens / 2, "the second call starts from the first's cache"
     for i, turn in enumerate(turns):
-        fresh, _ = _logits(decoder(False), [turn], [i], [], new_tokens)
+        fresh, _ = _logits(decoder(FRESH), [turn], [i], [], new_tokens)
         assert all(torch.equal(a, b) for a, b in zip(fresh[i], reused[i])), f"row {i}"
 
 
 def test_a_rows_logits_do_not_depend_on_its_batch(chat: ChatModel) -> None:
-    batch_case(chat, lambda reuse: StaticDecoder(chat.model, reuse_kv=reuse))
+    batch_case(chat, lambda options: StaticDecoder(chat.model, options))
 
 
 def test_a_turn_from_the_previous_turns_cache_equals_a_fresh_prefill(chat: ChatModel) -> None:
-    reuse_case(chat, lambda reuse: StaticDecoder(chat.model, reuse_kv=reuse))
+    reuse_case(chat, lambda options: StaticDecoder(chat.model, options))
 
 
-def emulated_gpu_path(chat: ChatModel, reuse: bool) -> StaticDecoder:
+def emulated_gpu_path(chat: ChatModel, options: DecoderOptions) -> StaticDecoder:
     """A static decoder on this CPU running the GPU's batch-invariant forward: fused projections through the
     fixed-tile matmul, the prefill's positions through the decode step's attention kernel (Triton's
     interpreter runs the kernels, ``TRITON_INTERPRET=1``)."""
-    decoder = StaticDecoder(chat.model, reuse_kv=reuse)
+    decoder = StaticDecoder(chat.model, options)
     f = decoder.forward
     f.use_kernels, f.invariant, f.processors, f.gqa_in_kernel, f.min_rows = True, True, 4, True, 0
     f.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")) for layer in f.layers]
@@ -143,8 +147,8 @@ def check_gpu_path(name: str) -> None:
     """The GPU's batch-invariant path, its logic on this CPU: the batch and reuse cases, smaller."""
     torch.set_num_threads(1)
     chat = load_chat_model(load_registry()[name], Path("/nonexistent"), "float32", torch.device("cpu"))
-    batch_case(chat, lambda reuse: emulated_gpu_path(chat, reuse), rows=4, new_tokens=10)
-    reuse_case(chat, lambda reuse: emulated_gpu_path(chat, reuse), rows=2, new_tokens=6)
+    batch_case(chat, lambda options: emulated_gpu_path(chat, options), rows=4, new_tokens=10)
+    reuse_case(chat, lambda options: emulated_gpu_path(chat, options), rows=2, new_tokens=6)
 
 
 @pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
@@ -157,8 +161,8 @@ def test_the_gpu_paths_invariance_in_the_interpreter() -> None:
 def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str) -> None:
     """On the GPU with CUDA graphs: the batch and reuse cases, bit for bit."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), dtype, torch.device("cuda"))
-    batch_case(chat, lambda reuse: StaticDecoder(chat.model, reuse_kv=reuse, cuda_graphs=False))
-    reuse_case(chat, lambda reuse: StaticDecoder(chat.model, reuse_kv=reuse, cuda_graphs=False))
+    batch_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
+    reuse_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
 
 
 def _comparable(records: list[dict]) -> list[dict]:

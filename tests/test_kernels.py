@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.engine import kernels
+from pipeline.engine import DecoderOptions, kernels
 from pipeline.config import ConfigError
 from pipeline.stages import checked_config
 from pipeline.engine.decode import StaticDecoder
@@ -158,16 +158,16 @@ def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
     ids = torch.randint(3, chat.model.config.vocab_size, (6, 40), device="cuda")
     mask = torch.ones_like(ids)
     mask[1:, :7] = 0  # left padding
-    outs = [StaticDecoder(chat.model, kernels=k, invariant=False).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
+    outs = [StaticDecoder(chat.model, DecoderOptions(kernels=k, batch_invariant=False)).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
     assert torch.equal(*outs)
 
 
 def test_a_kernel_choice_that_cannot_run_is_refused() -> None:
     chat = load_chat_model(load_registry()["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu"))
     with pytest.raises(ValueError, match="kernels=triton cannot run .* on cpu: (not a CUDA device|triton is not installed)"):
-        StaticDecoder(chat.model, kernels="triton")
+        StaticDecoder(chat.model, DecoderOptions(kernels="triton"))
     with pytest.raises(ValueError, match="unknown decode kernels 'fast'; choose one of auto, triton, torch"):
-        StaticDecoder(chat.model, kernels="fast")
-    assert not StaticDecoder(chat.model, kernels="auto").forward.use_kernels
+        StaticDecoder(chat.model, DecoderOptions(kernels="fast"))
+    assert not StaticDecoder(chat.model, DecoderOptions(kernels="auto")).forward.use_kernels
     with pytest.raises(ConfigError, match="debate.kernels"):
         checked_config(["debate.kernels=fast"])

@@ -17,7 +17,9 @@ from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import DebateSettings
 from pipeline.engine import roofline
-from pipeline.engine.generation import _decoder, generate_chat
+from pipeline.engine import DecoderOptions
+from pipeline.engine.generation import generate_chat
+from pipeline.engine.memory import Decoders
 from pipeline.engine.roofline import Card, ModelCost
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry
@@ -83,13 +85,14 @@ def test_a_call_reports_its_prefill_and_decode_against_their_limits(models: dict
     def report(done: int, tokens: int, fraction: float, detail: str | None = None) -> None:
         details.append(detail)
 
-    generate_chat(chat, CONVERSATIONS, max_new_tokens=24, max_batch=3, reuse_kv=False, report=report)
+    decoders = Decoders(DecoderOptions(reuse_kv=False))
+    generate_chat(chat, CONVERSATIONS, max_new_tokens=24, max_batch=3, decoders=decoders, report=report)
     assert sum(d is not None for d in details) == 2, "a detail after each of the two batches"
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("limit n/a") == 2, details[-1]
 
-    decoder = _decoder(chat.model, True, "auto", False, None)  # the decoder generate_chat uses with these settings
+    decoder = decoders.of(chat.model)  # the decoder generate_chat used, and uses again
     decoder.card = Card("a card with figures", 1e9, 1e12)  # shares of a limit, on a CPU
-    out = generate_chat(chat, CONVERSATIONS, max_new_tokens=24, reuse_kv=False, report=report)
+    out = generate_chat(chat, CONVERSATIONS, max_new_tokens=24, decoders=decoders, report=report)
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("% of its limit") == 2, details[-1]
     texts = [chat.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
     assert decoder.last.prefill.tokens == sum(len(ids) for ids in chat.tokenizer(texts, add_special_tokens=False)["input_ids"])

@@ -18,6 +18,7 @@ from pipeline.data import Problem
 from pipeline.debate.scoring import agree, reply, score_record
 from pipeline.debate.settings import SPEAKERS, DebateSettings
 from pipeline.engine.generation import Completion, Message, generate_chat
+from pipeline.engine.memory import Decoders
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import ChatModel
 
@@ -64,6 +65,9 @@ class DebateEngine:
         self.models = models
         self.settings = settings
         self.seed = seed
+        # The two models' static decoders, kept from turn to turn (each turn starts from the model's previous
+        # one) and taking turns with a shared GPU's memory.
+        self.decoders = Decoders(settings.decoder_options)
         # Named in progress lines when a shard's problems run in several groups (``debate.batch_size``).
         self.group = ""
 
@@ -86,11 +90,7 @@ class DebateEngine:
                 seeds=seeds,
                 max_batch=self.settings.batch_size,
                 engine=self.settings.engine,
-                cuda_graphs=self.settings.cuda_graphs,
-                kernels=self.settings.kernels,
-                reuse_kv=self.settings.reuse_kv,
-                prefill_tokens=self.settings.prefill_tokens,
-                batch_invariant=self.settings.batch_invariant,
+                decoders=self.decoders,
                 report=watched.update,
             )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.engine import ENGINES, KERNELS
+from pipeline.engine import ENGINES, KERNELS, DecoderOptions
 from pipeline.settings import PAIR, knob, section
 
 # The debaters, in the order they speak: the pair.
@@ -98,3 +98,9 @@ class DebateSettings:
     def vote_samples(self) -> int:
         """k of the vote: ``baselines.vote_k``, or the debate's full turn budget."""
         return self.baselines.vote_k or 2 * self.max_rounds
+
+    @property
+    def decoder_options(self) -> DecoderOptions:
+        """The static engine's knobs above, as one object for the decoder."""
+        return DecoderOptions(cuda_graphs=self.cuda_graphs, kernels=self.kernels, reuse_kv=self.reuse_kv,
+                              prefill_tokens=self.prefill_tokens, batch_invariant=self.batch_invariant)

@@ -1,12 +1,18 @@
-"""The inference engine: batched chat generation (``generation``) over the static decoder (``decode``: KV
-cache, CUDA graphs, rows leaving as they stop), which schedules the model's forward math (``forward``: fused
-projections, attention over its cache) and its Triton kernels (``kernels``), turn-to-turn prefix reuse
-(``prefix_cache``), per-row seeded sampling (``sampling``) and the limits its phases are timed against
-(``roofline``). It knows models and tokens, not runs, stages or configs; the debate stage drives it.
+"""The inference engine: batched chat generation (``generation``) over the static decoder (``decode``: rows
+leaving as they stop), which schedules the model's forward math (``forward``: fused projections, attention
+over its cache) and its Triton kernels (``kernels``) over its KV cache (``kv_cache``) and CUDA graphs
+(``graphs``), turn-to-turn prefix reuse (``prefix_cache``), per-row seeded sampling (``sampling``) and the
+limits its phases are timed against (``roofline``); a job's decoders and the memory they share have one
+owner (``memory``). It knows models and tokens, not runs, stages or configs; the debate stage drives it.
 
 This module is light on purpose (no torch): the choices below are what a config may name, and the config
-checks read them here without loading the engine.
+checks read them here without loading the engine; ``DecoderOptions`` is what a stage's settings hand the
+static decoder, built here for the same reason.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 # debate.engine, eval.engine: the static decoder where it supports the model (auto), always (static), or
 # transformers' generate.
@@ -23,3 +29,21 @@ GREEDY_NEUTRAL = frozenset({
     "return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states",
     "transformers_version", "_from_model_config",
 })
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """The static decoder's knobs, one object from the stage that sets them (``DebateSettings.decoder_options``;
+    the eval stage's fixed ones in ``harness.model``) down to the decoder, never loose arguments on the way.
+    The defaults are ``debate.*``'s, for tests and benchmarks."""
+
+    # Replay each decode step as a CUDA graph (a GPU only).
+    cuda_graphs: bool = True
+    # One of KERNELS: the Triton kernels where they run (auto), always (triton), or PyTorch's (torch).
+    kernels: str = "auto"
+    # A call starts each row from the cache row holding its longest prefix (the model's previous turn).
+    reuse_kv: bool = True
+    # Prompts are prefilled in groups of rows of at most this many tokens.
+    prefill_tokens: int = 16384
+    # Each row's numbers independent of its batch; None: on a CPU, off on a GPU.
+    batch_invariant: bool | None = None

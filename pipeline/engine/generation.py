@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -28,9 +27,10 @@ import torch
 from transformers import (GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
                           StoppingCriteriaList)
 
-from pipeline.engine import ENGINES, GREEDY_NEUTRAL
-from pipeline.engine.decode import CHECK_EVERY, StaticDecoder, StepReport
+from pipeline.engine import ENGINES, GREEDY_NEUTRAL, DecoderOptions
+from pipeline.engine.decode import CHECK_EVERY, StepReport
 from pipeline.engine.forward import unsupported
+from pipeline.engine.memory import Decoders
 from pipeline.engine.stop_strings import StopStrings
 from pipeline.engine.roofline import Timings
 from pipeline.models.loading import ChatModel
@@ -50,8 +50,6 @@ class Report(Protocol):
 
 # Bytes per row and vocabulary entry that decoding needs beside the cache (fp32 logits, sampling noise).
 _VOCAB_BYTES = 48
-
-_DECODERS: "weakref.WeakKeyDictionary[PreTrainedModel, StaticDecoder]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -79,13 +77,6 @@ def pick_engine(chat: ChatModel, engine: str) -> str:
     return "generate"
 
 
-def _decoder(model: PreTrainedModel, cuda_graphs: bool, kernels: str, reuse_kv: bool, invariant: bool | None) -> StaticDecoder:
-    decoder = _DECODERS.get(model)
-    if decoder is None or decoder.settings != (cuda_graphs, kernels, reuse_kv, invariant):
-        decoder = _DECODERS[model] = StaticDecoder(model, cuda_graphs=cuda_graphs, kernels=kernels, reuse_kv=reuse_kv, invariant=invariant)
-    return decoder
-
-
 def greedy_config(model: PreTrainedModel, generation_kwargs: dict[str, object]) -> tuple[GenerationConfig, str | None]:
     """The settings ``model.generate(**generation_kwargs)`` would decode with (the model's generation config
     updated by the call's), and why the static decoder cannot give its tokens (None: it can, plain greedy)."""
@@ -106,25 +97,23 @@ def continue_prompts(
     max_new_tokens: int,
     stop_ids: Sequence[int],
     stop_strings: Sequence[str] = (),
-    cuda_graphs: bool = True,
-    kernels: str = "auto",
-    reuse_kv: bool = True,
-    prefill_tokens: int = 16384,
+    decoders: Decoders,
 ) -> torch.Tensor:
     """Greedy continuations of left-padded prompts, ``[rows, max_new_tokens]`` on the CPU, padded after each
     row's stop id as ``generate`` pads; a row that has written one of ``stop_strings`` leaves the batch (its
     tokens up to the decoder's next check stay: cut the text at the string). Rows are decoded in groups that
-    fit the device's free memory, each group's all-padding columns dropped."""
-    decoder = _decoder(model, cuda_graphs, kernels, reuse_kv, False)  # lm-eval: the same sums as its reference, generate
+    fit the device's free memory, each group's all-padding columns dropped, by ``model``'s decoder in
+    ``decoders`` (the caller keeps them between calls: a call starts from the previous one's cache)."""
+    decoder = decoders.of(model)
     rows_done = StopStrings(tokenizer, stop_strings) if stop_strings else None
     pad_id = tokenizer.pad_token_id
     out, start = [], 0
     while start < len(ids):
-        rows = decoder.max_rows(ids.shape[1] + max_new_tokens, _VOCAB_BYTES * len(tokenizer), len(ids) - start)
+        rows = decoders.rows_that_fit(decoder, ids.shape[1] + max_new_tokens, _VOCAB_BYTES * len(tokenizer), len(ids) - start)
         mask = attention_mask[start : start + rows]
         first = int((mask == 0).sum(1).min())
         out.append(decoder.generate(ids[start : start + rows, first:], mask[:, first:], max_new_tokens=max_new_tokens, stop_ids=list(stop_ids),
-                                    pad_id=pad_id, prefill_tokens=prefill_tokens, rows_done=rows_done))
+                                    pad_id=pad_id, rows_done=rows_done))
         start += rows
     return torch.cat(out)
 
@@ -145,18 +134,14 @@ def generate_chat(
     seeds: Sequence[int] | None = None,
     max_batch: int | None = None,
     engine: str = "auto",
-    cuda_graphs: bool = True,
-    kernels: str = "auto",
-    reuse_kv: bool = True,
-    prefill_tokens: int = 16384,
-    batch_invariant: bool | None = None,
+    decoders: Decoders | None = None,
     report: Report | None = None,
 ) -> list[Completion]:
     """Replies to every conversation, in input order. ``max_batch`` caps the rows of one batch. ``report``
     hears how far the call is, every few decode steps (progress for the people watching a shard), and after
     each batch how fast its prefill and decode ran against their limits (``pipeline.engine.roofline``).
-    ``batch_invariant``: the static decoder's rows independent of their batch (``generate`` never is); None: on a
-    CPU, off on a GPU (``debate.batch_invariant``)."""
+    ``decoders``: the static decoders the caller keeps between calls, made with its ``DecoderOptions`` (a
+    turn starts from the model's previous one); None: new ones with the default options, for this call alone."""
     if not conversations:
         return []
     if temperature > 0 and seeds is None:
@@ -166,7 +151,9 @@ def generate_chat(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
-    decoder = _decoder(chat.model, cuda_graphs, kernels, reuse_kv, batch_invariant) if chosen == "static" else None
+    if decoders is None:
+        decoders = Decoders(DecoderOptions())
+    decoder = decoders.of(chat.model) if chosen == "static" else None
     stop = torch.tensor(chat.stop_ids)
     results: dict[int, Completion] = {}
     tokens_done = 0  # tokens of the finished batches, for the progress report
@@ -176,7 +163,7 @@ def generate_chat(
         rows = min(max_batch or len(order), len(order) - start)
         if decoder is not None:  # the cache of the batch's longest prompt must fit in free memory
             longest = lengths[order[start + rows - 1]] + max_new_tokens
-            rows = decoder.max_rows(longest, _VOCAB_BYTES * len(tokenizer), rows)
+            rows = decoders.rows_that_fit(decoder, longest, _VOCAB_BYTES * len(tokenizer), rows)
         chunk = order[start : start + rows]
         start += rows
         batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)
@@ -185,8 +172,7 @@ def generate_chat(
         started = time.perf_counter()
         if decoder is not None:
             new_tokens = decoder.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, stop_ids=chat.stop_ids,
-                                          pad_id=tokenizer.pad_token_id, temperature=temperature, seeds=chunk_seeds, prefill_tokens=prefill_tokens,
-                                          on_step=on_step)
+                                          pad_id=tokenizer.pad_token_id, temperature=temperature, seeds=chunk_seeds, on_step=on_step)
         else:
             new_tokens = _generate(chat, batch, max_new_tokens, temperature, chunk_seeds, on_step)
         seconds = (time.perf_counter() - started) / len(chunk)

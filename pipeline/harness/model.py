@@ -11,7 +11,9 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from pipeline.config import project_path
+from pipeline.engine import DecoderOptions
 from pipeline.engine.generation import continue_prompts, greedy_config, pick_engine
+from pipeline.engine.memory import Decoders
 from pipeline.models.device import pick_device
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
@@ -19,6 +21,10 @@ from pipeline.progress import Phase
 from pipeline.run_config import RunConfig
 
 log = logging.getLogger(__name__)
+
+# The static decoder as lm-eval's requests need it: without batch invariance, the same sums as the reference
+# (transformers' generate); the other knobs at their defaults (eval.* has none of them).
+EVAL_DECODER = DecoderOptions(batch_invariant=False)
 
 
 class WatchedHFLM(HFLM):
@@ -67,6 +73,8 @@ class StaticHFLM(WatchedHFLM):
         """``fallback`` (``auto``): requests the decoder cannot reproduce go to ``generate``, each reason logged once."""
         super().__init__(*args, **kwargs)
         self.fallback, self._warned = fallback, set[str]()
+        # The model's decoder, kept from batch to batch (a batch starts from the cache of the one before).
+        self.decoders = Decoders(EVAL_DECODER)
 
     def _continue(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any) -> torch.Tensor:
         kwargs = dict(generation_kwargs)
@@ -86,7 +94,7 @@ class StaticHFLM(WatchedHFLM):
         eos = config.eos_token_id
         stop_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         new = continue_prompts(self.model, self.tokenizer, context, mask, max_new_tokens=max_length - context.shape[1],
-                               stop_ids=stop_ids, stop_strings=stop)
+                               stop_ids=stop_ids, stop_strings=stop, decoders=self.decoders)
         return torch.cat([context.cpu(), new], dim=1)
 
 
