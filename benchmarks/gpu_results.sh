@@ -9,18 +9,22 @@
 #                  .device/ and moved it out of the tree
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
-#   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models
+#   tests          the engine's tests on the card (decode, invariance, kernels, sampling; not the slow ones)
+#   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models, static engine
+#   evalcmp        lm-eval's gsm8k for the 1.5B on the first 256 through both engines at one batch size (issue 32)
 #   mine           the 1.5B on the first 2,000 training questions: its first answer and a vote of 4 (the pairs' source)
-#   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter alone on all 1,319
+#   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter alone on all 1,319 and
+#                  through lm-eval (both tasks); the mined run comes from `mine`, or from /tmp/mine/ (its records, carried in .device/mine/)
 #   evalgen        lm-eval through transformers' generate on the first 200 (the static engine's reference, issue 32)
 #   sampler        the fused sampler against PyTorch's ops, one step at 1 to 1,536 rows (bench_sampler.py)
 #   cost           the batch-invariant kernels against the fast ones, 1.5B shape, batch 1/64/256 (bench_decode.py)
 #   invariance     benchmarks/invariance.py's cases with the real pair on the first 256 questions, 256 tokens
+#   killed         its killed_and_resumed case alone: killed mid-run (batches of 32, after 100 records), resumed
 #   queue S1 S2 .. run those steps one after another, detached, into /tmp/res (queue.log: each step's start,
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|pair|twice|eval|evalgen|mine|train|sampler|cost|invariance|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|twice|eval|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -35,13 +39,25 @@ collect() {
   [[ -f "$run/${where}_accuracy.json" ]] && cp "$run/${where}_accuracy.json" "$out/$1.json"
   if compgen -G "$run/$where/shard-*.jsonl" >/dev/null; then
     cat "$run/$where"/shard-*.jsonl | xz -T0 -6 >"$out/$1_records.jsonl.xz"
+  elif compgen -G "$run/$where/*.jsonl" >/dev/null; then  # the eval stage: a shard file per model and task
+    tar -C "$run" -cJf "$out/$1_records.tar.xz" "$where"
   fi
   tar -C results -cJf "$out/$1_logs.tar.xz" --exclude='*.jsonl' --exclude='*.lock' "$1"
 }
 
-# What the queue has made so far, to $OUT (the device tool brings back only what a call writes there).
+# What the queue has made since the last call, to $OUT as one tar (the device tool brings back only what a call
+# writes there, and at most 8 files a call): each file once, again only if it changed since (a step's log).
 copy_back() {
-  cp -r /tmp/res/. "$out/" 2>/dev/null || true
+  local f key list=()
+  touch /tmp/sent.list
+  for f in /tmp/res/*; do
+    [[ -f "$f" ]] || continue
+    key="$(basename "$f") $(stat -c %Y "$f")"
+    grep -qxF "$key" /tmp/sent.list && continue
+    list+=("$(basename "$f")")
+    echo "$key" >>/tmp/sent.list
+  done
+  if ((${#list[@]})); then tar -C /tmp/res -cf "$out/res-$(date +%H%M%S).tar" "${list[@]}"; fi
   tail -n 20 /tmp/res/queue.log 2>/dev/null || true
 }
 
@@ -61,10 +77,21 @@ case "$step" in
       shards=1 debate.max_new_tokens=512 run_id=gpu-twice
     collect gpu-twice debate
     ;;
+  tests)
+    python3 -m pytest -p no:cacheprovider -n 4 -m "not slow" -q -rs tests/test_decode.py tests/test_invariance.py \
+      tests/test_kernels.py tests/test_sampling.py 2>&1 | tee "$out/gpu-tests.log"
+    ;;
   eval)
     time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static \
-      eval.max_gen_toks=512 run_id=gpu-eval
+      eval.max_gen_toks=512 eval.max_batch_size=256 eval.chunk_size=512 run_id=gpu-eval
     collect gpu-eval eval
+    ;;
+  evalcmp)
+    for engine in static generate; do
+      time submit stage=eval models=small 'eval.models=[a]' 'tasks=[gsm8k]' shards=1 limit=256 eval.engine=$engine \
+        eval.batch_size=64 eval.chunk_size=256 eval.max_gen_toks=512 run_id=gpu-evalcmp-$engine
+      collect gpu-evalcmp-$engine eval
+    done
     ;;
   evalgen)
     time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=generate \
@@ -84,10 +111,18 @@ case "$step" in
       --model-b "$models/qwen2.5-coder-0.5b-instruct" --limit 256 --new 256 --alone 8 --kill-after 100 \
       --kill-batch 64 --json "$out/invariance.json"
     ;;
+  killed)
+    models="$HOME/.cache/gsm8k-slurm/models"
+    python3 benchmarks/invariance.py --model-a "$models/qwen2.5-coder-1.5b-instruct" \
+      --model-b "$models/qwen2.5-coder-0.5b-instruct" --limit 256 --new 256 --kill-after 100 --kill-batch 32 \
+      --cases killed_and_resumed --work /tmp/invariance-killed --json "$out/invariance-killed.json"
+    ;;
   queue)
     shift
     mkdir -p /tmp/res
-    setsid bash -c 'for s in "$@"; do
+    echo "$(date +%T) queued: $*" >>/tmp/res/queue.log
+    # Queues run one after another (the lock), each to the end.
+    setsid flock /tmp/queue.lock bash -c 'for s in "$@"; do
         echo "$(date +%T) start $s" >>/tmp/res/queue.log
         OUT=/tmp/res bash benchmarks/gpu_results.sh "$s" >"/tmp/res/$s.log" 2>&1
         echo "$(date +%T) end $s rc=$?" >>/tmp/res/queue.log
@@ -98,7 +133,8 @@ case "$step" in
     copy_back
     ;;
   wait)
-    timeout "${WAIT_S:-540}" bash -c 'until grep -q "queue done" /tmp/res/queue.log 2>/dev/null; do sleep 5; done' || true
+    timeout "${WAIT_S:-540}" bash -c 'until (( $(grep -c "queue done" /tmp/res/queue.log) >= $(grep -c "queued:" /tmp/res/queue.log) )); do
+        sleep 5; done' || true
     copy_back
     ;;
   mine)
@@ -108,6 +144,10 @@ case "$step" in
     collect gpu-mine debate
     ;;
   train)
+    if [[ ! -d results/gpu-mine/debate && -f /tmp/mine/gpu-mine_records.jsonl.xz ]]; then
+      mkdir -p results/gpu-mine/debate
+      xz -dc /tmp/mine/gpu-mine_records.jsonl.xz >results/gpu-mine/debate/shard-00000-of-00001.jsonl
+    fi
     time submit stage=train models=small 'train.models=[a]' train.mine_from=gpu-mine train.max_samples=2000 \
       train.precision=bf16 run_id=gpu-train
     cp results/gpu-train/train_summary.md results/gpu-train/train_summary.json results/gpu-train/train_curves.png "$out/"
@@ -116,6 +156,10 @@ case "$step" in
       models.b=qwen2.5-coder-1.5b-instruct shards=1 \
       debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
     collect gpu-adapter debate
+    time submit stage=eval models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct 'eval.models=[a]' \
+      'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static eval.max_gen_toks=512 eval.max_batch_size=256 \
+      eval.chunk_size=512 run_id=gpu-evaladapter
+    collect gpu-evaladapter eval
     ;;
   *)
     echo "unknown step $step" >&2

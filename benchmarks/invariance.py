@@ -184,23 +184,25 @@ def record_case(name: str, args: argparse.Namespace, results: Path) -> dict[str,
         return _compare(results / "base", results / "votes", solo_only=True)
     batch = f"debate.batch_size={args.kill_batch}"
     once(f"batch{args.kill_batch}", "shards=1", batch, no_votes)
-    return _killed([*common, "cluster=debug", "shards=1", batch, no_votes], results, args.kill_after, results / f"batch{args.kill_batch}")
+    return _killed([*common, "cluster=debug", "shards=1", batch, no_votes], results, args.kill_after, args.limit,
+                   results / f"batch{args.kill_batch}")
 
 
-def _killed(settings: list[str], results: Path, after: int, uninterrupted: Path) -> dict[str, Any]:
+def _killed(settings: list[str], results: Path, after: int, limit: int, uninterrupted: Path) -> dict[str, Any]:
     """shards=1, killed once ``after`` records are written (mid-run: the next batch is under way), then
     resumed; against the same settings uninterrupted."""
     proc = subprocess.Popen(_submit(*settings, "run_id=killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     shard = results / "killed" / "debate" / "shard-00000-of-00001.jsonl"
     while proc.poll() is None and (not shard.exists() or len(read_shard(shard)) < after):
-        time.sleep(1)
-    time.sleep(5)
+        time.sleep(0.2)
     if proc.poll() is not None:
         raise SystemExit(f"the run to kill ended before the kill ({after} records); lower --kill-after or --kill-batch")
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # at once: the next batch is under way, its records not yet written
     proc.wait()
     written = len(read_shard(shard))
+    if written >= limit:
+        raise SystemExit(f"the kill came after all {limit} records: nothing was resumed; lower --kill-after or --kill-batch")
     _run([f"results_dir={results}", "run_id=killed", "cluster=debug", "wait=true"])
     return {"records_before_the_kill": written, **_compare(uninterrupted, results / "killed")}
 
