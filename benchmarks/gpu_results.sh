@@ -133,6 +133,8 @@ case "$step" in
     copy_back
     ;;
   wait)
+    # A machine given back (idle past its lease's few seconds) comes back bare: no queue to wait for.
+    [[ -f /tmp/res/queue.log ]] || { echo "wait: no /tmp/res/queue.log: a fresh machine, the queue is gone" >&2; exit 1; }
     timeout "${WAIT_S:-540}" bash -c 'until (( $(grep -c "queue done" /tmp/res/queue.log) >= $(grep -c "queued:" /tmp/res/queue.log) )); do
         sleep 5; done' || true
     copy_back

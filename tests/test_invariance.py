@@ -90,8 +90,9 @@ def _until_stop(row: torch.Tensor, stop_ids: list[int]) -> int:
 
 # A static decoder of the model under test, made with the options a case asks for.
 Decoder = Callable[[DecoderOptions], StaticDecoder]
-# Each call decoded afresh: rows in other batches, never started from an earlier call's cache.
-FRESH = DecoderOptions(reuse_kv=False)
+# Batch-invariant (on a GPU too, where it is off by default), each call decoded afresh: rows in other batches,
+# never started from an earlier call's cache.
+FRESH = DecoderOptions(reuse_kv=False, batch_invariant=True)
 
 
 def batch_case(chat: ChatModel, decoder: Decoder, rows: int = 7, new_tokens: int = 24) -> None:
@@ -157,12 +158,22 @@ def test_the_gpu_paths_invariance_in_the_interpreter() -> None:
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
+@pytest.mark.parametrize("graphs", [False, True], ids=["graphs_off", "graphs_on"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str) -> None:
-    """On the GPU with CUDA graphs: the batch and reuse cases, bit for bit."""
+def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str, graphs: bool) -> None:
+    """On the GPU, with CUDA graphs or without: the batch and reuse cases, bit for bit."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), dtype, torch.device("cuda"))
-    batch_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
-    reuse_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
+    batch_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=graphs)))
+    reuse_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=graphs)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_batch_invariance_is_refused_where_it_cannot_hold() -> None:
+    """PyTorch's kernels on a GPU pick their kernels by shape: asking for batch invariance there is an error,
+    not batch-dependent tokens under a record fingerprint that claims otherwise."""
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "bfloat16", torch.device("cuda"))
+    with pytest.raises(ValueError, match="batch_invariant=true cannot hold"):
+        StaticDecoder(chat.model, replace(FRESH, kernels="torch"))
 
 
 def _comparable(records: list[dict]) -> list[dict]:
@@ -188,6 +199,7 @@ def test_batch_size_and_votes_change_no_record() -> None:
     assert all(r["vote"] == {} for r in runs["no votes"]) and all(len(r["vote"]["a"]["samples"]) == 2 for r in runs["8"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="models.dtype=int8 runs on a CPU only, and a job here takes the GPU")
 def test_one_shard_or_three_give_the_same_outcomes_file(tmp_path: Path) -> None:
     """The same questions in one shard or in three (other batches, other padding): byte-identical
     per-question outcomes and the same records, in int8 (where one activation scale per batch made 11 to 18

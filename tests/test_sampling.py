@@ -112,7 +112,10 @@ def check_sampler(device: str) -> None:
             got = sampling.merge_partials(best, index)
             assert torch.equal(got, expected), f"{name}, split {split}: {got.tolist()} != {expected.tolist()}"
             want = _expected_best(logits, temperature, seeds, step, split, numpy_log=interpreted)
-            assert torch.equal(best, want), f"{name}, split {split}: best scores differ in {(best != want).sum()} places"
+            if device == "cuda":  # the kernel's log is libdevice's, the reference's PyTorch's: the last bit may differ (H100)
+                torch.testing.assert_close(best, want, rtol=4e-7, atol=0, msg=f"{name}, split {split}: best scores")
+            else:
+                assert torch.equal(best, want), f"{name}, split {split}: best scores differ in {(best != want).sum()} places"
     name, logits, temperature, seeds, step = _cases(device)[-1]
     assert torch.equal(sampling.fused_sample(logits, temperature, seeds, step), _reference_tokens(logits, temperature, seeds, step)), "planned split"
 
