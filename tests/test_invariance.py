@@ -158,13 +158,13 @@ def test_the_gpu_paths_invariance_in_the_interpreter() -> None:
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
-@pytest.mark.parametrize("graphs", [False, True], ids=["graphs_off", "graphs_on"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str, graphs: bool) -> None:
-    """On the GPU, with CUDA graphs or without: the batch and reuse cases, bit for bit."""
+def test_a_rows_logits_do_not_depend_on_its_batch_on_the_gpu(dtype: str) -> None:
+    """On the GPU: the batch and reuse cases, bit for bit (without CUDA graphs: the logits are read on the host
+    at each step; graphs on or off change no token: benchmarks/invariance.py's graphs_off case)."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), dtype, torch.device("cuda"))
-    batch_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=graphs)))
-    reuse_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=graphs)))
+    batch_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
+    reuse_case(chat, lambda options: StaticDecoder(chat.model, replace(options, cuda_graphs=False)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
