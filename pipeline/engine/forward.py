@@ -24,7 +24,6 @@ it keeps no state between calls.
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
@@ -33,8 +32,6 @@ from transformers import PreTrainedModel
 
 from pipeline.engine import KERNELS, kernels
 from pipeline.models.int8 import RowInt8Linear
-
-log = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 # On a CPU, PyTorch's float matmuls of fewer rows than this take other kernels, which sum in another order
@@ -108,9 +105,10 @@ class Forward:
         self.device = model.device
         self.dtype = model.model.embed_tokens.weight.dtype
         self.use_kernels = self._pick_kernels(kernels)
-        # None: on where its invariance has been measured (a CPU), off on a GPU until benchmarks/invariance.py has run on one.
-        wanted = self.device.type != "cuda" if invariant is None else invariant
-        self.invariant = wanted and self._invariance_possible()
+        # None: on on a CPU, off on a GPU (where it costs 38-55% of the speed: docs/performance.md).
+        self.invariant = self.device.type != "cuda" if invariant is None else invariant
+        if self.invariant:
+            self._check_invariance()
         # Rows a CPU matmul gets at least; int8 layers sum in integers, exact at any row count.
         self.min_rows = MIN_ROWS if self.invariant and not self.use_kernels and not isinstance(model.lm_head, RowInt8Linear) else 0
         self.processors = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_kernels else 0
@@ -129,16 +127,16 @@ class Forward:
             raise ValueError(f"kernels=triton cannot run {self.model.name_or_path} on {self.device}: {reason}")
         return reason is None
 
-    def _invariance_possible(self) -> bool:
-        """Whether each row's numbers can be made independent of its batch here: on a CPU (PyTorch's ops,
-        rows padded to ``MIN_ROWS``, attention one query at a time) or with the Triton kernels (fixed-tile
-        matmuls, attention in fixed pieces for prefill and decode alike). cuBLAS and SDPA pick their
-        kernels by shape, so ``kernels=torch`` on a GPU (and a V100) cannot be."""
-        if self.device.type == "cpu" or self.use_kernels:
-            return True
-        log.warning("%s: batch invariance needs the Triton kernels, which do not run here (kernels=torch, or a GPU before compute "
-                    "capability 8.0): a question's tokens will depend on its batch", self.model.name_or_path)
-        return False
+    def _check_invariance(self) -> None:
+        """Each row's numbers can be made independent of its batch on a CPU (PyTorch's ops, rows padded to
+        ``MIN_ROWS``, attention one query at a time) or with the Triton kernels (fixed-tile matmuls, attention
+        in fixed pieces for prefill and decode alike). cuBLAS and SDPA pick their kernels by shape, so
+        ``kernels=torch`` on a GPU (and a V100) cannot be; asked for there (``true``: the records' fingerprint
+        then leaves the batching settings out), it is an error rather than records that depend on their batch."""
+        if self.device.type != "cpu" and not self.use_kernels:
+            raise ValueError(f"batch_invariant=true: batch invariance needs the Triton kernels, which do not run "
+                             f"{self.model.name_or_path} on {self.device} (kernels=torch, or a GPU before compute capability 8.0); "
+                             "use kernels=auto on a GPU of compute capability 8.0+, or batch_invariant=null")
 
     def _gqa_in_kernel(self) -> bool:
         """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
