@@ -17,7 +17,7 @@ from pipeline import progress
 from pipeline.data import Problem
 from pipeline.debate.scoring import agree, reply, score_record
 from pipeline.debate.settings import SPEAKERS, DebateSettings
-from pipeline.engine.generation import Completion, Message, generate_chat, pick_engine
+from pipeline.engine.generation import Completion, Message, generate_chat
 from pipeline.engine.memory import Decoders
 from pipeline.engine.sampling import row_seed
 from pipeline.models.loading import ChatModel
@@ -58,16 +58,6 @@ def _turn(speaker: str, model: ChatModel, round_no: int, completion: Completion)
     return {"model": speaker, "name": model.name, "round": round_no, **_reply(completion)}
 
 
-def _check_invariant(models: Mapping[str, ChatModel], engine: str) -> None:
-    """``debate.batch_invariant=true`` leaves the batching settings out of the records' fingerprint: a model that
-    ``engine=auto`` hands to transformers' generate (whose kernels depend on the batch's shape) would break
-    that promise, so the shard stops before its first record."""
-    for key, chat in models.items():
-        if pick_engine(chat, engine) != "static":
-            raise ValueError(f"debate.batch_invariant=true: models.{key} ({chat.name}) runs on transformers' generate here, "
-                             "whose numbers depend on the batch; use a model the static engine runs, or debate.batch_invariant=null")
-
-
 class DebateEngine:
     """Runs debates and baselines for groups of problems, calling ``emit`` with each finished record."""
 
@@ -75,8 +65,6 @@ class DebateEngine:
         self.models = models
         self.settings = settings
         self.seed = seed
-        if settings.batch_invariant:
-            _check_invariant(models, settings.engine)
         # The two models' static decoders, kept from turn to turn (each turn starts from the model's previous
         # one) and taking turns with a shared GPU's memory.
         self.decoders = Decoders(settings.decoder_options)

@@ -119,7 +119,7 @@ class DebateSettings:
         """``batch_invariant=true`` takes the batching settings out of the records' fingerprint, so it must hold
         wherever a shard runs: transformers' generate (``engine=generate``) picks its kernels by the batch's
         shape. Where only the shard can tell (``kernels=torch`` on a GPU, a model ``auto`` hands to generate),
-        the shard stops with an error (``DebateEngine``, ``Forward``)."""
+        the shard stops with an error (``debate.shard.check_invariant``, ``engine.forward.Forward``)."""
         if self.batch_invariant and self.engine == "generate":
             raise ConfigError(f"{prefix}.batch_invariant=true needs the static engine ({prefix}.engine=auto or static): "
                               f"transformers' generate picks its kernels by the batch's shape")
