@@ -2,7 +2,8 @@
 
 A run folder explains itself, and it is also how a run is resumed: submitting again with the same run_id
 reuses the folder, and only the settings that change results must match the first submission. Which those
-are, each setting says (``results=False`` on its ``knob()``): the caller hands in the others as ``run_only``.
+are, each setting says (``results=False`` on its ``knob()``, or ``run_only_when``: run-only only in a
+batch-invariant run): the caller hands in the others as ``run_only``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -157,9 +158,11 @@ def check_free_space(cfg: DictConfig) -> None:
                           f"{cfg.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
-def open_run(cfg: DictConfig, run_only: frozenset[str]) -> tuple[Run, bool]:
+def open_run(cfg: DictConfig, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> tuple[Run, bool]:
     """Creates the run folder (new run) or checks a resubmission against the saved config (resume); the
-    dotted keys in ``run_only`` (settings that cannot change a result) may differ.
+    dotted keys in ``run_only`` (settings that cannot change a result in this run) may differ. A refused key
+    that is run-only only where a switch is true (``run_only_when``: ``debate.batch_size`` with
+    ``debate.batch_invariant``) says so.
 
     Returns the run and whether it already existed. Sets ``cfg.run_id`` for a new run.
     """
@@ -170,7 +173,7 @@ def open_run(cfg: DictConfig, run_only: frozenset[str]) -> tuple[Run, bool]:
     run = Run(results / str(cfg.run_id))
     existed = run.config_path.exists() or not _create_config(cfg, run)
     if existed:
-        _check_resume(cfg, run.saved_config(), run, run_only)
+        _check_resume(cfg, run.saved_config(), run, run_only, run_only_when)
     if not os.access(run.root, os.W_OK):
         raise ConfigError(f"results_dir={cfg.results_dir}: the run folder {run.root} is read-only")
     return run, existed
@@ -212,13 +215,15 @@ def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = fro
     return None if new == old else (where, new, old)
 
 
-def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run, run_only: frozenset[str]) -> None:
+def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> None:
     found = _first_difference(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(saved, resolve=True), "", run_only)
     if found:
         where, new, old = found
+        switch = run_only_when.get(where)
+        unless = f"; {where} changes results unless the run was made with {switch}=true, which makes it run-only" if switch else ""
         raise ConfigError(
             f"run {run.run_id} was made with {where}={_shown(old)} (this submission: {_shown(new)}); resume it with "
-            f"the same {where}, or leave it out (see {run.config_path})"
+            f"the same {where}, or leave it out (see {run.config_path}){unless}"
         )
 
 

@@ -6,9 +6,12 @@ decides). From that one field come the section's defaults that Hydra composes (n
 check every submission runs (one-line :class:`ConfigError`, the same words for every key), the typed object
 a job reads (no hand-copied ``from_config``) and the ``--help`` text. A field that is another library's
 setting under that library's name says so (``passes_to``) and reaches it as is. A field that cannot change a
-result (how the work is batched or placed, where files go, how progress is shown) says so (``results=False``,
-or a whole ``section(..., results=False)``): the records' fingerprint, the resume check and the docs read that
-one flag (:func:`run_only`).
+result (where files go, how progress is shown) says so (``results=False``, or a whole ``section(...,
+results=False)``). A field that changes results only where the numbers depend on the batch (how the work is
+batched, replayed or placed: measured to change no token in a batch-invariant run, and many without one)
+names the section's switch that makes it run-only (``run_only_when="batch_invariant"``): it is run-only in a
+run whose switch is ``true``, and a result setting otherwise (``null`` too: it may mean off). The records'
+fingerprint, the resume check and the docs read these flags (:func:`run_only`, :func:`result_values`).
 """
 
 from __future__ import annotations
@@ -52,10 +55,14 @@ class Knob:
     # What no type or range can say (a value another library must know): called with the key and the set
     # (non-null) value as plain data; raises ConfigError.
     check: Callable[[str, Any], None] | None = None
-    # Whether another value can change a result (a record, a table): false for how the work runs (the batch,
-    # the devices, the backend, the progress display). Off, the key is left out of the records' fingerprint
+    # Whether another value can change a result (a record, a table): false for what never touches a number
+    # (where files go, the backend, the progress display). Off, the key is left out of the records' fingerprint
     # and may take another value when a run is resumed.
     results: bool = True
+    # A setting that changes results unless the run is batch-invariant (the batch size, CUDA graphs, the
+    # devices): the name of the section's boolean setting whose ``true`` makes it run-only, as ``results=False``
+    # would. Any other value of the switch (``null`` too, which may mean off) keeps it a result setting.
+    run_only_when: str | None = None
     # Texts: what the one-line error for an empty (or null) value tells the user; the help when unset.
     when_empty: str | None = None
 
@@ -91,23 +98,44 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def run_only(cls: type, prefix: str) -> frozenset[str]:
-    """The dotted keys of the section that cannot change a result (``results=False``; a run-only section
-    is named whole): what the fingerprint leaves out and a resume may change."""
+def _changes_results(k: Knob, values: Mapping[str, Any]) -> bool:
+    """Whether the setting can change a result in a section of these values (plain data)."""
+    return k.results and not (k.run_only_when is not None and values.get(k.run_only_when) is True)
+
+
+def run_only(cls: type, prefix: str, values: Mapping[str, Any]) -> frozenset[str]:
+    """The dotted keys of the section that cannot change a result in a run of these values (the section's,
+    as plain data): ``results=False`` (a run-only section is named whole), and ``run_only_when`` where the
+    values set its switch to true. What the fingerprint leaves out and a resume may change."""
     hints, keys = _types(cls), set()
     for f in _knobs(cls):
         key = _key(prefix, f.name)
-        if not _knob(f).results:
+        if not _changes_results(_knob(f), values):
             keys.add(key)
         elif _is_section(hints[f.name]):
-            keys |= run_only(hints[f.name], key)
+            keys |= run_only(hints[f.name], key, values[f.name])
     return frozenset(keys)
 
 
+def run_only_when(cls: type, prefix: str) -> dict[str, str]:
+    """The dotted keys of the section that are run-only only where a switch is true, each with that switch's
+    dotted key (``debate.batch_size``: ``debate.batch_invariant``): what a refused resume tells the user."""
+    hints, keys = _types(cls), {}
+    for f in _knobs(cls):
+        key, k = _key(prefix, f.name), _knob(f)
+        if k.run_only_when is not None:
+            keys[key] = _key(prefix, k.run_only_when)
+        elif _is_section(hints[f.name]):
+            keys |= run_only_when(hints[f.name], key)
+    return keys
+
+
 def result_values(settings: Any) -> dict[str, Any]:
-    """The section's values as plain data without those that cannot change a result: what decides a record."""
+    """The section's values as plain data without those that cannot change a result in this run: what decides
+    a record."""
+    values = plain(settings)
     return {f.name: result_values(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v)
-            for f in _knobs(type(settings)) if _knob(f).results}
+            for f in _knobs(type(settings)) if _changes_results(_knob(f), values)}
 
 
 def plain(settings: Any) -> dict[str, Any]:
@@ -306,6 +334,7 @@ def describe(cls: type, prefix: str, results: bool = True) -> Iterable[tuple[str
                   f"<= {k.maximum}" if k.maximum is not None else "",
                   f"< {k.below:g}" if k.below is not None else "",
                   f"{k.passes_to}'s own setting" if k.passes_to else "",
-                  "run-only: changes no result" if not (results and k.results) else ""]
+                  "run-only: changes no result" if not (results and k.results) else "",
+                  f"run-only with {_key(prefix, k.run_only_when)}=true, else it changes results" if k.run_only_when else ""]
         note = "; ".join(x for x in limits if x)
         yield key, shown, k.help + (f" ({note})" if note else "")

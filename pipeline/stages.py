@@ -22,7 +22,7 @@ from pipeline.launch import LAUNCHERS
 from pipeline.models.registry import display_name
 from pipeline.run_config import RunConfig, load
 from pipeline.runs import Run
-from pipeline.settings import PAIR, check, defaults, free_keys, loose_keys, run_only
+from pipeline.settings import PAIR, check, defaults, free_keys, loose_keys, run_only, run_only_when
 from pipeline.stage import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (debate.STAGE, harness.STAGE, train.STAGE)}
@@ -43,8 +43,8 @@ GROUP_SETTINGS: dict[str, dict[str, type]] = {"cluster": _BACKEND_SETTINGS}
 _TREE = [("", RunConfig), *_STAGE_SETTINGS.items(), *(("cluster", s) for s in _BACKEND_SETTINGS.values())]
 LOOSE = frozenset(key for prefix, settings in _TREE for key in loose_keys(settings, prefix))
 FREE = frozenset(key for prefix, settings in _TREE for key in free_keys(settings, prefix))
-# The dotted keys that cannot change a result (``results=False``), and the backend's whole section.
-RUN_ONLY = frozenset({"cluster", *(key for prefix, settings in _TREE if prefix != "cluster" for key in run_only(settings, prefix))})
+# The dotted keys that are run-only only where a switch is true (``run_only_when``), each with its switch.
+RUN_ONLY_WHEN = {key: switch for prefix, settings in _TREE if prefix != "cluster" for key, switch in run_only_when(settings, prefix).items()}
 
 # stage=all: (folder, stage) in order; each step starts after the one before it has ended.
 CHAIN = (("eval", "eval"), ("train", "train"), ("eval_finetuned", "eval"), ("debate", "debate"))
@@ -59,6 +59,15 @@ def load_config(overrides: list[str]) -> DictConfig:
     require_choice(cfg, "cluster.kind", LAUNCHERS)
     check(cfg, "cluster", LAUNCHERS[cfg.cluster.kind].settings)
     return cfg
+
+
+def run_only_keys(cfg: DictConfig) -> frozenset[str]:
+    """The dotted keys that cannot change a result in a run of this config: ``results=False``, ``run_only_when``
+    where the config sets the switch to true (``debate.batch_invariant=true``), and the backend's whole section.
+    What the resume check leaves out."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    return frozenset({"cluster", *(key for prefix, settings in _TREE if prefix != "cluster"
+                                   for key in run_only(settings, prefix, values[prefix] if prefix else values))})
 
 
 def load_defaults() -> DictConfig:

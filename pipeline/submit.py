@@ -29,7 +29,7 @@ from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run, saved_cluster
 from pipeline.shards import Unit
 from pipeline.stage import Stage
-from pipeline.stages import RUN_ONLY, STAGES, build_config, checked_config, describe_work, model_folder_checks, model_keys, stage_names, steps
+from pipeline.stages import RUN_ONLY_WHEN, STAGES, build_config, checked_config, describe_work, model_folder_checks, model_keys, run_only_keys, stage_names, steps
 from pipeline.progress import mark_submitted
 from pipeline.jobs import REDUCE_LABEL, ShardTask, reduce_label
 from pipeline.watch import Step, watch
@@ -96,7 +96,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
     backend = saved_cluster(cfg, given)
     if backend is not None:  # a resume goes on in the run's backend, checked as if named: cluster=<it>
         cfg = checked_config([*overrides, f"cluster={backend}"])
-    adopt_saved(cfg, given, RUN_ONLY)
+    adopt_saved(cfg, given, run_only_keys(cfg))
     config = build_config(cfg)
     total = _check_data(config)
     folders = _check_models(config, model_keys(config))
@@ -106,7 +106,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
             stage.check_models(config, folders)
     if any(stage.per_gpu for stage in stages):
         config.cluster.check_per_gpu()
-    run, resumed = open_run(cfg, RUN_ONLY)
+    run, resumed = open_run(cfg, run_only_keys(cfg), RUN_ONLY_WHEN)
     config = dataclasses.replace(config, run_id=run.run_id)  # a new run's id is picked with its folder
     launcher = launcher_for(config, run)
     after: list[Any] = []

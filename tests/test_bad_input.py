@@ -32,6 +32,8 @@ CASES = [
     (["debate.prefill_tokens=0"], "debate.prefill_tokens=0: must be a whole number >= 1"),
     (["debate.devices=both"], "debate.devices=both: not one of auto, shared, split"),
     (["debate.cuda_graphs=maybe"], "debate.cuda_graphs=maybe: must be a boolean"),
+    (["debate.batch_invariant=true", "debate.engine=generate"],
+     "debate.batch_invariant=true needs the static engine (debate.engine=auto or static): transformers' generate picks its kernels by the batch's shape"),
     (["debate.baselines.vote_models=[a,c]"], "debate.baselines.vote_models has 'c'; valid entries: a, b"),
     (["models.dtype=fp8"], "models.dtype=fp8: not one of auto, float32, float16, bfloat16"),
     (["models.a=no-such-model"], "models.a=no-such-model: no such model folder and not a registered model; registered: "),

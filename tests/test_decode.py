@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pipeline.data import load_problems
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import DebateSettings
+from pipeline.debate.shard import check_invariant
 from pipeline.engine import DecoderOptions
 from pipeline.engine.decode import StaticDecoder
 from pipeline.engine.generation import generate_chat, pick_engine
@@ -145,6 +146,10 @@ def test_other_architectures_fall_back_to_generate_or_are_refused() -> None:
     assert pick_engine(other, "auto") == "generate"
     with pytest.raises(ValueError, match="engine=static cannot run tiny-gpt2: architecture 'gpt2' .*use engine=generate"):
         pick_engine(other, "static")
+    # batch_invariant=true leaves the batching settings out of the records' fingerprint: a model auto hands to
+    # generate (kernels picked by the batch's shape) stops the shard before its first record.
+    with pytest.raises(ValueError, match=r"^debate\.batch_invariant=true: models\.a \(tiny-gpt2\) runs on transformers' generate here"):
+        check_invariant({"a": other, "b": other}, "auto")
 
 
 def test_a_whole_debate_is_the_same_record_with_either_engine() -> None:

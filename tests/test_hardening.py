@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stages import RUN_ONLY, load_config
+from pipeline.stages import RUN_ONLY_WHEN, load_config, run_only_keys
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run, open_run
+from pipeline.shards import read_shard
 from pipeline.submit import main, submit
 from pipeline.launch.process import process_alive, process_start
-from tests.conftest import ROOT, copy_run, tiny_overrides
+from tests.conftest import ROOT, copy_run, tiny_overrides, without_timings
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_two_submissions_of_one_new_run_id_do_not_both_pass(tmp_path: Path) -> N
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = open_run(configs[i], RUN_ONLY)[1]
+            outcomes[i] = open_run(configs[i], run_only_keys(configs[i]), RUN_ONLY_WHEN)[1]
         except ConfigError as err:
             outcomes[i] = str(err)
 
@@ -273,17 +274,48 @@ def test_a_failing_debug_job_opens_no_debugger(finished: Path) -> None:
     assert last.endswith("; rerun it with: python jobs/submit.py run_id=debug-fails"), last
 
 
-def test_a_resume_may_change_run_only_settings(finished: Path) -> None:
-    """A run out of memory resumes at a smaller batch, without the cache reuse: keys outside the records'
-    fingerprint (results=False on their knob() in debate/settings.py: they change no token) are not compared on resume; its records join
-    the others. The engine and kernels are not among them (they change tokens)."""
-    run = copy_run(finished, "smaller-batch")
+def test_a_resume_with_another_batch_is_refused_unless_the_run_is_batch_invariant(finished: Path) -> None:
+    """The run was made without debate.batch_invariant=true: its batching settings change tokens (on a GPU's fast
+    kernels up to 123 of 256 rows), so they are in its records' fingerprint and a resume must keep them; the
+    refusal says what would have made them run-only. Invariance cannot be switched on for the rest of a run,
+    and the shard count is the run's own either way. Nothing is written."""
+    run = copy_run(finished, "batch-refused")
     shard = run / "debate" / "shard-00001-of-00002.jsonl"
     shard.write_text(shard.read_text().splitlines()[0] + "\n")
-    info = submit([f"results_dir={run.parent}", "run_id=smaller-batch", "debate.batch_size=1", "debate.reuse_kv=false",
+    before = _files(run)
+    for changes, message in (
+        (["debate.batch_size=1"], f"run batch-refused was made with debate.batch_size=256 (this submission: 1); resume it with the same "
+                                  f"debate.batch_size, or leave it out (see {run / 'config.yaml'}); debate.batch_size changes results "
+                                  "unless the run was made with debate.batch_invariant=true, which makes it run-only"),
+        (["debate.batch_invariant=true", "debate.batch_size=1"], "run batch-refused was made with debate.batch_invariant=null (this submission: true)"),
+        (["shards=1"], "run batch-refused was made with shards=2 (this submission: 1)"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            submit([f"results_dir={run.parent}", "run_id=batch-refused", *changes])
+        assert str(refused.value).startswith(message) and "\n" not in str(refused.value), str(refused.value)
+    assert _files(run) == before
+
+
+def test_a_resume_may_change_run_only_settings(tmp_path: Path) -> None:
+    """A batch-invariant run out of memory resumes at a smaller batch, without the cache reuse: with
+    debate.batch_invariant=true the batching settings (run_only_when on their knob() in debate/settings.py)
+    change no token, so they are outside the records' fingerprint and not compared on resume; the records
+    made at two batch sizes are those of the run made at one. The engine and kernels are never among them, nor
+    the shard count (the run's own, invariant or not)."""
+    results = tmp_path / "results"
+    submit(tiny_overrides(results, "limit=3", "shards=1", "cluster=debug", "run_id=whole", "debate.batch_invariant=true",
+                          "debate.max_new_tokens=48", "debate.baselines.vote_models=[]"))
+    run = copy_run(results / "whole", "smaller-batch")
+    shard = run / "debate" / "shard-00000-of-00001.jsonl"
+    shard.write_text(shard.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match=r"^run smaller-batch was made with shards=1 \(this submission: 3\); resume it with the same shards"):
+        submit([f"results_dir={results}", "run_id=smaller-batch", "shards=3"])
+    info = submit([f"results_dir={results}", "run_id=smaller-batch", "debate.batch_size=1", "debate.reuse_kv=false",
                    "debate.prefill_tokens=512"])
     assert info["resumed"] and info["result"]["complete"] is True
-    assert len(shard.read_text().splitlines()) == 2
+    whole = results / "whole" / "debate" / "shard-00000-of-00001.jsonl"
+    assert without_timings(read_shard(shard)) == without_timings(read_shard(whole))
+    assert len(read_shard(shard)) == 3
 
 
 def test_a_resume_goes_on_in_the_runs_backend(finished: Path, capsys: pytest.CaptureFixture) -> None:

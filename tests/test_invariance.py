@@ -216,17 +216,25 @@ def test_one_shard_or_three_give_the_same_outcomes_file(tmp_path: Path) -> None:
 
 
 def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
-    """Run-only settings (measured above to change no token) leave a record's fingerprint alone; the engine,
-    the kernels and batch invariance itself change it."""
+    """The batching settings (measured above to change no token in a batch-invariant run, and up to 123 of 256
+    greedy rows on an H100's fast kernels) leave a record's fingerprint alone only with batch_invariant=true;
+    with null (off on a GPU, which the submitter cannot rule out) or false they change it. The engine, the
+    kernels and batch invariance itself always change it."""
     from pipeline.debate.units import debate_schema
     from pipeline.stages import build_config
 
     def fingerprint(*overrides: str) -> str:
         return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
+    batching = ("debate.batch_size=7", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
+    invariant = fingerprint("debate.batch_invariant=true")
+    for setting in batching:
+        assert fingerprint("debate.batch_invariant=true", setting) == invariant, setting
+        for switch in ("null", "false"):
+            assert fingerprint(f"debate.batch_invariant={switch}", setting) != fingerprint(f"debate.batch_invariant={switch}"), (setting, switch)
     base = fingerprint()
-    for run_only in ("debate.batch_size=7", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512",
-                     "debate.devices=shared"):
-        assert fingerprint(run_only) == base, run_only
-    for changes_tokens in ("debate.engine=generate", "debate.kernels=torch", "debate.batch_invariant=false", "debate.max_new_tokens=9"):
+    for changes_tokens in ("debate.engine=generate", "debate.kernels=torch", "debate.batch_invariant=false", "debate.batch_invariant=true",
+                           "debate.max_new_tokens=9"):
         assert fingerprint(changes_tokens) != base, changes_tokens
+    assert fingerprint("debate.batch_invariant=true", "debate.kernels=torch") != invariant
+    assert fingerprint("shards=3") == base, "the shard count is the run's own (the resume check), not a record's"

@@ -14,7 +14,8 @@ from pipeline.debate.settings import DebateSettings
 from pipeline.launch import LAUNCHERS
 from pipeline.launch.slurm import SlurmSettings
 from pipeline.run_config import RunConfig
-from pipeline.stages import RUN_ONLY, STAGES, build_config, load_config
+from pipeline.shards import Unit
+from pipeline.stages import RUN_ONLY_WHEN, STAGES, build_config, load_config, run_only_keys
 from tests.conftest import ROOT
 
 
@@ -52,17 +53,41 @@ def test_a_slurm_section_checks_what_spans_its_fields(tmp_path, monkeypatch: pyt
 
 
 def test_what_changes_results_is_one_flag_on_each_field() -> None:
-    """The resume check and the fingerprint skip exactly the keys whose knob() says results=False."""
-    assert RUN_ONLY == {"run_id", "results_dir", "wait", "paths", "wandb", "progress", "cluster", "debate.batch_size",
-                        "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
+    """The resume check and the fingerprint skip exactly the keys whose knob() says results=False, and those
+    whose knob() says run_only_when=batch_invariant where the config sets debate.batch_invariant=true."""
+    always = {"run_id", "results_dir", "wait", "paths", "wandb", "progress", "cluster"}
+    batching = {"debate.batch_size", "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
+    assert run_only_keys(load_config([])) == run_only_keys(load_config(["debate.batch_invariant=false"])) == always
+    assert run_only_keys(load_config(["debate.batch_invariant=true"])) == always | batching
+    assert RUN_ONLY_WHEN == {key: "debate.batch_invariant" for key in batching}
     schema = STAGES["debate"].schema
     assert schema is not None
 
     def fingerprint(*overrides: str) -> str:
         return schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
-    assert fingerprint("debate.prefill_tokens=64", "progress.refresh_s=5") == fingerprint()
+    assert fingerprint("debate.prefill_tokens=64", "progress.refresh_s=5", "debate.batch_invariant=true") == fingerprint("debate.batch_invariant=true")
+    assert fingerprint("debate.prefill_tokens=64") != fingerprint()
+    assert fingerprint("progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()
+
+
+def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> None:
+    """The eval stage's decoders pick their kernels by the batch's shape (lm-eval's generate, EVAL_DECODER), so
+    its batch and chunk sizes change responses on a GPU: in the records' fingerprint when set, compared on
+    resume; at their defaults the fingerprint is the one runs made before had."""
+    schema = STAGES["eval"].schema
+    assert schema is not None
+    unit = Unit("a/gsm8k", 0, 1, (0,))
+
+    def fingerprint(*overrides: str) -> str:
+        return schema(build_config(load_config(["stage=eval", *overrides])), unit).fingerprint
+
+    base = fingerprint()
+    for setting in ("eval.batch_size=4", "eval.max_batch_size=8", "eval.cpu_batch_size=2", "eval.chunk_size=16"):
+        assert fingerprint(setting) != base, setting
+        assert setting.split("=")[0] not in run_only_keys(load_config(["stage=eval", setting]))
+    assert fingerprint("eval.batch_size=auto", "eval.chunk_size=128") == base
 
 
 def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:
@@ -76,8 +101,9 @@ def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:
     slurm = help_of("slurm")
     assert slurm.startswith("cluster.*: A real SLURM cluster through submitit.") and "cluster.signal_delay_s=120" in slurm
     debate = help_of("debate").split("\n  debate.")
-    assert [entry.split("=")[0] for entry in debate if "run-only: changes no result" in " ".join(entry.split())] == \
+    assert [entry.split("=")[0] for entry in debate if "run-only with debate.batch_invariant=true, else it changes results" in " ".join(entry.split())] == \
         ["batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
+    assert not [entry for entry in debate if "run-only: changes no result" in " ".join(entry.split())]
     assert "paths.min_free_mib=200" in help_of("run")
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import ConfigError
 from pipeline.engine import ENGINES, KERNELS, DecoderOptions
 from pipeline.settings import PAIR, knob, section
+
+# The switch that makes the batching settings run-only (``run_only_when``): ``batch_invariant=true``.
+INVARIANT = "batch_invariant"
 
 # The debaters, in the order they speak: the pair.
 SPEAKERS = PAIR
@@ -52,10 +56,12 @@ class DebateSettings:
     """Two models take turns on each problem. A round is one turn of model a then one of model b; the debate
     stops when both models' latest answers agree numerically, or after ``max_rounds``."""
 
-    # ``results=False``: settings measured to change no token with ``batch_invariant`` on (tests/test_invariance.py
-    # on the CPU, benchmarks/invariance.py on a GPU): how the work is batched, replayed and placed. ``engine`` and
-    # ``kernels`` are not among them: another engine or other kernels sum in another order and change answers
-    # (kernels=torch changed 249 of 1,319 greedy answers on an H200), and so does ``batch_invariant`` itself.
+    # ``run_only_when=INVARIANT``: how the work is batched, replayed and placed, measured to change no token with
+    # ``batch_invariant=true`` (tests/test_invariance.py on the CPU, benchmarks/invariance.py on an H100) and up
+    # to 123 of 256 greedy rows without it (the H100's fast kernels; docs/performance.md), so they are run-only
+    # only in a run made with ``batch_invariant=true``. ``engine`` and ``kernels`` are never run-only: another
+    # engine or other kernels sum in another order and change answers (kernels=torch changed 249 of 1,319 greedy
+    # answers on an H200), and so does ``batch_invariant`` itself.
 
     max_rounds: int = knob(3, "Rounds at most (a round: model a's turn, then model b's).", minimum=1)
     max_new_tokens: int = knob(256, "Tokens a model may write in one turn; generation also stops on each model's "
@@ -63,31 +69,35 @@ class DebateSettings:
     temperature: float = knob(0.0, "0 = greedy. Above 0: seeded sampling per row (see `seed`).", minimum=0.0)
     batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
                                 "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1,
-                          results=False)
+                          run_only_when=INVARIANT)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
     cuda_graphs: bool = knob(True, "Static engine: replay each decode step as a CUDA graph (GPU only); off = the same "
-                                   "kernels launched one by one (for debugging).", results=False)
+                                   "kernels launched one by one (for debugging).", run_only_when=INVARIANT)
     kernels: str = knob("auto", "Static engine: triton (fused Triton kernels; compute capability 8.0+, not a V100), "
                                 "torch (PyTorch's kernels), or auto (triton wherever it can run).", choices=KERNELS)
     reuse_kv: bool = knob(True, "Static engine: a turn starts from the KV cache of the model's previous turn and "
-                                "prefills only the new messages.", results=False)
+                                "prefills only the new messages.", run_only_when=INVARIANT)
     prefill_tokens: int = knob(16384, "Static engine: prompts are prefilled in groups of rows of at most this many "
                                       "tokens (bounds the activation memory of long prompts).", minimum=1,
-                              results=False)
+                              run_only_when=INVARIANT)
     batch_invariant: bool | None = knob(None, "Static engine: each row's numbers independent of its batch (its size, place "
                                               "and neighbours' padding, the prefill groups, CUDA graphs, an earlier turn's cache), "
                                               "so a question's record does not depend on the shard count, batch_size, a resume or "
                                               "the votes beside it. On a GPU it takes the Triton kernels (fixed-tile matmuls, "
-                                              "attention in fixed pieces), tested only in Triton's interpreter so far; false = "
-                                              "kernels picked per batch shape (a greedy answer changed with the batching on ~15% of "
-                                              "the questions on an H200). null: on a CPU, off on a GPU until its kernels are "
-                                              "measured on a card (docs/performance.md).")
+                                              "attention in fixed pieces; 0 of 256 rows changed with the batching on an H100, "
+                                              "38-55% slower); true is an error where it cannot hold (engine=generate, or on a GPU "
+                                              "kernels=torch or a V100). false = kernels picked per batch shape (up to 123 of 256 "
+                                              "greedy rows changed with the batching on an H100). null: on on a CPU, off on a GPU. "
+                                              "Only true makes batch_size, cuda_graphs, reuse_kv, prefill_tokens and devices "
+                                              "run-only (left out of the records' fingerprint, free to change on a resume); null "
+                                              "counts as off for them, since the submitter cannot know the device a shard runs on "
+                                              "(docs/performance.md).")
     devices: str = knob("auto", "Where the two models sit: shared (both on the job's first GPU), split (model a on the "
                                 "first GPU, model b on the second: the job needs two), or auto (split when the job "
                                 "sees two GPUs or more, else shared).", choices=("auto", "shared", "split"),
-                       results=False)
+                       run_only_when=INVARIANT)
     final_answer: str = knob("last", "The answer of a debate that did not converge: the last turn's (last), or "
                                      "model a's / b's.", choices=("last", *SPEAKERS))
     system_prompt: str | None = knob(None, "A system message before every conversation (null: none).")
@@ -104,3 +114,12 @@ class DebateSettings:
         """The static engine's knobs above, as one object for the decoder."""
         return DecoderOptions(cuda_graphs=self.cuda_graphs, kernels=self.kernels, reuse_kv=self.reuse_kv,
                               prefill_tokens=self.prefill_tokens, batch_invariant=self.batch_invariant)
+
+    def validate(self, prefix: str) -> None:
+        """``batch_invariant=true`` takes the batching settings out of the records' fingerprint, so it must hold
+        wherever a shard runs: transformers' generate (``engine=generate``) picks its kernels by the batch's
+        shape. Where only the shard can tell (``kernels=torch`` on a GPU, a model ``auto`` hands to generate),
+        the shard stops with an error (``debate.shard.check_invariant``, ``engine.forward.Forward``)."""
+        if self.batch_invariant and self.engine == "generate":
+            raise ConfigError(f"{prefix}.batch_invariant=true needs the static engine ({prefix}.engine=auto or static): "
+                              f"transformers' generate picks its kernels by the batch's shape")

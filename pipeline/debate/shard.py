@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -13,12 +13,23 @@ from pipeline.config import project_path
 from pipeline.debate.engine import DebateEngine
 from pipeline.debate.units import debate_schema, shard_problems
 from pipeline.models.device import describe_placement, pick_devices
-from pipeline.models.loading import load_chat_model
+from pipeline.engine.generation import pick_engine
+from pipeline.models.loading import ChatModel, load_chat_model
 from pipeline.models.registry import load_registry, resolve_model
 from pipeline.shards import ShardWriter
 from pipeline.jobs import ShardTask
 
 log = logging.getLogger(__name__)
+
+
+def check_invariant(models: Mapping[str, ChatModel], engine: str) -> None:
+    """``debate.batch_invariant=true`` leaves the batching settings out of the records' fingerprint: a model that
+    ``engine=auto`` hands to transformers' generate (whose kernels depend on the batch's shape) would break
+    that promise, so the shard stops before its first record."""
+    for key, chat in models.items():
+        if pick_engine(chat, engine) != "static":
+            raise ValueError(f"debate.batch_invariant=true: models.{key} ({chat.name}) runs on transformers' generate here, "
+                             "whose numbers depend on the batch; use a model the static engine runs, or debate.batch_invariant=null")
 
 
 def run_debate_shard(task: ShardTask) -> dict[str, Any]:
@@ -45,6 +56,8 @@ def run_debate_shard(task: ShardTask) -> dict[str, Any]:
                                      devices[key])
                 for key in ("a", "b")
             }
+            if cfg.debate.batch_invariant:
+                check_invariant(models, cfg.debate.engine)
             engine = DebateEngine(models, cfg.debate, cfg.seed)
             reporter.set_state("running")
 

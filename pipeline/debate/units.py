@@ -32,8 +32,11 @@ RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn
 
 def debate_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The debate records' keys and the fingerprint of what decides them: the data, the models and their
-    precision, the seed, and every debate setting that can change a result (``results=False`` on a field of
-    :class:`DebateSettings` leaves it out)."""
+    precision, the seed, and every debate setting that can change a result in this run (:func:`result_values`):
+    the batching settings (``run_only_when`` on their fields of :class:`DebateSettings`) only in a run made
+    without ``batch_invariant=true``, where they change tokens. The shard count is not in it: it changes no
+    token of a batch-invariant run, and a resume must give the run's own count (a result key of the resume
+    check), so one run's records never come from two counts."""
     models = config.models
     settings = {
         "data": config.data.split,

@@ -136,7 +136,8 @@ class Forward:
         shape, so ``kernels=torch`` on a GPU (and a V100, which the kernels do not run on) cannot be."""
         if self.device.type != "cpu" and not self.use_kernels:
             raise ValueError(f"debate.batch_invariant=true cannot hold for {self.model.name_or_path} on {self.device}: it needs "
-                             "the Triton kernels, which do not run here (kernels=torch, or a GPU before compute capability 8.0)")
+                             "the Triton kernels, which do not run here (kernels=torch, or a GPU before compute capability 8.0); use "
+                             "kernels=auto on a GPU of compute capability 8.0+, or batch_invariant=null")
 
     def _gqa_in_kernel(self) -> bool:
         """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each

@@ -67,7 +67,9 @@ class EvalSettings:
                                          "lm-eval), or auto:N (re-found N times as prompts get shorter). With "
                                          "eval.engine=static, auto is max_batch_size: the decoder fits its rows to "
                                          "free memory itself, and lm-eval's probe (full forward passes at the "
-                                         "model's whole context, 32,768 tokens for Qwen2.5) found 1 on an H100.")
+                                         "model's whole context, 32,768 tokens for Qwen2.5) found 1 on an H100. No eval runs "
+                                         "batch-invariant: on a GPU another batch may change a response, so the batch and "
+                                         "chunk sizes are in the records' fingerprint and a resume keeps them.")
     max_batch_size: int = knob(64, "Upper bound for auto; what auto is under eval.engine=static.", minimum=1)
     cpu_batch_size: int = knob(8, "What auto means on a CPU: lm-eval's probe runs full-length forward passes from "
                                   "max_batch_size down until one fits, which takes minutes there and finds nothing.",

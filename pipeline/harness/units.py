@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
+from pipeline.harness.settings import EvalSettings
 from pipeline.harness.tasks import is_vendored
 from pipeline.run_config import RunConfig
+from pipeline.settings import defaults
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
@@ -43,15 +45,19 @@ RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracte
 
 # lm-eval settings that change a task's records, beside the generation length and the chat options.
 RESULT_SETTINGS = ("gen_kwargs", "num_fewshot", "system_instruction", "include_path")
+# How lm-eval batches the questions: no eval runs batch-invariant (``generate`` and the static decoder's
+# ``EVAL_DECODER`` pick their kernels by the batch's shape), so on a GPU these change responses too.
+BATCH_SETTINGS = ("batch_size", "max_batch_size", "cpu_batch_size", "chunk_size")
+_DEFAULTS = defaults(EvalSettings)
 
 
 def eval_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The eval records' keys and the fingerprint of what decides one part's records: its model and the
-    precision, the data, the seed and the lm-eval settings (not the batch or chunk sizes). The settings added
-    later (``RESULT_SETTINGS``) count only when set, so a run made before them still resumes; so does the
-    engine, which counts unless it is ``generate`` (the reference): the static decoder gives ``generate``'s
-    tokens in float32, but in half precision on a GPU its other kernels may change a response, so a part's
-    records come from one engine."""
+    precision, the data, the seed and the lm-eval settings. The settings added later (``RESULT_SETTINGS``)
+    count only when set, so a run made before them still resumes; so do the batch and chunk sizes
+    (``BATCH_SETTINGS``), which count when not their default, and the engine, which counts unless it is
+    ``generate`` (the reference): the static decoder gives ``generate``'s tokens in float32, but in half
+    precision on a GPU its other kernels may change a response, so a part's records come from one engine."""
     key, task = unit.part.split("/")
     ev = config.eval
     settings = {
@@ -60,6 +66,7 @@ def eval_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     }
     settings["eval"].update({k: getattr(ev, k) for k in RESULT_SETTINGS
                              if getattr(ev, k) is not None and (k != "include_path" or not is_vendored(task))})
+    settings["eval"].update({k: getattr(ev, k) for k in BATCH_SETTINGS if getattr(ev, k) != _DEFAULTS[k]})
     if ev.engine != "generate":
         settings["eval"]["engine"] = ev.engine
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
