@@ -26,10 +26,11 @@ def main() -> int:
     args = parser.parse_args()
     from pipeline.reduce.rescore import RescoreError, rescore_step
     from pipeline.shards import ShardBusyError, ShardCorruptError
+    from pipeline.stages import saved_task
 
     try:
         run = resolve_run(args.results_dir, args.run_id)
-        counts = rescore_step(run.root, args.where)
+        counts = rescore_step(saved_task(run, args.where))
     except (FileNotFoundError, ConfigError, RescoreError, ShardBusyError, ShardCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

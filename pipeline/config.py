@@ -241,10 +241,10 @@ def load_config(overrides: list[str], sections: Sections, loose: frozenset[str] 
     return cfg
 
 
-def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """The resolved config as YAML, with any key that looks like a secret removed."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return OmegaConf.to_yaml(OmegaConf.create(_drop_secrets(container)))
+def to_yaml(values: Mapping[str, Any]) -> str:
+    """A config as plain data (``RunConfig.plain``) as YAML, in its order, with any key that looks like a
+    secret removed."""
+    return OmegaConf.to_yaml(OmegaConf.create(_drop_secrets(dict(values))))
 
 
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key|apikey|key)$", re.I)

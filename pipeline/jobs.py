@@ -1,4 +1,5 @@
-"""What a submitted job runs: a shard task or a reduce task, wrapped for submitit.
+"""What a submitted job runs: a shard task or a reduce task, wrapped for submitit, and each one's input
+(``ShardTask``, ``ReduceTask``: the step's typed config travels in it, pickled by submitit).
 
 Both are :class:`submitit.helpers.Checkpointable`: when SLURM preempts a job or its time limit nears
 (``--signal``), submitit requeues the same call, and the shard resumes from its own file. Each sets up its
@@ -60,6 +61,28 @@ class ShardTask:
     @property
     def progress_path(self) -> Path:
         return self.run.progress_path(self.where, self.unit.label)
+
+
+@dataclass(frozen=True)
+class ReduceTask:
+    """A reducer's input, as a ShardTask is an array item's: which run, which step of it (``where``; a chain's
+    last job: ``summary``), the config of what it reduces (the step's; the summary's: the run's), pickled by
+    submitit, so the reducer reads no file to know its settings; and whether the run is a ``stage=all`` chain
+    (each step then has its own page, and the run is resumed whole)."""
+
+    run_root: str
+    where: str
+    config: RunConfig
+    chain: bool = False
+
+    @property
+    def run(self) -> Run:
+        return Run(Path(self.run_root))
+
+    @property
+    def resume(self) -> str:
+        """The command that submits the run's unfinished work again."""
+        return f"python jobs/submit.py stage={'all' if self.chain else self.config.stage} run_id={self.run.run_id}"
 
 
 def setup_task_logging(run: Run, label: str) -> None:
@@ -146,22 +169,19 @@ class ShardJob(submitit.helpers.Checkpointable):
 
 
 class ReduceJob(submitit.helpers.Checkpointable):
-    """The reducer's callable: ``fn(run_root, where)``, once the backend's ``gate`` (if any) lets it run;
-    ``shown``: the run's ``progress.*`` keys (how often its progress file is written and logged)."""
+    """The reducer's callable: ``fn(task)``, once the backend's ``gate`` (if any) lets it run."""
 
-    def __init__(self, fn: Callable[[str, str], dict[str, Any]], shown: ProgressSettings, gate: ContextManager[Any] | None = None) -> None:
+    def __init__(self, fn: Callable[[ReduceTask], dict[str, Any]], gate: ContextManager[Any] | None = None) -> None:
         self.fn = fn
-        self.shown = shown
         self.gate = gate
 
-    def __call__(self, run_root: str, where: str) -> dict[str, Any]:
-        label = reduce_label(where)
-        run = Run(Path(run_root))
-        setup_task_logging(run, label)
-        _start_progress(run.progress_path(where, REDUCE_LABEL), label, self.shown)
+    def __call__(self, task: ReduceTask) -> dict[str, Any]:
+        label = reduce_label(task.where)
+        setup_task_logging(task.run, label)
+        _start_progress(task.run.progress_path(task.where, REDUCE_LABEL), label, task.config.progress)
         with _logged_failure(label), _held(self.gate):
             progress.current().set_state("running")
-            return self.fn(run_root, where)
+            return self.fn(task)
 
 
 # The progress file of a stage's reducer: ``progress/<where>/_reduce.json``.

@@ -123,9 +123,13 @@ class RunConfig:
         return sections[name]
 
     def plain(self) -> dict[str, Any]:
-        """The config as plain data, for people (YAML): the root keys, the backend's section, the stages'."""
-        return {**plain(self), **({"cluster": plain(self.cluster)} if self.cluster is not None else {}),
-                **{name: plain(settings) for name, settings in self.sections.items()}}
+        """The config as plain data, for people (a run's ``config.yaml``, a step's ``stage.yaml``, its page), in
+        the order Hydra composes it (``configs/config.yaml``'s defaults list): the groups (``stage``, the
+        backend's section, ``models``), the stages' sections, then the other root keys."""
+        root = plain(self)
+        groups = {"stage": root.pop("stage"), **({"cluster": plain(self.cluster)} if self.cluster is not None else {}),
+                  "models": root.pop("models")}
+        return {**groups, **{name: plain(settings) for name, settings in self.sections.items()}, **root}
 
     def validate(self, prefix: str) -> None:
         """The run id: a folder name of its own (no path, not one of the suite's own files in results_dir)."""

@@ -8,6 +8,7 @@ batch-invariant run): the caller hands in the others as ``run_only``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import ConfigError, project_path, show_scalar, to_yaml
+from pipeline.run_config import RunConfig
 
 STAGE_CONFIG = "stage.yaml"
 
@@ -142,10 +144,10 @@ def check_run_id(cfg: DictConfig, given: set[str]) -> None:
                           f"e.g. stage={cfg.stage} run_id={cfg.run_id}")
 
 
-def check_free_space(cfg: DictConfig) -> None:
+def check_free_space(config: RunConfig) -> None:
     """Refuses a submission whose results folder's file system is nearly full (``paths.min_free_mib``): past
     that point submitit's own files and the task logs would be the first to fail, before any shard could say so."""
-    folder = project_path(cfg.results_dir)
+    folder = project_path(config.results_dir)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
@@ -153,44 +155,43 @@ def check_free_space(cfg: DictConfig) -> None:
     except OSError:
         return
     free = stats.f_bavail * stats.f_frsize / 2**20
-    if free < cfg.paths.min_free_mib:
-        raise ConfigError(f"results_dir={cfg.results_dir}: {free:.0f} MiB free on its file system, below paths.min_free_mib="
-                          f"{cfg.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
+    if free < config.paths.min_free_mib:
+        raise ConfigError(f"results_dir={config.results_dir}: {free:.0f} MiB free on its file system, below paths.min_free_mib="
+                          f"{config.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
-def open_run(cfg: DictConfig, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> tuple[Run, bool]:
+def open_run(config: RunConfig, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> tuple[RunConfig, Run, bool]:
     """Creates the run folder (new run) or checks a resubmission against the saved config (resume); the
     dotted keys in ``run_only`` (settings that cannot change a result in this run) may differ. A refused key
     that is run-only only where a switch is true (``run_only_when``: ``debate.batch_size`` with
     ``debate.batch_invariant``) says so.
 
-    Returns the run and whether it already existed. Sets ``cfg.run_id`` for a new run.
+    Returns the config with its run id (a new run's is picked here, with its folder), the run and whether it
+    already existed.
     """
-    check_free_space(cfg)
-    results = project_path(cfg.results_dir)
-    if cfg.run_id is None:
-        cfg.run_id = new_run_id()
-    run = Run(results / str(cfg.run_id))
-    existed = run.config_path.exists() or not _create_config(cfg, run)
+    check_free_space(config)
+    run = Run(project_path(config.results_dir) / str(config.run_id if config.run_id is not None else new_run_id()))
+    config = dataclasses.replace(config, run_id=run.run_id)
+    existed = run.config_path.exists() or not _create_config(config, run)
     if existed:
-        _check_resume(cfg, run.saved_config(), run, run_only, run_only_when)
+        _check_resume(config, run.saved_config(), run, run_only, run_only_when)
     if not os.access(run.root, os.W_OK):
-        raise ConfigError(f"results_dir={cfg.results_dir}: the run folder {run.root} is read-only")
-    return run, existed
+        raise ConfigError(f"results_dir={config.results_dir}: the run folder {run.root} is read-only")
+    return config, run, existed
 
 
-def _create_config(cfg: DictConfig, run: Run) -> bool:
-    """Writes a new run's config.yaml, whole, only if there is none: written beside it, then hard-linked into
-    place, which fails when another submission got there first. Of two submissions of one new run id at the
-    same moment, one creates the run and the other is checked against it as a resume. False when the
-    config was already there."""
+def _create_config(config: RunConfig, run: Run) -> bool:
+    """Writes a new run's config.yaml (the typed config, once, for people), whole, only if there is none:
+    written beside it, then hard-linked into place, which fails when another submission got there first. Of
+    two submissions of one new run id at the same moment, one creates the run and the other is checked
+    against it as a resume. False when the config was already there."""
     try:
         for folder in (run.root, run.launch_dir, run.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=run.root)
         tmp = Path(name)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(to_yaml(cfg))
+            handle.write(to_yaml(config.plain()))
         try:
             os.link(tmp, run.config_path)
             return True
@@ -199,7 +200,7 @@ def _create_config(cfg: DictConfig, run: Run) -> bool:
         finally:
             tmp.unlink()
     except OSError as err:
-        raise ConfigError(f"results_dir={cfg.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
+        raise ConfigError(f"results_dir={config.results_dir}: cannot write the run folder {run.root} ({err.strerror})") from None
 
 
 def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = frozenset()) -> tuple[str, Any, Any] | None:
@@ -215,8 +216,8 @@ def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = fro
     return None if new == old else (where, new, old)
 
 
-def _check_resume(cfg: DictConfig, saved: DictConfig, run: Run, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> None:
-    found = _first_difference(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(saved, resolve=True), "", run_only)
+def _check_resume(config: RunConfig, saved: DictConfig, run: Run, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> None:
+    found = _first_difference(config.plain(), OmegaConf.to_container(saved, resolve=True), "", run_only)
     if found:
         where, new, old = found
         switch = run_only_when.get(where)

@@ -92,8 +92,8 @@ class Stage:
         return _named(self.task)
 
     @property
-    def reduce(self) -> Callable[[str, str], dict[str, Any]]:
-        """The reducer's callable (imported now)."""
+    def reduce(self) -> Callable[..., dict[str, Any]]:
+        """The reducer's callable (imported now), called with its ``ReduceTask``."""
         return _named(self.reducer)
 
 

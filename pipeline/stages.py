@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config, debate, harness, train
 from pipeline.config import GROUPS, ConfigError, require_choice
+from pipeline.jobs import ReduceTask
 from pipeline.launch import LAUNCHERS
 from pipeline.models.registry import display_name
 from pipeline.run_config import RunConfig, load
@@ -97,8 +98,15 @@ def build_config(cfg: DictConfig) -> RunConfig:
 
 def saved_config(run: Run, where: str | None = None) -> RunConfig:
     """The typed config a run was made with (its ``config.yaml``), or one of its steps was submitted with
-    (``where``: its ``stage.yaml`` in a chain, else the run's)."""
+    (``where``: its ``stage.yaml`` in a chain, else the run's): what the status command and a reducer run by
+    hand (``saved_task``) read."""
     return _built(run.saved_config_container() if where is None else run.stage_config(where))
+
+
+def saved_task(run: Run, where: str) -> ReduceTask:
+    """A saved run's step as its reducer's input, for a reducer run by hand (``jobs/rescore.py``): what the
+    submitter handed the reduce job (a chain's ``summary``: the run's config)."""
+    return ReduceTask(str(run.root), where, saved_config(run, where), chain=saved_config(run).stage == "all")
 
 
 def _built(values: dict[str, Any]) -> RunConfig:

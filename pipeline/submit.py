@@ -9,7 +9,6 @@ before it (SLURM ``afterany`` dependencies; on the local executor each job waits
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from pipeline.shards import Unit
 from pipeline.stage import Stage
 from pipeline.stages import RUN_ONLY_WHEN, STAGES, build_config, checked_config, describe_work, model_folder_checks, model_keys, run_only_keys, stage_names, steps
 from pipeline.progress import mark_submitted
-from pipeline.jobs import REDUCE_LABEL, ShardTask, reduce_label
+from pipeline.jobs import REDUCE_LABEL, ReduceTask, ShardTask, reduce_label
 from pipeline.watch import Step, watch
 
 log = logging.getLogger("gsm8k-slurm")
@@ -106,8 +105,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
             stage.check_models(config, folders)
     if any(stage.per_gpu for stage in stages):
         config.cluster.check_per_gpu()
-    run, resumed = open_run(cfg, run_only_keys(cfg), RUN_ONLY_WHEN)
-    config = dataclasses.replace(config, run_id=run.run_id)  # a new run's id is picked with its folder
+    config, run, resumed = open_run(config, run_only_keys(cfg), RUN_ONLY_WHEN)  # a new run's id is picked with its folder
     launcher = launcher_for(config, run)
     after: list[Any] = []
     submitted: list[dict[str, Any]] = []
@@ -118,13 +116,14 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
         for task in tasks:
             mark_submitted(task.progress_path, task.label)
         mark_submitted(run.progress_path(where, REDUCE_LABEL), reduce_label(where))
-        jobs, reduce_job = launcher.submit(where, stage.run_task, tasks, stage.reduce, per_gpu=stage.per_gpu, after=after)
+        reduce_task = ReduceTask(str(run.root), where, step_config, chain=config.stage == "all")
+        jobs, reduce_job = launcher.submit(reduce_task, stage.run_task, tasks, stage.reduce, per_gpu=stage.per_gpu, after=after)
         submitted.append({"where": where, "stage": stage, "tasks": tasks, "jobs": jobs, "reduce": reduce_job, "before": before})
         after = [*jobs, reduce_job]
     final = submitted[-1]["reduce"]
     if config.stage == "all":
         mark_submitted(run.progress_path("summary", REDUCE_LABEL), reduce_label("summary"))
-        final = launcher.submit_summary(write_run_readme, after)
+        final = launcher.submit_summary(write_run_readme, ReduceTask(str(run.root), "summary", config, chain=True), after)
     info = _info(config, run, resumed, total, submitted, final, launcher)
     _announce(info)
     if config.wait or launcher.runs_at_once:

@@ -4,13 +4,14 @@ adapter's model card."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pipeline.files import write_atomic
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.report import REPORT, step_report, write_chain_report
+from pipeline.run_config import RunConfig
 from pipeline.runs import Run
-from pipeline.stages import CHAIN, STAGES, saved_config
+from pipeline.stages import CHAIN, STAGES
 from pipeline.train.card import add_eval_table
 from pipeline.train.units import train_units
 
@@ -18,9 +19,10 @@ TITLES = {"eval": "1. Base models (lm-evaluation-harness)", "train": "2. ORPO fi
           "eval_finetuned": "3. Fine-tuned models (lm-evaluation-harness)", "debate": "4. Debate of the fine-tuned models"}
 
 
-def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
-    """Collects each step's table (and its PNGs) into the run's README and its page; says which steps have no table."""
-    run = Run(Path(run_root))
+def write_run_readme(task: ReduceTask) -> dict[str, Any]:
+    """Collects each step's table (and its PNGs) into the run's README and its page; says which steps have no
+    table. The task carries the run's config."""
+    run = task.run
     parts = [f"# Run {run.run_id}: eval -> train -> eval fine-tuned -> debate", "",
              f"Config: [config.yaml](config.yaml). Status: `python jobs/status.py {run.run_id}`. Report: [{REPORT}]({REPORT}).", ""]
     missing = []
@@ -38,17 +40,18 @@ def write_run_readme(run_root: str, where: str = "summary") -> dict[str, Any]:
             parts += [f"The step's questions, plots and config: [{step_report(step)}]({step_report(step)}).", ""]
     text = "\n".join(parts)
     write_atomic(run.root / "README.md", text)
-    _cards_with_eval(run)
-    write_chain_report(run, text)
-    resume = f"python jobs/submit.py stage=all run_id={run.run_id}" if missing else None
+    _cards_with_eval(run, task.config)
+    write_chain_report(task, text)
+    resume = task.resume if missing else None
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "table": text}
 
 
-def _cards_with_eval(run: Run) -> None:
-    """The fine-tuned eval measured the adapters this run trained: its table goes into their cards, so that
-    a card pushed later (``hf upload``) carries the accuracy beside the training."""
+def _cards_with_eval(run: Run, config: RunConfig) -> None:
+    """The fine-tuned eval measured the adapters this run trained (the train step's units: its models are the
+    run's): its table goes into their cards, so that a card pushed later (``hf upload``) carries the accuracy
+    beside the training."""
     table = run.root / STAGES["eval"].table_file("eval_finetuned")
     if not table.exists() or not run.stage_dir("train").is_dir():
         return
-    for unit in train_units(saved_config(run, "train")):
+    for unit in train_units(config):
         add_eval_table(run.stage_dir("train") / unit.part, table.read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ from pipeline.monitor import format_status, run_status
 from pipeline.reduce.debate import reduce_debate
 from pipeline.runs import Run
 from pipeline.shards import read_shard
+from pipeline.stages import saved_task
 from pipeline.submit import submit
 from tests.conftest import ROOT, comparable_tables, tiny_overrides
 
@@ -111,7 +112,7 @@ def test_reducer_is_idempotent_and_logs_once_even_when_racing(local_run: dict) -
     before = {p.name: p.read_bytes() for p in run.glob("debate_accuracy.*") if p.suffix != ".png"}
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
-        outcomes = pool.map(reduce_debate, [str(run)] * 3)
+        outcomes = pool.map(reduce_debate, [saved_task(Run(run), "debate")] * 3)
     assert not any(o.get("transcripts_appended") for o in outcomes)
     after = {p.name: p.read_bytes() for p in run.glob("debate_accuracy.*") if p.suffix != ".png"}
     assert after == before
@@ -124,7 +125,7 @@ def test_racing_reducers_append_a_fresh_run_exactly_once(local_run: dict, tmp_pa
     subprocess.run(["cp", "-r", str(local_run["run"]), str(copy)], check=True)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
-        outcomes = pool.map(reduce_debate, [str(copy)] * 4)
+        outcomes = pool.map(reduce_debate, [saved_task(Run(copy), "debate")] * 4)
     assert sum(bool(o["transcripts_appended"]) for o in outcomes) == 1
     assert (results / "transcripts.log").read_text().count("==== run race |") == 1
 

@@ -12,7 +12,9 @@ import pytest
 
 import pipeline.shards as shards_module
 from pipeline.reduce.debate import reduce_debate
+from pipeline.runs import Run
 from pipeline.shards import ShardWriteError, ShardWriter, read_shard
+from pipeline.stages import saved_task
 from pipeline.submit import main, submit
 from tests.conftest import ROOT, copy_run, run_submit, tiny_overrides
 
@@ -30,11 +32,11 @@ def test_a_reducer_started_while_a_shard_runs_says_so_and_merges_nothing(finishe
     for table in run.glob("debate_accuracy.*"):
         table.unlink()
     with ShardWriter(run / "debate" / "shard-00001-of-00004.jsonl"):
-        result = reduce_debate(str(run))
+        result = reduce_debate(saved_task(Run(run), "debate"))
     assert result["complete"] is False
     assert result["refused"].startswith("shards still running: shard-00001-of-00004; nothing merged")
     assert not list(run.glob("debate_accuracy.*")), "no half-merged table"
-    assert reduce_debate(str(run))["complete"] is True, "once the shard has ended, the reducer merges"
+    assert reduce_debate(saved_task(Run(run), "debate"))["complete"] is True, "once the shard has ended, the reducer merges"
 
 
 def test_a_shard_file_of_another_shard_count_is_refused(finished: Path, capsys: pytest.CaptureFixture) -> None:
@@ -43,7 +45,7 @@ def test_a_shard_file_of_another_shard_count_is_refused(finished: Path, capsys: 
     assert main([f"results_dir={run.parent}", "run_id=mixed-count", "cluster=debug"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {run / 'debate' / 'shard-00000-of-00002.jsonl'}: a shard file of another shard count or run")
-    assert "nothing merged" not in err and reduce_debate(str(run))["refused"].endswith("move it away")
+    assert "nothing merged" not in err and reduce_debate(saved_task(Run(run), "debate"))["refused"].endswith("move it away")
 
 
 def test_a_shard_from_another_run_is_refused_naming_the_file(finished: Path, capsys: pytest.CaptureFixture) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stages import RUN_ONLY_WHEN, load_config, run_only_keys
+from pipeline.stages import RUN_ONLY_WHEN, build_config, load_config, run_only_keys, saved_task
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
@@ -70,7 +70,7 @@ def test_records_of_other_settings_are_never_merged(finished: Path, capsys: pyte
     assert main([f"results_dir={run.parent}", "run_id=mixed-settings", "cluster=debug"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {shard}:2: a record made with other settings (settings 0123456789abcdef; this run's are ")
-    result = reduce_debate(str(run))
+    result = reduce_debate(saved_task(Run(run), "debate"))
     assert result["complete"] is False and f"{shard}:2: a record made with other settings" in str(result["shards"])
 
 
@@ -83,7 +83,7 @@ def test_an_incomplete_record_is_named_not_counted_as_done(finished: Path, capsy
     shard.write_text("\n".join([json.dumps(broken), lines[1]]) + "\n")
     assert main([f"results_dir={run.parent}", "run_id=incomplete", "cluster=debug"]) == 2
     assert capsys.readouterr().err == f"error: {shard}:1: incomplete record (no 'turns'); delete that line to redo its question\n"
-    result = reduce_debate(str(run))  # the reducer reports it instead of crashing
+    result = reduce_debate(saved_task(Run(run), "debate"))  # the reducer reports it instead of crashing
     assert result["complete"] is False and "corrupt" in {s["state"] for s in result["shards"]}
     shard.write_text(lines[1] + "\n")  # the line deleted, as the message says: the question is redone
     assert submit([f"results_dir={run.parent}", "run_id=incomplete", "cluster=debug"])["result"]["complete"] is True
@@ -127,14 +127,15 @@ def test_two_submissions_of_one_new_run_id_do_not_both_pass(tmp_path: Path) -> N
     """Eight submissions of one new run id at the same moment, each with its own seed: one creates the run,
     the seven others are checked against it and refused; config.yaml is the winner's, whole."""
     results = tmp_path / "results"
-    configs = [load_config(tiny_overrides(results, "run_id=race", f"seed={seed}")) for seed in range(8)]
+    composed = [load_config(tiny_overrides(results, "run_id=race", f"seed={seed}")) for seed in range(8)]
+    configs = [build_config(cfg) for cfg in composed]
     barrier = threading.Barrier(len(configs))
     outcomes: list[object] = [None] * len(configs)
 
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = open_run(configs[i], run_only_keys(configs[i]), RUN_ONLY_WHEN)[1]
+            outcomes[i] = open_run(configs[i], run_only_keys(composed[i]), RUN_ONLY_WHEN)[2]
         except ConfigError as err:
             outcomes[i] = str(err)
 

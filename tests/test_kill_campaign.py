@@ -382,8 +382,9 @@ def test_eval_record_cut_mid_write_is_redone_once(eval_clean: dict[str, Any], tm
 
 # ------------------------------------------------------------------------------------ debate reducer
 
-REDUCER = ("import sys; from pipeline.reduce.debate import reduce_debate; "
-           "print('imported', flush=True); reduce_debate(sys.argv[1])")
+REDUCER = ("import sys; from pipeline.reduce.debate import reduce_debate; from pipeline.runs import Run; "
+           "from pipeline.stages import saved_task; from pathlib import Path; "
+           "print('imported', flush=True); reduce_debate(saved_task(Run(Path(sys.argv[1])), 'debate'))")
 
 
 def _without_timestamp(block: str) -> str:
@@ -483,8 +484,10 @@ def test_debate_reducer_killed_mid_write(debate_clean: dict[str, Any], tmp_path:
     # Finally one uninterrupted run, on whatever the last try left.
     last_left_block = log_path.exists() and log_path.read_text().count(marker) == 1
     from pipeline.reduce.debate import reduce_debate
+    from pipeline.runs import Run
+    from pipeline.stages import saved_task
 
-    outcome = reduce_debate(str(run))
+    outcome = reduce_debate(saved_task(Run(run), "debate"))
     assert outcome["complete"] and outcome["transcripts_appended"] is (not last_left_block)
     assert {name: (run / name).read_bytes() for name in TABLES} == expected
     log = log_path.read_text()
@@ -508,12 +511,14 @@ def test_debate_reducer_killed_mid_write(debate_clean: dict[str, Any], tmp_path:
 
 def test_a_transcript_block_torn_mid_append_is_completed_by_the_rerun(debate_clean: dict[str, Any], tmp_path: Path) -> None:
     from pipeline.reduce.debate import reduce_debate
+    from pipeline.runs import Run
+    from pipeline.stages import saved_task
 
     results = tmp_path / "results"
     run = _copy_run(debate_clean["run"], results)
     block = (debate_clean["results"] / "transcripts.log").read_bytes()
     log_path = results / "transcripts.log"
     log_path.write_bytes(block[:4096])  # what a kill in the middle of the append leaves (one page)
-    reduce_debate(str(run))
+    reduce_debate(saved_task(Run(run), "debate"))
     log = log_path.read_text()
     assert log.count(f"==== run {RUN_ID} |") == 1 and log.endswith(f"==== end of run {RUN_ID}\n\n")

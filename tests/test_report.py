@@ -18,7 +18,9 @@ from pipeline.answers import same_answer
 from pipeline.reduce.debate import reduce_debate
 from pipeline.reduce.train import reduce_train
 from pipeline.reduce.questions import FILTERS
+from pipeline.runs import Run
 from pipeline.shards import read_shard
+from pipeline.stages import saved_task
 from pipeline.submit import submit
 from pipeline.summary import write_run_readme
 from tests.conftest import copy_run, tiny_overrides
@@ -79,7 +81,7 @@ def report_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _make_every_case([r for rows in by_file.values() for r in rows])
     for f, rows in by_file.items():
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reduce_debate(str(run))
+    reduce_debate(saved_task(Run(run), "debate"))
     return run
 
 
@@ -148,8 +150,8 @@ def test_a_chain_page_links_its_steps_pages(report_run: Path) -> None:
     (chain / "report.html").unlink()
     config = chain / "config.yaml"
     config.write_text(config.read_text().replace("stage: debate", "stage: all"))
-    reduce_debate(str(chain))
-    write_run_readme(str(chain))
+    reduce_debate(saved_task(Run(chain), "debate"))
+    write_run_readme(saved_task(Run(chain), "summary"))
     page = (chain / "report.html").read_text(encoding="utf-8")
     assert '<a href="debate_report.html">debate_report.html</a>' in page and (chain / "debate_report.html").exists()
     shown = page.count('src="data:image/png;base64,')
@@ -180,7 +182,7 @@ def test_a_train_page_holds_its_table_and_config_without_a_browser(report_run: P
     run = copy_run(report_run, "untrained")
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("stage: debate", "stage: train"))
-    reduce_train(str(run))
+    reduce_train(saved_task(Run(run), "train"))
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "<strong>Not trained yet: tiny-llama, tiny-qwen2.</strong>" in page and "<th>train loss</th>" in page
     assert 'id="questions-data"' not in page and "<h2 id=\"config\">Config</h2>" in page

@@ -19,7 +19,9 @@ from pipeline.debate.settings import Baselines, DebateSettings
 from pipeline.engine.generation import Completion
 from pipeline.reduce.debate import reduce_debate
 from pipeline.reduce.outcomes import read_csv
+from pipeline.runs import Run
 from pipeline.shards import read_shard
+from pipeline.stages import saved_task
 from pipeline.submit import submit
 from tests.conftest import ROOT, tiny_overrides
 
@@ -125,7 +127,7 @@ def test_the_rescore_command_reads_a_recorded_run_again(twice: dict, tmp_path: P
     gold = records[0]["gold"]
     records[0]["solo"]["b"].update(text=f"#### Step 3: Add\n\\boxed{{{gold}}}", stopped=True, answer="3", correct=False)
     shard.write_text("".join(json.dumps(r) + "\n" for r in records))
-    reduce_debate(str(run))  # the table as the older rule made it
+    reduce_debate(saved_task(Run(run), "debate"))  # the table as the older rule made it
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "rescore.py"), "rescored", "--results-dir", str(twice["results"])],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -280,12 +280,13 @@ def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> N
 def test_a_reducer_started_while_the_array_runs_says_so_and_merges_nothing(tmp_path: Path) -> None:
     """The reducer run by hand while SLURM still runs the shards: it names them and writes no table."""
     from pipeline.reduce.debate import reduce_debate
+    from pipeline.stages import saved_task
 
     results = tmp_path / "results"
     info = submit(slurm_overrides(results, "limit=24", "shards=1", "run_id=early", "debate.batch_size=1"))
     shard = results / "early" / "debate" / "shard-00000-of-00001.jsonl"
     wait_until("records being written", lambda: shard.exists() and 0 < len(read_shard(shard)) < 24, timeout=300, every=0.1)
-    result = reduce_debate(str(results / "early"))
+    result = reduce_debate(saved_task(Run(results / "early"), "debate"))
     assert result["refused"].startswith("shards still running: shard-00000-of-00001; nothing merged"), result
     assert not (results / "early" / "debate_accuracy.md").exists()
     wait_for_run(results / "early", info["name"])

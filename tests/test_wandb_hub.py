@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from pipeline.reduce.debate import reduce_debate
+from pipeline.runs import Run
+from pipeline.stages import saved_task
 from pipeline.submit import submit
 from pipeline.train.hub import push_adapter
 from pipeline.wandb_run import step_run_id
@@ -128,7 +130,7 @@ def test_a_second_reduce_logs_to_the_same_wandb_run(runs: Path) -> None:
     run = copy_run(runs / "talk", "talk-again")
     shutil.rmtree(run / "wandb", ignore_errors=True)
     for count in (1, 2):
-        reduce_debate(str(run))
+        reduce_debate(saved_task(Run(run), "debate"))
         folders = offline_folders(run, "debate")
         assert len(folders) == count, folders
         logged = read_offline(folders[-1], step_run_id(run, "debate"))
@@ -189,7 +191,7 @@ def test_a_wandb_failure_is_one_warning_and_the_tables_stay(runs: Path, tmp_path
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_free_port()}")
     with caplog.at_level(logging.WARNING, logger="pipeline.reduce.wandb_log"):
-        result = reduce_debate(str(run))
+        result = reduce_debate(saved_task(Run(run), "debate"))
     assert result["complete"]
     assert all((run / name).exists() for name in ("debate_accuracy.md", "debate_accuracy.json", "debate_accuracy_per_round.png"))
     [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.reduce.wandb_log"]

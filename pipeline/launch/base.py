@@ -24,7 +24,7 @@ from pipeline.config import ConfigError
 from pipeline.files import append_line
 from pipeline.run_config import RunConfig
 from pipeline.runs import Run
-from pipeline.jobs import CANCELLED, ReduceJob, ShardJob, ShardTask
+from pipeline.jobs import CANCELLED, ReduceJob, ReduceTask, ShardJob, ShardTask
 from pipeline.settings import knob
 
 JOBS_FILE = "jobs.jsonl"
@@ -158,16 +158,17 @@ class Launcher:
 
     def submit(
         self,
-        where: str,
+        reduce_task: ReduceTask,
         task_fn: Callable[[ShardTask], dict[str, Any]],
         tasks: Sequence[ShardTask],
-        reduce_fn: Callable[[str, str], dict[str, Any]],
+        reduce_fn: Callable[[ReduceTask], dict[str, Any]],
         *,
         per_gpu: bool = False,
         after: Sequence[submitit.Job] = (),
     ) -> tuple[list[submitit.Job], submitit.Job]:
-        """The stage's array, then its reducer; both after ``after`` (the previous step of a chain).
-        Returns the jobs and records them in launch/."""
+        """The step's array (``tasks``), then its reducer (``reduce_fn(reduce_task)``); both after ``after``
+        (the previous step of a chain). Returns the jobs and records them in launch/."""
+        where = reduce_task.where
         name = job_name(where, self.run.run_id)
         jobs: list[submitit.Job] = []
         if tasks:
@@ -180,7 +181,7 @@ class Launcher:
         self.order_after(reducer, jobs or after)
         try:
             with scheduler_refusal(f"{where} reduce job"):
-                reduce_job = reducer.submit(ReduceJob(reduce_fn, self.config.progress, self.gate([*after, *jobs], array=False)), str(self.run.root), where)
+                reduce_job = reducer.submit(ReduceJob(reduce_fn, self.gate([*after, *jobs], array=False)), reduce_task)
         except SubmissionRefused:
             self.withdraw(jobs)
             raise
@@ -188,13 +189,13 @@ class Launcher:
         self._record(where, name, tasks, jobs, reduce_job)
         return jobs, reduce_job
 
-    def submit_summary(self, fn: Callable[[str, str], dict[str, Any]], after: Sequence[submitit.Job]) -> submitit.Job:
-        """The last job of a chain: after everything, whatever its outcome."""
+    def submit_summary(self, fn: Callable[[ReduceTask], dict[str, Any]], task: ReduceTask, after: Sequence[submitit.Job]) -> submitit.Job:
+        """The last job of a chain, ``fn(task)``: after everything, whatever its outcome."""
         name = job_name("summary", self.run.run_id)
         executor = self.executor(name, self.reduce_limit(), 1, 0)
         self.order_after(executor, after)
         with scheduler_refusal("summary job"):
-            job = executor.submit(ReduceJob(fn, self.config.progress, self.gate(after, array=False)), str(self.run.root), "summary")
+            job = executor.submit(ReduceJob(fn, self.gate(after, array=False)), task)
         self.submitted([job])
         self._record("summary", name, [], [], job)
         return job

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.jobs import ReduceTask
 from pipeline.shards import SchemaOf, ShardCheck, Unit, check_files
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,17 @@ def incomplete_note(checks: list[ShardCheck], resume: str) -> str:
     return f"\nIncomplete shards: {shown}.\nResume with: {resume}\n"
 
 
-def begin_reduce(run: Any, where: str, units: list[Unit], noun: str, schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], dict[str, Any]]:
+def begin_reduce(task: ReduceTask, units: list[Unit], noun: str, schema_of: SchemaOf = None) -> tuple[dict[str, list[dict[str, Any]]], list[ShardCheck], dict[str, Any]]:
     """The start every sharded reducer shares: records, checks, and the result it returns. The result holds
     a ``table`` already when there is nothing to merge now (shards still running, files not the run's)."""
-    by_part, checks, refused = gather(run.stage_dir(where), units, schema_of)
+    run = task.run
+    by_part, checks, refused = gather(run.stage_dir(task.where), units, schema_of)
     incomplete = [c for c in checks if c.state != "complete"]
     result: dict[str, Any] = {
         "run_id": run.run_id,
         "complete": not refused and not incomplete,
         "shards": [c.as_dict() for c in checks],
-        "resume": f"python jobs/submit.py stage={run.saved_config().stage} run_id={run.run_id}" if incomplete else None,
+        "resume": task.resume if incomplete else None,
     }
     if refused:
         log.error("%s", refused)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.debate import STAGE
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.debate_stats import outcomes, summarize
 from pipeline.reduce.figures import rounds_figure, vote_curve_figure
 from pipeline.reduce.questions import debate_questions
@@ -41,7 +42,7 @@ def _merge(step: StepRecords) -> Merged | None:
     )
 
 
-def reduce_debate(run_root: str, where: str = "debate") -> dict[str, Any]:
+def reduce_debate(task: ReduceTask) -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json}``, ``<where>_outcomes.csv``, the per-round PNG, with a vote the
     vote-curve PNG, and the report page; logs transcripts once if complete."""
-    return reduce_sharded(run_root, where, STAGE, "problems", _merge)
+    return reduce_sharded(task, STAGE, "problems", _merge)

@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.harness import STAGE
 from pipeline.harness.settings import EvalSettings
 from pipeline.harness.units import eval_schema, eval_units
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.eval_stats import against_base, outcomes, summarize
 from pipeline.reduce.figures import eval_figure
 from pipeline.reduce.questions import eval_questions
@@ -23,7 +24,8 @@ from pipeline.shards import collect
 
 
 def _base_comparison(run: Run, where: str, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing."""
+    """In a ``stage=all`` chain, the fine-tuned step against the base step of the same run; else nothing. The
+    base step's records are read with the config they were made with: that step's saved one."""
     if where == "eval" or not run.stage_dir("eval").is_dir():
         return []
     base_config = load(run.stage_config("eval"), {"eval": EvalSettings})
@@ -54,7 +56,7 @@ def _merge(step: StepRecords) -> Merged | None:
     )
 
 
-def reduce_eval(run_root: str, where: str = "eval") -> dict[str, Any]:
+def reduce_eval(task: ReduceTask) -> dict[str, Any]:
     """Writes ``<where>_accuracy.{md,csv,json,png}`` and the report page; an incomplete run's table is marked partial.
-    ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
-    return reduce_sharded(run_root, where, STAGE, "questions", _merge)
+    The task's ``where`` is ``eval`` (or ``eval_finetuned`` in a ``stage=all`` chain)."""
+    return reduce_sharded(task, STAGE, "questions", _merge)

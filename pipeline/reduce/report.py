@@ -19,8 +19,9 @@ from typing import Any, Sequence
 
 from pipeline.config import to_yaml
 from pipeline.files import write_atomic
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.outcomes import Outcomes
-from pipeline.runs import Run
+from pipeline.run_config import RunConfig
 
 # A single-stage run's page; each step of a ``stage=all`` chain writes ``<where>_report.html`` and the
 # chain's page (written with the run README) links them.
@@ -32,9 +33,9 @@ def step_report(where: str) -> str:
     return f"{where}_report.html"
 
 
-def report_path(run: Run, where: str) -> Path:
+def report_path(task: ReduceTask) -> Path:
     """Where a step's reducer writes its page: ``report.html`` for a run of one stage, else the step's own."""
-    return run.root / (REPORT if run.saved_config().stage != "all" else step_report(where))
+    return task.run.root / (step_report(task.where) if task.chain else REPORT)
 
 
 @dataclass(frozen=True)
@@ -255,29 +256,35 @@ def page(title: str, body: str) -> str:
     )
 
 
-def _config(config: Any) -> str:
-    return f'<h2 id="config">Config</h2><pre>{html.escape(to_yaml(config))}</pre>'
+def _config(config: RunConfig) -> str:
+    """The config as its YAML, less the sections of the stages it does not run (a debate step's page leaves
+    out ``eval.*`` and ``train.*``; a chain's page shows every stage's)."""
+    others = set(config.sections) - {config.stage} if config.stage in config.sections else set()
+    shown = {key: value for key, value in config.plain().items() if key not in others}
+    return f'<h2 id="config">Config</h2><pre>{html.escape(to_yaml(shown))}</pre>'
 
 
-def write_report(run: Run, where: str, table: str, plots: Sequence[str], config: dict[str, Any],
-                 questions: Questions | None = None) -> Path:
-    """A step's page: its table (the reducer's markdown), its plots that exist, the browser, its config."""
+def write_report(task: ReduceTask, table: str, plots: Sequence[str], questions: Questions | None = None) -> Path:
+    """A step's page: its table (the reducer's markdown), its plots that exist, the browser, its config (the
+    task's)."""
+    run, where = task.run, task.where
     browse = questions is not None and bool(questions.outcomes.gold)
     nav = ('<a href="#browser">Questions</a>' if browse else "") + '<a href="#config">Config</a>'
     parts = [f"<nav>{nav}</nav>", markdown_html(table, run.root)]
     parts += [png_tag(run.root / name) for name in plots if (run.root / name).exists()]
     if browse:
         parts.append(_browser(questions))
-    parts.append(_config(config))
-    path = report_path(run, where)
+    parts.append(_config(task.config))
+    path = report_path(task)
     write_atomic(path, page(f"{run.run_id}: {where}", "\n".join(parts)))
     return path
 
 
-def write_chain_report(run: Run, readme: str) -> Path:
+def write_chain_report(task: ReduceTask, readme: str) -> Path:
     """A ``stage=all`` chain's page: its README (every step's table and plots, with links to the steps'
-    pages) and the run's config."""
-    body = markdown_html(readme, run.root) + _config(run.saved_config())
+    pages) and the run's config (the summary task's)."""
+    run = task.run
+    body = markdown_html(readme, run.root) + _config(task.config)
     path = run.root / REPORT
     write_atomic(path, page(f"{run.run_id}: stage=all", body))
     return path

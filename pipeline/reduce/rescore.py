@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from pipeline.debate.settings import DebateSettings
 from pipeline.debate.scoring import replies_of, rescore
 from pipeline.debate.units import TABLE, debate_schema, debate_units
 from pipeline.files import write_atomic
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.debate import reduce_debate
-from pipeline.run_config import load
 from pipeline.runs import Run
 from pipeline.shards import ShardWriter
 
@@ -41,15 +39,13 @@ def _keep_before(run: Run, where: str) -> list[str]:
     return kept
 
 
-def rescore_step(run_root: Path, where: str = "debate") -> dict[str, Any]:
+def rescore_step(task: ReduceTask) -> dict[str, Any]:
     """Reads every shard of the step again (holding each shard's writer lock, so no job writes it meanwhile),
-    rewrites it atomically with the new readings, and runs the step's reducer. Returns the counts the command
-    prints and the reducer's result."""
-    run = Run(run_root)
-    saved = run.stage_config(where)
-    if "debate" not in saved or not (run.stage_dir(where)).is_dir():
-        raise RescoreError(f"{run_root}: no debate step {where!r} to score again (rescore reads debate records)")
-    config = load(saved, {"debate": DebateSettings})
+    rewrites it atomically with the new readings, and runs the step's reducer with the task (a saved run's:
+    ``stages.saved_task``). Returns the counts the command prints and the reducer's result."""
+    run, where, config = task.run, task.where, task.config
+    if config.stage != "debate" or not run.stage_dir(where).is_dir():
+        raise RescoreError(f"{run.root}: no debate step {where!r} to score again (rescore reads debate records)")
     rule, max_rounds = config.debate.final_answer, config.debate.max_rounds
     counts: Counter[str] = Counter()
     kept = _keep_before(run, where)
@@ -72,5 +68,5 @@ def rescore_step(run_root: Path, where: str = "debate") -> dict[str, Any]:
                 counts["questions"] += 1
                 lines.append(json.dumps(new, ensure_ascii=False) + "\n")
             write_atomic(path, "".join(lines))
-    result = reduce_debate(str(run.root), where)
+    result = reduce_debate(task)
     return {**counts, "kept": kept, "result": result}

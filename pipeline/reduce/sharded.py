@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.files import write_atomic
+from pipeline.jobs import ReduceTask
 from pipeline.models.registry import model_label
 from pipeline.reduce.collect import begin_reduce, incomplete_note
 from pipeline.reduce.figures import save_figure
@@ -21,7 +21,7 @@ from pipeline.reduce.outcomes import Outcomes, to_csv
 from pipeline.reduce.report import Questions, write_report
 from pipeline.reduce.tables import rows_csv
 from pipeline.reduce.wandb_log import log_step
-from pipeline.run_config import RunConfig, load
+from pipeline.run_config import RunConfig
 from pipeline.runs import Run
 from pipeline.shards import ShardCheck
 from pipeline.stage import Stage
@@ -72,14 +72,13 @@ def model_labels(config: RunConfig) -> dict[str, str]:
     return {key: model_label(getattr(config.models, key), config.results_dir) for key in ("a", "b")}
 
 
-def reduce_sharded(run_root: str, where: str, stage: Stage, noun: str, merge: Callable[[StepRecords], Merged | None]) -> dict[str, Any]:
-    """Reduces the step ``where`` of the run at ``run_root``; ``merge`` makes the stage's files of its records
-    (None: no record finished yet). ``noun`` counts the records (``problems``) in the lines people read.
-    Returns what ``begin_reduce`` reports with the ``table``, and the merge's own keys."""
-    run = Run(Path(run_root))
-    config = load(run.stage_config(where), {stage.name: stage.settings})
+def reduce_sharded(task: ReduceTask, stage: Stage, noun: str, merge: Callable[[StepRecords], Merged | None]) -> dict[str, Any]:
+    """Reduces the step the task names, with the config it carries; ``merge`` makes the stage's files of its
+    records (None: no record finished yet). ``noun`` counts the records (``problems``) in the lines people
+    read. Returns what ``begin_reduce`` reports with the ``table``, and the merge's own keys."""
+    run, where, config = task.run, task.where, task.config
     schema = stage.schema
-    by_part, checks, result = begin_reduce(run, where, stage.units(config), noun,
+    by_part, checks, result = begin_reduce(task, stage.units(config), noun,
                                            (lambda unit: schema(config, unit)) if schema is not None else None)
     if "table" in result:
         return result
@@ -97,7 +96,7 @@ def reduce_sharded(run_root: str, where: str, stage: Stage, noun: str, merge: Ca
     for plot, draw in zip(plots, merged.figures):
         if draw is not None:
             save_figure(draw(), run.root / plot)
-    write_report(run, where, table, plots, config.plain(), merged.questions)
+    write_report(task, table, plots, merged.questions)
     log_step(run, where, config, merged.logged, [run.root / p for p in plots], result["complete"], rounds=merged.rounds)
     if result["complete"] and merged.when_complete is not None:
         result.update(merged.when_complete())

@@ -4,24 +4,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from pipeline.files import write_atomic
+from pipeline.jobs import ReduceTask
 from pipeline.reduce.figures import curves_figure, save_figure
 from pipeline.reduce.report import write_report
 from pipeline.reduce.tables import train_table
-from pipeline.run_config import load
-from pipeline.runs import Run
-from pipeline.train.settings import TrainSettings
 from pipeline.train.units import DONE_FILE, PLOTS, TABLE, train_units
 from pipeline.train.metrics import read_metrics
 
 
-def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
+def reduce_train(task: ReduceTask) -> dict[str, Any]:
     """Writes the summary, the curves and the report page; says which models are not trained yet and how to resume."""
-    run = Run(Path(run_root))
-    config = load(run.stage_config(where), {"train": TrainSettings})
+    run, where, config = task.run, task.where, task.config
     rows, curves, missing = [], {}, []
     for unit in train_units(config):
         folder = run.stage_dir(where) / unit.part
@@ -35,11 +31,11 @@ def reduce_train(run_root: str, where: str = "train") -> dict[str, Any]:
                          "final_accuracy": last.get("rewards/accuracies")})
         else:
             missing.append(unit.part)
-    resume = f"python jobs/submit.py stage={config.stage} run_id={run.run_id}" if missing else None
+    resume = task.resume if missing else None
     table = train_table(rows, missing, resume, run.run_id, where)
     write_atomic(run.root / f"{where}_summary.json", json.dumps({"models": rows, "missing": missing}, indent=2) + "\n")
     write_atomic(run.root / TABLE.format(where=where), table)
     if curves:
         save_figure(curves_figure(curves, run.run_id), run.root / PLOTS[0].format(where=where))
-    write_report(run, where, table, [p.format(where=where) for p in PLOTS], config.plain())
+    write_report(task, table, [p.format(where=where) for p in PLOTS])
     return {"run_id": run.run_id, "complete": not missing, "missing": missing, "resume": resume, "rows": rows, "table": table}
