@@ -39,7 +39,7 @@ collect() {
   [[ -f "$run/${where}_accuracy.json" ]] && cp "$run/${where}_accuracy.json" "$out/$1.json"
   if compgen -G "$run/$where/shard-*.jsonl" >/dev/null; then
     cat "$run/$where"/shard-*.jsonl | xz -T0 -6 >"$out/$1_records.jsonl.xz"
-  elif compgen -G "$run/$where/*.jsonl" >/dev/null; then  # the eval stage: a shard file per model and task
+  elif [[ -n "$(find "$run/$where" -name '*.jsonl' -print -quit)" ]]; then  # the eval stage: <model>/<task>/shard-*.jsonl
     tar -C "$run" -cJf "$out/$1_records.tar.xz" "$where"
   fi
   tar -C results -cJf "$out/$1_logs.tar.xz" --exclude='*.jsonl' --exclude='*.lock' "$1"
