@@ -101,15 +101,31 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
 def test_the_vote_at_the_debates_token_budget_is_the_majority_of_its_first_j_samples() -> None:
     """The debate spends 20 tokens a question and a sample 10: the budget vote is the majority of the first 2
     samples, paired with the debate like the other rows, and its own column in the outcomes file."""
-    from pipeline.reduce.debate_stats import budget_vote, outcomes
+    from pipeline.reduce.debate_stats import budget_cuts, first_samples_vote, outcomes
 
     records = [_record(i, s) for i, s in enumerate(SAMPLES)]
-    j, votes = budget_vote(records, {r["index"]: r["vote"]["a"] for r in records})
-    assert j == 2
-    assert [v["answer"] for v in votes.values()] == ["5", "7", "6"]  # question 1's first two: "7" and no answer
-    assert [v["correct"] for v in votes.values()] == [True, False, False] and {v["tokens"] for v in votes.values()} == {20}
+    votes = {r["index"]: r["vote"]["a"] for r in records}
+    assert budget_cuts(records, votes) == [(2, "the debate's tokens")]
+    cut = first_samples_vote(records, votes, 2)
+    assert [v["answer"] for v in cut.values()] == ["5", "7", "6"]  # question 1's first two: "7" and no answer
+    assert [v["correct"] for v in cut.values()] == [True, False, False] and {v["tokens"] for v in cut.values()} == {20}
     config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
     assert "model a (m-a) majority vote of its first 2 (the debate's tokens) | right" in outcomes_header(outcomes(records, model_labels(config), config.debate))
+
+
+def test_a_budget_between_two_sample_counts_gives_the_vote_under_it_and_over_it() -> None:
+    """The debate spends 25 tokens a question and a sample 10 (2.5 samples): the table has the vote of the first 2
+    (fewer tokens than the debate) and of the first 3 (more), each paired with the debate, never one of them
+    passed off as the debate's budget."""
+    from pipeline.reduce.debate_stats import budget_cuts
+
+    records = [{**_record(i, s), "tokens": 25} for i, s in enumerate(SAMPLES)]
+    assert budget_cuts(records, {r["index"]: r["vote"]["a"] for r in records}) == [(2, "fewer tokens than the debate"), (3, "more tokens than the debate")]
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"}, "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": ["a"]}}})
+    summary = summarize(records, model_labels(config), config.debate)
+    paired = [p["against"] for p in summary["paired"]]
+    assert paired[-2:] == ["model a (m-a) majority vote of its first 2 (fewer tokens than the debate)",
+                           "model a (m-a) majority vote of its first 3 (more tokens than the debate)"]
 
 
 def outcomes_header(result) -> str:

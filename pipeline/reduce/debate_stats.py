@@ -6,6 +6,7 @@ figures and the JSON are drawn from it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from pipeline.answers import same_answer
@@ -84,21 +85,33 @@ def baselines(records: list[dict[str, Any]], models: dict[str, str], debate: Deb
         votes = {r["index"]: r["vote"][key] for r in records if key in r["vote"]}
         if votes:
             out.append((vote_method(role_label(key, models), _vote_k(votes)), votes))
-            j, budget = budget_vote(records, votes)
-            if j < _vote_k(votes):
-                out.append((f"{role_label(key, models)} majority vote of its first {j} (the debate's tokens)", budget))
+            for j, against in budget_cuts(records, votes):
+                out.append((f"{role_label(key, models)} majority vote of its first {j} ({against})", first_samples_vote(records, votes, j)))
     return out
 
 
-def budget_vote(records: list[dict[str, Any]], votes: dict[int, dict[str, Any]]) -> tuple[int, dict[int, dict[str, Any]]]:
-    """The vote cut to the debate's own budget: j, the number of samples whose mean tokens come nearest the
-    debate's mean tokens per question (at least 1), and each question's majority of its first j samples. A
-    vote of k samples costs k generations and a debate about 2 per round; tokens, not generations, are the
-    fair unit, since a review turn is shorter than a solve and a sample as long as one."""
+def budget_cuts(records: list[dict[str, Any]], votes: dict[int, dict[str, Any]]) -> list[tuple[int, str]]:
+    """The vote cut to the debate's own budget: how many samples (j) cost what the debate cost, in tokens per
+    question, and how the cut stands to it. A vote of k samples costs k generations and a debate about 2 per
+    round; tokens, not generations, are the fair unit, since a review turn is shorter than a solve and a sample
+    as long as one. A budget between j and j + 1 samples gives both, one under it and one over (rounding to
+    one of them would pass a vote of 20% more or fewer tokens as a like-for-like comparison). Cuts of k
+    samples or more are the full vote's row already."""
     k = _vote_k(votes)
-    debate_tokens = sum(r["tokens"] for r in records) / len(records)
     sample_tokens = sum(v["tokens"] for v in votes.values()) / (k * len(votes))
-    j = max(1, min(k, round(debate_tokens / sample_tokens))) if sample_tokens else k
+    if not sample_tokens:
+        return []
+    samples = sum(r["tokens"] for r in records) / len(records) / sample_tokens
+    if math.isclose(samples, round(samples)):
+        cuts = [(round(samples), "the debate's tokens")]
+    else:
+        cuts = [(math.floor(samples), "fewer tokens than the debate"), (math.ceil(samples), "more tokens than the debate")]
+    return [(j, against) for j, against in cuts if 1 <= j < k]
+
+
+def first_samples_vote(records: list[dict[str, Any]], votes: dict[int, dict[str, Any]], j: int) -> dict[int, dict[str, Any]]:
+    """Each question's majority of its first ``j`` samples, as a baseline entry (answer, correct, its replies,
+    tokens, seconds)."""
     gold = {r["index"]: r["gold"] for r in records}
     out = {}
     for index, vote in votes.items():
@@ -106,7 +119,7 @@ def budget_vote(records: list[dict[str, Any]], votes: dict[int, dict[str, Any]])
         answer = majority([r["answer"] for r in replies])
         out[index] = {"answer": answer, "correct": same_answer(answer, gold[index]), "replies": replies,
                       "tokens": sum(r["tokens"] for r in replies), "seconds": round(sum(r["seconds"] for r in replies), 4)}
-    return j, out
+    return out
 
 
 def _replies(record: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
