@@ -128,6 +128,27 @@ def test_a_rows_logits_do_not_depend_on_its_batch(chat: ChatModel) -> None:
     batch_case(chat, lambda options: StaticDecoder(chat.model, options))
 
 
+def test_a_querys_attention_does_not_depend_on_the_thread_count() -> None:
+    """The CPU path's per-query attention at 1 and at 2 threads, over a long row: the same bits (PyTorch's CPU
+    attention splits one query's columns across threads; on two threads the 0.5B's records changed)."""
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    forward = StaticDecoder(chat.model, FRESH).forward
+    generator = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim = forward.heads, forward.kv_heads, forward.head_dim
+    q = torch.randn(3, heads, 1, dim, generator=generator)
+    cache = torch.randn(2, 3, kv_heads, 2048, dim, generator=generator)
+    start, fresh = torch.tensor([0, 300, 1000]), torch.tensor([2047, 2047, 2047])
+    threads = torch.get_num_threads()
+    try:
+        seen = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            seen.append(forward._each_query(q, cache, start, fresh, 2048))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(seen[0], seen[1])
+
+
 def test_a_turn_from_the_previous_turns_cache_equals_a_fresh_prefill(chat: ChatModel) -> None:
     reuse_case(chat, lambda options: StaticDecoder(chat.model, options))
 

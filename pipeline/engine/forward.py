@@ -257,15 +257,24 @@ class Forward:
         query at a time: every query is then the same computation of the same shapes, whatever its batch, its
         neighbours' padding, its prefill chunk, or whether it is a prefill position or a decode step (so a
         turn that reuses the cache equals a fresh prefill). Other queries (padding, reused) give zeros.
-        Returns [rows * width, heads * dim]."""
+        Returns [rows * width, heads * dim].
+
+        On one thread: PyTorch's CPU attention splits one query's columns across its threads, so the same query
+        gave other bits at 1 and 2 threads (measured: the 0.5B's first layer), and a record depended on the
+        machine's cores (``cluster.cpus_per_task``, or cores / ``array_parallelism``)."""
         rows, heads, width, dim = q.shape
         out = q.new_zeros(rows, width, heads * dim)
-        for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
-            for column in range(max(own, end - width), end):
-                query = q[r : r + 1, :, column - end + width, None].contiguous()
-                keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
-                attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
-                out[r, column - end + width] = attended.reshape(-1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
+                for column in range(max(own, end - width), end):
+                    query = q[r : r + 1, :, column - end + width, None].contiguous()
+                    keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
+                    attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
+                    out[r, column - end + width] = attended.reshape(-1)
+        finally:
+            torch.set_num_threads(threads)
         return out.view(rows * width, -1)
 
     # ---- the layers -----------------------------------------------------------------------------------
