@@ -74,6 +74,22 @@ def test_the_engine_is_part_of_the_records_settings(runs: dict, capsys: pytest.C
     assert "run three was made with eval.engine=static (this submission: generate)" in capsys.readouterr().err
 
 
+def test_the_cut_share_script_counts_responses_at_the_token_limit(runs: dict) -> None:
+    """benchmarks/eval_cut_share.py re-tokenizes each response: at the run's limit (48) some tiny-model
+    responses run to it, none is longer, and none reaches a limit far above what was generated."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_cut_share", ROOT / "benchmarks" / "eval_cut_share.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.cut_share(runs["results"] / "one", None, 2)
+    assert {(r["model"], r["task"]) for r in rows} == {(f"{m} ({k})", t) for k, m in (("a", "tiny-llama"), ("b", "tiny-qwen2"))
+                                                      for t in ("gsm8k", "gsm8k_cot_llama")}
+    assert all(r["responses"] == 6 and r["limit"] == 48 and r["mean_tokens"] <= 50 for r in rows)
+    assert sum(r["cut"] for r in rows) > 0
+    assert sum(r["cut"] for r in script.cut_share(runs["results"] / "one", 1000, 2)) == 0
+
+
 def test_every_model_task_and_filter_is_in_the_table(runs: dict) -> None:
     rows = _rows(runs["results"] / "one")
     assert [(r["model"], r["task"], r["filter"]) for r in rows] == [

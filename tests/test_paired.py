@@ -138,6 +138,40 @@ def test_every_committed_outcomes_file_recomputes_the_table_in_docs_results() ->
         assert table in page, f"docs/results.md does not quote the tables of {path.name}"
 
 
+def test_every_joined_table_in_docs_results_is_what_the_command_prints() -> None:
+    """A table of two runs paired (`jobs/outcomes.py --join ...`) is quoted under its command: rerun each."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    page = (ROOT / "docs" / "results.md").read_text()
+    commands = re.findall(r"`python jobs/outcomes.py (--join [^`]+)`", page)
+    assert commands
+    for command in commands:
+        out = subprocess.run([sys.executable, str(ROOT / "jobs" / "outcomes.py"), *shlex.split(command)],
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        assert out.split("\n\n", 1)[1].strip() in page, f"docs/results.md does not quote what `{command}` prints"
+
+
+def test_joined_runs_pair_on_the_same_questions_and_refuse_other_questions(tmp_path) -> None:
+    from pipeline.reduce.outcomes import Outcomes, OutcomesFileError, join, markdown as outcomes_markdown
+
+    five = Outcomes({0: "5", 1: "7", 2: "9"}, {"a strict": {0: ("5", True), 1: ("6", False), 2: ("9", True)},
+                                              "b strict": {0: ("1", False), 1: ("7", True), 2: ("9", True)}})
+    four = Outcomes({0: "5", 1: "7", 2: "9"}, {"a strict": {0: ("5", True), 1: ("7", True), 2: ("9", True)}})
+    both = join({"5-shot": five, "4-shot": four}, ("a strict",))
+    assert list(both.methods) == ["5-shot: a strict", "4-shot: a strict"]
+    assert "| 4-shot: a strict | 3 | 0 | 1 | -33.3 pts | 1 |" in outcomes_markdown(both)
+    other = Outcomes({0: "5", 1: "8"}, {"a strict": {0: ("5", True)}})
+    with pytest.raises(OutcomesFileError, match="question 1 has gold '8', another file '7': not the same questions"):
+        join({"5-shot": five, "other": other})
+    with pytest.raises(OutcomesFileError, match="no method holds any of 'gsm8k'"):
+        join({"5-shot": five}, ("gsm8k",))
+
+
 @pytest.mark.parametrize(("p", "shown"), [(1.0, "1"), (0.0703125, "0.0703"), (0.001, "0.001"), (0.00099, "9.9e-04"),
                                           (3.24e-41, "3.2e-41"), (1e-88, "1.0e-88"), (0.0, "< 1e-300")])
 def test_p_values_print_with_two_significant_digits_below_a_thousandth_never_as_0(p: float, shown: str) -> None:

@@ -79,6 +79,24 @@ def read_csv(path: Path) -> Outcomes:
     return Outcomes(gold, methods)
 
 
+def join(labelled: dict[str, Outcomes], keep: tuple[str, ...] = ()) -> Outcomes:
+    """Several runs' outcomes on the same questions as one, each method named ``<label>: <method>``, so that
+    runs that differ in one setting (shots, a fine-tuned model) get paired tests; ``keep``: only the methods
+    whose name holds one of these texts. Runs that disagree on a question's gold answer are not the same
+    questions, and an error says where."""
+    gold: dict[int, str] = {}
+    methods: dict[str, dict[int, Verdict]] = {}
+    for label, outcomes in labelled.items():
+        for index, answer in outcomes.gold.items():
+            if gold.setdefault(index, answer) != answer:
+                raise OutcomesFileError(f"{label}: question {index} has gold {answer!r}, another file {gold[index]!r}: not the same questions")
+        methods |= {f"{label}: {name}": verdicts for name, verdicts in outcomes.methods.items()
+                    if not keep or any(text in name for text in keep)}
+    if not methods:
+        raise OutcomesFileError(f"no method holds any of {', '.join(map(repr, keep))}")
+    return Outcomes(gold, methods)
+
+
 def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
     """Accuracy with its n and 95% interval per method, then ``reference`` (default: the first method)
     against each other method on the questions both answered, with McNemar's exact p."""
