@@ -87,6 +87,16 @@ def _eval_record(index: int, response: str, right: bool) -> dict:
     return {"index": index, "response": response, "correct": {"strict-match": right, "flexible-extract": right}}
 
 
+def test_the_eval_table_rounds_each_share_once() -> None:
+    """188 / 1319 = 0.142532 is 14.3%; rounded first to the row's 4 decimals (0.1425) it printed as 14.2%."""
+    from pipeline.reduce.eval_stats import summarize as eval_summarize
+
+    records = [{**_eval_record(i, "r", i < 188), "seconds": 0.0} for i in range(1319)]
+    rows = eval_summarize({"b/gsm8k_cot_llama": records}, {"b": "m-b"}, ["b"], ["gsm8k_cot_llama"])
+    assert rows[0]["accuracy"] == 0.1425
+    assert "| 14.3% | 1.0 | 12.5% - 16.2% | 188 / 1319 |" in eval_table(rows, "r", [])
+
+
 def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:
     base = {"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}
     same = against_base({"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}, base)
@@ -108,7 +118,7 @@ def test_outcomes_round_trip_and_recompute_the_tables(tmp_path) -> None:
     path.write_text(to_csv(outcomes))
     assert read_csv(path) == outcomes  # an unanswered question stays unanswered, an unparsable answer None
     table = outcomes_markdown(read_csv(path))
-    assert "| debate | 66.7% | 20.8% - 93.8% | 2 / 3 |" in table
+    assert "| debate | 66.7% | 20.8% - 93.9% | 2 / 3 |" in table  # 0.93851 rounded once (0.9385, then 93.8, was twice)
     assert "| a alone | 2 | 1 | 0 | +50.0 pts | 1 |" in table  # paired only on the 2 questions a answered
 
 

@@ -93,7 +93,7 @@ def test_the_debate_table_has_pass_and_mean_rows_beside_the_vote() -> None:
     majority_at_k = next(p for p in curve["points"] if p["metric"] == "majority" and p["j"] == 4)
     assert majority_at_k["accuracy"] == rows["model a (m-a) majority vote (k=4)"]["accuracy"]
     table = debate_table(summary, "r", [])
-    assert "| model a (m-a) pass@4 | 66.7% | 20.8% - 93.8% | 2 / 3 |  |  |  | 40.0 | 4.0 |" in table
+    assert "| model a (m-a) pass@4 | 66.7% | 20.8% - 93.9% | 2 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "| model a (m-a) mean@4 | 25.0% | " in table and " | 0.75 / 3 |  |  |  | 40.0 | 4.0 |" in table
     assert "pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k)" in table
 

@@ -108,7 +108,7 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
     for name in names:
         flags = [right for _, right in outcomes.methods[name].values()]
         k, n = sum(flags), len(flags)
-        low, high = (round(x, 4) for x in wilson_interval(k, n))  # rounded as the reducers' tables are
+        low, high = wilson_interval(k, n)
         lines.append(f"| {escape(name)} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
     lines += ["", f"| {escape(reference)} against | questions | only {escape(reference)} right | only the other right | difference | McNemar exact p |",
               "|---|---|---|---|---|---|"]

@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 from pipeline.markdown import escape
-from pipeline.reduce.stats import format_p
+from pipeline.reduce.stats import format_p, wilson_interval
 from pipeline.shards import ShardCheck
 
 
@@ -33,6 +33,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _accuracy_cells(r: dict[str, Any]) -> tuple[str, str]:
+    """A row's accuracy and 95% interval as shown: from its count where it has one, so that each is rounded once
+    (188 / 1319 is 14.3%; its stored 0.1425 would show as 14.2%). Rows of fractional scores (mean@k) have none."""
+    k, n = r.get("correct"), r.get("n")
+    if isinstance(k, int) and n and r.get("interval", "wilson") == "wilson":
+        low, high = wilson_interval(k, n)
+        return _pct(k / n), f"{_pct(low)} - {_pct(high)}"
+    return _pct(r["accuracy"]), f"{_pct(r['ci95_low'])} - {_pct(r['ci95_high'])}"
+
+
 def debate_table(summary: dict[str, Any], run_id: str, checks: list[ShardCheck]) -> str:
     """The debate step's table: methods with 95% intervals, accuracy per round, the debate's dynamics."""
     lines = [f"# Debate accuracy: run {run_id}", "", *_partial(checks, "problems")]
@@ -45,13 +55,15 @@ def debate_table(summary: dict[str, Any], run_id: str, checks: list[ShardCheck])
     ]
     for r in summary["methods"]:
         extra = [_pct(r[k]) if k in r else "" for k in ("flexible_accuracy", "cut_off", "no_explicit_answer")]
+        accuracy, interval = _accuracy_cells(r)
         lines.append(
-            f"| {escape(r['method'])} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | "
+            f"| {escape(r['method'])} | {accuracy} | {interval} | "
             f"{r['correct']} / {r['n']} | {' | '.join(extra)} | {r['tokens_per_question']} | {r['seconds_per_question']} |"
         )
     lines += ["", "| debate stopped after | accuracy | 95% CI | debates still open |", "|---|---|---|---|"]
     for r in summary["per_round"]:
-        lines.append(f"| {r['method']} | {_pct(r['accuracy'])} | {_pct(r['ci95_low'])} - {_pct(r['ci95_high'])} | {r['still_open']} |")
+        accuracy, interval = _accuracy_cells(r)
+        lines.append(f"| {r['method']} | {accuracy} | {interval} | {r['still_open']} |")
     if summary["paired"]:
         lines += [
             "",
@@ -131,9 +143,10 @@ def eval_table(rows: list[dict[str, Any]], run_id: str, checks: list[ShardCheck]
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        accuracy, interval = _accuracy_cells(r)
         lines.append(
-            f"| {escape(r['model'])} ({r['key']}) | {escape(r['task'])} | {escape(r['filter'])} | {100 * r['accuracy']:.1f}% | {100 * r['stderr']:.1f} | "
-            f"{100 * r['ci95_low']:.1f}% - {100 * r['ci95_high']:.1f}% | {r['correct']} / {r['n']} | {r['seconds']} |"
+            f"| {escape(r['model'])} ({r['key']}) | {escape(r['task'])} | {escape(r['filter'])} | {accuracy} | {100 * r['stderr']:.1f} | "
+            f"{interval} | {r['correct']} / {r['n']} | {r['seconds']} |"
         )
     lines += ["", "s.e.: the standard error of the accuracy, in percentage points (lm-eval's stderr). "
               "Time: the lm-eval calls' wall time, summed over the shards (model loading excluded).", ""]
