@@ -13,8 +13,8 @@
 #   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models, static engine
 #   evalcmp        lm-eval's gsm8k for the 1.5B on the first 256 through both engines at one batch size (issue 32)
 #   mine           the 1.5B on the first 2,000 training questions: its first answer and a vote of 4 (the pairs' source)
-#   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter alone on all 1,319 and
-#                  through lm-eval (both tasks); the mined run comes from `mine`, or from /tmp/mine/ (its records, carried in .device/mine/)
+#   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter through lm-eval (both
+#                  tasks) and alone on all 1,319; the mined run comes from `mine`, or from /tmp/mine/ (its records, carried in .device/mine/)
 #   eval4          lm-eval's gsm8k with 4 shots (the Qwen2.5-Coder report's setting for its base checkpoints), both models
 #   engines        bench_eval_engine.py: gsm8k for the 1.5B on all 1,319 through generate and static at batch 64 (issue 32)
 #   evalgen        lm-eval through transformers' generate on the first 200 (the static engine's reference, issue 32)
@@ -165,14 +165,15 @@ case "$step" in
       train.precision=bf16 run_id=gpu-train
     cp results/gpu-train/train_summary.md results/gpu-train/train_summary.json results/gpu-train/train_curves.png "$out/"
     tar -C results -cJf "$out/gpu-train_logs.tar.xz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' gpu-train
-    time submit stage=debate models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct \
-      models.b=qwen2.5-coder-1.5b-instruct shards=1 \
-      debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
-    collect gpu-adapter debate
+    # lm-eval first: the adapter's debate ran in the second session; this one repeats it with a new training.
     time submit stage=eval models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct 'eval.models=[a]' \
       'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static eval.max_gen_toks=512 eval.max_batch_size=256 \
       eval.chunk_size=512 run_id=gpu-evaladapter
     collect gpu-evaladapter eval
+    time submit stage=debate models=small models.a=gpu-train/train/qwen2.5-coder-1.5b-instruct \
+      models.b=qwen2.5-coder-1.5b-instruct shards=1 \
+      debate.max_new_tokens=512 'debate.baselines.vote_models=[]' run_id=gpu-adapter
+    collect gpu-adapter debate
     ;;
   *)
     echo "unknown step $step" >&2
