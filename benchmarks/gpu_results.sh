@@ -15,6 +15,7 @@
 #   mine           the 1.5B on the first 2,000 training questions: its first answer and a vote of 4 (the pairs' source)
 #   train          ORPO + LoRA on the 1.5B from the mined pairs (bf16), then the adapter through lm-eval (both
 #                  tasks) and alone on all 1,319; the mined run comes from `mine`, or from /tmp/mine/ (its records, carried in .device/mine/)
+#   evalcot        the eval step's gsm8k_cot_llama half again, for its records (the share cut at 512 tokens)
 #   eval4          lm-eval's gsm8k with 4 shots (the Qwen2.5-Coder report's setting for its base checkpoints), both models
 #   engines        bench_eval_engine.py: gsm8k for the 1.5B on all 1,319 through generate and static at batch 64 (issue 32)
 #   evalgen        lm-eval through transformers' generate on the first 200 (the static engine's reference, issue 32)
@@ -26,7 +27,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|twice|eval|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -87,6 +88,11 @@ case "$step" in
     time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static \
       eval.max_gen_toks=512 eval.max_batch_size=256 eval.chunk_size=512 run_id=gpu-eval
     collect gpu-eval eval
+    ;;
+  evalcot)
+    time submit stage=eval models=small 'tasks=[gsm8k_cot_llama]' shards=1 eval.engine=static \
+      eval.max_gen_toks=512 eval.max_batch_size=256 eval.chunk_size=512 run_id=gpu-evalcot
+    collect gpu-evalcot eval
     ;;
   eval4)
     time submit stage=eval models=small 'tasks=[gsm8k]' eval.num_fewshot=4 shards=1 eval.engine=static \
