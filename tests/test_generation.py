@@ -83,6 +83,23 @@ def test_int8_runs_the_linear_layers_in_int8_with_both_engines() -> None:
     assert [c.text for c in batched] == [c.text for c in static], "a row's tokens in a batch of 3 are its tokens alone"
 
 
+def test_int8_weights_quantized_by_blocks_are_those_of_the_whole_matrix() -> None:
+    """RowInt8Linear quantizes a weight a block of rows at a time (fast to load); the bits are those of
+    quantizing the whole matrix at once, for a row count that is not a multiple of the block."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 700, bias=True)
+    with torch.no_grad():
+        linear.weight[3] = 0.0  # an all-zero row: the smallest scale, no division by zero
+    layer = RowInt8Linear(linear)
+    weight = linear.weight.detach().float()
+    scale = weight.abs().amax(1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+    assert torch.equal(layer.weight_scale, scale)
+    assert torch.equal(layer.weight_int8, torch.round(weight / scale[:, None]).to(torch.int8).t())
+    assert layer.weight_int8.stride() == (1, 96), "[in, out] with the input dimension contiguous per output column"
+    x = torch.randn(5, 96)
+    assert torch.allclose(layer(x), linear(x), atol=0.05)
+
+
 def test_int8_refuses_a_gpu() -> None:
     from pipeline.models.device import pick_dtype
 
