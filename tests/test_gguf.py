@@ -355,3 +355,35 @@ def test_the_default_pairs_wheels_match_their_pins(tmp_path):
         raise
     assert joined.stat().st_size == 1_117_320_768
     assert wheels.sha256_file(joined) == source.gguf_sha256
+
+
+def test_the_conversion_reads_a_gguf_once_and_dequantizes_the_same_bits_on_every_core(tmp_path, monkeypatch):
+    """During a conversion gguf's reader is kept per file and quantized rows are dequantized on a thread per
+    core: the same reader object for the same file, and for each quantization the same bits as gguf's own
+    single-core code; outside it, gguf's own functions are back."""
+    import gguf as gguf_py
+    import numpy as np
+    from gguf import quants
+
+    monkeypatch.setattr(gguf.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)  # threads even on one core
+    values = np.random.default_rng(0).standard_normal((1000, 64)).astype(np.float32)
+    path = tmp_path / "t.gguf"
+    writer = gguf_py.GGUFWriter(str(path), "llama")
+    kinds = (gguf_py.GGMLQuantizationType.Q8_0, gguf_py.GGMLQuantizationType.Q4_0, gguf_py.GGMLQuantizationType.Q5_0)
+    for kind in kinds:
+        writer.add_tensor(kind.name, quants.quantize(values, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    plain = gguf_py.GGUFReader(path)
+    expected = {t.name: gguf_py.dequantize(t.data, t.tensor_type) for t in plain.tensors}
+    originals = (gguf_py.GGUFReader, quants._apply_over_grouped_rows)
+    with gguf._read_once_dequantize_on_every_core():
+        reader = gguf_py.GGUFReader(path)
+        assert gguf_py.GGUFReader(path) is reader
+        for tensor in reader.tensors:
+            got = gguf_py.dequantize(tensor.data, tensor.tensor_type)
+            assert got.dtype == expected[tensor.name].dtype and np.array_equal(got, expected[tensor.name]), tensor.name
+    assert (gguf_py.GGUFReader, quants._apply_over_grouped_rows) == originals
+    assert {t.name for t in plain.tensors} == {k.name for k in kinds}
