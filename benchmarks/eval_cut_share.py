@@ -16,23 +16,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
-
 from pipeline.models.loading import load_tokenizer, prepare  # noqa: E402
 from pipeline.models.registry import load_registry, resolve_model  # noqa: E402
+from pipeline.runs import Run  # noqa: E402
 from pipeline.shards import read_shard  # noqa: E402
 
 
 def cut_share(run: Path, max_gen_toks: int | None, margin: int) -> list[dict[str, object]]:
     """Per model and task: responses, how many reached ``max_gen_toks - margin`` tokens, and their mean length."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    folders = Run(run)
+    config = folders.stage_config("eval")  # a chain's eval step has its own settings
     limit = max_gen_toks or config["eval"]["max_gen_toks"]
     if not limit:
         raise SystemExit(f"{run}/config.yaml has eval.max_gen_toks null (each task's own): give --max-gen-toks")
     registry = load_registry()
     cache = Path(config["paths"]["model_cache"]).expanduser()
     rows = []
-    for model_dir in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
+    for model_dir in sorted(p for p in folders.stage_dir("eval").iterdir() if p.is_dir()):
         spec = resolve_model(f"models.{model_dir.name}", config["models"][model_dir.name], registry, config["results_dir"])
         tokenizer = load_tokenizer(prepare(spec, cache), spec)
         for task_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):

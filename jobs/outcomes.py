@@ -36,22 +36,18 @@ def main() -> int:
     parser.add_argument("--keep", action="append", default=[], metavar="TEXT", help="with --join: only methods holding TEXT")
     args = parser.parse_args()
     if args.join:
-        try:
-            text = markdown(joined(args.join, args.keep), args.against)
-        except (OSError, OutcomesFileError, KeyError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"## {' + '.join(args.join)}\n\n{text}")
-        return 0
-    if not args.files:
+        tables = [(" + ".join(args.join), lambda: joined(args.join, args.keep))]
+    elif args.files:
+        tables = [(str(path), lambda path=path: read_csv(path)) for path in args.files]
+    else:
         parser.error("give outcomes files, or --join LABEL=FILE ...")
-    for path in args.files:
+    for title, outcomes in tables:
         try:
-            text = markdown(read_csv(path), args.against)
+            text = markdown(outcomes(), args.against)
         except (OSError, OutcomesFileError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        print(f"## {path}\n\n{text}")
+        print(f"## {title}\n\n{text}")
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.markdown import escape
-from pipeline.reduce.stats import format_p, mcnemar_exact, wilson_interval
+from pipeline.reduce.stats import accuracy_cells, format_p, mcnemar_exact
 
 Verdict = tuple[str | None, bool]
 
@@ -108,8 +108,8 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
     for name in names:
         flags = [right for _, right in outcomes.methods[name].values()]
         k, n = sum(flags), len(flags)
-        low, high = wilson_interval(k, n)
-        lines.append(f"| {escape(name)} | {100 * k / n if n else 0:.1f}% | {100 * low:.1f}% - {100 * high:.1f}% | {k} / {n} |")
+        accuracy, interval = accuracy_cells(k, n)
+        lines.append(f"| {escape(name)} | {accuracy} | {interval} | {k} / {n} |")
     lines += ["", f"| {escape(reference)} against | questions | only {escape(reference)} right | only the other right | difference | McNemar exact p |",
               "|---|---|---|---|---|---|"]
     mine = outcomes.methods[reference]

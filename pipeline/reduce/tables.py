@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 from pipeline.markdown import escape
-from pipeline.reduce.stats import format_p, wilson_interval
+from pipeline.reduce.stats import accuracy_cells, format_p
 from pipeline.shards import ShardCheck
 
 
@@ -35,11 +35,10 @@ def _pct(x: float) -> str:
 
 def _accuracy_cells(r: dict[str, Any]) -> tuple[str, str]:
     """A row's accuracy and 95% interval as shown: from its count where it has one, so that each is rounded once
-    (188 / 1319 is 14.3%; its stored 0.1425 would show as 14.2%). Rows of fractional scores (mean@k) have none."""
+    (its stored values have 4 decimals already). Rows of fractional scores (mean@k) have none."""
     k, n = r.get("correct"), r.get("n")
     if isinstance(k, int) and n and r.get("interval", "wilson") == "wilson":
-        low, high = wilson_interval(k, n)
-        return _pct(k / n), f"{_pct(low)} - {_pct(high)}"
+        return accuracy_cells(k, n)
     return _pct(r["accuracy"]), f"{_pct(r['ci95_low'])} - {_pct(r['ci95_high'])}"
 
 
