@@ -8,6 +8,9 @@
 #                  GGUF pieces (moved to /tmp/gguf/, .device/join_gguf.sh): each earlier call carried one folder of
 #                  .device/ and moved it out of the tree
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
+#   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
+#                  /tmp/before.patch (the change, `git diff OLD -- pipeline`, carried) reversed; run_id gpu-pair-before
+#   eval5          the eval step's gsm8k (5-shot) half again, for its records (the share cut at 512 tokens)
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
 #   tests          the engine's tests on the card (decode, invariance, kernels, sampling; not the slow ones)
 #   eval           lm-eval on all 1,319: gsm8k (5-shot) and gsm8k_cot_llama (8-shot chat), both models, static engine
@@ -27,7 +30,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -72,8 +75,13 @@ case "$step" in
     python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
     ;;
   pair)
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 run_id=gpu-pair
-    collect gpu-pair debate
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 run_id="gpu-pair${TAG:-}"
+    collect "gpu-pair${TAG:-}" debate
+    ;;
+  pair-before)
+    rm -rf /tmp/before && mkdir -p /tmp/before
+    tar --exclude=./results --exclude=./.device -cf - . | tar -C /tmp/before -xf -
+    (cd /tmp/before && patch -R -p1 -s </tmp/before.patch && TAG=-before bash benchmarks/gpu_results.sh pair)
     ;;
   twice)
     time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct 'debate.baselines.vote_models=[a]' \
@@ -88,6 +96,11 @@ case "$step" in
     time submit stage=eval models=small 'tasks=[gsm8k,gsm8k_cot_llama]' shards=1 eval.engine=static \
       eval.max_gen_toks=512 eval.max_batch_size=256 eval.chunk_size=512 run_id=gpu-eval
     collect gpu-eval eval
+    ;;
+  eval5)
+    time submit stage=eval models=small 'tasks=[gsm8k]' shards=1 eval.engine=static \
+      eval.max_gen_toks=512 eval.max_batch_size=256 eval.chunk_size=512 run_id=gpu-eval5
+    collect gpu-eval5 eval
     ;;
   evalcot)
     time submit stage=eval models=small 'tasks=[gsm8k_cot_llama]' shards=1 eval.engine=static \
