@@ -1,4 +1,4 @@
-"""The debate engine: all open debates advance together, one batched generate per turn.
+"""The debate engine: all open debates of a group advance together, one batched generate per turn.
 
 Round r is a turn of model a, then a turn of model b. Each model sees the conversation so far from its
 own side: its earlier replies as assistant messages, the other model's replies quoted in user messages.
@@ -72,29 +72,15 @@ class DebateEngine:
         self.group = ""
 
     def run_all(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
-        """Every problem, in groups of at most ``batch_size`` debates admitted one after the other. A group's
-        baselines run (``batch_size`` rows a batch), then its debates join those still open from earlier groups for
-        one round: each turn is one batch over every open debate, whatever its round (cut only where the device's
-        memory runs out). So the few debates that reach rounds 2 and 3 ride along with the next group's first round
-        instead of running alone at a few dozen rows, each a decode as long as the longest reply. Open debates: at
-        most the last ``max_rounds`` groups' (what a killed job loses)."""
+        """Every problem, in groups of at most ``batch_size`` debates, one group after the other."""
         size = self.settings.batch_size
         groups = (len(problems) + size - 1) // size
-        baselines: dict[int, dict[str, Any]] = {}
-        open_debates: list[Debate] = []
         for n, start in enumerate(range(0, len(problems), size)):
             self.group = f"group {n + 1}/{groups}: " if groups > 1 else ""
-            group = problems[start : start + size]
-            baselines.update(self._baselines(group))
-            open_debates = self._round(open_debates + [Debate(p) for p in group], baselines, emit)
-        self.group = "last groups: " if groups > 1 else ""
-        while open_debates:
-            open_debates = self._round(open_debates, baselines, emit)
+            self.run(problems[start : start + size], emit)
 
-    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str,
-                  max_batch: int | None) -> list[Completion]:
-        """One batched generation, reported as one phase of the task's progress; ``max_batch`` rows a batch at most
-        (None: all of them, as the device's memory allows)."""
+    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str) -> list[Completion]:
+        """One batched generation, reported as one phase of the task's progress."""
         with progress.current().phase(f"{self.group}{phase}", len(convs), "rows") as watched:
             return generate_chat(
                 self.models[speaker],
@@ -102,39 +88,36 @@ class DebateEngine:
                 max_new_tokens=self.settings.max_new_tokens,
                 temperature=temperature,
                 seeds=seeds,
-                max_batch=max_batch,
+                max_batch=self.settings.batch_size,
                 engine=self.settings.engine,
                 decoders=self.decoders,
                 report=watched.update,
             )
 
-    def _round(self, open_debates: list[Debate], baselines: dict[int, dict[str, Any]],
-               emit: Callable[[dict[str, Any]], None]) -> list[Debate]:
-        """One round of every open debate, each at its own round: model a's turn over all of them, then model b's
-        over those still open. A debate ends when the latest answers agree or after its ``max_rounds``-th round
-        (its record is emitted then); returns those still open."""
+    def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
+        """Everything for a group of problems: baselines first, then the debate, emitting records as debates end."""
+        baselines = self._baselines(problems)
         s = self.settings
-        for speaker in SPEAKERS:
-            if not open_debates:
-                break
-            rounds = [len(d.turns) // len(SPEAKERS) + 1 for d in open_debates]
-            convs = [conversation(speaker, d, s) for d in open_debates]
-            seeds = [row_seed(self.seed, d.problem.index, "debate", r, speaker) for d, r in zip(open_debates, rounds)]
-            first, last = min(rounds), max(rounds)
-            named = f"debate round {first}" if first == last else f"debate rounds {first}-{last}"
-            completions = self._generate(speaker, convs, seeds, s.temperature, f"{named}, model {speaker}", None)
-            for debate, r, completion in zip(open_debates, rounds, completions):
-                debate.turns.append(_turn(speaker, self.models[speaker], r, completion))
-                debate.agreed = agree(debate.turns)
-            finished = [d for d, r in zip(open_debates, rounds) if d.agreed or (r == s.max_rounds and speaker == SPEAKERS[-1])]
-            for debate in finished:
-                emit(self._record(debate, baselines.pop(debate.problem.index)))
-            ended = {id(d) for d in finished}
-            open_debates = [d for d in open_debates if id(d) not in ended]
-            log.info("%s, model %s: %d debates (%s), %d tokens, %d finished, %d still open", named, speaker, len(completions),
-                     ", ".join(f"round {r}: {rounds.count(r)}" for r in range(first, last + 1)), sum(c.tokens for c in completions),
-                     len(finished), len(open_debates))
-        return open_debates
+        open_debates = [Debate(p) for p in problems]
+        for round_no in range(1, s.max_rounds + 1):
+            for speaker in SPEAKERS:
+                if not open_debates:
+                    return
+                convs = [conversation(speaker, d, s) for d in open_debates]
+                seeds = [row_seed(self.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
+                completions = self._generate(speaker, convs, seeds, s.temperature, f"debate round {round_no}, model {speaker}")
+                for debate, completion in zip(open_debates, completions):
+                    debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
+                    debate.agreed = agree(debate.turns)
+                finished = [d for d in open_debates if d.agreed or (round_no == s.max_rounds and speaker == SPEAKERS[-1])]
+                for debate in finished:
+                    emit(self._record(debate, baselines[debate.problem.index]))
+                open_debates = [d for d in open_debates if d not in finished]
+                tokens = sum(c.tokens for c in completions)
+                log.info(
+                    "round %d, model %s: %d debates, %d tokens, %d finished, %d still open",
+                    round_no, speaker, len(completions), tokens, len(finished), len(open_debates),
+                )
 
     def _baselines(self, problems: Sequence[Problem]) -> dict[int, dict[str, Any]]:
         """Model b alone (model a's first debate turn is already its solo answer) and the votes."""
@@ -144,15 +127,14 @@ class DebateEngine:
         if s.baselines.solo:
             convs = [conversation("b", d, s) for d in fresh]
             seeds = [row_seed(self.seed, p.index, "solo", "b") for p in problems]
-            for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature, "model b alone", s.batch_size)):
+            for p, c in zip(problems, self._generate("b", convs, seeds, s.temperature, "model b alone")):
                 out[p.index]["solo"]["b"] = _reply(c)
             log.info("solo baseline, model b: %d problems", len(problems))
         for speaker in s.baselines.vote_models:
             rows = [(d, j) for d in fresh for j in range(s.vote_samples)]
             convs = [conversation(speaker, d, s) for d, _ in rows]
             seeds = [row_seed(self.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
-            completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}",
-                                         s.batch_size)
+            completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}")
             for n, p in enumerate(problems):
                 mine = completions[n * s.vote_samples : (n + 1) * s.vote_samples]  # rows are grouped by problem, k each
                 out[p.index]["vote"][speaker] = {

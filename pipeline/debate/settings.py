@@ -67,10 +67,8 @@ class DebateSettings:
     max_new_tokens: int = knob(256, "Tokens a model may write in one turn; generation also stops on each model's "
                                     "end-of-turn tokens.", minimum=1)
     temperature: float = knob(0.0, "0 = greedy. Above 0: seeded sampling per row (see `seed`).", minimum=0.0)
-    batch_size: int = knob(256, "Debates of a shard admitted together (a group): the group's baselines run in batches "
-                                "of this many rows, then each round its debates share every turn (one batched generate) "
-                                "with the debates still open from earlier groups. Bounds memory, and the work a killed "
-                                "job loses (the open debates of the last max_rounds groups).", minimum=1,
+    batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
+                                "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1,
                           run_only_when=INVARIANT)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "

@@ -83,7 +83,7 @@ class StaticDecoder:
         self.fused_sampling = options.kernels != "torch" and usable(self.device) is None
         self.index = PrefixIndex()
         self.use_graphs = options.cuda_graphs and self.device.type == "cuda"
-        self.cache = KVCache(self.forward, self.device, grow_only=self.use_graphs)
+        self.cache = KVCache(self.forward, self.device)
         self.graphs = StepGraphs(self.device)
         # Where a call's time goes, summed over calls (benchmarks read them): prompts' prefill vs decode steps.
         self.prefill_seconds = 0.0

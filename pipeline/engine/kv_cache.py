@@ -65,15 +65,11 @@ class RowState:
 
 
 class KVCache:
-    """One model's cache and row buffers; empty until the first call, and after ``release``. A cache that only
-    grows (``grow_only``: the decoder replays CUDA graphs, which hold its addresses) is rebuilt at the larger of
-    the call's need and its own size in each dimension: calls that alternate between many short rows (a vote)
-    and fewer long ones (later turns) then stop rebuilding it, and with it recapturing every graph."""
+    """One model's cache and row buffers; empty until the first call, and after ``release``."""
 
-    def __init__(self, forward: Forward, device: torch.device, grow_only: bool) -> None:
+    def __init__(self, forward: Forward, device: torch.device) -> None:
         self.forward = forward
         self.device = device
-        self.grow_only = grow_only
         self.layers: list[torch.Tensor] | None = None  # per layer: [k/v, rows, kv_heads, columns, head_dim]
         self.state: RowState | None = None
 
@@ -88,14 +84,6 @@ class KVCache:
 
     def release(self) -> None:
         self.layers = self.state = None
-
-    def grown(self, rows: int, columns: int) -> tuple[int, int]:
-        """The rows and columns the cache has once a call of ``rows`` x ``columns`` has run (columns rounded up to a
-        bucket): the call's own, or with ``grow_only`` the larger of the call's and the cache's in each dimension."""
-        columns = round_columns(columns)
-        if self.layers is None or not self.grow_only:
-            return rows, columns
-        return max(rows, self.layers[0].shape[1]), max(columns, self.layers[0].shape[3])
 
     def holds(self, rows: int, columns: int, max_new: int) -> bool:
         """Whether the cache (and its row buffers) already has room for ``rows`` x ``columns`` (rounded up to
@@ -113,9 +101,7 @@ class KVCache:
                 for layer in self.layers:
                     _move(layer, layer, moves)
             return
-        rows, columns = self.grown(rows, columns)
-        if self.grow_only and self.state is not None:
-            max_new = max(max_new, self.state.out.shape[1])
+        columns = round_columns(columns)
         old = self.layers if moves is not None else None
         self.release()
         if self.device.type == "cuda":

@@ -44,34 +44,22 @@ class Decoders:
 
     def rows_that_fit(self, decoder: StaticDecoder, columns: int, vocab_rows_cost: int, wanted: int) -> int:
         """How many rows of ``columns`` fit in ``decoder``'s device's free memory now, up to ``wanted`` (no limit
-        on a CPU), counting the cache as the call leaves it (``KVCache.grown``: a cache that only grows keeps its
-        rows and columns). The other decoders on that device keep their caches (and their rows' prefixes for the
-        next turn) while ``wanted`` rows fit beside them; otherwise they give them back: models take turns. If
-        still too few fit, the decoder gives up its own cache's size too, and the call gets a cache of its own."""
+        on a CPU). The other decoders on that device keep their caches (and their rows' prefixes for the next
+        turn) while ``wanted`` rows fit beside them; otherwise they give them back: models take turns."""
         device = decoder.device
         if device.type != "cuda":
             return wanted
-        cache = decoder.cache
+        per_row = round_columns(columns) * decoder.cache.bytes_per_token() + vocab_rows_cost
 
-        def fitting(keep: bool = True) -> int:
-            """Rows that fit, the cache grown from its own size (``keep``) or made for this call alone."""
-            budget = torch.cuda.mem_get_info(device)[0] + cache.held_bytes() - RESERVE_BYTES
-            held_rows, grown_columns = cache.grown(0, columns) if keep else (0, round_columns(columns))
-            row_cache = grown_columns * cache.bytes_per_token()
-            rows = budget // (row_cache + vocab_rows_cost)
-            if rows >= held_rows:
-                return int(rows)
-            return int(min(held_rows, (budget - held_rows * row_cache) // vocab_rows_cost))  # the kept rows cost what they cost
+        def fitting() -> int:
+            free = torch.cuda.mem_get_info(device)[0] + decoder.cache.held_bytes()
+            return int((free - RESERVE_BYTES) // per_row)
 
         rows = fitting()
         others = [d for d in self._by_model.values() if d is not decoder and d.device == device and d.cache.layers is not None]
         if rows < wanted and others:
             for other in others:
                 other.release()
-            torch.cuda.empty_cache()
-            rows = fitting()
-        if rows < wanted and cache.layers is not None and fitting(keep=False) > rows:  # its own size costs rows: give it up
-            decoder.release()
             torch.cuda.empty_cache()
             rows = fitting()
         return max(1, min(rows, wanted))
