@@ -10,7 +10,7 @@ from pipeline.reduce.debate_stats import agreement, agreement_kind, summarize
 from pipeline.reduce.eval_stats import against_base
 from pipeline.reduce.sharded import model_labels
 from pipeline.reduce.tables import debate_table, eval_table
-from pipeline.reduce.stats import format_p, mcnemar_exact
+from pipeline.reduce.stats import difference_cell, format_p, mcnemar_exact
 from tests.debate_records import debate_config, record
 
 
@@ -95,6 +95,17 @@ def test_the_eval_table_rounds_each_share_once() -> None:
     rows = eval_summarize({"b/gsm8k_cot_llama": records}, {"b": "m-b"}, ["b"], ["gsm8k_cot_llama"])
     assert rows[0]["accuracy"] == 0.1425
     assert "| 14.3% | 1.0 | 12.5% - 16.2% | 188 / 1319 |" in eval_table(rows, "r", [])
+
+
+def test_a_difference_is_rounded_once_from_the_discordant_counts() -> None:
+    """2 of 1,319 questions is +0.15 points, printed +0.2; the debate table once printed it from a difference
+    stored to 4 decimals (0.0015), as +0.1, beside jobs/outcomes.py's +0.2 for the same run."""
+    config = debate_config({"models": {"a": "m-a", "b": "m-b"},
+                            "debate": {"max_rounds": 1, "final_answer": "last", "baselines": {"vote_models": []}}})
+    records = [record(i, "5", ["6", "5"] if i >= 1317 else ["5", "5"]) for i in range(1319)]
+    table = debate_table(summarize(records, model_labels(config), config.debate), "r", [])
+    assert "| model a (m-a) alone | 1319 | 2 | 0 | +0.2 pts |" in table
+    assert difference_cell(0, 0, 0) == "+0.0 pts"
 
 
 def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.markdown import escape
-from pipeline.reduce.stats import accuracy_cells, format_p, mcnemar_exact
+from pipeline.reduce.stats import accuracy_cells, difference_cell, format_p, mcnemar_exact
 
 Verdict = tuple[str | None, bool]
 
@@ -119,6 +119,6 @@ def markdown(outcomes: Outcomes, reference: str | None = None) -> str:
         pairs = [(mine[i][1], v[1]) for i, v in outcomes.methods[name].items() if i in mine]
         first = sum(x and not y for x, y in pairs)
         second = sum(y and not x for x, y in pairs)
-        diff = (first - second) / len(pairs) if pairs else 0.0
-        lines.append(f"| {escape(name)} | {len(pairs)} | {first} | {second} | {100 * diff:+.1f} pts | {format_p(mcnemar_exact(first, second))} |")
+        lines.append(f"| {escape(name)} | {len(pairs)} | {first} | {second} | {difference_cell(first, second, len(pairs))} | "
+                     f"{format_p(mcnemar_exact(first, second))} |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 from pipeline.markdown import escape
-from pipeline.reduce.stats import accuracy_cells, format_p
+from pipeline.reduce.stats import accuracy_cells, difference_cell, format_p
 from pipeline.shards import ShardCheck
 
 
@@ -72,7 +72,7 @@ def debate_table(summary: dict[str, Any], run_id: str, checks: list[ShardCheck])
         for p in summary["paired"]:
             lines.append(
                 f"| {escape(p['against'])} | {p['n']} | {p['only_debate_right']} | {p['only_baseline_right']} | "
-                f"{100 * p['difference']:+.1f} pts | {format_p(p['p_value'])} |"
+                f"{difference_cell(p['only_debate_right'], p['only_baseline_right'], p['n'])} | {format_p(p['p_value'])} |"
             )
     lines += ["", "| how the debate agreed | debates | final right | final wrong | fixed its own wrong answer | gave up its own right answer |",
               "|---|---|---|---|---|---|"]
@@ -122,7 +122,7 @@ def _against_base_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['key']} | {escape(r['task'])} | {escape(r['filter'])} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
-            f"{100 * (r['accuracy'] - r['base_accuracy']):+.1f} pts | {r['only_finetuned_right']} | {r['only_base_right']} | "
+            f"{difference_cell(r['only_finetuned_right'], r['only_base_right'], r['n'])} | {r['only_finetuned_right']} | {r['only_base_right']} | "
             f"{format_p(r['p_value'])} | {r['identical_responses']} / {r['n']} |"
         )
     same = sorted({(r["key"], r["task"]) for r in rows if r["identical_responses"] == r["n"]})
