@@ -106,3 +106,17 @@ def test_int8_refuses_a_gpu() -> None:
     with pytest.raises(ValueError, match="models.dtype=int8 runs on a CPU only"):
         pick_dtype("int8", torch.device("cuda"))
     assert pick_dtype("int8", torch.device("cpu")) is torch.float32
+
+
+def test_int8_layer_computes_its_formula_bit_for_bit() -> None:
+    """The layer works in place (the int32 sums turned into float32 in their own memory, the scales multiplied
+    into them) for speed; its output is the plain formula's, out of place, bit for bit, at decode and prefill
+    row counts, with a bias."""
+    torch.manual_seed(0)
+    layer = RowInt8Linear(torch.nn.Linear(96, 700, bias=True))
+    for rows in (1, 17, 300):
+        x = torch.randn(rows, 96) * torch.rand(rows, 1) * 8
+        scale = x.abs().amax(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        quantized = torch.round(x / scale).clamp(-127, 127).to(torch.int8)
+        expected = torch._int_mm(torch.cat((quantized, quantized.new_zeros(max(0, 17 - rows), 96))), layer.weight_int8)[:rows].float()
+        assert torch.equal(layer(x), expected * scale * layer.weight_scale + layer.bias), rows

@@ -303,7 +303,7 @@ class Forward:
                 delta = self._layer(mlp.down_proj, kernels.silu_and_mul(self._linear(x, *self.gate_up[i])))
             else:
                 gate, up = F.linear(x, *self.gate_up[i]).chunk(2, -1) if self.gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
-                delta = mlp.down_proj(mlp.act_fn(gate) * up)
+                delta = mlp.down_proj(mlp.act_fn(gate).mul_(up))  # in place: a prefill's [tokens, intermediate] temporary less
         last = slice(length - 1, tokens, length)  # each row's last position
         return self._layer(self.model.lm_head, self._padded(self._add_norm(base.norm, hidden[last], delta[last])[1]))[:rows]
 
