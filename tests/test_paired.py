@@ -108,6 +108,15 @@ def test_a_difference_is_rounded_once_from_the_discordant_counts() -> None:
     assert difference_cell(0, 0, 0) == "+0.0 pts"
 
 
+def test_the_fine_tuned_against_base_table_rounds_each_accuracy_once() -> None:
+    """188 / 1319 is 14.3% (stored to 4 decimals, 0.1425, it printed as 14.2%), beside 190 / 1319 fine-tuned."""
+    base = {"a/gsm8k": [_eval_record(i, "r", i < 188) for i in range(1319)]}
+    rows = against_base({"a/gsm8k": [_eval_record(i, "s", i < 190) for i in range(1319)]}, base)
+    strict = next(r for r in rows if r["filter"] == "strict-match")
+    assert (strict["base_accuracy"], strict["base_correct"], strict["correct"]) == (0.1425, 188, 190)
+    assert "| strict-match | 14.3% | 14.4% | +0.2 pts | 2 | 0 |" in eval_table([], "r", [], base=rows)
+
+
 def test_a_fine_tuned_step_that_changed_nothing_is_flagged() -> None:
     base = {"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}
     same = against_base({"a/gsm8k": [_eval_record(i, f"r{i}", i % 2 == 0) for i in range(6)]}, base)

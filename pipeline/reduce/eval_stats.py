@@ -66,10 +66,11 @@ def against_base(by_part: dict[str, list[dict[str, Any]]], base: dict[str, list[
             flags = [(b["correct"].get(name, False), a["correct"].get(name, False)) for b, a in pairs]
             gained = sum(after and not was for was, after in flags)
             lost = sum(was and not after for was, after in flags)
+            base_correct, correct = sum(was for was, _ in flags), sum(after for _, after in flags)
             rows.append({
                 "key": key, "task": task, "filter": name, "n": len(pairs), "identical_responses": identical,
-                "base_accuracy": round(sum(was for was, _ in flags) / len(pairs), 4),
-                "accuracy": round(sum(after for _, after in flags) / len(pairs), 4),
+                "base_correct": base_correct, "correct": correct,
+                "base_accuracy": round(base_correct / len(pairs), 4), "accuracy": round(correct / len(pairs), 4),
                 "only_finetuned_right": gained, "only_base_right": lost,
                 "p_value": mcnemar_exact(gained, lost),
             })

@@ -121,7 +121,8 @@ def _against_base_lines(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['key']} | {escape(r['task'])} | {escape(r['filter'])} | {100 * r['base_accuracy']:.1f}% | {100 * r['accuracy']:.1f}% | "
+            f"| {r['key']} | {escape(r['task'])} | {escape(r['filter'])} | {accuracy_cells(r['base_correct'], r['n'])[0]} | "
+            f"{accuracy_cells(r['correct'], r['n'])[0]} | "
             f"{difference_cell(r['only_finetuned_right'], r['only_base_right'], r['n'])} | {r['only_finetuned_right']} | {r['only_base_right']} | "
             f"{format_p(r['p_value'])} | {r['identical_responses']} / {r['n']} |"
         )
