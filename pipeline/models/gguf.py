@@ -157,7 +157,6 @@ def _convert(gguf_path: Path, out_dir: Path, name: str, log: Log) -> dict:
         del cfg.quantization_config
     model.hf_quantizer = None
     cfg.dtype = torch.float32
-    model.tie_weights()
     state = model.state_dict()
     n_params = sum(p.numel() for p in model.parameters())
 
