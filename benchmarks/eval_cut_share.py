@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.config import project_path  # noqa: E402
 from pipeline.models.loading import load_tokenizer, prepare  # noqa: E402
 from pipeline.models.registry import load_registry, resolve_model  # noqa: E402
 from pipeline.runs import Run  # noqa: E402
@@ -30,7 +31,7 @@ def cut_share(run: Path, max_gen_toks: int | None, margin: int) -> list[dict[str
     if not limit:
         raise SystemExit(f"{run}/config.yaml has eval.max_gen_toks null (each task's own): give --max-gen-toks")
     registry = load_registry()
-    cache = Path(config["paths"]["model_cache"]).expanduser()
+    cache = project_path(config["paths"]["model_cache"])  # as the run resolved it: relative to the project root
     rows = []
     for model_dir in sorted(p for p in folders.stage_dir("eval").iterdir() if p.is_dir()):
         spec = resolve_model(f"models.{model_dir.name}", config["models"][model_dir.name], registry, config["results_dir"])
