@@ -94,8 +94,7 @@ def test_int8_weights_quantized_by_blocks_are_those_of_the_whole_matrix() -> Non
     weight = linear.weight.detach().float()
     scale = weight.abs().amax(1).clamp(min=torch.finfo(torch.float32).tiny) / 127
     assert torch.equal(layer.weight_scale, scale)
-    assert torch.equal(layer.weight_int8, torch.round(weight / scale[:, None]).to(torch.int8).t())
-    assert layer.weight_int8.stride() == (1, 96), "[in, out] with the input dimension contiguous per output column"
+    assert torch.equal(layer.matrix(), torch.round(weight / scale[:, None]).to(torch.int8).t())
     x = torch.randn(5, 96)
     assert torch.allclose(layer(x), linear(x), atol=0.05)
 
@@ -108,15 +107,41 @@ def test_int8_refuses_a_gpu() -> None:
     assert pick_dtype("int8", torch.device("cpu")) is torch.float32
 
 
-def test_int8_layer_computes_its_formula_bit_for_bit() -> None:
-    """The layer works in place (the int32 sums turned into float32 in their own memory, the scales multiplied
-    into them) for speed; its output is the plain formula's, out of place, bit for bit, at decode and prefill
-    row counts, with a bias."""
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "int_mm"])
+def test_int8_layer_computes_its_formula_bit_for_bit(onednn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer works in place and, where this CPU's oneDNN is exact, multiplies with a packed weight and
+    shifted unsigned activations, for speed; its output is the plain formula's (torch._int_mm, out of place),
+    bit for bit, at decode and prefill row counts, with a bias, down either path."""
+    from pipeline.models import int8
+
+    if onednn and not int8.onednn_is_exact():
+        pytest.skip("this CPU's oneDNN int8 product is not exact: the layers keep torch._int_mm")
+    monkeypatch.setattr(int8, "onednn_is_exact", lambda: onednn)
     torch.manual_seed(0)
     layer = RowInt8Linear(torch.nn.Linear(96, 700, bias=True))
-    for rows in (1, 17, 300):
+    assert layer.packed is onednn
+    for rows in (1, 4, 17, 300):
         x = torch.randn(rows, 96) * torch.rand(rows, 1) * 8
+        x[0, 0] = 1e4  # an outlier: its row's other values quantize to small integers, the other rows' do not
         scale = x.abs().amax(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127
         quantized = torch.round(x / scale).clamp(-127, 127).to(torch.int8)
-        expected = torch._int_mm(torch.cat((quantized, quantized.new_zeros(max(0, 17 - rows), 96))), layer.weight_int8)[:rows].float()
+        expected = torch._int_mm(quantized, layer.matrix()).float()
         assert torch.equal(layer(x), expected * scale * layer.weight_scale + layer.bias), rows
+
+
+def test_onednn_int8_sums_are_exact_at_their_extremes() -> None:
+    """Where the layers use oneDNN, its sums equal torch._int_mm's where 16-bit pair sums would saturate
+    (every product +-127 x 127) and beyond 2^24, where float32 rounds a sum: the same rounding."""
+    from pipeline.models import int8
+
+    if not int8.onednn_is_exact():
+        pytest.skip("this CPU's oneDNN int8 product is not exact: the layers keep torch._int_mm")
+    weight = torch.full((4, 1536), 127, dtype=torch.int8)
+    weight[1] = -127
+    weight[2, ::2] = -127
+    values = torch.full((3, 1536), 127, dtype=torch.int8)
+    values[1] = -127
+    packed = torch.ops.onednn.qlinear_prepack(weight, None)
+    sums = int8._onednn_product((values.to(torch.int16) + 128).to(torch.uint8), packed)
+    assert sums.abs().max() > 2**24
+    assert torch.equal(sums, torch._int_mm(values, weight.t()).float())
