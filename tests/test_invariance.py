@@ -165,17 +165,48 @@ def emulated_gpu_path(chat: ChatModel, options: DecoderOptions) -> StaticDecoder
     return decoder
 
 
+def check_done_rows(decoder: StaticDecoder, device: str) -> None:
+    """A decode step's rows that are done (stopped, waiting for the open rows to fit a smaller batch) read only
+    their first cache column: their other columns poisoned with NaN leave their logits finite, and the open
+    rows' logits are the bits of the same step without any row done."""
+    f = decoder.forward
+    generator = torch.Generator().manual_seed(0)
+    layers, columns = len(f.layers), 64
+    shape = (2, 3, f.kv_heads, columns, f.head_dim)
+    cache = [torch.randn(shape, generator=generator).to(device, f.dtype) for _ in range(layers)]
+    token = torch.tensor([5, 9, 13], device=device)
+    start = torch.tensor([0, 10, 5], device=device)
+    column = torch.tensor(40, device=device)
+    position = column - start
+    done = torch.tensor([False, True, False], device=device)
+    with torch.inference_mode():
+        expected = f.step([c.clone() for c in cache], token, position, start, column, columns)
+        for c in cache:
+            c[:, 1, :, 11:] = float("nan")
+        logits = f.step(cache, token, position, start, column, columns, done)
+    assert torch.equal(logits[[0, 2]], expected[[0, 2]]), "the open rows' logits"
+    assert logits[1].isfinite().all(), "the done row read past its first column"
+
+
 def check_gpu_path(name: str) -> None:
-    """The GPU's batch-invariant path, its logic on this CPU: the batch and reuse cases, smaller."""
+    """The GPU's batch-invariant path, its logic on this CPU: the batch and reuse cases, smaller, and done rows."""
     torch.set_num_threads(1)
     chat = load_chat_model(load_registry()[name], Path("/nonexistent"), "float32", torch.device("cpu"))
     batch_case(chat, lambda options: emulated_gpu_path(chat, options), rows=4, new_tokens=10)
     reuse_case(chat, lambda options: emulated_gpu_path(chat, options), rows=2, new_tokens=6)
+    check_done_rows(emulated_gpu_path(chat, DecoderOptions()), "cpu")
 
 
 @pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
 def test_the_gpu_paths_invariance_in_the_interpreter() -> None:
     run_interpreted("from tests.test_kernels import strict_index; strict_index(); from tests.test_invariance import check_gpu_path; check_gpu_path('tiny-qwen2')", timeout=900)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
+@pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "fast"])
+def test_done_rows_read_no_cache_on_the_gpu(invariant: bool) -> None:
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cuda"))
+    check_done_rows(StaticDecoder(chat.model, DecoderOptions(batch_invariant=invariant)), "cuda")
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")

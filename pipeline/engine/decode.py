@@ -115,7 +115,7 @@ class StaticDecoder:
     def _step(self, rows: int, columns: int, temperature: float) -> None:
         """One decode step for the first ``rows`` rows, reading ``columns`` cache columns; all in place."""
         s = self.cache.state
-        logits = self.forward.step(self.cache.layers, s.token[:rows], s.position[:rows], s.start[:rows], s.column, columns)
+        logits = self.forward.step(self.cache.layers, s.token[:rows], s.position[:rows], s.start[:rows], s.column, columns, s.done[:rows])
         token = sample_tokens(logits, temperature, s.seeds[:rows], s.step, self.fused_sampling)
         done = s.done[:rows]
         token = torch.where(done, s.pad, token)

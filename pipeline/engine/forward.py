@@ -205,26 +205,29 @@ class Forward:
         return self._logits(ids, positions, attend)
 
     def step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
-             column: torch.Tensor, columns: int) -> torch.Tensor:
+             column: torch.Tensor, columns: int, done: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of one decode step for the first ``len(token)`` cache rows: each row's last token at its
         rotary ``position``, its keys and values written at ``column`` (a 0-d tensor, so that a captured
         graph replays at the next column), attending to its columns from ``start`` to ``column``, of the
-        first ``columns`` read."""
+        first ``columns`` read. Rows marked ``done`` (stopped, waiting in the batch until the open rows fit a
+        smaller one) have their tokens discarded: the attention kernel reads only their first column, so that
+        they cost no cache reads; every other row's numbers are unchanged."""
         if self.use_kernels:
-            return self._fused_step(cache, token, position, start, column, columns)
+            return self._fused_step(cache, token, position, start, column, columns, done)
         return self._torch_step(cache, token, position, start, column, columns)
 
     def _fused_step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
-                    column: torch.Tensor, columns: int) -> torch.Tensor:
+                    column: torch.Tensor, columns: int, done: torch.Tensor | None) -> torch.Tensor:
         """The decode step through ``pipeline.engine.kernels``: rotary embedding and cache write in one
         kernel, and attention reading each row's own columns, from its first prompt token to the one
-        written now."""
+        written now (a done row: its first column only)."""
         rows = len(token)
         splits, split_size = kernels.attention_plan(rows, self.kv_heads, columns, self.processors, self.invariant)
+        end = column if done is None else torch.where(done, start, column)
 
         def attend(layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
             q = kernels.rope_and_store(qkv.view(rows, -1), cos, sin, cache[layer], column, self.heads, self.kv_heads)
-            return kernels.decode_attention(q, cache[layer][0], cache[layer][1], start, column, self.scale, splits, split_size).view(rows, -1)
+            return kernels.decode_attention(q, cache[layer][0], cache[layer][1], start, end, self.scale, splits, split_size).view(rows, -1)
 
         return self._logits(token[:, None], position[:, None], attend)
 
