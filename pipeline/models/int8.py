@@ -7,7 +7,7 @@ summed in integers, which is exact in any order: a row's output is a function of
 the batch, its size or the kernel's blocking.
 
 The integer product runs in oneDNN with the weight packed once at load (``onednn::qlinear_pointwise``: about
-twice ``torch._int_mm``'s speed at a decode step's 4-16 rows, which repacks the weight at every call). It
+twice ``torch._int_mm``'s speed at a decode step's 4-16 rows, measured; prefills run as fast either way). It
 takes unsigned activations, so a row's int8 values enter shifted by 128 with 128 as their zero point; the sums
 are the same integers. Where oneDNN's product is not exact (CPUs without VNNI may saturate pairs of products in
 16 bits) or absent, a probe at the first layer finds it and every layer keeps ``torch._int_mm``.
@@ -32,6 +32,11 @@ _ONE = torch.ones(1)
 _ZERO = torch.zeros(1, dtype=torch.int64)
 
 
+def unsigned(values: torch.Tensor) -> torch.Tensor:
+    """int8 values as oneDNN takes them: shifted by ``_SHIFT`` into uint8."""
+    return (values.to(torch.int16) + _SHIFT).to(torch.uint8)
+
+
 def _onednn_product(activations: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """The int32 sums of ``activations`` (int8 values shifted to uint8) times a packed int8 weight, as float32."""
     return torch.ops.onednn.qlinear_pointwise(activations, 1.0, _SHIFT, packed, _ONE, _ZERO, None, 1.0, 0, torch.float32, "none", [], "")
@@ -53,8 +58,7 @@ def onednn_is_exact() -> bool:
     try:
         packed = torch.ops.onednn.qlinear_prepack(weight, None)
         for rows in (values[:1], values):
-            shifted = (rows.to(torch.int16) + _SHIFT).to(torch.uint8)
-            if not torch.equal(_onednn_product(shifted, packed), torch._int_mm(rows, weight.t()).float()):
+            if not torch.equal(_onednn_product(unsigned(rows), packed), torch._int_mm(rows, weight.t()).float()):
                 return False
     except RuntimeError:
         return False
@@ -78,7 +82,8 @@ class RowInt8Linear(torch.nn.Module):
             scale[start : start + _BLOCK_ROWS] = block_scale
             quantized[start : start + _BLOCK_ROWS] = torch.round(rows / block_scale[:, None])
         self.packed = onednn_is_exact()
-        # [in, out] with the input dimension contiguous per output column: the layout torch._int_mm reads fastest.
+        # oneDNN's packed layout, or [in, out] with the input dimension contiguous per output column (the layout
+        # torch._int_mm reads fastest).
         self.register_buffer("weight_int8", torch.ops.onednn.qlinear_prepack(quantized, None) if self.packed else quantized.t())
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
