@@ -123,7 +123,7 @@ CASES = [
     (["stage=train", "train.dataset=/etc/passwd"], "train.dataset=/etc/passwd: not a .jsonl/.json file of preference rows (prompt, chosen, rejected)"),
     (["stage=train", "train.dataset=someone/some-data"],
      "train.dataset=someone/some-data: a hub dataset not in the local cache while offline (HF_HUB_OFFLINE=1: "),
-    (["stage=train", "train.dataset=../x"], "train.dataset=../x: no such file, and not a hub dataset name (owner/name)"),
+    (["stage=train", "train.dataset=../no-such-preference-set"], "train.dataset=../no-such-preference-set: no such file, and not a hub dataset name (owner/name)"),
     (["stage=train", "train.dataset_split=nonexistent"], "train.dataset_split=nonexistent: no file "),
     (["stage=train", "train.dataset_split=test"],
      "train.dataset_split=test: the split the eval and debate score (data.split=test); training on it would score the models on their own training questions; use train"),
