@@ -31,7 +31,7 @@ from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchma
 
 # Kernel kinds by a word of the kernel's name, first match wins.
 KINDS = (("attention", ("attention", "fmha", "flash", "sdpa", "cudnn")), ("matmul", ("gemm", "nvjet", "cutlass", "sm90_", "sm80_")),
-         ("fused element-wise", ("_rope", "_add_rms", "_silu")), ("sampling", ("argmax", "topk", "sort", "multinomial")))
+         ("fused element-wise", ("_rope", "_add_rms", "_silu")), ("sampling", ("argmax", "topk", "sort", "multinomial", "gumbel")))
 
 
 def kind_of(name: str) -> str:
@@ -52,6 +52,10 @@ def main() -> None:
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"])
     parser.add_argument("--phase", default="decode", choices=["decode", "prefill"])
     parser.add_argument("--reused", type=int, default=0, help="prefill: prompt tokens whose keys and values come from the cache")
+    parser.add_argument("--temperature", type=float, default=0.0, help="decode: sample at this temperature (a vote's 0.7), 0: greedy")
+    parser.add_argument("--done", type=float, default=0.0, help="decode: this share of the rows has stopped (waits in the batch)")
+    parser.add_argument("--spread", type=int, default=0, help="decode: rows start at random columns below this (left padding: "
+                        "prompts of different lengths), 0: every row at column 0")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -60,11 +64,18 @@ def main() -> None:
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=device)
     decoder.generate(ids, torch.ones_like(ids), max_new_tokens=max(1, args.columns - args.prompt), stop_ids=[], pad_id=0)
 
+    state = decoder.cache.state
+    generator = torch.Generator().manual_seed(0)
+    state.start[: args.batch] = torch.randint(0, max(1, args.spread), (args.batch,), generator=generator)
+    state.seeds[: args.batch] = torch.arange(args.batch)
+    finished = torch.rand(args.batch, generator=generator) < args.done
+
     def step() -> None:
         """The step that writes the last of ``--columns`` columns (the state is rewound each time)."""
-        decoder.cache.state.column.fill_(args.columns - 1)
-        decoder.cache.state.step.fill_(1)
-        decoder._step(args.batch, args.columns, 0.0)
+        state.column.fill_(args.columns - 1)
+        state.step.fill_(1)
+        state.done[: args.batch] = finished
+        decoder._step(args.batch, args.columns, args.temperature)
 
     def prefill() -> None:
         start = torch.zeros(args.batch, dtype=torch.long, device=device)
@@ -88,7 +99,7 @@ def main() -> None:
             table[0] += event.device_time_total / 1e3
             table[1] += 1
     total = sum(ms for ms, _ in by_kind.values())
-    what = f"one step over {args.columns} columns" if args.phase == "decode" else \
+    what = f"one step over {args.columns} columns (T={args.temperature}, {finished.float().mean():.0%} of rows done, starts below {args.spread})" if args.phase == "decode" else \
         f"the prefill of {args.prompt}-token prompts" + (f", {args.reused} tokens of each from the cache" if args.reused else "")
     print(f"{args.shape} {args.dtype}, batch {args.batch}, kernels={args.kernels} ({'fused' if decoder.forward.use_kernels else 'PyTorch'}): "
           f"{total:.2f} ms of kernels in {what}")

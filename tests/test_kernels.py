@@ -49,6 +49,15 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
         out = kernels.decode_attention(q, cache[0], cache[1], start, end, 0.125, splits, size, block=32)
         torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance, msg=f"attention, {splits} splits")
 
+    # one piece: the loop stops at each row's own last column, so the piece's size changes no bit (one graph
+    # serves every width: Forward.step_columns), a finished row's (its end at its start) included
+    ends = torch.tensor([column, column, 120, column], device=device)
+    one = [kernels.decode_attention(q, cache[0], cache[1], start, ends, 0.125, 1, size, block=32) for size in (256, 1024)]
+    assert torch.equal(one[0], one[1]), "one piece of 256 or of 1024 columns: the same bits"
+    assert torch.equal(one[0][[0, 1, 3]], kernels.decode_attention(q, cache[0], cache[1], start, end, 0.125, 1, 256, block=32)[[0, 1, 3]])
+    finished = cache[1, 2, :, 120].float().repeat_interleave(heads // kv_heads, 0)  # one column: its value, weight 1
+    torch.testing.assert_close(one[0][2].float(), finished, atol=tolerance, rtol=tolerance, msg="a finished row reads its first column")
+
     # pieces from the row's own first column: the same bits in another batch, at another place and padding
     row, first, count = 1, 37, column - 37 + 1
     moved = torch.randn(2, 3, kv_heads, 320, dim, dtype=dtype, device=device)
@@ -109,38 +118,10 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     torch.testing.assert_close(kernels.silu_and_mul(gate_up, block=128), F.silu(gate) * up, msg="SiLU and mul")
 
 
-def strict_index() -> None:
-    """Triton's interpreter as it was before 3.7 (the GPU image's 3.6): a tensor used as a Python int
-    (a loop bound) converted with ``int()`` of its one-element array, which NumPy 2.4+ refuses ("only
-    0-dimensional arrays can be converted to Python scalars"). Kernels must not depend on the newer
-    interpreter's squeeze."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    patch = interpreter._patch_lang_tensor
-
-    def strict(tensor, *args):
-        patch(tensor, *args)
-        scope = args[0] if args else None
-
-        def index(self):
-            data = self.handle.data
-            if data.ndim > 0:
-                raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
-            return int(np.asarray(data))
-
-        if scope is None:
-            tensor.__index__ = index
-        else:
-            scope.set_attr(tensor, "__index__", index)
-
-    interpreter._patch_lang_tensor = strict
-
-
 @needs_triton
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kernels_match_pytorch_in_the_interpreter(dtype: str) -> None:
-    run_interpreted(f"import torch; from tests.test_kernels import check_kernels, strict_index; strict_index(); check_kernels('cpu', torch.{dtype})", timeout=300)
+    run_interpreted(f"import torch; from tests.test_kernels import check_kernels; check_kernels('cpu', torch.{dtype})", timeout=300)
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
@@ -160,6 +141,32 @@ def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
     mask[1:, :7] = 0  # left padding
     outs = [StaticDecoder(chat.model, DecoderOptions(kernels=k, batch_invariant=False)).generate(ids, mask, max_new_tokens=64, stop_ids=[], pad_id=0) for k in ("triton", "torch")]
     assert torch.equal(*outs)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
+def test_one_graph_serves_every_width_where_the_attention_is_one_piece() -> None:
+    """Rows enough that every row's attention is one piece at any width: the decoder captures one graph for
+    the whole call (not one per column bucket), and its tokens are those of the step run without graphs at
+    each step's own width; with few rows, or batch invariance, the graphs stay one per column bucket."""
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cuda"))
+    processors = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = -(-2 * processors // chat.model.config.num_key_value_heads)
+    ids = torch.randint(3, chat.model.config.vocab_size, (rows, 40), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1:, :7] = 0
+    outs = []
+    for graphs in (True, False):
+        decoder = StaticDecoder(chat.model, DecoderOptions(cuda_graphs=graphs, batch_invariant=False, reuse_kv=False))
+        outs.append(decoder.generate(ids, mask, max_new_tokens=150, stop_ids=[], pad_id=0))
+        if graphs:
+            assert len(decoder.graphs.captured) == 1, sorted(decoder.graphs.captured)
+    assert torch.equal(*outs)
+    forward = decoder.forward
+    capacity = 4096
+    assert forward.step_columns(rows, 192, capacity) == capacity
+    assert forward.step_columns(4, 192, capacity) == 192, "few rows: pieces that depend on the width"
+    forward.invariant = True
+    assert forward.step_columns(rows, 192, capacity) == 192, "batch invariance: fixed pieces"
 
 
 def test_a_kernel_choice_that_cannot_run_is_refused() -> None:

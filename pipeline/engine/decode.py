@@ -9,8 +9,9 @@ allocated once, a row per prompt left-padded into shared columns):
 - turn to turn, a new prompt starts from the cache row that holds its longest prefix (the model's previous
   turn: its prompt and its own reply, ``pipeline.engine.prefix_cache``): those keys and values move to the new
   row's columns and only the rest of the prompt is prefilled (``reuse_kv``);
-- the whole step (forward, sampling, stop bookkeeping) is replayed as a CUDA graph per (row bucket, column
-  bucket) (``pipeline.engine.graphs``), so the host issues one launch per token;
+- the whole step (forward, sampling, stop bookkeeping) is replayed as a CUDA graph per row bucket, and per
+  column bucket only where the step's attention depends on it (few rows, split across programs; or batch
+  invariance: ``Forward.step_columns``) (``pipeline.engine.graphs``), so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
 - prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
@@ -220,7 +221,7 @@ class StaticDecoder:
                     active = width(open_rows)
                     slots = self._compact(slots, rows, length + step - 1)
             written = length + step  # columns holding keys/values once this step has written its own
-            columns = round_columns(written) if self.use_graphs else written
+            columns = self.forward.step_columns(active, round_columns(written), self.cache.layers[0].shape[3]) if self.use_graphs else written
             self._replay(active, columns, temperature)
         out = torch.empty((rows, max_new_tokens), dtype=torch.long, device=self.device)
         out[slots] = s.out[:rows, :max_new_tokens]

@@ -216,6 +216,16 @@ class Forward:
             return self._fused_step(cache, token, position, start, column, columns, done)
         return self._torch_step(cache, token, position, start, column, columns)
 
+    def step_columns(self, rows: int, columns: int, capacity: int) -> int:
+        """The columns to run (and key the graph of) a decode step of ``rows`` rows with, when its rows hold at most
+        ``columns`` of a cache of ``capacity``: the whole ``capacity`` where the fused attention reads each row in
+        one piece at any width (many rows, no batch invariance: ``kernels.attention_plan``), since its loop
+        stops at each row's own last column and the step is then the same computation, bit for bit, at every
+        width, so one captured graph serves a whole call instead of one per column bucket; else ``columns``."""
+        if self.use_kernels and not self.invariant and kernels.attention_plan(rows, self.kv_heads, capacity, self.processors, False)[0] == 1:
+            return capacity
+        return columns
+
     def _fused_step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
                     column: torch.Tensor, columns: int, done: torch.Tensor | None) -> torch.Tensor:
         """The decode step through ``pipeline.engine.kernels``: rotary embedding and cache write in one

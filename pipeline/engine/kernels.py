@@ -55,8 +55,10 @@ if HAVE_TRITON:
         """One (query, key/value head, split): softmax-weighted values of the split's ``SPLIT_SIZE`` columns,
         counted from the query's first column, with the log-sum-exp that merges the splits; with one split,
         the output itself into ``Final``. A query reads cache row ``Rows[query]`` (``ROW_MAP``; else its own
-        index) from ``Start`` to ``End`` inclusive. The loop's bounds are constants: a block past the
-        query's last column is masked out and changes no bit (its weights are exact zeros, its rescale 1)."""
+        index) from ``Start`` to ``End`` inclusive. The loop stops at the query's last column: a block past it
+        would be masked out whole and change no bit (its weights exact zeros, its rescale 1), so skipping it
+        changes none either, and a short or finished row (``End`` = ``Start``) costs its own columns, not
+        the split's; so with one split the result does not depend on ``SPLIT_SIZE`` at all."""
         row, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         first = tl.load(Start + row)
         end = tl.load(End + row * stride_end) + 1
@@ -75,7 +77,7 @@ if HAVE_TRITON:
         m = tl.full([BLOCK_G], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        for offset in range(0, SPLIT_SIZE, BLOCK_N):
+        for offset in range(0, (hi - lo).to(tl.int32), BLOCK_N):
             c = lo + offset + tl.arange(0, BLOCK_N)
             ok = c < hi
             k = tl.load(k_base + c[:, None] * stride_kc + d[None, :], mask=ok[:, None], other=0.0)
