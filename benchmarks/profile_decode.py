@@ -66,8 +66,9 @@ def main() -> None:
 
     state = decoder.cache.state
     generator = torch.Generator().manual_seed(0)
-    state.start[: args.batch] = torch.randint(0, max(1, args.spread), (args.batch,), generator=generator)
-    state.seeds[: args.batch] = torch.arange(args.batch)
+    with torch.inference_mode():  # the decoder's buffers are inference tensors
+        state.start[: args.batch] = torch.randint(0, max(1, args.spread), (args.batch,), generator=generator)
+        state.seeds[: args.batch] = torch.arange(args.batch)
     finished = torch.rand(args.batch, generator=generator) < args.done
 
     def step() -> None:

@@ -89,6 +89,27 @@ def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
     assert _texts(chat, "static", decoders=decoders) == whole, "the whole batch again, after smaller calls"
 
 
+def test_a_prompt_that_recurs_in_a_call_is_prefilled_once() -> None:
+    """A vote's rows: three prompts, four sampled rows each, interleaved. Each prompt is prefilled once and its
+    other rows copy its keys, values and logits (their own seeds): every row's tokens are those it gets in a
+    call where its prompt does not recur (batch invariance, the CPU's default: a row's tokens are its own)."""
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    prompts = CONVERSATIONS[:3]
+    rows = [prompts[i % 3] for i in range(12)]
+    seeds = [row_seed(0, i, "vote") for i in range(12)]
+    decoders = Decoders(DecoderOptions(reuse_kv=False))
+    voted = generate_chat(chat, rows, max_new_tokens=40, temperature=0.8, seeds=seeds, engine="static", decoders=decoders)
+    prefilled = decoders.of(chat.model).last.prefill.tokens
+    alone = []
+    for i in range(12):  # row i beside the two other prompts: no prompt recurs
+        others = [p for p in prompts if p is not rows[i]]
+        alone.append(generate_chat(chat, [rows[i], *others], max_new_tokens=40, temperature=0.8, seeds=[seeds[i], 1, 2], engine="static",
+                                   decoders=decoders)[0])
+    assert [c.text for c in voted] == [c.text for c in alone]
+    assert len({c.text for c in voted}) > 3, "the seeds make rows of one prompt differ"
+    assert prefilled == decoders.of(chat.model).last.prefill.tokens, "twelve rows of three prompts prefill what three rows do"
+
+
 def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:
     """A call's rows are prefilled widest first: rows of alternating lengths are not padded to the longest
     in every chunk, and each row still gets the tokens it gets alone."""
@@ -204,8 +225,9 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
         reused[reuse] = sum(d.reused_tokens for d in decoders)
         prefilled[reuse] = sum(d.prefill_tokens for d in decoders)
     assert records[True] == records[False]
-    assert reused[False] == 0 and reused[True] > prefilled[True], "most prompt tokens come from the previous turn"
-    assert reused[True] + prefilled[True] == prefilled[False]
+    assert reused[True] > reused[False] and reused[True] > prefilled[True], "most prompt tokens come from the previous turn"
+    assert reused[False] > 0, "without reuse, a vote's samples of one prompt still copy its one prefill"
+    assert reused[True] + prefilled[True] == reused[False] + prefilled[False], "every prompt token is prefilled or copied"
 
 
 def _comparable(records: list[dict]) -> list[dict]:

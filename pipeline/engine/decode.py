@@ -14,6 +14,8 @@ allocated once, a row per prompt left-padded into shared columns):
   invariance: ``Forward.step_columns``) (``pipeline.engine.graphs``), so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
+- a prompt that recurs in a call (a vote's samples of one question) is prefilled once: its other rows copy
+  its keys, values and last logits, and sample their first token with their own seeds;
 - prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
   call's rows laid out widest prefill first so that a chunk's rows have similar widths.
 
@@ -58,6 +60,13 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _sources(prompts: list[np.ndarray], matches: list[Reuse | None]) -> np.ndarray:
+    """Per row, the first row with the same prompt starting from the same reused prefix (the row itself when
+    none precedes it): the row whose prefill it copies."""
+    first: dict[tuple[bytes, Reuse | None], int] = {}
+    return np.array([first.setdefault((p.tobytes(), m), r) for r, (p, m) in enumerate(zip(prompts, matches))], dtype=np.int64)
+
+
 def _chunks(costs: np.ndarray, budget: int) -> list[slice]:
     """Consecutive rows in groups whose prefill (rows x the group's widest cost: the tokens a row prefills,
     or the columns it attends to) stays within ``budget`` tokens; a row costlier than the budget goes alone."""
@@ -90,7 +99,7 @@ class StaticDecoder:
         self.prefill_seconds = 0.0
         self.prefill_tokens = 0  # prompt tokens prefilled
         self.prefill_positions = 0  # positions the prefill computed: those tokens and the padding of their chunks
-        self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier call
+        self.reused_tokens = 0  # prompt tokens whose keys and values were copied: from an earlier call, or from a row of the same prompt
         # The last call's prefill and decode against their limits (``pipeline.engine.roofline``).
         self.cost = ModelCost.of(model)
         self.card = Card.of(self.device, self.forward.dtype)
@@ -162,9 +171,14 @@ class StaticDecoder:
         matches = [self.index.match(p) for p in prompts] if self.options.reuse_kv else [None] * rows
         reused = np.array([m.tokens if m is not None else 0 for m in matches], dtype=np.int64)
         fresh = host_start + reused  # a row's first column to prefill
-        # Cache row i holds input row order[i], widest prefill first: rows that share a prefill chunk have
-        # similar widths, so little of a chunk is padding (with reuse, widths no longer follow prompt lengths).
-        order = np.argsort(fresh - length, kind="stable")
+        # A prompt that recurs in the call (a vote's samples of one question) is prefilled once, by its first row.
+        source = _sources(prompts, matches)
+        unique = source == np.arange(rows)
+        sources = int(unique.sum())
+        # Cache row i holds input row order[i]: the rows that prefill, widest prefill first (rows that share a
+        # prefill chunk have similar widths, so little of a chunk is padding; with reuse, widths no longer follow
+        # prompt lengths), then the rows that copy their prompt's keys and values.
+        order = np.lexsort((fresh - length, ~unique))
         slot = np.empty(rows, dtype=np.int64)
         slot[order] = np.arange(rows)
         self._ensure(rows, length + max_new_tokens, max_new_tokens, stop_ids, pad_id, self._moves(matches, host_start, slot))
@@ -178,23 +192,32 @@ class StaticDecoder:
         ids, fresh_device = ids[slots], torch.from_numpy(fresh[order]).to(self.device)
         captured = self.graphs.seconds
         started = time.perf_counter()
-        first = []
+        token = torch.empty(rows, dtype=torch.long, device=self.device)
+        copies = np.arange(sources, rows)  # the cache rows that copy, and the cache rows they copy from
+        copied = slot[source[order[sources:]]]
         # Where the kv heads are copied to the query heads, a row's copies span all ``length`` columns, however
         # few it prefills: a chunk is then bounded by the columns its rows attend to, as whole prompts are.
-        costs = widths if self.forward.gqa_in_kernel else np.full(rows, length)
+        costs = widths[:sources] if self.forward.gqa_in_kernel else np.full(sources, length)
         chunks = _chunks(costs, self.options.prefill_tokens)
         for part in chunks:
             widest = int(widths[part].max())
             logits = self.forward.prefill(self.cache.layers, ids[part, length - widest :], s.start[part], fresh_device[part], part, length)
-            first.append(sample_tokens(logits, temperature, s.seeds[part], 0, self.fused_sampling))
+            token[part] = sample_tokens(logits, temperature, s.seeds[part], 0, self.fused_sampling)
+            mine = (copied >= part.start) & (copied < part.stop)
+            if mine.any():  # the copies of this chunk's rows sample their first token from its logits, with their own seeds
+                to, of = (torch.from_numpy(a).to(self.device) for a in (copies[mine], copied[mine] - part.start))
+                token[to] = sample_tokens(logits[of], temperature, s.seeds[to], 0, self.fused_sampling)
             self.prefill_positions += widest * (part.stop - part.start)
-        token = torch.cat(first)
+        if len(copies):
+            spans = [np.arange(fresh[order[i]], length) for i in copies]
+            self.cache.move(tuple(torch.from_numpy(m).to(self.device) for m in (
+                np.repeat(copies, [len(c) for c in spans]), np.concatenate(spans), np.repeat(copied, [len(c) for c in spans]), np.concatenate(spans))))
         if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
             torch.cuda.synchronize(self.device)
         prefilled = time.perf_counter()
         self.prefill_seconds += prefilled - started
-        self.prefill_tokens += int(widths.sum())
-        self.reused_tokens += int(reused.sum())
+        self.prefill_tokens += int(widths[:sources].sum())
+        self.reused_tokens += int(reused.sum() + widths[sources:].sum())
         s.out[:rows, 0] = token
         s.done[:rows] = torch.isin(token, s.stop)
         s.token[:rows] = token
@@ -230,7 +253,8 @@ class StaticDecoder:
         stops = np.isin(out.numpy(), stop_ids)
         generated = np.minimum(np.where(stops.any(1), stops.argmax(1) + 1, max_new_tokens), ended)  # each row's tokens, its stop included
         prompt = length - host_start
-        self.last = Timings(Timing(int(widths.sum()), prefilled - started, self.cost.prefill_seconds(prompt, reused, len(chunks), self.card)),
+        self.last = Timings(Timing(int(widths[:sources].sum()), prefilled - started,
+                                   self.cost.prefill_seconds(prompt[unique], reused[unique], len(chunks), self.card)),
                             Timing(int((generated - 1).sum()), decoded, self.cost.decode_seconds(prompt, generated, self.card)),
                             self.graphs.seconds - captured)
         self.total.add(self.last)

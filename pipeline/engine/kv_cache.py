@@ -98,8 +98,7 @@ class KVCache:
         holds addresses into the cache (captured graphs) must drop them first when it does not ``hold`` that."""
         if self.holds(rows, columns, max_new):
             if moves is not None:
-                for layer in self.layers:
-                    _move(layer, layer, moves)
+                self.move(moves)
             return
         columns = round_columns(columns)
         old = self.layers if moves is not None else None
@@ -119,6 +118,12 @@ class KVCache:
         zeros = lambda *s, dtype=torch.long: torch.zeros(s, dtype=dtype, device=self.device)  # noqa: E731
         self.state = RowState(zeros(rows), zeros(rows), zeros(rows), zeros(rows, dtype=torch.bool), zeros(rows, max_new),
                               zeros(rows), zeros(), zeros(), torch.tensor(stop_ids, dtype=torch.long, device=self.device), pad)
+
+    def move(self, moves: tuple[torch.Tensor, ...]) -> None:
+        """Copies keys and values within the cache: ``moves`` = (new rows, new columns, old rows, old columns),
+        one entry per token (a reused prefix to its new row; a prompt prefilled once to its other rows)."""
+        for layer in self.layers:
+            _move(layer, layer, moves)
 
     def compact(self, order: torch.Tensor, rows: int, columns: int) -> None:
         """Puts the first ``rows`` rows in ``order``, with their first ``columns`` cache columns and row state."""
