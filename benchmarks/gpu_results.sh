@@ -10,6 +10,7 @@
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
 #   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
 #                  /tmp/before.patch (the change, `git diff OLD -- pipeline`, carried) reversed; run_id gpu-pair-before
+#   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   eval5          the eval step's gsm8k (5-shot) half again, for its records (the share cut at 512 tokens)
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
 #   tests          the engine's tests on the card (decode, invariance, kernels, sampling; not the slow ones)
@@ -30,7 +31,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -82,6 +83,9 @@ case "$step" in
     rm -rf /tmp/before && mkdir -p /tmp/before
     tar --exclude=./results --exclude=./.device -cf - . | tar -C /tmp/before -xf -
     (cd /tmp/before && patch -R -p1 -s </tmp/before.patch && TAG=-before bash benchmarks/gpu_results.sh pair)
+    ;;
+  pair-before-again)
+    (cd /tmp/before && TAG=-before2 bash benchmarks/gpu_results.sh pair)
     ;;
   twice)
     time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct 'debate.baselines.vote_models=[a]' \
