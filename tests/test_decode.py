@@ -90,9 +90,9 @@ def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
 
 
 def test_a_prompt_that_recurs_in_a_call_is_prefilled_once() -> None:
-    """A vote's rows: three prompts, four sampled rows each, interleaved. Each prompt is prefilled once and its
-    other rows copy its keys, values and logits (their own seeds): every row's tokens are those it gets in a
-    call where its prompt does not recur (batch invariance, the CPU's default: a row's tokens are its own)."""
+    """A vote's rows: three prompts, four sampled rows each, interleaved. With batch invariance (the CPU's default)
+    each prompt is prefilled once and its other rows copy its keys, values and logits (their own seeds): every
+    row's tokens are those it gets in a call where its prompt does not recur. Without it, every row prefills."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
     prompts = CONVERSATIONS[:3]
     rows = [prompts[i % 3] for i in range(12)]
@@ -108,6 +108,9 @@ def test_a_prompt_that_recurs_in_a_call_is_prefilled_once() -> None:
     assert [c.text for c in voted] == [c.text for c in alone]
     assert len({c.text for c in voted}) > 3, "the seeds make rows of one prompt differ"
     assert prefilled == decoders.of(chat.model).last.prefill.tokens, "twelve rows of three prompts prefill what three rows do"
+    plain = Decoders(PLAIN)  # without batch invariance a copy would not be the row's own bits: every row prefills
+    generate_chat(chat, rows, max_new_tokens=4, temperature=0.8, seeds=seeds, engine="static", decoders=plain)
+    assert plain.of(chat.model).last.prefill.tokens == 4 * prefilled
 
 
 def test_a_prefill_chunk_holds_rows_of_similar_width() -> None:

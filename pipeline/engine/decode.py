@@ -14,8 +14,8 @@ allocated once, a row per prompt left-padded into shared columns):
   invariance: ``Forward.step_columns``) (``pipeline.engine.graphs``), so the host issues one launch per token;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
-- a prompt that recurs in a call (a vote's samples of one question) is prefilled once: its other rows copy
-  its keys, values and last logits, and sample their first token with their own seeds;
+- with batch invariance, a prompt that recurs in a call (a vote's samples of one question) is prefilled once:
+  its other rows copy its keys, values and last logits, and sample their first token with their own seeds;
 - prompts are prefilled in chunks of rows of at most ``prefill_tokens`` tokens (bounded activations), a
   call's rows laid out widest prefill first so that a chunk's rows have similar widths.
 
@@ -171,8 +171,11 @@ class StaticDecoder:
         matches = [self.index.match(p) for p in prompts] if self.options.reuse_kv else [None] * rows
         reused = np.array([m.tokens if m is not None else 0 for m in matches], dtype=np.int64)
         fresh = host_start + reused  # a row's first column to prefill
-        # A prompt that recurs in the call (a vote's samples of one question) is prefilled once, by its first row.
-        source = _sources(prompts, matches)
+        # With batch invariance, a prompt that recurs in the call (a vote's samples of one question) is prefilled
+        # once, by its first row: the same bits as its own prefill. Without it a prefill's bits follow its chunk's
+        # rows, and copying changed the tokens (measured on an H200: 4,153 of the 0.5B's 7,680 vote samples of
+        # questions 0-1,279, docs/performance.md), so every row is prefilled as before.
+        source = _sources(prompts, matches) if self.forward.invariant else np.arange(rows)
         unique = source == np.arange(rows)
         sources = int(unique.sum())
         # Cache row i holds input row order[i]: the rows that prefill, widest prefill first (rows that share a
