@@ -5,9 +5,13 @@ step reading ``--columns`` cache columns run under ``torch.profiler`` (kernels l
 kernel takes the time it takes inside the step's CUDA graph). ``--phase prefill`` profiles the prefill
 of those prompts instead (a debate's later turns prefill ~1,500-token conversations), and ``--reused N``
 prefills only their tokens after the first N, attending to those N from the cache, as a turn that starts
-from the previous one does. Prints the kernels grouped by kind, with the total, and the top kernels.
+from the previous one does. A decode step can look like a real run's: ``--temperature`` samples (a vote's 0.7),
+``--done`` leaves a share of the rows stopped and waiting in the batch, ``--spread`` starts the rows at random
+columns (left-padded prompts of different lengths). Prints the kernels grouped by kind, with the total, and the
+top kernels.
 
     python benchmarks/profile_decode.py --shape llama-3.1-8b --dtype bfloat16 --batch 256 --kernels auto
+    python benchmarks/profile_decode.py --shape qwen2.5-1.5b --batch 1536 --prompt 256 --columns 448 --temperature 0.7 --done 0.3 --spread 150
     python benchmarks/profile_decode.py --phase prefill --batch 10 --prompt 1500
     python benchmarks/profile_decode.py --phase prefill --batch 54 --prompt 1800 --reused 1500
 """
