@@ -1,0 +1,87 @@
+"""Benchmark: a vote-like call's CUDA graphs: how many the static decoder captures, the seconds it spends capturing
+them, and the call's decode tokens/s, on random weights of a real shape (no model files to carry).
+
+``--rows`` rows of random prompts of ``--prompt-min`` to ``--prompt-max`` tokens (left-padded, as a call's rows
+are), sampled at ``--temperature`` with a seed a row, up to ``--new`` tokens. Random weights never write a real
+stop token, so a row stops at any token of a fixed share of the vocabulary (every ``--stop-every``-th id): rows
+end at spread lengths and the batch shrinks through its row buckets as a real vote's does. Each of ``--calls``
+calls runs on a fresh decoder (its own cache and graphs; the kernels compiled by the first call, which is the
+cold one). Prints a line a call and the JSON of all (``--json``: also to a file).
+
+    python benchmarks/bench_graphs.py --shape qwen2.5-1.5b --rows 1536 --new 512 --json benchmarks/results/graphs-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.engine import DecoderOptions  # noqa: E402
+from pipeline.engine.decode import StaticDecoder  # noqa: E402
+from pipeline.engine.sampling import row_seed  # noqa: E402
+from pipeline.models.device import pick_dtype  # noqa: E402
+from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="qwen2.5-1.5b")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rows", type=int, default=1536, help="a vote of 6 over 256 questions")
+    parser.add_argument("--prompt-min", type=int, default=120)
+    parser.add_argument("--prompt-max", type=int, default=320)
+    parser.add_argument("--new", type=int, default=512, help="new tokens at most (debate.max_new_tokens)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--stop-every", type=int, default=300, help="every this-many-th token id stops a row")
+    parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(args.prompt_min, args.prompt_max + 1, (args.rows,), generator=generator)
+    width = int(lengths.max())
+    ids = torch.randint(0, vocab, (args.rows, width), generator=generator)
+    mask = (torch.arange(width)[None] >= width - lengths[:, None]).long()
+    ids, mask = (ids * mask).to(device), mask.to(device)
+    stops = list(range(args.stop_every - 1, vocab, args.stop_every))
+    seeds = [row_seed(0, i, "vote") for i in range(args.rows)]
+    calls = []
+    for call in range(args.calls):
+        decoder = StaticDecoder(model, DecoderOptions(batch_invariant=False, reuse_kv=False))
+        started = time.perf_counter()
+        out = decoder.generate(ids, mask, max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature, seeds=seeds)
+        seconds = time.perf_counter() - started
+        last = decoder.last
+        result = {"call": call + 1, "seconds": round(seconds, 2), "graphs": len(decoder.graphs.captured),
+                  "capture_seconds": round(last.capture_seconds, 2), "decode_seconds": round(last.decode.seconds, 2),
+                  "decode_tokens": last.decode.tokens, "decode_tokens_per_s": round(last.decode.tokens / max(last.decode.seconds, 1e-9)),
+                  "decode_share": None if last.decode.limit_seconds is None else round(last.decode.limit_seconds / last.decode.seconds, 3),
+                  "prefill_seconds": round(last.prefill.seconds, 2), "mean_new_tokens": round(float((out != 0).sum(1).float().mean()), 1)}
+        calls.append(result)
+        print(f"call {call + 1}: {seconds:.1f} s; {result['graphs']} graphs captured in {last.capture_seconds:.1f} s; decode "
+              f"{last.decode.seconds:.1f} s, {result['decode_tokens_per_s']:,} tok/s; prefill {last.prefill.seconds:.1f} s; "
+              f"{result['mean_new_tokens']} new tokens a row", flush=True)
+        del decoder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {"device": name, "shape": args.shape, "dtype": args.dtype, "rows": args.rows, "new": args.new,
+              "temperature": args.temperature, "stop_every": args.stop_every, "calls": calls}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
