@@ -14,7 +14,6 @@ cold one). Prints a line a call and the JSON of all (``--json``: also to a file)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.engine import DecoderOptions  # noqa: E402
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
 from pipeline.engine.sampling import row_seed  # noqa: E402
+from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 
@@ -77,10 +77,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {"device": name, "shape": args.shape, "dtype": args.dtype, "rows": args.rows, "new": args.new,
               "temperature": args.temperature, "stop_every": args.stop_every, "calls": calls}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ tokens, its decode's seconds, and whether both ways gave the same texts. The las
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pipeline.engine.memory import Decoders  # noqa: E402
 from pipeline.engine.sampling import row_seed  # noqa: E402
 from pipeline.models.loading import load_chat_model  # noqa: E402
 from pipeline.models.registry import load_registry  # noqa: E402
+from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,10 +72,7 @@ def main() -> None:
     print(f"same texts: {same}")
     report = {"model": args.model, "dtype": args.dtype, "device": args.device, "questions": args.questions, "k": args.k,
               "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "same_texts": same, "results": results}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    emit(report, args.json)
 
 
 if __name__ == "__main__":
