@@ -63,6 +63,12 @@ def log_step(run: Run, where: str, config: RunConfig, tables: dict[str, list[dic
             _log(wandb_run, tables, rounds or [], plots, complete)
         finally:
             wandb_run.finish()
+            # finish() can return before wandb's service has written all of the run's records (seen under load in
+            # CI: a re-reduce's offline run file read back without its run record); teardown waits for the service
+            # to write everything and exit, so the step's wandb files are complete when the reduce returns.
+            import wandb
+
+            wandb.teardown()
     except Exception as err:  # wandb's failures have no common base class; the tables are written already
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         log.warning("wandb: %s not logged (%s: %s); its tables are in %s", where, type(err).__name__, detail[:200], run.root)
