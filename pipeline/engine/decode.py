@@ -212,9 +212,10 @@ class StaticDecoder:
                 token[to] = sample_tokens(logits[of], temperature, s.seeds[to], 0, self.fused_sampling)
             self.prefill_positions += widest * (part.stop - part.start)
         if len(copies):
-            spans = [np.arange(fresh[order[i]], length) for i in copies]
+            counts = widths[sources:]  # a copy's columns: its prompt from its first fresh column to the end
+            places = np.concatenate([np.arange(length - n, length) for n in counts])
             self.cache.move(tuple(torch.from_numpy(m).to(self.device) for m in (
-                np.repeat(copies, [len(c) for c in spans]), np.concatenate(spans), np.repeat(copied, [len(c) for c in spans]), np.concatenate(spans))))
+                np.repeat(copies, counts), places, np.repeat(copied, counts), places)))
         if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
             torch.cuda.synchronize(self.device)
         prefilled = time.perf_counter()
