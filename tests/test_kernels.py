@@ -58,6 +58,22 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     finished = cache[1, 2, :, 120].float().repeat_interleave(heads // kv_heads, 0)  # one column: its value, weight 1
     torch.testing.assert_close(one[0][2].float(), finished, atol=tolerance, rtol=tolerance, msg="a finished row reads its first column")
 
+    # a step run wider, cut into the same pieces (Forward.step_columns: one graph for many widths), is the same
+    # bits: the pieces past a row's end are empty and merge away, one piece merged is that piece; a done row
+    # (its end at its start) and rows that start late included
+    capacity, widened = 640, 0
+    wide = torch.randn(2, rows, kv_heads, capacity, dim, dtype=dtype, device=device)
+    for processors, invariant in ((2, False), (16, False), (132, False), (16, True)):
+        for narrow in (64, 192, 320, 576):
+            starts = torch.tensor([0, narrow // 3, narrow - 1, narrow // 2], device=device)
+            ends = torch.tensor([narrow - 1, narrow - 1, narrow - 1, narrow // 2], device=device)
+            wider = kernels.widest_same_pieces(rows, kv_heads, narrow, capacity, processors, invariant)
+            outs = [kernels.decode_attention(q, wide[0], wide[1], starts, ends, 0.125, *kernels.attention_plan(rows, kv_heads, width, processors, invariant), block=32)
+                    for width in (narrow, wider)]
+            assert torch.equal(*outs), f"{narrow} columns run at {wider}: {processors} processors, invariant {invariant}"
+            widened += wider > narrow
+    assert widened >= 10, "most widths run wider"
+
     # pieces from the row's own first column: the same bits in another batch, at another place and padding
     row, first, count = 1, 37, column - 37 + 1
     moved = torch.randn(2, 3, kv_heads, 320, dim, dtype=dtype, device=device)
@@ -144,29 +160,25 @@ def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
-def test_one_graph_serves_every_width_where_the_attention_is_one_piece() -> None:
-    """Rows enough that every row's attention is one piece at any width: the decoder captures one graph for
-    the whole call (not one per column bucket), and its tokens are those of the step run without graphs at
-    each step's own width; with few rows, or batch invariance, the graphs stay one per column bucket."""
+@pytest.mark.parametrize("rows, invariant", [(None, False), (4, False), (4, True)])
+def test_one_graph_serves_every_width_with_the_same_pieces(rows: int | None, invariant: bool) -> None:
+    """A call whose rows grow through many column buckets captures one graph a row bucket where the attention
+    cuts each row into the same pieces at every width (many rows: one piece; few rows here: pieces of 64
+    columns; batch invariance: pieces of 256), and its tokens are those of the step run without graphs at
+    each step's own width."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cuda"))
     processors = torch.cuda.get_device_properties(0).multi_processor_count
-    rows = -(-2 * processors // chat.model.config.num_key_value_heads)
+    rows = rows or -(-2 * processors // chat.model.config.num_key_value_heads)
     ids = torch.randint(3, chat.model.config.vocab_size, (rows, 40), device="cuda")
     mask = torch.ones_like(ids)
     mask[1:, :7] = 0
     outs = []
     for graphs in (True, False):
-        decoder = StaticDecoder(chat.model, DecoderOptions(cuda_graphs=graphs, batch_invariant=False, reuse_kv=False))
-        outs.append(decoder.generate(ids, mask, max_new_tokens=150, stop_ids=[], pad_id=0))
+        decoder = StaticDecoder(chat.model, DecoderOptions(cuda_graphs=graphs, batch_invariant=invariant, reuse_kv=False))
+        outs.append(decoder.generate(ids, mask, max_new_tokens=400, stop_ids=[], pad_id=0))
         if graphs:
             assert len(decoder.graphs.captured) == 1, sorted(decoder.graphs.captured)
     assert torch.equal(*outs)
-    forward = decoder.forward
-    capacity = 4096
-    assert forward.step_columns(rows, 192, capacity) == capacity
-    assert forward.step_columns(4, 192, capacity) == 192, "few rows: pieces that depend on the width"
-    forward.invariant = True
-    assert forward.step_columns(rows, 192, capacity) == 192, "batch invariance: fixed pieces"
 
 
 def test_a_kernel_choice_that_cannot_run_is_refused() -> None:

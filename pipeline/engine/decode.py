@@ -10,8 +10,9 @@ allocated once, a row per prompt left-padded into shared columns):
   turn: its prompt and its own reply, ``pipeline.engine.prefix_cache``): those keys and values move to the new
   row's columns and only the rest of the prompt is prefilled (``reuse_kv``);
 - the whole step (forward, sampling, stop bookkeeping) is replayed as a CUDA graph per row bucket, and per
-  column bucket only where the step's attention depends on it (few rows, split across programs; or batch
-  invariance: ``Forward.step_columns``) (``pipeline.engine.graphs``), so the host issues one launch per token;
+  split size of the attention where rows are few enough to be split across programs (a step runs at the widest
+  width that cuts its rows into the same pieces, ``Forward.step_columns``: the same bits) (``pipeline.engine.graphs``),
+  so the host issues one launch per token and captures a few graphs per row bucket, not one per column bucket;
 - rows that stop leave the batch: when the open rows fit a smaller power-of-two bucket, they are moved to
   the front and the smaller graph takes over;
 - with batch invariance, a prompt that recurs in a call (a vote's samples of one question) is prefilled once:

@@ -218,12 +218,12 @@ class Forward:
 
     def step_columns(self, rows: int, columns: int, capacity: int) -> int:
         """The columns to run (and key the graph of) a decode step of ``rows`` rows with, when its rows hold at most
-        ``columns`` of a cache of ``capacity``: the whole ``capacity`` where the fused attention reads each row in
-        one piece at any width (many rows, no batch invariance: ``kernels.attention_plan``), since its loop
-        stops at each row's own last column and the step is then the same computation, bit for bit, at every
-        width, so one captured graph serves a whole call instead of one per column bucket; else ``columns``."""
-        if self.use_kernels and not self.invariant and kernels.attention_plan(rows, self.kv_heads, capacity, self.processors, False)[0] == 1:
-            return capacity
+        ``columns`` of a cache of ``capacity``: with the fused attention, the widest that cuts each row into the
+        same pieces (``kernels.widest_same_pieces``: the same bits at fewer distinct widths, so fewer CUDA graphs
+        to capture; the whole ``capacity`` where a row is one piece at any width, as with many rows, or where the
+        pieces have a fixed size, as with batch invariance); else ``columns``."""
+        if self.use_kernels:
+            return kernels.widest_same_pieces(rows, self.kv_heads, columns, capacity, self.processors, self.invariant)
         return columns
 
     def _fused_step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,

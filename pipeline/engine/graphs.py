@@ -1,7 +1,7 @@
 """The static decoder's decode step as CUDA graphs: captured once per (row bucket, columns, temperature) and
-replayed, so the host issues one launch per token instead of hundreds of small kernels. The columns are a
-bucket of ``COLUMN_BUCKET``, or the cache's whole width where the step does not depend on them
-(``Forward.step_columns``).
+replayed, so the host issues one launch per token instead of hundreds of small kernels. The columns are the
+widest multiple of ``COLUMN_BUCKET`` at which the step's attention cuts its rows into the same pieces as at their
+own width (``Forward.step_columns``), so a call captures a few graphs per row bucket.
 
 A graph holds the addresses of the cache and row buffers it was captured on: whoever reallocates them
 ``clear``s the graphs first. A GPU only; on a CPU the decoder runs its step directly.

@@ -27,6 +27,7 @@ it writes from a device tensor, so the kernels replay inside a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -248,6 +249,24 @@ def attention_plan(rows: int, kv_heads: int, columns: int, processors: int, inva
     want = max(1, min(-(-2 * processors // (rows * kv_heads)), columns // BLOCK_COLUMNS))
     size = max(BLOCK_COLUMNS, triton.next_power_of_2(-(-columns // want)))
     return -(-columns // size), size
+
+
+@functools.lru_cache(maxsize=4096)
+def widest_same_pieces(rows: int, kv_heads: int, columns: int, capacity: int, processors: int, invariant: bool) -> int:
+    """The widest multiple of ``BLOCK_COLUMNS`` up to ``capacity`` whose ``attention_plan`` cuts every row of at
+    most ``columns`` columns into the pieces that ``columns``' own plan cuts it into: the same split size, or one
+    piece at least ``columns`` wide where ``columns``' plan is one piece. A step run there is the same
+    computation, bit for bit, as one run at ``columns``: the pieces past a row's end are empty (the loop stops at
+    its last column) and merge away (weight exactly 0, rescale exactly 1), and one non-empty piece merged is
+    that piece's output. A decode step is run (and its CUDA graph keyed) at this width, so one graph serves
+    every column bucket with the same pieces: a few per row bucket instead of one per 64 columns. Cached: the
+    decoder asks at every step."""
+    splits, size = attention_plan(rows, kv_heads, columns, processors, invariant)
+    for wider in range(capacity - capacity % BLOCK_COLUMNS, columns, -BLOCK_COLUMNS):
+        other = attention_plan(rows, kv_heads, wider, processors, invariant)[1]
+        if other == size or (splits == 1 and other >= columns):
+            return wider
+    return columns
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
