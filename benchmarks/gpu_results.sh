@@ -11,6 +11,9 @@
 #   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
 #                  /tmp/before.patch (the change, `git diff OLD -- pipeline`, carried) reversed; run_id gpu-pair-before
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
+#   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
+#   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
+#   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
 #   eval5          the eval step's gsm8k (5-shot) half again, for its records (the share cut at 512 tokens)
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
 #   tests          the engine's tests on the card (decode, invariance, kernels, sampling; not the slow ones)
@@ -31,7 +34,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|graphs|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -87,13 +90,25 @@ case "$step" in
   pair-before-again)
     (cd /tmp/before && TAG=-before2 bash benchmarks/gpu_results.sh pair)
     ;;
+  pair-again)
+    TAG=-again bash benchmarks/gpu_results.sh pair
+    ;;
+  pair-invariant)
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true run_id=gpu-pair-invariant
+    collect gpu-pair-invariant debate
+    ;;
+  graphs)
+    for shape in qwen2.5-1.5b qwen2.5-0.5b; do
+      python3 benchmarks/bench_graphs.py --shape $shape --calls 2 --steps --json "$out/graphs-$shape.json"
+    done
+    ;;
   twice)
     time submit stage=debate models=small models.b=qwen2.5-coder-1.5b-instruct 'debate.baselines.vote_models=[a]' \
       shards=1 debate.max_new_tokens=512 run_id=gpu-twice
     collect gpu-twice debate
     ;;
   tests)
-    python3 -m pytest -p no:cacheprovider -n 4 -m "not slow" -q -rs tests/test_decode.py tests/test_invariance.py \
+    python3 -m pytest -p no:cacheprovider $(python3 -c "import xdist" 2>/dev/null && echo "-n 4") -m "not slow" -q -rs tests/test_decode.py tests/test_invariance.py \
       tests/test_kernels.py tests/test_sampling.py 2>&1 | tee "$out/gpu-tests.log"
     ;;
   eval)
