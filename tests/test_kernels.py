@@ -15,6 +15,7 @@ from pipeline.engine import DecoderOptions, kernels
 from pipeline.config import ConfigError
 from pipeline.stages import checked_config
 from pipeline.engine.decode import StaticDecoder
+from pipeline.engine.kv_cache import round_columns
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry
 from tests.conftest import run_interpreted
@@ -162,22 +163,29 @@ def test_fused_and_pytorch_decode_steps_agree(name: str) -> None:
 @pytest.mark.skipif(not GPU, reason="needs a GPU Triton can compile for")
 @pytest.mark.parametrize("rows, invariant", [(None, False), (4, False), (4, True)])
 def test_one_graph_serves_every_width_with_the_same_pieces(rows: int | None, invariant: bool) -> None:
-    """A call whose rows grow through many column buckets captures one graph a row bucket where the attention
-    cuts each row into the same pieces at every width (many rows: one piece; few rows here: pieces of 64
-    columns; batch invariance: pieces of 256), and its tokens are those of the step run without graphs at
-    each step's own width."""
+    """A call whose rows grow through many column buckets captures a graph per width with the same attention
+    pieces (one here: many rows, one piece; 4 rows, pieces of 64 columns; batch invariance, pieces of 256),
+    not one per column bucket, and gives the tokens of graphs captured at every bucket's own width."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cuda"))
     processors = torch.cuda.get_device_properties(0).multi_processor_count
-    rows = rows or -(-2 * processors // chat.model.config.num_key_value_heads)
+    kv_heads = chat.model.config.num_key_value_heads
+    rows = rows or -(-2 * processors // kv_heads)
     ids = torch.randint(3, chat.model.config.vocab_size, (rows, 40), device="cuda")
     mask = torch.ones_like(ids)
     mask[1:, :7] = 0
-    outs = []
-    for graphs in (True, False):
-        decoder = StaticDecoder(chat.model, DecoderOptions(cuda_graphs=graphs, batch_invariant=invariant, reuse_kv=False))
+    buckets = {round_columns(40 + step) for step in range(1, 400)}
+    outs, captured = [], []
+    for widest in (True, False):
+        decoder = StaticDecoder(chat.model, DecoderOptions(batch_invariant=invariant, reuse_kv=False))
+        if not widest:  # every step at its own column bucket, as before kernels.widest_same_pieces
+            decoder.forward.step_columns = lambda rows, columns, capacity: columns
         outs.append(decoder.generate(ids, mask, max_new_tokens=400, stop_ids=[], pad_id=0))
-        if graphs:
-            assert len(decoder.graphs.captured) == 1, sorted(decoder.graphs.captured)
+        captured.append(len(decoder.graphs.captured))
+    capacity = decoder.cache.layers[0].shape[3]
+    widths = {kernels.widest_same_pieces(rows, kv_heads, columns, capacity, processors, invariant) for columns in buckets}
+    assert captured == [len(widths), len(buckets)]
+    if invariant or rows > 4 or processors >= 28:  # 4 rows: pieces of 64 columns at every width up to 448
+        assert len(widths) == 1
     assert torch.equal(*outs)
 
 
