@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.steps and device.type != "cuda":
+        parser.error("--steps times the steps with CUDA events: it needs --device cuda")
     model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)

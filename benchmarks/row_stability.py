@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=64)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this probes cuBLAS: it needs a CUDA GPU")
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     differing: dict[str, list[int]] = {}
