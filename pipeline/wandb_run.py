@@ -58,7 +58,18 @@ def _finish_open_run() -> None:
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        finish_and_wait(wandb.run)
+
+
+def finish_and_wait(wandb_run: Any) -> None:
+    """Finishes ``wandb_run`` and waits until its files are complete. ``finish()`` can return before wandb's
+    service has written all of the run's records (seen under load in CI: a re-reduce's offline run file read
+    back without its run record); ``teardown`` waits for the service to write everything and exit, so whoever
+    reads the run's folder next (``wandb sync``, the next reduce, a test) finds it whole."""
+    import wandb
+
+    wandb_run.finish()
+    wandb.teardown()
 
 
 def step_run_id(run_root: Path, where: str) -> str:

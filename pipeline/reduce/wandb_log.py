@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.run_config import RunConfig
 from pipeline.runs import Run
-from pipeline.wandb_run import init_step_run
+from pipeline.wandb_run import finish_and_wait, init_step_run
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,7 @@ def log_step(run: Run, where: str, config: RunConfig, tables: dict[str, list[dic
         try:
             _log(wandb_run, tables, rounds or [], plots, complete)
         finally:
-            wandb_run.finish()
-            # finish() can return before wandb's service has written all of the run's records (seen under load in
-            # CI: a re-reduce's offline run file read back without its run record); teardown waits for the service
-            # to write everything and exit, so the step's wandb files are complete when the reduce returns.
-            import wandb
-
-            wandb.teardown()
+            finish_and_wait(wandb_run)
     except Exception as err:  # wandb's failures have no common base class; the tables are written already
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         log.warning("wandb: %s not logged (%s: %s); its tables are in %s", where, type(err).__name__, detail[:200], run.root)
