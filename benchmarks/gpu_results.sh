@@ -14,6 +14,7 @@
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
 #   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
+#   overlap        bench_overlap.py: the pair's two vote-like calls alone, then at once on two streams (random weights)
 #   rows           row_stability.py on the pair's two shapes: the row counts at which cuBLAS keeps a row's bits
 #   eval5          the eval step's gsm8k (5-shot) half again, for its records (the share cut at 512 tokens)
 #   twice          the same with Qwen2.5-Coder-1.5B as both models (model a's vote only)
@@ -35,7 +36,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|graphs|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -102,6 +103,9 @@ case "$step" in
     for shape in qwen2.5-1.5b qwen2.5-0.5b; do
       python3 benchmarks/bench_graphs.py --shape $shape --calls 2 --steps --json "$out/graphs-$shape.json"
     done
+    ;;
+  overlap)
+    python3 benchmarks/bench_overlap.py --json "$out/overlap.json"
     ;;
   rows)
     for shape in qwen2.5-1.5b qwen2.5-0.5b; do

@@ -217,8 +217,8 @@ class StaticDecoder:
             places = np.concatenate([np.arange(length - n, length) for n in counts])
             self.cache.move(tuple(torch.from_numpy(m).to(self.device) for m in (
                 np.repeat(copies, counts), places, np.repeat(copied, counts), places)))
-        if self.device.type == "cuda":  # the first decode check waits for the GPU anyway
-            torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":  # the first decode check waits for this call's work anyway (not another stream's)
+            torch.cuda.current_stream(self.device).synchronize()
         prefilled = time.perf_counter()
         self.prefill_seconds += prefilled - started
         self.prefill_tokens += int(widths[:sources].sum())
