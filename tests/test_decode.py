@@ -89,6 +89,27 @@ def test_row_limits_and_call_order_change_nothing(chat: ChatModel) -> None:
     assert _texts(chat, "static", decoders=decoders) == whole, "the whole batch again, after smaller calls"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_many_stop_ids_stop_each_row_at_its_first(device: str) -> None:
+    """A model may stop on many ids (here every 7th of the vocabulary, 292 ids): each row stops at the first it
+    writes, with its tokens up to there those of a call without stop ids, and on a GPU the step that checks
+    them is captured as a CUDA graph (``torch.isin`` sorts past a few dozen ids, which a capture refuses)."""
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device(device))
+    vocab = chat.model.config.vocab_size
+    stops = list(range(6, vocab, 7))
+    ids = torch.randint(3, vocab, (8, 24), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones_like(ids)
+    mask[1:, :5] = 0  # left padding
+    options = DecoderOptions(reuse_kv=False, batch_invariant=True)  # a row's tokens are its own, whoever stops beside it
+    free = StaticDecoder(chat.model, options).generate(ids, mask, max_new_tokens=48, stop_ids=[], pad_id=0)
+    stopped = StaticDecoder(chat.model, options).generate(ids, mask, max_new_tokens=48, stop_ids=stops, pad_id=0)
+    hits = torch.isin(free, torch.tensor(stops))
+    assert hits.any(1).sum() >= 4, "most rows write a stop id"
+    for row, out, hit in zip(free, stopped, hits):
+        end = int(hit.int().argmax()) + 1 if hit.any() else len(row)
+        assert torch.equal(out[:end], row[:end]) and not out[end:].any(), "stopped at its first stop id, padded after"
+
+
 def test_a_prompt_that_recurs_in_a_call_is_prefilled_once() -> None:
     """A vote's rows: three prompts, four sampled rows each, interleaved. With batch invariance (the CPU's default)
     each prompt is prefilled once and its other rows copy its keys, values and logits (their own seeds): every
@@ -227,9 +248,12 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
         decoders = [engine.decoders.of(chat.model) for chat in models.values()]
         reused[reuse] = sum(d.reused_tokens for d in decoders)
         prefilled[reuse] = sum(d.prefill_tokens for d in decoders)
+        invariant = all(d.forward.invariant for d in decoders)
     assert records[True] == records[False]
     assert reused[True] > reused[False] and reused[True] > prefilled[True], "most prompt tokens come from the previous turn"
-    assert reused[False] > 0, "without reuse, a vote's samples of one prompt still copy its one prefill"
+    # A vote's samples of one prompt copy its one prefill only where that keeps their bits: with batch invariance
+    # (a CPU's default; off on a GPU unless asked for).
+    assert (reused[False] > 0) == invariant, "without reuse, a vote's samples copy their prompt's prefill exactly when invariant"
     assert reused[True] + prefilled[True] == reused[False] + prefilled[False], "every prompt token is prefilled or copied"
 
 

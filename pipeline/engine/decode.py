@@ -61,6 +61,13 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _stopped(token: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """Which rows wrote a stop id. A broadcast compare, not ``torch.isin``: past a few dozen stop ids ``isin``
+    sorts and takes ``unique`` of its input, whose size the host must wait for, which a CUDA graph's capture
+    refuses (seen on an H100 with 506 stop ids: "operation failed due to a previous error during capture")."""
+    return (token[:, None] == stop[None, :]).any(1)
+
+
 def _sources(prompts: list[np.ndarray], matches: list[Reuse | None]) -> np.ndarray:
     """Per row, the first row with the same prompt starting from the same reused prefix (the row itself when
     none precedes it): the row whose prefill it copies."""
@@ -131,7 +138,7 @@ class StaticDecoder:
         done = s.done[:rows]
         token = torch.where(done, s.pad, token)
         s.out[:rows].index_copy_(1, s.step.view(1), token[:, None])
-        done |= torch.isin(token, s.stop)
+        done |= _stopped(token, s.stop)
         s.token[:rows] = token
         s.position[:rows] += 1
         s.column += 1
@@ -224,7 +231,7 @@ class StaticDecoder:
         self.prefill_tokens += int(widths[:sources].sum())
         self.reused_tokens += int(reused.sum() + widths[sources:].sum())
         s.out[:rows, 0] = token
-        s.done[:rows] = torch.isin(token, s.stop)
+        s.done[:rows] = _stopped(token, s.stop)
         s.token[:rows] = token
         s.position[:rows] = length - s.start[:rows]
         s.column.fill_(length)
