@@ -32,6 +32,7 @@ from pipeline.engine.sampling import row_seed  # noqa: E402
 from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
+import vote_like  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def time_steps(decoder: StaticDecoder) -> list[tuple[int, torch.cuda.Event, torch.cuda.Event]]:
@@ -64,14 +65,8 @@ def step_table(timed: list[tuple[int, torch.cuda.Event, torch.cuda.Event]]) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(REAL_SHAPES), default="qwen2.5-1.5b")
-    parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--rows", type=int, default=1536, help="a vote of 6 over 256 questions")
-    parser.add_argument("--prompt-min", type=int, default=120)
-    parser.add_argument("--prompt-max", type=int, default=320)
-    parser.add_argument("--new", type=int, default=512, help="new tokens at most (debate.max_new_tokens)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--stop-every", type=int, default=300, help="every this-many-th token id stops a row")
+    vote_like.add_arguments(parser)
     parser.add_argument("--calls", type=int, default=2)
     parser.add_argument("--steps", action="store_true", help="time each decode step on the GPU, summed by row bucket")
     parser.add_argument("--json", type=Path)
@@ -81,13 +76,8 @@ def main() -> None:
         parser.error("--steps times the steps with CUDA events: it needs --device cuda")
     model = random_causal_lm(args.shape, pick_dtype(args.dtype, device), device)
     vocab = model.config.vocab_size
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.prompt_min, args.prompt_max + 1, (args.rows,), generator=generator)
-    width = int(lengths.max())
-    ids = torch.randint(0, vocab, (args.rows, width), generator=generator)
-    mask = (torch.arange(width)[None] >= width - lengths[:, None]).long()
-    ids, mask = (ids * mask).to(device), mask.to(device)
-    stops = list(range(args.stop_every - 1, vocab, args.stop_every))
+    ids, mask = vote_like.prompts(args, vocab, device)
+    stops = vote_like.stop_ids(args, vocab)
     seeds = [row_seed(0, i, "vote") for i in range(args.rows)]
     calls = []
     for call in range(args.calls):

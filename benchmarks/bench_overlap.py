@@ -38,6 +38,7 @@ from pipeline.engine.sampling import row_seed  # noqa: E402
 from pipeline.models.device import pick_dtype  # noqa: E402
 from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
+import vote_like  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 class Call:
@@ -49,7 +50,7 @@ class Call:
         self.decoder = StaticDecoder(self.model, DecoderOptions(batch_invariant=False, reuse_kv=False))
         self.ids, self.mask, self.args = ids, mask, args
         vocab = self.model.config.vocab_size
-        self.stops = list(range(args.stop_every - 1, vocab, args.stop_every))
+        self.stops = vote_like.stop_ids(args, vocab)
         self.seeds = [row_seed(0, i, "vote", shape) for i in range(len(ids))]
         self.stream = torch.cuda.Stream(device)
 
@@ -101,25 +102,15 @@ def together(calls: list[Call]) -> tuple[list[torch.Tensor], list[float], float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs=2, choices=sorted(REAL_SHAPES), default=["qwen2.5-1.5b", "qwen2.5-0.5b"])
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--rows", type=int, default=1536, help="a vote of 6 over 256 questions")
-    parser.add_argument("--prompt-min", type=int, default=120)
-    parser.add_argument("--prompt-max", type=int, default=320)
-    parser.add_argument("--new", type=int, default=512, help="new tokens at most (debate.max_new_tokens)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--stop-every", type=int, default=300, help="every this-many-th token id stops a row")
+    vote_like.add_arguments(parser)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("two calls at once on two CUDA streams need a GPU; this machine has none")
     device = torch.device("cuda")
     vocab = min(REAL_SHAPES[s]["vocab_size"] for s in args.shapes)
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.prompt_min, args.prompt_max + 1, (args.rows,), generator=generator)
-    width = int(lengths.max())
-    mask = (torch.arange(width)[None] >= width - lengths[:, None]).long()
-    ids = torch.randint(0, vocab, (args.rows, width), generator=generator) * mask
-    calls = [Call(shape, args, device, ids.to(device), mask.to(device)) for shape in args.shapes]
+    ids, mask = vote_like.prompts(args, vocab, device)
+    calls = [Call(shape, args, device, ids, mask) for shape in args.shapes]
     alone(calls)  # kernels compiled, every graph captured
     passes = {"alone": alone(calls), "together": together(calls)}
     reference = passes["alone"][0]
