@@ -13,6 +13,9 @@
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
+#   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, run_id gpu-pair-votes): one
+#                  tail a vote instead of six; the fast kernels' vote samples and turns change (pair with `pair`'s outcomes)
+#   pair-invariant-votes  the same with batch invariance (run_id gpu-pair-invariant-votes): its records must be pair-invariant's
 #   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
 #   overlap        bench_overlap.py: the pair's two vote-like calls alone, then at once on two streams (random weights)
 #   rows           row_stability.py on the pair's two shapes: the row counts at which cuBLAS keeps a row's bits
@@ -36,7 +39,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|pair-votes|pair-invariant-votes|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -98,6 +101,15 @@ case "$step" in
   pair-invariant)
     time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true run_id=gpu-pair-invariant
     collect gpu-pair-invariant debate
+    ;;
+  pair-votes)
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=1536 run_id=gpu-pair-votes
+    collect gpu-pair-votes debate
+    ;;
+  pair-invariant-votes)
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true debate.vote_batch_rows=1536 \
+      run_id=gpu-pair-invariant-votes
+    collect gpu-pair-invariant-votes debate
     ;;
   graphs)
     for shape in qwen2.5-1.5b qwen2.5-0.5b; do

@@ -233,19 +233,33 @@ def _comparable(records: list[dict]) -> list[dict]:
     return without_timings(records)
 
 
-def test_batch_size_and_votes_change_no_record() -> None:
-    """debate.batch_size 3 or 8, votes on or off: the same turns and solo rows (int8 and float32 models)."""
+def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """debate.batch_size 3 or 8, a vote in batches of 5 rows or of the group's 16, votes on or off: the same turns
+    and solo rows, and the same votes (int8 and float32 models); the vote's batches are the ones asked for."""
     torch.set_num_threads(1)
     registry = load_registry()
     models = {"a": load_chat_model(registry["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu")),
               "b": load_chat_model(registry["tiny-qwen2"], Path("/nonexistent"), "int8", torch.device("cpu"))}
     cfg = load_config(["debate.max_new_tokens=64", "debate.max_rounds=2", "debate.baselines.vote_k=2"])
+    rows: dict[str, list[int]] = defaultdict(list)  # per run, the rows of each sampled (vote) batch
+    label = ""
+    generate = StaticDecoder.generate
+
+    def counted(self: StaticDecoder, ids: torch.Tensor, *args: object, temperature: float = 0.0, **kwargs: object) -> torch.Tensor:
+        if temperature > 0:
+            rows[label].append(len(ids))
+        return generate(self, ids, *args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(StaticDecoder, "generate", counted)
     runs = {}
-    for label, changes in (("8", {"batch_size": 8}), ("3", {"batch_size": 3}), ("no votes", {"baselines": {**cfg.debate.baselines, "vote_models": []}})):
+    for label, changes in (("8", {"batch_size": 8}), ("3", {"batch_size": 3}), ("whole vote", {"batch_size": 8, "vote_batch_rows": 16}),
+                           ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}),
+                           ("no votes", {"baselines": {**cfg.debate.baselines, "vote_models": []}})):
         out: list[dict] = []
         DebateEngine(models, build(DebateSettings, {**cfg.debate, **changes}), 0).run_all(PROBLEMS, out.append)
         runs[label] = _comparable(out)
-    assert runs["3"] == runs["8"]
+    assert runs["3"] == runs["8"] == runs["whole vote"] == runs["vote of 5s"]
+    assert rows["8"] == [8, 8] * 2 and rows["whole vote"] == [16] * 2 and rows["vote of 5s"] == [5, 5, 5, 1] * 2, dict(rows)
     without_vote = [{k: v for k, v in r.items() if k != "vote"} for r in runs["8"]]
     assert [{k: v for k, v in r.items() if k != "vote"} for r in runs["no votes"]] == without_vote
     assert all(r["vote"] == {} for r in runs["no votes"]) and all(len(r["vote"]["a"]["samples"]) == 2 for r in runs["8"])
@@ -278,7 +292,7 @@ def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
     def fingerprint(*overrides: str) -> str:
         return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
-    batching = ("debate.batch_size=7", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
+    batching = ("debate.batch_size=7", "debate.vote_batch_rows=1536", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
     invariant = fingerprint("debate.batch_invariant=true")
     for setting in batching:
         assert fingerprint("debate.batch_invariant=true", setting) == invariant, setting

@@ -56,7 +56,7 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     """The resume check and the fingerprint skip exactly the keys whose knob() says results=False, and those
     whose knob() says run_only_when=batch_invariant where the config sets debate.batch_invariant=true."""
     always = {"run_id", "results_dir", "wait", "paths", "wandb", "progress", "cluster"}
-    batching = {"debate.batch_size", "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
+    batching = {"debate.batch_size", "debate.vote_batch_rows", "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
     assert run_only_keys(load_config([])) == run_only_keys(load_config(["debate.batch_invariant=false"])) == always
     assert run_only_keys(load_config(["debate.batch_invariant=true"])) == always | batching
     assert RUN_ONLY_WHEN == {key: "debate.batch_invariant" for key in batching}
@@ -70,6 +70,10 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     assert fingerprint("debate.prefill_tokens=64") != fingerprint()
     assert fingerprint("progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()
+    # A setting added later counts only when set: a default run's fingerprint is the one runs made before it had
+    # (debate.vote_batch_rows, ninth session), so they still resume.
+    assert fingerprint() == "75afd029c54a33a4" and fingerprint("debate.batch_invariant=true") == "c0038856c7eb9937"
+    assert fingerprint("debate.vote_batch_rows=1536") != fingerprint()
 
 
 def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> None:
@@ -102,7 +106,7 @@ def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:
     assert slurm.startswith("cluster.*: A real SLURM cluster through submitit.") and "cluster.signal_delay_s=120" in slurm
     debate = help_of("debate").split("\n  debate.")
     assert [entry.split("=")[0] for entry in debate if "run-only with debate.batch_invariant=true, else it changes results" in " ".join(entry.split())] == \
-        ["batch_size", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
+        ["batch_size", "vote_batch_rows", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
     assert not [entry for entry in debate if "run-only: changes no result" in " ".join(entry.split())]
     assert "paths.min_free_mib=200" in help_of("run")
 

@@ -79,8 +79,10 @@ class DebateEngine:
             self.group = f"group {n + 1}/{groups}: " if groups > 1 else ""
             self.run(problems[start : start + size], emit)
 
-    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str) -> list[Completion]:
-        """One batched generation, reported as one phase of the task's progress."""
+    def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str,
+                  max_batch: int | None = None) -> list[Completion]:
+        """One batched generation, reported as one phase of the task's progress; in batches of at most ``max_batch``
+        rows (default: ``batch_size``)."""
         with progress.current().phase(f"{self.group}{phase}", len(convs), "rows") as watched:
             return generate_chat(
                 self.models[speaker],
@@ -88,7 +90,7 @@ class DebateEngine:
                 max_new_tokens=self.settings.max_new_tokens,
                 temperature=temperature,
                 seeds=seeds,
-                max_batch=self.settings.batch_size,
+                max_batch=max_batch or self.settings.batch_size,
                 engine=self.settings.engine,
                 decoders=self.decoders,
                 report=watched.update,
@@ -134,7 +136,8 @@ class DebateEngine:
             rows = [(d, j) for d in fresh for j in range(s.vote_samples)]
             convs = [conversation(speaker, d, s) for d, _ in rows]
             seeds = [row_seed(self.seed, d.problem.index, "vote", speaker, j) for d, j in rows]
-            completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}")
+            completions = self._generate(speaker, convs, seeds, s.baselines.vote_temperature, f"vote of {s.vote_samples}, model {speaker}",
+                                         s.vote_batch_rows)
             for n, p in enumerate(problems):
                 mine = completions[n * s.vote_samples : (n + 1) * s.vote_samples]  # rows are grouped by problem, k each
                 out[p.index]["vote"][speaker] = {

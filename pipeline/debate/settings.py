@@ -70,6 +70,14 @@ class DebateSettings:
     batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
                                 "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1,
                           run_only_when=INVARIANT)
+    vote_batch_rows: int | None = knob(None, "Rows of one batched generation of a vote at most (the k samples of each of "
+                                             "the group's questions, sorted by prompt length); null: batch_size. Each batch "
+                                             "decodes until its longest sample ends, so a vote of k in batches of batch_size "
+                                             "runs k long tails of few rows one after the other; batch_size x k runs the "
+                                             "group's vote as one batch and one tail (the memory permitting). Without "
+                                             "batch_invariant=true a row's tokens follow its batch: another value changes "
+                                             "the vote's samples and, through reuse_kv, the debate's turns "
+                                             "(docs/performance.md).", minimum=1, run_only_when=INVARIANT)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
@@ -87,10 +95,10 @@ class DebateSettings:
                                               "so a question's record does not depend on the shard count, batch_size, a resume or "
                                               "the votes beside it. On a GPU it takes the Triton kernels (fixed-tile matmuls, "
                                               "attention in fixed pieces; 0 of 256 rows changed with the batching on an H100, "
-                                              "38-55% slower); true is an error where it cannot hold (engine=generate, or on a GPU "
+                                              "38-55% slower in a 256-row benchmark, 23% on a whole run of the default pair); true is an error where it cannot hold (engine=generate, or on a GPU "
                                               "kernels=torch or a V100). false = kernels picked per batch shape (up to 123 of 256 "
                                               "greedy rows changed with the batching on an H100). null: on on a CPU, off on a GPU. "
-                                              "Only true makes batch_size, cuda_graphs, reuse_kv, prefill_tokens and devices "
+                                              "Only true makes batch_size, vote_batch_rows, cuda_graphs, reuse_kv, prefill_tokens and devices "
                                               "run-only (left out of the records' fingerprint, free to change on a resume); null "
                                               "counts as off for them, since the submitter cannot know the device a shard runs on "
                                               "(docs/performance.md).")
