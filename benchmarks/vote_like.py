@@ -13,7 +13,8 @@ import torch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The call's shape: rows, prompt lengths, new tokens, temperature, stop ids."""
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--rows", type=int, default=1536, help="a vote of 6 over 256 questions")
+    parser.add_argument("--rows", type=int, default=1536, help="1,536: a group's whole vote of 6 in one batch "
+                        "(debate.vote_batch_rows=1536); 256: one of the six batches a default run makes (debate.batch_size)")
     parser.add_argument("--prompt-min", type=int, default=120)
     parser.add_argument("--prompt-max", type=int, default=320)
     parser.add_argument("--new", type=int, default=512, help="new tokens at most (debate.max_new_tokens)")
