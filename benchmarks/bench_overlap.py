@@ -15,9 +15,13 @@ saves. This measures it before the engine is built for it:
 
 The tokens of the two passes are compared row by row. Rows are ``--rows`` random prompts of ``--prompt-min`` to
 ``--prompt-max`` tokens, sampled at ``--temperature`` with a seed a row, up to ``--new`` tokens, stopping at any
-of every ``--stop-every``-th id (random weights never write a real stop token), as in ``bench_graphs.py``.
+of every ``--stop-every``-th id (random weights never write a real stop token), as in ``bench_graphs.py``. A run's
+vote goes in calls of ``debate.batch_size`` rows, one after the other, each with its own tail of few rows
+(docs/performance.md, "A vote is six batches"): ``--batch 256`` does the same, and the tails are what two streams
+could fill.
 
-    python benchmarks/bench_overlap.py --json benchmarks/results/overlap-h200.json
+    python benchmarks/bench_overlap.py --batch 256 --json benchmarks/results/overlap-h100-batch256.json
+    python benchmarks/bench_overlap.py --json benchmarks/results/overlap-h100.json
 """
 
 from __future__ import annotations
@@ -55,12 +59,17 @@ class Call:
         self.stream = torch.cuda.Stream(device)
 
     def run(self, stream: torch.cuda.Stream) -> tuple[torch.Tensor, float]:
-        """The call's new tokens and its seconds, its work queued on ``stream``."""
+        """The vote's new tokens and its seconds, its work queued on ``stream``: one call of all its rows, or (``--batch``)
+        calls of that many rows one after the other, as a run's vote goes in batches of ``debate.batch_size``."""
         started = time.perf_counter()
+        batch = self.args.batch or len(self.ids)
+        outs = []
         with torch.cuda.stream(stream):
-            out = self.decoder.generate(self.ids, self.mask, max_new_tokens=self.args.new, stop_ids=self.stops, pad_id=0,
-                                        temperature=self.args.temperature, seeds=self.seeds)
-        return out, time.perf_counter() - started
+            for first in range(0, len(self.ids), batch):
+                part = slice(first, first + batch)
+                outs.append(self.decoder.generate(self.ids[part], self.mask[part], max_new_tokens=self.args.new, stop_ids=self.stops,
+                                                  pad_id=0, temperature=self.args.temperature, seeds=self.seeds[part]))
+        return torch.cat(outs), time.perf_counter() - started
 
 
 def alone(calls: list[Call]) -> tuple[list[torch.Tensor], list[float], float]:
@@ -103,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs=2, choices=sorted(REAL_SHAPES), default=["qwen2.5-1.5b", "qwen2.5-0.5b"])
     vote_like.add_arguments(parser)
+    parser.add_argument("--batch", type=int, help="rows of one call (a run's vote: debate.batch_size, 256); default: all rows at once")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -114,7 +124,7 @@ def main() -> None:
     alone(calls)  # kernels compiled, every graph captured
     passes = {"alone": alone(calls), "together": together(calls)}
     reference = passes["alone"][0]
-    report = {"device": torch.cuda.get_device_name(device), "shapes": args.shapes, "dtype": args.dtype, "rows": args.rows,
+    report = {"device": torch.cuda.get_device_name(device), "shapes": args.shapes, "dtype": args.dtype, "rows": args.rows, "batch": args.batch,
               "new": args.new, "temperature": args.temperature, "stop_every": args.stop_every}
     for name, (outs, seconds, wall) in passes.items():
         differ = [int((out != ref).any(1).sum()) for out, ref in zip(outs, reference)]

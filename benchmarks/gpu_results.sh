@@ -117,6 +117,7 @@ case "$step" in
     done
     ;;
   overlap)
+    python3 benchmarks/bench_overlap.py --batch 256 --json "$out/overlap-batch256.json"
     python3 benchmarks/bench_overlap.py --json "$out/overlap.json"
     ;;
   rows)
