@@ -297,6 +297,25 @@ def test_a_resume_with_another_batch_is_refused_unless_the_run_is_batch_invarian
     assert _files(run) == before
 
 
+def test_a_run_made_before_a_setting_was_added_resumes_at_its_default(finished: Path) -> None:
+    """debate.vote_batch_rows came after runs were made: a run whose config.yaml lacks it resumes at its default
+    (null: batch_size, what the run did), and the records written on resume carry the fingerprint of those before
+    (that a default fingerprint is the one earlier runs had: tests/test_run_config.py); another value is refused as
+    another experiment (the run was not made batch-invariant)."""
+    run = copy_run(finished, "made-before")
+    config = run / "config.yaml"
+    assert "  vote_batch_rows: null\n" in config.read_text()
+    config.write_text(config.read_text().replace("  vote_batch_rows: null\n", ""))
+    shard = run / "debate" / "shard-00001-of-00002.jsonl"
+    shard.write_text(shard.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match=r"^run made-before was made with debate.vote_batch_rows=null \(this submission: 1536\)"):
+        submit([f"results_dir={run.parent}", "run_id=made-before", "debate.vote_batch_rows=1536"])
+    info = submit([f"results_dir={run.parent}", "run_id=made-before"])
+    assert info["resumed"] and info["result"]["complete"] is True
+    assert len(read_shard(shard)) == 2
+    assert len({json.loads(line)["settings"] for f in (run / "debate").glob("shard-*.jsonl") for line in f.read_text().splitlines()}) == 1
+
+
 def test_a_resume_may_change_run_only_settings(tmp_path: Path) -> None:
     """A batch-invariant run out of memory resumes at a smaller batch, without the cache reuse: with
     debate.batch_invariant=true the batching settings (run_only_when on their knob() in debate/settings.py)
