@@ -3,7 +3,8 @@ run against run, and counted by kind, before and after a question index (``--spl
 batching follows the free memory, apart from the full groups).
 
 Each run is a run folder (``results/<run_id>``: its ``debate/shard-*.jsonl``), a shard file, or the compressed records
-``gpu_results.sh`` brings back (``<run_id>_records.jsonl.xz``). A torn last line is skipped as the reducer skips it.
+``gpu_results.sh`` brings back (``<run_id>_records.jsonl.xz``), read as the reducer reads a shard: a torn last line
+skipped, a corrupt one named.
 
     python benchmarks/same_texts.py results/gpu-pair results/gpu-pair-votes --split 1280
 """
@@ -11,7 +12,6 @@ Each run is a run folder (``results/<run_id>``: its ``debate/shard-*.jsonl``), a
 from __future__ import annotations
 
 import argparse
-import json
 import lzma
 import sys
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.shards import read_shard  # noqa: E402
+from pipeline.shards import parse_shard, read_shard  # noqa: E402
 from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 
 
@@ -28,12 +28,7 @@ def records(where: Path) -> dict[int, dict[str, Any]]:
     if where.is_dir():
         rows = [r for shard in sorted((where / "debate").glob("shard-*.jsonl")) for r in read_shard(shard)]
     elif where.suffix == ".xz":
-        rows = []
-        for line in lzma.open(where, "rt"):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line
-                break
+        rows = parse_shard(where, lzma.decompress(where.read_bytes()))
     else:
         rows = read_shard(where)
     return {r["index"]: r for r in rows}

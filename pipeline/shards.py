@@ -139,7 +139,13 @@ def read_shard(path: Path, schema: RecordSchema | None = None) -> list[dict[str,
         return []
     if not path.is_file():
         raise ShardCorruptError(f"{path}: not a file where the shard's records go; move it away, then rerun the shard")
-    return _parse_lines(path, path.read_bytes(), schema)[0]
+    return parse_shard(path, path.read_bytes(), schema)
+
+
+def parse_shard(path: Path, data: bytes, schema: RecordSchema | None = None) -> list[dict[str, Any]]:
+    """``read_shard`` on a shard's bytes that came another way (a compressed copy of its file), ``path`` naming
+    them in errors."""
+    return _parse_lines(path, data, schema)[0]
 
 
 class ShardWriter:
