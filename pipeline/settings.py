@@ -10,8 +10,10 @@ result (where files go, how progress is shown) says so (``results=False``, or a 
 results=False)``). A field that changes results only where the numbers depend on the batch (how the work is
 batched, replayed or placed: measured to change no token in a batch-invariant run, and many without one)
 names the section's switch that makes it run-only (``run_only_when="batch_invariant"``): it is run-only in a
-run whose switch is ``true``, and a result setting otherwise (``null`` too: it may mean off). The records'
-fingerprint, the resume check and the docs read these flags (:func:`run_only`, :func:`result_values`).
+run whose switch is ``true``, and a result setting otherwise (``null`` too: it may mean off). A result setting
+added after runs were made, whose default is what those runs did, enters the records' fingerprint only at
+another value (``only_when_changed=True``), so those runs still resume. The records' fingerprint, the resume
+check and the docs read these flags (:func:`run_only`, :func:`result_values`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Knob:
     # devices): the name of the section's boolean setting whose ``true`` makes it run-only, as ``results=False``
     # would. Any other value of the switch (``null`` too, which may mean off) keeps it a result setting.
     run_only_when: str | None = None
+    # A result setting that enters the records' fingerprint only at a value other than its default: one added
+    # after runs were made (its default being what they did), so their fingerprint stays and they still resume.
+    only_when_changed: bool = False
     # Texts: what the one-line error for an empty (or null) value tells the user; the help when unset.
     when_empty: str | None = None
 
@@ -131,11 +136,13 @@ def run_only_when(cls: type, prefix: str) -> dict[str, str]:
 
 
 def result_values(settings: Any) -> dict[str, Any]:
-    """The section's values as plain data without those that cannot change a result in this run: what decides
-    a record."""
+    """The section's values as plain data without those that cannot change a result in this run, nor those
+    that enter the fingerprint only when changed and are at their default: what decides a record, as the
+    records' fingerprint holds it."""
     values = plain(settings)
     return {f.name: result_values(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v)
-            for f in _knobs(type(settings)) if _changes_results(_knob(f), values)}
+            for f in _knobs(type(settings)) if _changes_results(_knob(f), values)
+            and not (_knob(f).only_when_changed and values[f.name] == _default(f))}
 
 
 def plain(settings: Any) -> dict[str, Any]:
@@ -164,13 +171,15 @@ def _base(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A setting's default as plain data (a section's as its defaults)."""
+    value = f.default_factory() if f.default is MISSING else f.default
+    return defaults(type(value)) if is_dataclass(value) else _plain(value)
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """The section's defaults as plain data (what Hydra composes, lists as lists)."""
-    out: dict[str, Any] = {}
-    for f in _knobs(cls):
-        value = f.default_factory() if f.default is MISSING else f.default
-        out[f.name] = defaults(type(value)) if is_dataclass(value) else (list(value) if isinstance(value, tuple) else value)
-    return out
+    return {f.name: _default(f) for f in _knobs(cls)}
 
 
 def loose_keys(cls: type, prefix: str) -> set[str]:

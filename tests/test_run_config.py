@@ -92,6 +92,13 @@ def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> N
         assert fingerprint(setting) != base, setting
         assert setting.split("=")[0] not in run_only_keys(load_config(["stage=eval", setting]))
     assert fingerprint("eval.batch_size=auto", "eval.chunk_size=128") == base
+    # The settings that count only when changed (only_when_changed on their fields) leave the fingerprints of
+    # runs made before them as they were: pinned here, as the first runs had them.
+    assert base == "6ba5a65f3eef11cf" and fingerprint("eval.engine=static") == "839e3f3adf80d6d6"
+    assert fingerprint("eval.max_gen_toks=512", "eval.apply_chat_template=true") == "5fb59bfeb37af98d"
+    assert fingerprint("eval.num_fewshot=4") == "8741c111ed6cb7ac"
+    # A vendored task's YAML is the project's own, and a part's model is named, not the run's list of models.
+    assert fingerprint("eval.include_path=configs/lm_eval_tasks") == fingerprint("eval.models=[a]") == base
 
 
 def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:

@@ -77,7 +77,8 @@ class DebateSettings:
                                              "group's vote as one batch and one tail (the memory permitting). Without "
                                              "batch_invariant=true a row's tokens follow its batch: another value changes "
                                              "the vote's samples and, through reuse_kv, the debate's turns "
-                                             "(docs/performance.md).", minimum=1, run_only_when=INVARIANT)
+                                             "(docs/performance.md).", minimum=1, run_only_when=INVARIANT,
+                                       only_when_changed=True)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)

@@ -30,23 +30,16 @@ RECORD_KEYS = ("index", "question", "gold", "turns", "final_answer", "final_turn
                "first_answers", "solo", "vote", "tokens", "seconds")
 
 
-# Debate settings added after runs were made with this fingerprint, null by default: in it only when set.
-ADDED_LATER = ("vote_batch_rows",)
-
-
 def debate_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The debate records' keys and the fingerprint of what decides them: the data, the models and their
     precision, the seed, and every debate setting that can change a result in this run (:func:`result_values`):
     the batching settings (``run_only_when`` on their fields of :class:`DebateSettings`) only in a run made
     without ``batch_invariant=true``, where they change tokens. The shard count is not in it: it changes no
     token of a batch-invariant run, and a resume must give the run's own count (a result key of the resume
-    check), so one run's records never come from two counts. The settings added later (``ADDED_LATER``) count only
-    when set, so a run made before them still resumes."""
+    check), so one run's records never come from two counts. The settings added later count only when changed
+    (``only_when_changed`` on their fields), so a run made before them still resumes."""
     models = config.models
     debate = result_values(config.debate)
-    for key in ADDED_LATER:
-        if debate.get(key) is None:
-            debate.pop(key, None)
     settings = {
         "data": config.data.split,
         "models": {"a": models.a, "b": models.b, "dtype": models.dtype},

@@ -69,25 +69,29 @@ class EvalSettings:
                                          "free memory itself, and lm-eval's probe (full forward passes at the "
                                          "model's whole context, 32,768 tokens for Qwen2.5) found 1 on an H100. No eval runs "
                                          "batch-invariant: on a GPU another batch may change a response, so the batch and "
-                                         "chunk sizes are in the records' fingerprint and a resume keeps them.")
-    max_batch_size: int = knob(64, "Upper bound for auto; what auto is under eval.engine=static.", minimum=1)
+                                         "chunk sizes are in the records' fingerprint and a resume keeps them.",
+                             only_when_changed=True)
+    max_batch_size: int = knob(64, "Upper bound for auto; what auto is under eval.engine=static.", minimum=1,
+                               only_when_changed=True)
     cpu_batch_size: int = knob(8, "What auto means on a CPU: lm-eval's probe runs full-length forward passes from "
                                   "max_batch_size down until one fits, which takes minutes there and finds nothing.",
-                               minimum=1)
+                               minimum=1, only_when_changed=True)
     chunk_size: int = knob(128, "Questions per lm-eval call. Records are appended after each call, so this bounds the "
-                                "work a killed job loses; keep it a few times the batch size.", minimum=1)
+                                "work a killed job loses; keep it a few times the batch size.", minimum=1,
+                           only_when_changed=True)
     max_gen_toks: int | None = knob(None, "Tokens a model may generate per question; null: the task's own (gsm8k 256, "
                                           "gsm8k_cot_llama 1024).", minimum=1)
     gen_kwargs: dict[str, Any] | None = knob(None, "lm-eval's --gen_kwargs: generation settings laid over each task's "
                                                    "generation_kwargs, e.g. eval.gen_kwargs={temperature:0.7,do_sample:true,"
                                                    "top_p:0.95,until:['Question:']}: any key of lm-eval's (until, do_sample, "
                                                    "temperature) or of transformers' GenerationConfig; the generation length "
-                                                   "is eval.max_gen_toks. null: the task's own.", check=check_gen_kwargs)
+                                                   "is eval.max_gen_toks. null: the task's own.", check=check_gen_kwargs,
+                                          only_when_changed=True)
     num_fewshot: int | None = knob(None, "lm-eval's --num_fewshot: few-shot examples per question (0: zero-shot); null: "
                                          "the task's own (gsm8k 5, gsm8k_cot_llama 8). As in lm-eval, a task whose own "
-                                         "count is 0 stays zero-shot.", minimum=0)
+                                         "count is 0 stays zero-shot.", minimum=0, only_when_changed=True)
     system_instruction: str | None = knob(None, "lm-eval's --system_instruction: a system message put before every "
-                                                "prompt; null: none.")
+                                                "prompt; null: none.", only_when_changed=True)
     apply_chat_template: bool | None = knob(None, "lm-eval's --apply_chat_template; null: the task's own (the vendored "
                                                   "tasks: configs/lm_eval_tasks/<task>.yaml, metadata.run; other tasks: "
                                                   "lm-eval's default, no chat).")
@@ -99,6 +103,6 @@ class EvalSettings:
                                    "and Qwen2-style models only, anything else an error), or auto (static where it can "
                                    "run the model and the request, generate elsewhere). Identical responses in float32; "
                                    "in half precision on a GPU other kernels may change a response (docs/performance.md).",
-                         choices=ENGINES)
+                         choices=ENGINES, only_when_changed=True)
     include_path: str | None = knob(None, "lm-eval's --include_path: a folder of task YAMLs whose tasks `tasks=` may "
-                                          "name; null: none.")
+                                          "name; null: none.", only_when_changed=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pipeline.config import project_path
 from pipeline.data import load_problems, shard_slice
-from pipeline.harness.settings import EvalSettings
 from pipeline.harness.tasks import is_vendored
 from pipeline.run_config import RunConfig
-from pipeline.settings import defaults
+from pipeline.settings import result_values
 from pipeline.shards import RecordSchema, Unit, fingerprint
 
 
@@ -43,32 +42,25 @@ def eval_units(config: RunConfig) -> list[Unit]:
 # What every eval record holds (what the reducer reads).
 RECORD_KEYS = ("index", "task", "model", "prompt", "response", "gold", "extracted", "correct", "seconds")
 
-# lm-eval settings that change a task's records, beside the generation length and the chat options.
-RESULT_SETTINGS = ("gen_kwargs", "num_fewshot", "system_instruction", "include_path")
-# How lm-eval batches the questions: no eval runs batch-invariant (``generate`` and the static decoder's
-# ``EVAL_DECODER`` pick their kernels by the batch's shape), so on a GPU these change responses too.
-BATCH_SETTINGS = ("batch_size", "max_batch_size", "cpu_batch_size", "chunk_size")
-_DEFAULTS = defaults(EvalSettings)
-
 
 def eval_schema(config: RunConfig, unit: Unit) -> RecordSchema:
     """The eval records' keys and the fingerprint of what decides one part's records: its model and the
-    precision, the data, the seed and the lm-eval settings. The settings added later (``RESULT_SETTINGS``)
-    count only when set, so a run made before them still resumes; so do the batch and chunk sizes
-    (``BATCH_SETTINGS``), which count when not their default, and the engine, which counts unless it is
-    ``generate`` (the reference): the static decoder gives ``generate``'s tokens in float32, but in half
-    precision on a GPU its other kernels may change a response, so a part's records come from one engine."""
+    precision, the data, the seed and the lm-eval settings (:func:`result_values`). No eval runs batch-invariant
+    (``generate`` and the static decoder's ``EVAL_DECODER`` pick their kernels by the batch's shape), so the
+    batch and chunk sizes are among them, and so is the engine: the static decoder gives ``generate``'s tokens in
+    float32, but in half precision on a GPU its other kernels may change a response, so a part's records come
+    from one engine. Those, and the lm-eval options added later, count only when changed (``only_when_changed``
+    on their fields), so a run made before them still resumes. A part's model is in it by name, not the list
+    of the run's models; a vendored task's YAML is the project's own, so ``include_path`` does not count for it."""
     key, task = unit.part.split("/")
-    ev = config.eval
+    ev = result_values(config.eval)
+    del ev["models"]
+    if is_vendored(task):
+        ev.pop("include_path", None)
     settings = {
         "data": config.data.split, "model": getattr(config.models, key), "dtype": config.models.dtype, "task": task,
-        "seed": config.seed, "eval": {k: getattr(ev, k) for k in ("max_gen_toks", "apply_chat_template", "fewshot_as_multiturn")},
+        "seed": config.seed, "eval": ev,
     }
-    settings["eval"].update({k: getattr(ev, k) for k in RESULT_SETTINGS
-                             if getattr(ev, k) is not None and (k != "include_path" or not is_vendored(task))})
-    settings["eval"].update({k: getattr(ev, k) for k in BATCH_SETTINGS if getattr(ev, k) != _DEFAULTS[k]})
-    if ev.engine != "generate":
-        settings["eval"]["engine"] = ev.engine
     return RecordSchema(RECORD_KEYS, fingerprint(settings))
 
 
