@@ -4,7 +4,8 @@ batching follows the free memory, apart from the full groups).
 
 Each run is a run folder (``results/<run_id>``: its ``debate/shard-*.jsonl``), a shard file, or the compressed records
 ``gpu_results.sh`` brings back (``<run_id>_records.jsonl.xz``), read as the reducer reads a shard: a torn last line
-skipped, a corrupt one named.
+skipped, a corrupt one named. Both runs must hold the same questions, unless ``--common``: then only the questions both
+hold are compared (a run stopped early, beside a whole one).
 
     python benchmarks/same_texts.py results/gpu-pair results/gpu-pair-votes --split 1280
 """
@@ -46,7 +47,7 @@ def texts(record: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield f"vote {model}", f"{model}{n}", sample["text"]
 
 
-def compare(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]], questions: range) -> dict[str, Any]:
+def compare(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]], questions: list[int]) -> dict[str, Any]:
     """Texts in either run, texts that differ (by kind) and the questions with any, over ``questions``."""
     total, differ, where = 0, {}, set()
     for q in questions:
@@ -65,16 +66,19 @@ def main() -> None:
     parser.add_argument("first", type=Path)
     parser.add_argument("second", type=Path)
     parser.add_argument("--split", type=int, help="report questions below this index and from it apart")
+    parser.add_argument("--common", action="store_true", help="compare only the questions both runs hold")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     first, second = records(args.first), records(args.second)
-    if first.keys() != second.keys():
-        parser.error(f"the runs hold other questions ({len(first)} and {len(second)}; {len(first.keys() ^ second.keys())} in one only)")
+    if first.keys() != second.keys() and not args.common:
+        parser.error(f"the runs hold other questions ({len(first)} and {len(second)}; {len(first.keys() ^ second.keys())} in one "
+                     "only): --common compares the questions both hold")
+    common = first.keys() & second.keys()
     last = max(first) + 1
     spans = [range(0, args.split), range(args.split, last)] if args.split else [range(0, last)]
-    report = {"first": str(args.first), "second": str(args.second), "spans": []}
+    report = {"first": str(args.first), "second": str(args.second), "common": len(common), "spans": []}
     for span in spans:
-        result = {"from": span.start, "to": span.stop - 1, **compare(first, second, span)}
+        result = {"from": span.start, "to": span.stop - 1, **compare(first, second, [q for q in span if q in common])}
         report["spans"].append(result)
         print(f"questions {span.start}-{span.stop - 1}: {result['differ']} of {result['texts']} texts differ, on "
               f"{result['questions_with_any']} questions {result['by_kind'] or ''}".rstrip())

@@ -74,7 +74,8 @@ class DebateSettings:
                                              "the group's questions, sorted by prompt length); null: batch_size. Each batch "
                                              "decodes until its longest sample ends, so a vote of k in batches of batch_size "
                                              "runs k long tails of few rows one after the other; batch_size x k runs the "
-                                             "group's vote as one batch and one tail (the memory permitting). Without "
+                                             "group's vote as one batch and one tail (the memory permitting; the default pair's "
+                                             "run on an H100: 150 s against 177 s, the same accuracy). Without "
                                              "batch_invariant=true a row's tokens follow its batch: another value changes "
                                              "the vote's samples and, through reuse_kv, the debate's turns "
                                              "(docs/performance.md).", minimum=1, run_only_when=INVARIANT,
