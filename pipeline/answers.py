@@ -248,15 +248,17 @@ def read_answer(text: str, complete: bool = True) -> Reading:
     be cut itself, so it does not count; one stated earlier in the text still does.
     """
     markers = _markers(text)
-    numbers = _numbers(text)
     if _unsettled(markers):
         markers = []
     found = [f for f in (*markers, *_boxes(text), *_phrases(text)) if complete or text[f[1] :].strip()]
-    if complete and not any(f[0] >= _tail_start(text) for f in found):
-        found += _closing(text)
+    if complete:
+        tail = _tail_start(text)  # once, not once a statement found
+        if not any(f[0] >= tail for f in found):
+            found += _closing(text)
     if found:
         _, _, strict, form = max(found, key=lambda f: (f[0], f[1]))
         return Reading(strict, strict, form)
+    numbers = _numbers(text)  # only here: canonicalising every number of a reply was most of a reading's time
     return Reading(None, numbers[-1] if numbers else None, None)
 
 

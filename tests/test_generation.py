@@ -10,7 +10,7 @@ import torch
 from pipeline.data import load_problems
 from pipeline.debate.vote import majority
 from pipeline.engine import DecoderOptions
-from pipeline.engine.generation import generate_chat
+from pipeline.engine.generation import generate_chat, left_padded
 from pipeline.engine.memory import Decoders
 from pipeline.engine.sampling import row_seed
 from pipeline.models.int8 import RowInt8Linear
@@ -36,6 +36,16 @@ def test_end_of_turn_tokens_are_stop_ids(chat) -> None:
     eot = "<|eot_id|>" if "<|eot_id|>" in vocab else "<|im_end|>"
     assert vocab[eot] in chat.stop_ids
     assert stop_token_ids(chat.tokenizer, chat.model) == chat.stop_ids
+
+
+def test_a_batch_padded_from_ids_is_the_tokenizers_own(chat) -> None:
+    """A call tokenizes its prompts once and pads each batch from the ids: the same tensors as the tokenizer's
+    own left padding, so no prompt changes by a bit."""
+    texts = [chat.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in _convs(QUESTIONS)]
+    own = chat.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    ours = left_padded(chat.tokenizer(texts, add_special_tokens=False)["input_ids"], chat.tokenizer.pad_token_id, "cpu")
+    assert len(set(own["attention_mask"].sum(1).tolist())) > 1, "prompts of several lengths"
+    assert torch.equal(ours["input_ids"], own["input_ids"]) and torch.equal(ours["attention_mask"], own["attention_mask"])
 
 
 def test_rows_stop_independently_before_the_limit(chat) -> None:

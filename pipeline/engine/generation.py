@@ -118,6 +118,19 @@ def continue_prompts(
     return torch.cat(out)
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Token ids as one left-padded batch: what the tokenizer's own padding (``padding_side="left"``) gives, from
+    ids already tokenized, so a call tokenizes its prompts once however many batches it cuts them into."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
 def _count_tokens(row: torch.Tensor, stop_ids: torch.Tensor, pad_id: int) -> tuple[int, bool]:
     hits = torch.isin(row, stop_ids).nonzero()
     if len(hits):
@@ -148,7 +161,8 @@ def generate_chat(
         raise ValueError("sampling (temperature > 0) needs one seed per row")
     tokenizer = chat.tokenizer
     texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]  # once: each batch is padded from these
+    lengths = [len(ids) for ids in prompts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
     if decoders is None:
@@ -166,7 +180,7 @@ def generate_chat(
             rows = decoders.rows_that_fit(decoder, longest, _VOCAB_BYTES * len(tokenizer), rows)
         chunk = order[start : start + rows]
         start += rows
-        batch = tokenizer([texts[i] for i in chunk], add_special_tokens=False, padding=True, return_tensors="pt").to(chat.device)
+        batch = left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, chat.device)
         chunk_seeds = [seeds[i] for i in chunk] if seeds is not None else None
         on_step = _chunk_report(report, len(results), tokens_done, len(chunk), len(order), max_new_tokens)
         started = time.perf_counter()
