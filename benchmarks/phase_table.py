@@ -1,6 +1,7 @@
 """A debate shard's phases from its own log: per phase (model b alone, each vote, each debate turn), the rows, new
 tokens and seconds summed over the shard's groups, the seconds capturing CUDA graphs, and the range of the prefill's
-and the decode's shares of their limits over the full groups (the last group, smaller, apart); and the shard's
+and the decode's shares of their limits over the full groups (the last group, smaller, apart), the seconds on the
+host outside prefill and decode (logs since the tenth session); and the shard's
 seconds from its last model loaded to its last record. docs/performance.md's per-phase tables are this script's
 output on the logs ``gpu_results.sh`` brings back (``<run>_logs.tar.xz``: ``logs/debate-shard-*.log``).
 
@@ -25,7 +26,7 @@ from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 # A phase's closing line (pipeline/progress.py, with the static decoder's detail from pipeline/engine/roofline.py).
 PHASE = re.compile(r"pipeline\.progress: group (\d+)/(\d+): (.+?): (\d+) rows in \S+, (\d+) tokens \(([\d.]+) tok/s\); "
                    r"prefill [\d,]+ tok/s \((\d+)% of its limit\), decode [\d,]+ tok/s \((\d+)% of its limit"
-                   r"(?:; ([\d.]+) s capturing graphs)?\)")
+                   r"(?:; ([\d.]+) s capturing graphs)?\)(?:, host ([\d.]+) s)?")
 STAMP = "%Y-%m-%d %H:%M:%S"
 
 
@@ -41,12 +42,15 @@ def phases(log: Path) -> dict[str, Any]:
         match = PHASE.search(line)
         if match is None:
             continue
-        group, groups, name, rows, tokens, rate, prefill, decode, capture = match.groups()
-        p = table.setdefault(name, {"rows": 0, "new_tokens": 0, "seconds": 0.0, "capture_seconds": 0.0, "prefill_share_pct": [], "decode_share_pct": []})
+        group, groups, name, rows, tokens, rate, prefill, decode, capture, host = match.groups()
+        p = table.setdefault(name, {"rows": 0, "new_tokens": 0, "seconds": 0.0, "capture_seconds": 0.0, "host_seconds": None,
+                                    "prefill_share_pct": [], "decode_share_pct": []})
         p["rows"] += int(rows)
         p["new_tokens"] += int(tokens)
         p["seconds"] += int(tokens) / float(rate)
         p["capture_seconds"] += float(capture or 0)
+        if host is not None:  # logs since the tenth session: the call's time outside its prefill and decode
+            p["host_seconds"] = (p["host_seconds"] or 0.0) + float(host)
         if int(group) < int(groups) or groups == "1":
             p["prefill_share_pct"].append(int(prefill))
             p["decode_share_pct"].append(int(decode))
@@ -63,16 +67,22 @@ def _share(span: list[int] | None) -> str:
 
 def markdown(run: dict[str, Any]) -> str:
     """The run's phases as the rows of docs/performance.md's tables, and a row for all generation."""
-    lines = ["| phase | rows | new tokens | seconds | tokens/s | prefill, share of its limit | decode, share of its limit | capturing graphs, s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| phase | rows | new tokens | seconds | tokens/s | prefill, share of its limit | decode, share of its limit | capturing graphs, s "
+             "| host, s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, p in run["phases"].items():
         lines.append(f"| {name} | {p['rows']:,} | {p['new_tokens']:,} | {p['seconds']:.1f} | {p['new_tokens'] / p['seconds']:,.0f} | "
-                     f"{_share(p['prefill_share_pct'])} | {_share(p['decode_share_pct'])} | {p['capture_seconds']:.1f} |")
+                     f"{_share(p['prefill_share_pct'])} | {_share(p['decode_share_pct'])} | {p['capture_seconds']:.1f} | {_seconds(p['host_seconds'])} |")
     tokens = sum(p["new_tokens"] for p in run["phases"].values())
     seconds = sum(p["seconds"] for p in run["phases"].values())
     capture = sum(p["capture_seconds"] for p in run["phases"].values())
-    lines.append(f"| all generation | | {tokens:,} | {seconds:.1f} | {tokens / seconds:,.0f} | | | {capture:.1f} |")
+    hosts = [p["host_seconds"] for p in run["phases"].values() if p["host_seconds"] is not None]
+    lines.append(f"| all generation | | {tokens:,} | {seconds:.1f} | {tokens / seconds:,.0f} | | | {capture:.1f} | "
+                 f"{_seconds(sum(hosts) if hosts else None)} |")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def main() -> None:
@@ -88,6 +98,8 @@ def main() -> None:
     for run in runs:  # summed unrounded above; rounded for the report
         for p in run["phases"].values():
             p["seconds"], p["capture_seconds"] = round(p["seconds"], 1), round(p["capture_seconds"], 1)
+            if p["host_seconds"] is not None:
+                p["host_seconds"] = round(p["host_seconds"], 1)
     emit({"runs": runs}, args.json)
 
 

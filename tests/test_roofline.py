@@ -29,7 +29,7 @@ from tests.conftest import ROOT
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=4)
 CONVERSATIONS = [[{"role": "user", "content": f"Solve: {p.question}"}] for p in PROBLEMS]
-TIMING = r"prefill [\d,]+ tok/s \((\d+% of its limit|limit n/a)\), decode [\d,]+ tok/s \((\d+% of its limit|limit n/a)[^)]*\)"
+TIMING = r"prefill [\d,]+ tok/s \((\d+% of its limit|limit n/a)\), decode [\d,]+ tok/s \((\d+% of its limit|limit n/a)[^)]*\), host [\d.]+ s"
 
 COST = ModelCost(weight_bytes=1000, kv_bytes_per_token=10, layer_flops=100, head_flops=20, attention_flops=4)
 

@@ -159,6 +159,7 @@ def generate_chat(
         return []
     if temperature > 0 and seeds is None:
         raise ValueError("sampling (temperature > 0) needs one seed per row")
+    called = time.perf_counter()
     tokenizer = chat.tokenizer
     texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]  # once: each batch is padded from these
@@ -195,6 +196,7 @@ def generate_chat(
             tokens_done += results[i].tokens
         if decoder is not None:
             timings.add(decoder.last)
+            timings.host_seconds = time.perf_counter() - called - timings.prefill.seconds - timings.decode.seconds
         if report is not None:
             detail = timings.describe() if decoder is not None else "prefill and decode not timed apart (transformers' generate)"
             report(len(results), tokens_done, len(results) / len(order), detail)

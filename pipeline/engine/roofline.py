@@ -147,12 +147,15 @@ class Timing:
 
 @dataclass
 class Timings:
-    """A generation's prefill and decode (one call, or several summed), and the seconds its decode spent
-    capturing CUDA graphs (counted in the decode's time)."""
+    """A generation's prefill and decode (one call, or several summed), the seconds its decode spent capturing
+    CUDA graphs (counted in the decode's time), and the seconds of the call spent in neither (``host_seconds``:
+    rendering and tokenizing the prompts, finding their reused prefixes, decoding the replies' text; the GPU
+    waits meanwhile), which the caller that timed the whole call sets (``generate_chat``)."""
 
     prefill: Timing = field(default_factory=Timing)
     decode: Timing = field(default_factory=Timing)
     capture_seconds: float = 0.0
+    host_seconds: float | None = None
 
     def add(self, other: "Timings") -> None:
         self.prefill.add(other.prefill.tokens, other.prefill.seconds, other.prefill.limit_seconds)
@@ -160,13 +163,17 @@ class Timings:
         self.capture_seconds += other.capture_seconds
 
     def describe(self) -> str:
-        """``prefill 41,300 tok/s (38% of its limit), decode 17,812 tok/s (23% of its limit; 1.2 s capturing graphs)``."""
+        """``prefill 41,300 tok/s (38% of its limit), decode 17,812 tok/s (23% of its limit; 1.2 s capturing graphs),
+        host 0.4 s``."""
         capture = f"; {self.capture_seconds:.1f} s capturing graphs" if self.capture_seconds >= 0.05 else ""
-        return f"{self.prefill.describe('prefill')}, {self.decode.describe('decode', capture)}"
+        host = f", host {self.host_seconds:.1f} s" if self.host_seconds is not None else ""
+        return f"{self.prefill.describe('prefill')}, {self.decode.describe('decode', capture)}{host}"
 
     def as_dict(self) -> dict[str, float | int | None]:
         """The numbers behind ``describe``, for benchmarks' JSON."""
         out: dict[str, float | int | None] = {"capture_s": round(self.capture_seconds, 3)}
+        if self.host_seconds is not None:
+            out["host_s"] = round(self.host_seconds, 3)
         for name, t in (("prefill", self.prefill), ("decode", self.decode)):
             rate = t.tokens / t.seconds if t.seconds > 0 else None
             share = t.limit_seconds / t.seconds if t.limit_seconds is not None and t.seconds > 0 else None
