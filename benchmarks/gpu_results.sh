@@ -9,7 +9,8 @@
 #                  .device/ and moved it out of the tree
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
 #   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
-#                  /tmp/before.patch (the change, `git diff OLD -- pipeline`, carried) reversed; run_id gpu-pair-before
+#                  /tmp/dev/before.patch (the change, `git diff OLD -- pipeline`: BEFORE=OLD bash benchmarks/device_pack.sh
+#                  puts it in .device/whl-core) reversed; run_id gpu-pair-before
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
@@ -90,7 +91,7 @@ case "$step" in
   pair-before)
     rm -rf /tmp/before && mkdir -p /tmp/before
     tar --exclude=./results --exclude=./.device -cf - . | tar -C /tmp/before -xf -
-    (cd /tmp/before && patch -R -p1 -s </tmp/before.patch && TAG=-before bash benchmarks/gpu_results.sh pair)
+    (cd /tmp/before && patch -R -p1 -s </tmp/dev/before.patch && TAG=-before bash benchmarks/gpu_results.sh pair)
     ;;
   pair-before-again)
     (cd /tmp/before && TAG=-before2 bash benchmarks/gpu_results.sh pair)
