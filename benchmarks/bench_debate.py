@@ -123,17 +123,19 @@ def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str,
     phases: list[dict[str, Any]] = []
     generate = engine._generate
 
-    def timed(speaker: str, convs: list, seeds: list[int], temperature: float, phase: str) -> list[Completion]:
+    def timed(speaker: str, convs: list, seeds: list[int], temperature: float, phase: str,
+              max_batch: int | None = None) -> list[Completion]:
         for decoder in engine.decoders:
             decoder.total = Timings()
         _sync()
         started = time.perf_counter()
-        out = generate(speaker, convs, seeds, temperature, phase)
+        out = generate(speaker, convs, seeds, temperature, phase, max_batch)
         _sync()
         seconds = time.perf_counter() - started
         timings = Timings()
         for decoder in engine.decoders:
             timings.add(decoder.total)
+        timings.host_seconds = seconds - timings.prefill.seconds - timings.decode.seconds  # as a run's phase line says it
         tokens = sum(c.tokens for c in out)
         phases.append({"phase": f"{engine.group}{phase}", "model": engine.models[speaker].name, "rows": len(convs), "temperature": temperature,
                        "seconds": round(seconds, 3), "tokens": tokens, "tok_per_s": round(tokens / seconds, 1), "timings": timings.describe(),
@@ -151,10 +153,10 @@ def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str,
 def print_phases(phases: list[dict[str, Any]]) -> None:
     share = lambda v: f"{v:.0%}" if v is not None else "n/a"  # noqa: E731
     rate = lambda v: f"{v:,.0f}" if v is not None else "-"  # noqa: E731
-    print(f"{'phase':<32}{'rows':>6}{'seconds':>9}{'tok/s':>9}{'prefill tok/s':>15}{'of limit':>10}{'decode tok/s':>14}{'of limit':>10}{'capture s':>11}")
+    print(f"{'phase':<32}{'rows':>6}{'seconds':>9}{'tok/s':>9}{'prefill tok/s':>15}{'of limit':>10}{'decode tok/s':>14}{'of limit':>10}{'capture s':>11}{'host s':>8}")
     for p in phases:
         print(f"{p['phase']:<32}{p['rows']:>6}{p['seconds']:>9.1f}{p['tok_per_s']:>9,.0f}{rate(p['prefill_tok_per_s']):>15}{share(p['prefill_share_of_limit']):>10}"
-              f"{rate(p['decode_tok_per_s']):>14}{share(p['decode_share_of_limit']):>10}{p['capture_s']:>11.1f}", flush=True)
+              f"{rate(p['decode_tok_per_s']):>14}{share(p['decode_share_of_limit']):>10}{p['capture_s']:>11.1f}{p['host_s']:>8.1f}", flush=True)
 
 
 def main() -> None:
