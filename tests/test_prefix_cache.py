@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.engine.decode import _chunks
-from pipeline.engine.prefix_cache import KEY_TOKENS, PrefixIndex, Reuse, common_prefix
+from pipeline.engine.prefix_cache import KEY_TOKENS, PrefixIndex, Reuse
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """The number of leading tokens ``a`` and ``b`` share: the brute-force reference's comparison."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def _tokens(*parts: range) -> np.ndarray:

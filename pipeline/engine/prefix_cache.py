@@ -29,13 +29,6 @@ class Reuse:
     tokens: int
 
 
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """The number of leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if len(differ) else n
-
-
 def _blocks(tokens: np.ndarray) -> bytes:
     """The tokens as bytes of one width, so that equal tokens give equal blocks whatever the array's dtype."""
     return np.ascontiguousarray(tokens, dtype=np.int64).tobytes()
@@ -55,7 +48,7 @@ class PrefixIndex:
     row as before."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[np.ndarray, int]] = []  # per cache row: its tokens, the column of the first
+        self._columns: list[int] = []  # per cache row: the column of its first token
         self._children: dict[tuple[int, bytes], int] = {}  # (node, next block) -> child node; node 0 is the root
         self._under: list[list[int]] = [[]]  # per node: the rows that start with its blocks, in row order
         self._tokens = np.empty((0, 0), dtype=np.int64)  # row i's tokens, then -1 (no token) to the widest row's end
@@ -65,13 +58,13 @@ class PrefixIndex:
 
     def remember(self, rows: list[tuple[np.ndarray, int]]) -> None:
         """What the cache holds now: row i has keys and values for ``rows[i][0]`` from column ``rows[i][1]``."""
-        self.rows = rows
+        self._columns = [column for _, column in rows]
         self._children = {}
         self._under = [[]]
         self._tokens = np.full((len(rows), max((len(t) for t, _ in rows), default=0)), -1, dtype=np.int64)
         for i, (tokens, _) in enumerate(rows):
             self._tokens[i, : len(tokens)] = tokens
-            data, node = _blocks(tokens), 0
+            data, node = self._tokens[i, : len(tokens)].tobytes(), 0
             for end in range(_BLOCK_BYTES, len(data) + 1, _BLOCK_BYTES):
                 key = (node, data[end - _BLOCK_BYTES : end])
                 node = self._children.get(key, 0)
@@ -100,4 +93,4 @@ class PrefixIndex:
         shared = np.minimum(depth + np.where(differ.any(1), differ.argmax(1), len(window)), len(prompt) - 1)
         best = int(shared.argmax())  # the first of the longest
         row = int(rows[best])
-        return Reuse(row, self.rows[row][1], int(shared[best]))
+        return Reuse(row, self._columns[row], int(shared[best]))
