@@ -135,7 +135,7 @@ def measure_phases(engine: DebateEngine, problems: list) -> tuple[list[dict[str,
         timings = Timings()
         for decoder in engine.decoders:
             timings.add(decoder.total)
-        timings.host_seconds = seconds - timings.prefill.seconds - timings.decode.seconds  # as a run's phase line says it
+        timings.call_seconds = seconds  # its host seconds, as a run's phase line says them
         tokens = sum(c.tokens for c in out)
         phases.append({"phase": f"{engine.group}{phase}", "model": engine.models[speaker].name, "rows": len(convs), "temperature": temperature,
                        "seconds": round(seconds, 3), "tokens": tokens, "tok_per_s": round(tokens / seconds, 1), "timings": timings.describe(),

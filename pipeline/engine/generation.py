@@ -196,7 +196,7 @@ def generate_chat(
             tokens_done += results[i].tokens
         if decoder is not None:
             timings.add(decoder.last)
-            timings.host_seconds = time.perf_counter() - called - timings.prefill.seconds - timings.decode.seconds
+            timings.call_seconds = time.perf_counter() - called
         if report is not None:
             detail = timings.describe() if decoder is not None else "prefill and decode not timed apart (transformers' generate)"
             report(len(results), tokens_done, len(results) / len(order), detail)

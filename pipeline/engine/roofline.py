@@ -148,14 +148,19 @@ class Timing:
 @dataclass
 class Timings:
     """A generation's prefill and decode (one call, or several summed), the seconds its decode spent capturing
-    CUDA graphs (counted in the decode's time), and the seconds of the call spent in neither (``host_seconds``:
-    rendering and tokenizing the prompts, finding their reused prefixes, decoding the replies' text; the GPU
-    waits meanwhile), which the caller that timed the whole call sets (``generate_chat``)."""
+    CUDA graphs (counted in the decode's time), and the whole call's seconds where the caller timed it
+    (``call_seconds``: ``generate_chat``), whose part in neither prefill nor decode is ``host_seconds``."""
 
     prefill: Timing = field(default_factory=Timing)
     decode: Timing = field(default_factory=Timing)
     capture_seconds: float = 0.0
-    host_seconds: float | None = None
+    call_seconds: float | None = None
+
+    @property
+    def host_seconds(self) -> float | None:
+        """The call's seconds in neither its prefill nor its decode: rendering and tokenizing the prompts, finding
+        their reused prefixes, decoding the replies' text, while the GPU waits (None: the call was not timed)."""
+        return None if self.call_seconds is None else self.call_seconds - self.prefill.seconds - self.decode.seconds
 
     def add(self, other: "Timings") -> None:
         self.prefill.add(other.prefill.tokens, other.prefill.seconds, other.prefill.limit_seconds)
