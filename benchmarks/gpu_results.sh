@@ -16,6 +16,7 @@
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
 #   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, run_id gpu-pair-votes): one
 #                  tail a vote instead of six; the fast kernels' vote samples and turns change (pair with `pair`'s outcomes)
+#   pair-votes-again  pair-votes again on the same machine (run_id gpu-pair-votes-again): does one machine repeat its texts
 #   pair-invariant-votes  the same with batch invariance (run_id gpu-pair-invariant-votes): its records must be pair-invariant's
 #   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
 #   overlap        bench_overlap.py: the pair's two vote-like calls alone, then at once on two streams (random weights)
@@ -106,6 +107,12 @@ case "$step" in
   pair-votes)
     time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=1536 run_id=gpu-pair-votes
     collect gpu-pair-votes debate
+    ;;
+  pair-votes-again)
+    # The same one-batch run again on the same machine: the eleventh session's pair-votes differed from the tenth's
+    # (another H100) in 160 texts of full groups, where six-batch runs agree; this says whether one machine repeats it.
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=1536 run_id=gpu-pair-votes-again
+    collect gpu-pair-votes-again debate
     ;;
   pair-invariant-votes)
     time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true debate.vote_batch_rows=1536 \

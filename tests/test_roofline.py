@@ -20,7 +20,7 @@ from pipeline.engine import roofline
 from pipeline.engine import DecoderOptions
 from pipeline.engine.generation import generate_chat
 from pipeline.engine.memory import Decoders
-from pipeline.engine.roofline import Card, ModelCost
+from pipeline.engine.roofline import Card, ModelCost, Timings
 from pipeline.models.loading import load_chat_model
 from pipeline.models.registry import load_registry
 from pipeline.settings import build
@@ -29,7 +29,7 @@ from tests.conftest import ROOT
 
 PROBLEMS = load_problems(ROOT / "pipeline/assets/gsm8k/test.jsonl", limit=4)
 CONVERSATIONS = [[{"role": "user", "content": f"Solve: {p.question}"}] for p in PROBLEMS]
-TIMING = r"prefill [\d,]+ tok/s \((\d+% of its limit|limit n/a)\), decode [\d,]+ tok/s \((\d+% of its limit|limit n/a)[^)]*\), host [\d.]+ s"
+TIMING = r"prefill [\d,]+ tok/s \((\d+% of its limit|limit n/a)\), decode [\d,]+ tok/s \((\d+% of its limit|limit n/a)[^)]*\), host [\d.]+ s(, \d+ batches: [\d,x +]+ rows)?"
 
 COST = ModelCost(weight_bytes=1000, kv_bytes_per_token=10, layer_flops=100, head_flops=20, attention_flops=4)
 
@@ -89,15 +89,24 @@ def test_a_call_reports_its_prefill_and_decode_against_their_limits(models: dict
     generate_chat(chat, CONVERSATIONS, max_new_tokens=24, max_batch=3, decoders=decoders, report=report)
     assert sum(d is not None for d in details) == 2, "a detail after each of the two batches"
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("limit n/a") == 2, details[-1]
+    assert details[-1].endswith(", 2 batches: 3 + 1 rows"), "the batches, shortest prompts first, in the call's line"
 
     decoder = decoders.of(chat.model)  # the decoder generate_chat used, and uses again
     decoder.card = Card("a card with figures", 1e9, 1e12)  # shares of a limit, on a CPU
     out = generate_chat(chat, CONVERSATIONS, max_new_tokens=24, decoders=decoders, report=report)
     assert re.fullmatch(TIMING, details[-1]) and details[-1].count("% of its limit") == 2, details[-1]
+    assert "batches" not in details[-1], "one batch: nothing to say"
     texts = [chat.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
     assert decoder.last.prefill.tokens == sum(len(ids) for ids in chat.tokenizer(texts, add_special_tokens=False)["input_ids"])
     assert decoder.last.decode.tokens == sum(c.tokens - 1 for c in out), "every token after each row's first"
     assert decoder.last.decode.limit_seconds > 0 and decoder.last.decode.seconds > 0  # no timing compared: CI machines differ
+
+
+def test_a_calls_batches_read_as_runs_of_equal_rows() -> None:
+    """Six batches of a vote, the last cut short (by its rows, or by free memory), in a phase line's words."""
+    assert Timings(batch_rows=[256] * 5 + [230]).describe().endswith(", 6 batches: 256 x 5 + 230 rows")
+    assert Timings(batch_rows=[1200, 336]).describe().endswith(", 2 batches: 1,200 + 336 rows")
+    assert "batches" not in Timings(batch_rows=[1536]).describe()
 
 
 def test_every_debate_phase_ends_with_one_line_with_its_timings(models: dict, caplog: pytest.LogCaptureFixture) -> None:

@@ -196,6 +196,7 @@ def generate_chat(
             tokens_done += results[i].tokens
         if decoder is not None:
             timings.add(decoder.last)
+            timings.batch_rows.append(len(chunk))
             timings.call_seconds = time.perf_counter() - called
         if report is not None:
             detail = timings.describe() if decoder is not None else "prefill and decode not timed apart (transformers' generate)"

@@ -145,16 +145,30 @@ class Timing:
         return f"{name} {self.tokens / self.seconds:,.0f} tok/s ({share}{note})"
 
 
+def _runs(counts: list[int]) -> str:
+    """``[256, 256, 256, 230]`` as ``256 x 3 + 230``: runs of equal counts, in order."""
+    parts: list[tuple[int, int]] = []
+    for n in counts:
+        if parts and parts[-1][0] == n:
+            parts[-1] = (n, parts[-1][1] + 1)
+        else:
+            parts.append((n, 1))
+    return " + ".join(f"{n:,} x {times}" if times > 1 else f"{n:,}" for n, times in parts)
+
+
 @dataclass
 class Timings:
     """A generation's prefill and decode (one call, or several summed), the seconds its decode spent capturing
     CUDA graphs (counted in the decode's time), and the whole call's seconds where the caller timed it
-    (``call_seconds``: ``generate_chat``), whose part in neither prefill nor decode is ``host_seconds``."""
+    (``call_seconds``: ``generate_chat``), whose part in neither prefill nor decode is ``host_seconds``, and the
+    rows of each of the call's batches (``batch_rows``: where free memory cut a batch short, the log says so, and
+    on the fast kernels a row's tokens follow its batch)."""
 
     prefill: Timing = field(default_factory=Timing)
     decode: Timing = field(default_factory=Timing)
     capture_seconds: float = 0.0
     call_seconds: float | None = None
+    batch_rows: list[int] = field(default_factory=list)
 
     @property
     def host_seconds(self) -> float | None:
@@ -169,10 +183,11 @@ class Timings:
 
     def describe(self) -> str:
         """``prefill 41,300 tok/s (38% of its limit), decode 17,812 tok/s (23% of its limit; 1.2 s capturing graphs),
-        host 0.4 s``."""
+        host 0.4 s``, then ``, 6 batches: 256 x 5 + 230 rows`` where the call had more than one batch."""
         capture = f"; {self.capture_seconds:.1f} s capturing graphs" if self.capture_seconds >= 0.05 else ""
         host = f", host {self.host_seconds:.1f} s" if self.host_seconds is not None else ""
-        return f"{self.prefill.describe('prefill')}, {self.decode.describe('decode', capture)}{host}"
+        batches = f", {len(self.batch_rows)} batches: {_runs(self.batch_rows)} rows" if len(self.batch_rows) > 1 else ""
+        return f"{self.prefill.describe('prefill')}, {self.decode.describe('decode', capture)}{host}{batches}"
 
     def as_dict(self) -> dict[str, float | int | None]:
         """The numbers behind ``describe``, for benchmarks' JSON."""
