@@ -10,7 +10,7 @@ import torch
 from pipeline.data import load_problems
 from pipeline.debate.vote import majority
 from pipeline.engine import DecoderOptions
-from pipeline.engine.generation import generate_chat, left_padded
+from pipeline.engine.generation import chat_prompts, generate_chat, left_padded
 from pipeline.engine.memory import Decoders
 from pipeline.engine.sampling import row_seed
 from pipeline.models.int8 import RowInt8Linear
@@ -46,6 +46,34 @@ def test_a_batch_padded_from_ids_is_the_tokenizers_own(chat) -> None:
     ours = left_padded(chat.tokenizer(texts, add_special_tokens=False)["input_ids"], chat.tokenizer.pad_token_id, "cpu")
     assert len(set(own["attention_mask"].sum(1).tolist())) > 1, "prompts of several lengths"
     assert torch.equal(ours["input_ids"], own["input_ids"]) and torch.equal(ours["attention_mask"], own["attention_mask"])
+
+
+class _CountingTokenizer:
+    """The tokenizer, counting the conversations it renders and the texts it tokenizes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.rendered, self.tokenized = tokenizer, 0, 0
+
+    def apply_chat_template(self, conversation, **kwargs):
+        self.rendered += 1
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+
+    def __call__(self, texts, **kwargs):
+        self.tokenized += len(texts)
+        return self.tokenizer(texts, **kwargs)
+
+
+def test_a_vote_renders_and_tokenizes_each_distinct_conversation_once(chat) -> None:
+    """A vote's k samples of a question share one conversation: the prompts are each row's own ids (what
+    rendering and tokenizing every row gives), from one rendering and tokenizing per distinct conversation."""
+    convs = [[{"role": "system", "content": "Be brief."}, *c] for c in _convs(QUESTIONS[:3]) for _ in range(4)]
+    convs.append([{"content": "Be brief.", "role": "system"}, {"content": f"Solve: {QUESTIONS[0]}", "role": "user"}])  # keys in another order
+    counting = _CountingTokenizer(chat.tokenizer)
+    prompts = chat_prompts(counting, convs)
+    every_row = [chat.tokenizer(chat.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False)["input_ids"] for c in convs]
+    assert prompts == every_row
+    assert counting.rendered == counting.tokenized == 3
 
 
 def test_rows_stop_independently_before_the_limit(chat) -> None:

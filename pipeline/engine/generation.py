@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 from transformers import (GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
                           StoppingCriteriaList)
@@ -122,13 +123,31 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.dev
     """Token ids as one left-padded batch: what the tokenizer's own padding (``padding_side="left"``) gives, from
     ids already tokenized, so a call tokenizes its prompts once however many batches it cuts them into."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
     for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        if len(prompt):
+            ids[row, width - len(prompt) :] = prompt
             mask[row, width - len(prompt) :] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    return {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+
+
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Message]]) -> list[list[int]]:
+    """Each conversation's prompt ids (the chat template, then the tokenizer), each distinct conversation rendered
+    and tokenized once: a vote's k samples of a question share one, and tokenizing is most of a call's host time
+    before its first batch (``benchmarks/bench_prompts.py``). Rows that share a conversation share its list."""
+    place: dict[tuple[tuple[tuple[str, str], ...], ...], int] = {}  # a conversation's messages -> its place in distinct
+    distinct: list[Sequence[Message]] = []
+    which = []
+    for c in conversations:
+        key = tuple(tuple(sorted(m.items())) for m in c)
+        if key not in place:
+            place[key] = len(distinct)
+            distinct.append(c)
+        which.append(place[key])
+    texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in distinct]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [ids[n] for n in which]
 
 
 def _count_tokens(row: torch.Tensor, stop_ids: torch.Tensor, pad_id: int) -> tuple[int, bool]:
@@ -161,10 +180,9 @@ def generate_chat(
         raise ValueError("sampling (temperature > 0) needs one seed per row")
     called = time.perf_counter()
     tokenizer = chat.tokenizer
-    texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
-    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]  # once: each batch is padded from these
+    prompts = chat_prompts(tokenizer, conversations)  # once: each batch is padded from these
     lengths = [len(ids) for ids in prompts]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
     chosen = pick_engine(chat, engine)
     if decoders is None:
         decoders = Decoders(DecoderOptions())
