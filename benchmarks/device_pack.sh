@@ -4,8 +4,9 @@
 #
 #   .device/whl-core/   the pure-Python wheels the image lacks (hydra-core, omegaconf, antlr4, submitit, gguf,
 #                       filelock, cloudpickle) and install.sh, which installs them into /tmp/site-packages; with
-#                       BEFORE=<rev>, also before.patch (`git diff <rev> -- pipeline`: gpu_results.sh pair-before runs
-#                       the pair step on the code as it was at <rev>, on the same machine)
+#                       BEFORE=<rev>, also before.patch (`git diff <rev> -- pipeline configs jobs`: gpu_results.sh
+#                       pair-before runs the pair step on the code and configs as they were at <rev>, on the same
+#                       machine; checked on the CPU back to f5e12b7, the code before issue 32's fused sampler)
 #   .device/gguf-NN/    one 48 MiB piece of a tar of the default pair's two joined GGUF files; gguf-01 also holds
 #                       join_gguf.sh, which untars the pieces into the model cache (the suite checks each file's pin)
 #
@@ -26,7 +27,7 @@ mkdir -p .device/whl-core /tmp/device-pack
   hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 gguf==0.19.0 filelock==4.2.12 cloudpickle
 "$python" -m pip wheel -q --no-deps -w .device/whl-core antlr4-python3-runtime==4.9.3
 if [[ -n "${BEFORE:-}" ]]; then
-  git diff "$BEFORE" -- pipeline >.device/whl-core/before.patch
+  git diff "$BEFORE" -- pipeline configs jobs >.device/whl-core/before.patch
 fi
 cat >.device/whl-core/install.sh <<'EOF'
 #!/usr/bin/env bash

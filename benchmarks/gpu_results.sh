@@ -9,7 +9,7 @@
 #                  .device/ and moved it out of the tree
 #   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
 #   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
-#                  /tmp/dev/before.patch (the change, `git diff OLD -- pipeline`: BEFORE=OLD bash benchmarks/device_pack.sh
+#                  /tmp/dev/before.patch (the change, `git diff OLD -- pipeline configs jobs`: BEFORE=OLD bash benchmarks/device_pack.sh
 #                  puts it in .device/whl-core) reversed; run_id gpu-pair-before
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
