@@ -138,7 +138,7 @@ def chat_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Seq
     before its first batch (``benchmarks/bench_prompts.py``). Rows that share a conversation share its list."""
     place: dict[tuple[tuple[tuple[str, str], ...], ...], int] = {}  # a conversation's messages -> its place in distinct
     distinct: list[Sequence[Message]] = []
-    which = []
+    which: list[int] = []  # per conversation: its place in distinct
     for c in conversations:
         key = tuple(tuple(sorted(m.items())) for m in c)
         if key not in place:
