@@ -36,6 +36,7 @@ def test_bench_prefix_index_finds_every_prompts_row(tmp_path: Path) -> None:
 def test_bench_prompts_pads_from_ids_as_the_tokenizer_does(tmp_path: Path) -> None:
     report = _run("bench_prompts.py", "--questions", "8", "--batch", "16", tmp_path=tmp_path)
     assert report["rows"] == 48 and report["batches"] == 3 and report["same_tensors"] is True
+    assert report["distinct_conversations"] == 8 and report["same_ids"] is True, "each question's six samples tokenized once"
 
 
 def test_bench_reading_reads_the_labelled_replies(tmp_path: Path) -> None:
