@@ -2,7 +2,8 @@
 tokens and seconds summed over the shard's groups, the seconds capturing CUDA graphs, and the range of the prefill's
 and the decode's shares of their limits over the full groups (the last group, smaller, apart), the seconds on the
 host outside prefill and decode (logs since the tenth session); and the shard's
-seconds from its last model loaded to its last record. docs/performance.md's per-phase tables are this script's
+seconds from its last model loaded to its last record. Logs from before the roofline (the code at issue 32's start)
+give the rows, tokens and seconds only. docs/performance.md's per-phase tables are this script's
 output on the logs ``gpu_results.sh`` brings back (``<run>_logs.tar.xz``: ``logs/debate-shard-*.log``).
 
 A phase's seconds are its line's tokens over its tokens/s (the line prints whole seconds).
@@ -24,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from report import emit  # noqa: E402  (benchmarks/, the script's own folder)
 
 # A phase's closing line (pipeline/progress.py, with the static decoder's detail from pipeline/engine/roofline.py).
-PHASE = re.compile(r"pipeline\.progress: group (\d+)/(\d+): (.+?): (\d+) rows in \S+, (\d+) tokens \(([\d.]+) tok/s\); "
-                   r"prefill [\d,]+ tok/s \((\d+)% of its limit\), decode [\d,]+ tok/s \((\d+)% of its limit"
-                   r"(?:; ([\d.]+) s capturing graphs)?\)(?:, host ([\d.]+) s)?")
+# Logs from before the roofline (the code at issue 32's start) end the line after the tok/s: no shares, no host.
+PHASE = re.compile(r"pipeline\.progress: group (\d+)/(\d+): (.+?): (\d+) rows in \S+, (\d+) tokens \(([\d.]+) tok/s\)"
+                   r"(?:; prefill [\d,]+ tok/s \((\d+)% of its limit\), decode [\d,]+ tok/s \((\d+)% of its limit"
+                   r"(?:; ([\d.]+) s capturing graphs)?\)(?:, host ([\d.]+) s)?)?")
 STAMP = "%Y-%m-%d %H:%M:%S"
 
 
@@ -43,15 +45,16 @@ def phases(log: Path) -> dict[str, Any]:
         if match is None:
             continue
         group, groups, name, rows, tokens, rate, prefill, decode, capture, host = match.groups()
-        p = table.setdefault(name, {"rows": 0, "new_tokens": 0, "seconds": 0.0, "capture_seconds": 0.0, "host_seconds": None,
+        p = table.setdefault(name, {"rows": 0, "new_tokens": 0, "seconds": 0.0, "capture_seconds": None, "host_seconds": None,
                                     "prefill_share_pct": [], "decode_share_pct": []})
         p["rows"] += int(rows)
         p["new_tokens"] += int(tokens)
         p["seconds"] += int(tokens) / float(rate)
-        p["capture_seconds"] += float(capture or 0)
+        if prefill is not None:  # the roofline's detail, which names the capturing when there was some
+            p["capture_seconds"] = (p["capture_seconds"] or 0.0) + float(capture or 0)
         if host is not None:  # logs since the tenth session: the call's time outside its prefill and decode
             p["host_seconds"] = (p["host_seconds"] or 0.0) + float(host)
-        if int(group) < int(groups) or groups == "1":
+        if prefill is not None and (int(group) < int(groups) or groups == "1"):
             p["prefill_share_pct"].append(int(prefill))
             p["decode_share_pct"].append(int(decode))
     for p in table.values():
@@ -71,12 +74,13 @@ def markdown(run: dict[str, Any]) -> str:
              "| host, s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, p in run["phases"].items():
         lines.append(f"| {name} | {p['rows']:,} | {p['new_tokens']:,} | {p['seconds']:.1f} | {p['new_tokens'] / p['seconds']:,.0f} | "
-                     f"{_share(p['prefill_share_pct'])} | {_share(p['decode_share_pct'])} | {p['capture_seconds']:.1f} | {_seconds(p['host_seconds'])} |")
+                     f"{_share(p['prefill_share_pct'])} | {_share(p['decode_share_pct'])} | {_seconds(p['capture_seconds'])} | {_seconds(p['host_seconds'])} |")
     tokens = sum(p["new_tokens"] for p in run["phases"].values())
     seconds = sum(p["seconds"] for p in run["phases"].values())
-    capture = sum(p["capture_seconds"] for p in run["phases"].values())
+    captures = [p["capture_seconds"] for p in run["phases"].values() if p["capture_seconds"] is not None]
     hosts = [p["host_seconds"] for p in run["phases"].values() if p["host_seconds"] is not None]
-    lines.append(f"| all generation | | {tokens:,} | {seconds:.1f} | {tokens / seconds:,.0f} | | | {capture:.1f} | "
+    lines.append(f"| all generation | | {tokens:,} | {seconds:.1f} | {tokens / seconds:,.0f} | | | "
+                 f"{_seconds(sum(captures) if captures else None)} | "
                  f"{_seconds(sum(hosts) if hosts else None)} |")
     return "\n".join(lines)
 
@@ -93,13 +97,13 @@ def main() -> None:
     runs = [phases(log) for log in args.logs]
     for run in runs:
         if not run["phases"]:
-            parser.error(f"{run['log']}: no phase line with prefill and decode shares (a static-decoder debate shard's log?)")
+            parser.error(f"{run['log']}: no phase line (a debate shard's log?)")
         print(f"## {run['log']}: shard {run['shard_seconds']} s, models loaded to last record\n\n{markdown(run)}\n")
     for run in runs:  # summed unrounded above; rounded for the report
         for p in run["phases"].values():
-            p["seconds"], p["capture_seconds"] = round(p["seconds"], 1), round(p["capture_seconds"], 1)
-            if p["host_seconds"] is not None:
-                p["host_seconds"] = round(p["host_seconds"], 1)
+            for key in ("seconds", "capture_seconds", "host_seconds"):
+                if p[key] is not None:
+                    p[key] = round(p[key], 1)
     emit({"runs": runs}, args.json)
 
 

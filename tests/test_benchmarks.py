@@ -42,3 +42,24 @@ def test_bench_prompts_pads_from_ids_as_the_tokenizer_does(tmp_path: Path) -> No
 def test_bench_reading_reads_the_labelled_replies(tmp_path: Path) -> None:
     report = _run("bench_reading.py", "--repeat", "1", tmp_path=tmp_path)
     assert report["texts"] == 465 and report["seconds"] > 0
+
+
+def test_phase_table_reads_phase_lines_with_and_without_the_roofline(tmp_path: Path) -> None:
+    """Today's phase lines give shares, capturing and host seconds; the lines of the code at issue 32's start (the
+    before of a same-card comparison) give rows, tokens and seconds only, and must still make a table."""
+    stamp = "2026-12-07 10:00:0{}"
+    head = "INFO pipeline.progress: group {}/2: vote of 6, model a: 1536 rows in 20s, 300000 tokens (15000.0 tok/s)"
+    roofline = ("; prefill 61,234 tok/s (31% of its limit), decode 17,812 tok/s (40% of its limit; 1.5 s capturing graphs),"
+                " host 0.5 s")
+    for name, detail in (("new", roofline), ("old", "")):
+        log = tmp_path / f"{name}.log"
+        log.write_text("\n".join([f"{stamp.format(0)} INFO pipeline.models.loading: loaded model a",
+                                  f"{stamp.format(1)} {head.format(1)}{detail}", f"{stamp.format(2)} {head.format(2)}{detail}",
+                                  f"{stamp.format(7)} INFO pipeline.debate.shard: shard-0.jsonl: 2/2 problems done"]) + "\n")
+    report = _run("phase_table.py", str(tmp_path / "new.log"), str(tmp_path / "old.log"), tmp_path=tmp_path)
+    new, old = (run["phases"]["vote of 6, model a"] for run in report["runs"])
+    assert [run["shard_seconds"] for run in report["runs"]] == [7.0, 7.0]
+    assert new["seconds"] == old["seconds"] == 40.0 and new["new_tokens"] == old["new_tokens"] == 600000
+    assert new["decode_share_pct"] == [40, 40]
+    assert (new["capture_seconds"], new["host_seconds"]) == (3.0, 1.0)
+    assert old["decode_share_pct"] is None and old["capture_seconds"] is None and old["host_seconds"] is None
