@@ -77,12 +77,15 @@ def markdown(run: dict[str, Any]) -> str:
                      f"{_share(p['prefill_share_pct'])} | {_share(p['decode_share_pct'])} | {_seconds(p['capture_seconds'])} | {_seconds(p['host_seconds'])} |")
     tokens = sum(p["new_tokens"] for p in run["phases"].values())
     seconds = sum(p["seconds"] for p in run["phases"].values())
-    captures = [p["capture_seconds"] for p in run["phases"].values() if p["capture_seconds"] is not None]
-    hosts = [p["host_seconds"] for p in run["phases"].values() if p["host_seconds"] is not None]
     lines.append(f"| all generation | | {tokens:,} | {seconds:.1f} | {tokens / seconds:,.0f} | | | "
-                 f"{_seconds(sum(captures) if captures else None)} | "
-                 f"{_seconds(sum(hosts) if hosts else None)} |")
+                 f"{_seconds(_summed(run, 'capture_seconds'))} | {_seconds(_summed(run, 'host_seconds'))} |")
     return "\n".join(lines)
+
+
+def _summed(run: dict[str, Any], key: str) -> float | None:
+    """``key`` summed over the phases whose lines gave it; None where no line did (a log from before it)."""
+    values = [p[key] for p in run["phases"].values() if p[key] is not None]
+    return sum(values) if values else None
 
 
 def _seconds(value: float | None) -> str:
