@@ -85,8 +85,9 @@ class ReduceTask:
         return f"python jobs/submit.py stage={'all' if self.chain else self.config.stage} run_id={self.run.run_id}"
 
 
-def setup_task_logging(run: Run, label: str) -> None:
-    """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too)."""
+def setup_task_logging(run: Run, label: str, level: str = "INFO") -> None:
+    """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too); the suite's
+    own loggers at ``level`` (``progress.log_level``)."""
     run.logs_dir.mkdir(parents=True, exist_ok=True)
     # A handler that cannot write (a full disk under submitit's or SLURM's own log files) must not print a
     # traceback per log line; the task log's own handler says it once (_LogFile).
@@ -94,6 +95,7 @@ def setup_task_logging(run: Run, label: str) -> None:
     fmt = logging.Formatter(f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    logging.getLogger("pipeline").setLevel(level)  # DEBUG: the suite's own lines, not every library's
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in (_LogFile(run.logs_dir / f"{label}.log"), logging.StreamHandler(sys.stderr)):
@@ -161,7 +163,7 @@ class ShardJob(submitit.helpers.Checkpointable):
         self.gate = gate
 
     def __call__(self, task: ShardTask) -> dict[str, Any]:
-        setup_task_logging(task.run, task.label)
+        setup_task_logging(task.run, task.label, task.config.progress.log_level)
         _start_progress(task.progress_path, task.label, task.config.progress)
         with _logged_failure(task.label), _held(self.gate):
             progress.current().set_state("running")
@@ -177,7 +179,7 @@ class ReduceJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: ReduceTask) -> dict[str, Any]:
         label = reduce_label(task.where)
-        setup_task_logging(task.run, label)
+        setup_task_logging(task.run, label, task.config.progress.log_level)
         _start_progress(task.run.progress_path(task.where, REDUCE_LABEL), label, task.config.progress)
         with _logged_failure(label), _held(self.gate):
             progress.current().set_state("running")

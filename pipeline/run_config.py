@@ -23,6 +23,7 @@ from pipeline.settings import build, knob, plain, section
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+LOG_LEVELS = ("INFO", "DEBUG")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class ProgressSettings:
                                  "submitter redraws its progress line on a terminal, in seconds.", minimum=0.05)
     log_every_s: float = knob(30.0, "How often a plain progress line goes to a task's log, and to a waiting submitter's "
                                     "output when that is not a terminal, in seconds.", minimum=0.0)
+    log_level: str = knob("INFO", "What a task's log holds: INFO, or DEBUG, which adds a line per static-decoder call (its "
+                                  "rows, reused and prefilled tokens, and digests of its inputs, its tokens and its cache "
+                                  "afterwards), to find the first call at which two runs of one config part.",
+                          choices=LOG_LEVELS)
 
 
 @dataclass(frozen=True)

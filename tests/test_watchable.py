@@ -211,6 +211,21 @@ def test_every_task_writes_its_progress_and_logs_its_phases(results: Path) -> No
         assert re.search(rf"{phase}: \d+ rows in \d+s, \d+ tokens", log), phase
 
 
+def test_debug_logs_name_each_decoder_call_the_same_in_two_runs_of_one_config(results: Path) -> None:
+    """progress.log_level=DEBUG: a line per static-decoder call with digests of its inputs, tokens and cache, equal
+    line for line in two runs of one config (the CPU repeats itself), so two runs' logs show the first call that parts."""
+    lines = []
+    for run_id in ("traced", "traced-again"):
+        args = tiny_overrides(results, f"run_id={run_id}", "limit=3", "shards=1", "wait=true", "debate.max_rounds=1",
+                              "progress.log_level=DEBUG")
+        done = subprocess.run([*SUBMIT, *args], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stderr
+        log = (results / run_id / "logs" / "debate-shard-00000-of-00001.log").read_text()
+        lines.append(re.findall(r"DEBUG pipeline\.engine\.decode: (tiny-\w+: \d+ rows .*digests: inputs \w{12}, tokens \w{12}, cache \w{12})", log))
+    # model b alone, the two votes, one debate round of two turns
+    assert len(lines[0]) == 5 and lines[0] == lines[1]
+
+
 def test_plots_are_scaled_to_their_data_and_titled() -> None:
     """Accuracies of a few percent fill the plot instead of one line at the bottom of a 0-100% axis."""
     from pipeline.reduce.figures import eval_figure, rounds_figure

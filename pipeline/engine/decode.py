@@ -29,10 +29,13 @@ Llama- and Qwen2-style decoders are supported, and ``engine=auto`` falls back to
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import time
-import numpy as np
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -45,6 +48,8 @@ from pipeline.engine.prefix_cache import PrefixIndex, Reuse
 from pipeline.engine.roofline import Card, ModelCost, Timing, Timings
 from pipeline.engine.sampling import sample_tokens
 
+log = logging.getLogger(__name__)
+
 # The host checks for finished rows (and shrinks the batch) every this many steps: each check waits for
 # the GPU, and tokens past a stop are discarded anyway.
 CHECK_EVERY = 8
@@ -54,6 +59,14 @@ StepReport = Callable[[int, int, int], None]
 # Rows a caller ends beside the stop ids (lm-eval's stop strings): the open rows' tokens so far,
 # ``[rows, steps]`` on the host, -> which of them are finished.
 RowsDone = Callable[[np.ndarray], np.ndarray]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    """A short hash of arrays' bytes: two runs' calls compared in their logs."""
+    h = hashlib.blake2b(digest_size=6)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _bucket(n: int) -> int:
@@ -95,6 +108,7 @@ class StaticDecoder:
 
     def __init__(self, model: PreTrainedModel, options: DecoderOptions) -> None:
         self.options = options
+        self.name = Path(model.name_or_path).name or model.name_or_path  # for its log lines
         self.forward = Forward(model, options.kernels, options.batch_invariant)
         self.device = model.device
         # The sampler's Triton kernel wherever Triton runs (unless kernels=torch): the same tokens, one pass.
@@ -271,6 +285,11 @@ class StaticDecoder:
                             self.graphs.seconds - captured)
         self.total.add(self.last)
         self._remember(prompts, host_start, slots.cpu().numpy(), out.numpy(), generated)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %d rows x %d columns, T=%g, %d reused tokens, %d prefilled in %d chunks, %d rows copied; digests: "
+                      "inputs %s, tokens %s, cache %s", self.name, rows, length, temperature, int(reused.sum()),
+                      int(widths[:sources].sum()), len(chunks), rows - sources, _digest(host_ids, host_start, np.asarray(seeds or [])),
+                      _digest(out.numpy()), self.cache.checksum())
         return out
 
     def _end_rows(self, rows_done: RowsDone, rows: int, step: int, slots: torch.Tensor, ended: np.ndarray) -> None:

@@ -85,6 +85,14 @@ class KVCache:
     def release(self) -> None:
         self.layers = self.state = None
 
+    def checksum(self) -> str:
+        """Every layer's keys and values summed as integers (their bits, not their values), in hex: equal in two
+        runs when the caches are, but for a collision. Reads the whole cache: for debug lines only."""
+        if self.layers is None:
+            return "none"
+        total = sum(int(layer.view(torch.int16).sum(dtype=torch.int64)) * (i + 1) for i, layer in enumerate(self.layers))
+        return format(total % 2**48, "012x")
+
     def holds(self, rows: int, columns: int, max_new: int) -> bool:
         """Whether the cache (and its row buffers) already has room for ``rows`` x ``columns`` (rounded up to
         a bucket) and ``max_new`` tokens a row."""

@@ -10,6 +10,7 @@ in one process (tests, benchmarks) never free or reuse each other's decoders.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import torch
@@ -18,6 +19,8 @@ from transformers import PreTrainedModel
 from pipeline.engine import DecoderOptions
 from pipeline.engine.decode import StaticDecoder
 from pipeline.engine.kv_cache import round_columns
+
+log = logging.getLogger(__name__)
 
 # Activation memory kept free beside the caches (prefill chunk, logits, sampling noise), in bytes.
 RESERVE_BYTES = 3 * 2**30
@@ -59,7 +62,10 @@ class Decoders:
         others = [d for d in self._by_model.values() if d is not decoder and d.device == device and d.cache.layers is not None]
         if rows < wanted and others:
             for other in others:
+                log.info("%s gives its cache back (%.1f GiB): %d rows of %s fit beside it, %d wanted", other.name,
+                         other.cache.held_bytes() / 2**30, max(rows, 0), decoder.name, wanted)
                 other.release()
             torch.cuda.empty_cache()
             rows = fitting()
+        log.debug("%s: %d rows of %d columns fit, %d wanted", decoder.name, rows, columns, wanted)
         return max(1, min(rows, wanted))
