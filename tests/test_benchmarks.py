@@ -63,3 +63,32 @@ def test_phase_table_reads_phase_lines_with_and_without_the_roofline(tmp_path: P
     assert new["decode_share_pct"] == [40, 40]
     assert (new["capture_seconds"], new["host_seconds"]) == (3.0, 1.0)
     assert old["decode_share_pct"] is None and old["capture_seconds"] is None and old["host_seconds"] is None
+
+
+def test_same_calls_names_the_first_call_that_parts_and_why(tmp_path: Path) -> None:
+    """Two runs' debug lines: the first call that differs, and whether its inputs, its layout (a cache given back
+    before it) or only its result (the call itself) did."""
+    line = ("2026-12-07 10:00:00 shard DEBUG pipeline.engine.decode: {model}: 256 rows x 300 columns, T={t}, 0 reused tokens, "
+            "9000 prefilled in 1 chunks, 0 rows copied; digests: inputs {inputs}, tokens {tokens}, cache {cache}")
+    release = "2026-12-07 10:00:00 shard INFO pipeline.engine.memory: a gives its cache back (9.0 GiB): 10 rows of b fit beside it, 20 wanted"
+    calls = [("a", 0, "i1", "t1", "c1"), ("b", 0.7, "i2", "t2", "c2"), ("a", 0, "i3", "t3", "c3")]
+
+    def write(name: str, changed: dict[int, tuple[str, ...]], released: bool = False) -> str:
+        lines = [line.format(model=m, t=t, inputs=i, tokens=o, cache=c) for m, t, i, o, c in
+                 (changed.get(n, call) for n, call in enumerate(calls))]
+        if released:
+            lines.insert(1, release)
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return str(tmp_path / name)
+
+    same = write("same.log", {})
+    itself = write("itself.log", {1: ("b", 0.7, "i2", "t9", "c9")})
+    other_inputs = write("inputs.log", {2: ("a", 0, "i9", "t9", "c9")})
+    report = _run("same_calls.py", same, same, tmp_path=tmp_path)
+    assert report["same"] == 3 and report["first_difference"] is None
+    first = _run("same_calls.py", same, itself, tmp_path=tmp_path)["first_difference"]
+    assert (first["call"], first["model"], first["differ"], first["cause"]) == (2, "b", ["tokens", "cache"], "the call itself")
+    first = _run("same_calls.py", same, other_inputs, tmp_path=tmp_path)["first_difference"]
+    assert (first["call"], first["differ"], first["cause"]) == (3, ["inputs", "tokens", "cache"], "inputs")
+    first = _run("same_calls.py", same, write("released.log", {}, released=True), tmp_path=tmp_path)["first_difference"]
+    assert (first["call"], first["differ"], first["cause"]) == (2, ["released"], "decisions")
