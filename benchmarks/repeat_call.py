@@ -1,0 +1,97 @@
+"""Does one static-decoder call repeat itself on one machine? The call a one-batch run (``debate.vote_batch_rows=1536``)
+does not repeat: model b's vote of 1,536 rows, after model b alone on the same 256 questions (whose rows the vote's
+prompts reuse) and model a's vote (``benchmarks/same_calls.py`` on two runs' debug logs: same inputs, layout and
+cache before it, other tokens and cache). This runs that sequence on random weights of the pair's shapes, twice per
+variant in fresh decoders, and compares the vote's tokens and its cache's checksum run against run; a variant that
+repeats where the default does not names the part that does not:
+
+- ``default``: as a run decodes (graphs, Triton kernels, fused sampler, reuse);
+- ``no-graphs``: ``cuda_graphs=False``; ``torch-kernels``: ``kernels=torch`` (PyTorch's ops, PyTorch's sampler);
+- ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call.
+
+Prompts are ``vote_like.py``'s (random, left-padded, stopping at every ``--stop-every``-th id); one line per variant
+goes out as soon as it is measured.
+
+    python benchmarks/repeat_call.py --json benchmarks/results/repeat-call-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.engine import DecoderOptions  # noqa: E402
+from pipeline.engine.decode import StaticDecoder  # noqa: E402
+from pipeline.engine.sampling import row_seed  # noqa: E402
+from random_weights import random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
+from report import emit  # noqa: E402
+import vote_like  # noqa: E402
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no-graphs": {"cuda_graphs": False},
+    "torch-kernels": {"kernels": "torch"},
+    "no-reuse": {"reuse_kv": False},
+    "no-other": {},
+}
+
+
+def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Namespace, other: bool) -> tuple[torch.Tensor, str]:
+    """Model b alone (greedy, ``--questions`` rows), model a's vote, model b's vote (``--k`` samples a question, each
+    with its own seed), in fresh decoders: b's vote tokens and b's cache checksum after it."""
+    vocab = models["b"].config.vocab_size
+    ids, mask = vote_like.prompts(replace_rows(args, args.questions), vocab, models["b"].device)
+    stops = vote_like.stop_ids(args, vocab)
+    votes = {"ids": ids.repeat_interleave(args.k, 0), "mask": mask.repeat_interleave(args.k, 0)}
+    seeds = [row_seed(args.seed, q, n) for q in range(args.questions) for n in range(args.k)]
+    b = StaticDecoder(models["b"], options)
+    b.generate(ids, mask, max_new_tokens=args.new, stop_ids=stops, pad_id=0)
+    if other:
+        StaticDecoder(models["a"], options).generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0,
+                                                     temperature=args.temperature, seeds=seeds)
+    out = b.generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature,
+                     seeds=seeds)
+    return out, b.cache.checksum()
+
+
+def replace_rows(args: argparse.Namespace, rows: int) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.rows = rows
+    return copy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    vote_like.add_arguments(parser)
+    parser.add_argument("--questions", type=int, default=256, help="model b alone's rows; the vote has --k times as many")
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    models = {"a": random_causal_lm("qwen2.5-1.5b", dtype, device), "b": random_causal_lm("qwen2.5-0.5b", dtype, device)}
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "rows": args.questions * args.k, "new": args.new, "variants": {}}
+    for name in args.variants:
+        options = DecoderOptions(**VARIANTS[name])
+        runs = [sequence(models, options, args, other=name != "no-other") for _ in range(args.repeats)]
+        first, checksum = runs[0]
+        rows_differ = [int((out != first).any(1).sum()) for out, _ in runs[1:]]
+        report["variants"][name] = {"rows_differ": rows_differ, "checksums": [c for _, c in runs],
+                                    "repeats": all(n == 0 for n in rows_differ) and all(c == checksum for _, c in runs)}
+        print(f"{name}: {report['variants'][name]}", flush=True)
+    emit(report, args.json)
+
+
+if __name__ == "__main__":
+    main()
