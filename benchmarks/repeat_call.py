@@ -7,7 +7,8 @@ repeats where the default does not names the part that does not:
 
 - ``default``: as a run decodes (graphs, Triton kernels, fused sampler, reuse);
 - ``no-graphs``: ``cuda_graphs=False``; ``torch-kernels``: ``kernels=torch`` (PyTorch's ops, PyTorch's sampler);
-- ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call.
+- ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call;
+- ``math-prefill``: the prefills' attention (``scaled_dot_product_attention``) on PyTorch's math backend only.
 
 Prompts are ``vote_like.py``'s (random, left-padded, stopping at every ``--stop-every``-th id); one line per variant
 goes out as soon as it is measured.
@@ -18,11 +19,13 @@ goes out as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,12 +36,14 @@ from random_weights import random_causal_lm  # noqa: E402  (benchmarks/, the scr
 from report import emit  # noqa: E402
 import vote_like  # noqa: E402
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "no-graphs": {"cuda_graphs": False},
-    "torch-kernels": {"kernels": "torch"},
-    "no-reuse": {"reuse_kv": False},
-    "no-other": {},
+# A variant: the decoder's options, whether model a's vote runs between b's calls, and whether SDPA runs on math only.
+VARIANTS: dict[str, tuple[dict[str, Any], bool, bool]] = {
+    "default": ({}, True, False),
+    "no-other": ({}, False, False),
+    "no-reuse": ({"reuse_kv": False}, True, False),
+    "math-prefill": ({}, True, True),
+    "no-graphs": ({"cuda_graphs": False}, True, False),
+    "torch-kernels": ({"kernels": "torch"}, True, False),
 }
 
 
@@ -83,8 +88,9 @@ def main() -> None:
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "rows": args.questions * args.k, "new": args.new, "variants": {}}
     for name in args.variants:
-        options = DecoderOptions(**VARIANTS[name])
-        runs = [sequence(models, options, args, other=name != "no-other") for _ in range(args.repeats)]
+        knobs, other, math = VARIANTS[name]
+        with sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext():
+            runs = [sequence(models, DecoderOptions(**knobs), args, other) for _ in range(args.repeats)]
         first, checksum = runs[0]
         rows_differ = [int((out != first).any(1).sum()) for out, _ in runs[1:]]
         report["variants"][name] = {"rows_differ": rows_differ, "checksums": [c for _, c in runs],
