@@ -20,6 +20,8 @@
 #                  (both log each decoder call's digests, progress.log_level=DEBUG, to find the first call that parts)
 #   pair-votes-ws, pair-votes-ws-again  the same two with CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS's setting for
 #                  results that repeat across streams)
+#   repeat         repeat_call.py: model b's one-batch vote sequence on random weights, twice per variant: the engine's
+#                  attention backends (default) against cuDNN's allowed (cudnn-prefill) and math only
 #   pair-invariant-votes  the same with batch invariance (run_id gpu-pair-invariant-votes): its records must be pair-invariant's
 #   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
 #   overlap        bench_overlap.py: the pair's two vote-like calls alone, then at once on two streams (random weights)
@@ -44,7 +46,7 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|pair-votes|pair-votes-again|pair-votes-ws|pair-votes-ws-again|pair-invariant-votes|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|pair-votes|pair-votes-again|pair-votes-ws|pair-votes-ws-again|repeat|pair-invariant-votes|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
@@ -122,6 +124,9 @@ case "$step" in
     # The one-batch run with cuBLAS's workspace fixed per stream (CUBLAS_WORKSPACE_CONFIG, which cuBLAS names for
     # results that repeat where several streams are used): run_id gpu-pair-votes-ws, then gpu-pair-votes-ws-again.
     CUBLAS_WORKSPACE_CONFIG=:4096:8 TAG="-ws${step#pair-votes-ws}" bash benchmarks/gpu_results.sh pair-votes
+    ;;
+  repeat)
+    python3 benchmarks/repeat_call.py --variants default cudnn-prefill math-prefill --json "$out/repeat-call.json"
     ;;
   pair-invariant-votes)
     time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true debate.vote_batch_rows=1536 \

@@ -8,7 +8,9 @@ repeats where the default does not names the part that does not:
 - ``default``: as a run decodes (graphs, Triton kernels, fused sampler, reuse);
 - ``no-graphs``: ``cuda_graphs=False``; ``torch-kernels``: ``kernels=torch`` (PyTorch's ops, PyTorch's sampler);
 - ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call;
-- ``math-prefill``: the prefills' attention (``scaled_dot_product_attention``) on PyTorch's math backend only.
+- ``cudnn-prefill``: the engine's attention (``scaled_dot_product_attention``: the prefills') free to take cuDNN's
+  backend first, as PyTorch prefers on an H100 (the engine before ``forward.SDPA_BACKENDS``); ``math-prefill``: on
+  PyTorch's math backend only.
 
 Prompts are ``vote_like.py``'s (random, left-padded, stopping at every ``--stop-every``-th id); one line per variant
 goes out as soon as it is measured.
@@ -19,31 +21,33 @@ goes out as soon as it is measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.engine import DecoderOptions  # noqa: E402
+from pipeline.engine import DecoderOptions, forward  # noqa: E402
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
 from pipeline.engine.sampling import row_seed  # noqa: E402
 from random_weights import random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 from report import emit  # noqa: E402
 import vote_like  # noqa: E402
 
-# A variant: the decoder's options, whether model a's vote runs between b's calls, and whether SDPA runs on math only.
-VARIANTS: dict[str, tuple[dict[str, Any], bool, bool]] = {
-    "default": ({}, True, False),
-    "no-other": ({}, False, False),
-    "no-reuse": ({"reuse_kv": False}, True, False),
-    "math-prefill": ({}, True, True),
-    "no-graphs": ({"cuda_graphs": False}, True, False),
-    "torch-kernels": ({"kernels": "torch"}, True, False),
+# A variant: the decoder's options, whether model a's vote runs between b's calls, and the attention backends the
+# engine's SDPA calls may take (None: the engine's own, ``forward.SDPA_BACKENDS``).
+CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+VARIANTS: dict[str, tuple[dict[str, Any], bool, list[SDPBackend] | None]] = {
+    "default": ({}, True, None),
+    "cudnn-prefill": ({}, True, CUDNN_FIRST),
+    "math-prefill": ({}, True, [SDPBackend.MATH]),
+    "no-other": ({}, False, None),
+    "no-reuse": ({"reuse_kv": False}, True, None),
+    "no-graphs": ({"cuda_graphs": False}, True, None),
+    "torch-kernels": ({"kernels": "torch"}, True, None),
 }
 
 
@@ -87,10 +91,14 @@ def main() -> None:
     models = {"a": random_causal_lm("qwen2.5-1.5b", dtype, device), "b": random_causal_lm("qwen2.5-0.5b", dtype, device)}
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "rows": args.questions * args.k, "new": args.new, "variants": {}}
+    engines = forward.SDPA_BACKENDS
     for name in args.variants:
-        knobs, other, math = VARIANTS[name]
-        with sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext():
+        knobs, other, backends = VARIANTS[name]
+        forward.SDPA_BACKENDS = backends or engines
+        try:
             runs = [sequence(models, DecoderOptions(**knobs), args, other) for _ in range(args.repeats)]
+        finally:
+            forward.SDPA_BACKENDS = engines
         first, checksum = runs[0]
         rows_differ = [int((out != first).any(1).sum()) for out, _ in runs[1:]]
         report["variants"][name] = {"rows_differ": rows_differ, "checksums": [c for _, c in runs],

@@ -181,6 +181,31 @@ def test_copying_kv_heads_in_the_prefill_changes_no_token() -> None:
     assert all(torch.equal(a, b) for a, b in zip(calls[True], calls[False]))
 
 
+def test_the_engines_attention_never_takes_cudnns_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's attention, which PyTorch prefers on an H100, gave a vote's prefill other bits from the same inputs run to
+    run (docs/performance.md): every attention call of the engine's forwards (prefill and PyTorch decode step, with
+    and without batch invariance) runs with it disabled, and on the backends PyTorch keeps for deterministic runs."""
+    seen = []
+    attend = F.scaled_dot_product_attention
+
+    def watched(*args, **kwargs):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                     torch.backends.cuda.math_sdp_enabled()))
+        return attend(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", watched)
+    chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    ids = torch.randint(3, chat.model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    StaticDecoder(chat.model, DecoderOptions(kernels="torch", batch_invariant=False)).generate(
+        ids, torch.ones_like(ids), max_new_tokens=4, stop_ids=[], pad_id=0)
+    assert len(seen) == 4 * chat.model.config.num_hidden_layers  # the prefill and three decode steps, every layer
+    StaticDecoder(chat.model, DecoderOptions(kernels="torch", batch_invariant=True)).generate(
+        ids, torch.ones_like(ids), max_new_tokens=2, stop_ids=[], pad_id=0)
+    assert len(seen) > 5 * chat.model.config.num_hidden_layers  # one query at a time
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "the backends are restored after each call"
+    assert set(seen) == {(False, True, True)}
+
+
 def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:
     assert pick_engine(chat, "auto") == "static"
 

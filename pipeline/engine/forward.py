@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from pipeline.engine import KERNELS, kernels
@@ -39,6 +40,14 @@ SUPPORTED_TYPES = ("llama", "qwen2")
 # thread); from 12 rows on, a row's output is the same bits whatever the other rows and their count. So a
 # CPU forward pads smaller inputs to this many rows: a row's numbers then depend on that row alone.
 MIN_ROWS = 16
+
+# The backends PyTorch's attention (``scaled_dot_product_attention``) may pick for the forwards here: those whose
+# forward repeats itself, bit for bit, run to run. Not cuDNN's, which PyTorch prefers on sm90 (H100, H200) with
+# cuDNN 9.15.1 or newer and itself excludes under ``torch.use_deterministic_algorithms``: measured on an H100, a
+# vote's prefill of one token a row over 1,536 reused prompts gave other keys and values from the same inputs run
+# to run (benchmarks/repeat_call.py; docs/performance.md, "One batch a vote, twice on one machine"). Flash attention
+# takes no mask, so by PyTorch's dispatch the prefill runs on the memory-efficient kernel (math where that cannot).
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -199,7 +208,8 @@ class Forward:
             keys, values = rows_cache[0, :, :, :end], rows_cache[1, :, :, :end]
             if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
                 keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
+            with sdpa_kernel(SDPA_BACKENDS):
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
             return out.transpose(1, 2).reshape(count * width, -1)
 
         return self._logits(ids, positions, attend)
@@ -259,7 +269,8 @@ class Forward:
                 return self._each_query(q[:, :, None], cache[layer][:, :rows], start, column.view(1).expand(rows), int(column) + 1)
             # The query heads of a group are a short query sequence over their one kv head.
             grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
+            with sdpa_kernel(SDPA_BACKENDS):
+                out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
             return out.reshape(rows, -1)
 
         return self._logits(token[:, None], position[:, None], attend)
@@ -280,12 +291,13 @@ class Forward:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
-                for column in range(max(own, end - width), end):
-                    query = q[r : r + 1, :, column - end + width, None].contiguous()
-                    keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
-                    attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
-                    out[r, column - end + width] = attended.reshape(-1)
+            with sdpa_kernel(SDPA_BACKENDS):
+                for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
+                    for column in range(max(own, end - width), end):
+                        query = q[r : r + 1, :, column - end + width, None].contiguous()
+                        keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
+                        attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
+                        out[r, column - end + width] = attended.reshape(-1)
         finally:
             torch.set_num_threads(threads)
         return out.view(rows * width, -1)
