@@ -70,6 +70,7 @@ def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Nam
 
 
 def replace_rows(args: argparse.Namespace, rows: int) -> argparse.Namespace:
+    """``args`` with ``rows`` prompts: ``vote_like.prompts`` makes ``args.rows`` of them (model b alone's, not the vote's)."""
     copy = argparse.Namespace(**vars(args))
     copy.rows = rows
     return copy
