@@ -85,7 +85,7 @@ class ReduceTask:
         return f"python jobs/submit.py stage={'all' if self.chain else self.config.stage} run_id={self.run.run_id}"
 
 
-def setup_task_logging(run: Run, label: str, level: str = "INFO") -> None:
+def setup_task_logging(run: Run, label: str, level: str) -> None:
     """One log file per task under ``logs/``, plus stderr (which submitit or SLURM keeps too); the suite's
     own loggers at ``level`` (``progress.log_level``)."""
     run.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ MIN_ROWS = 16
 # vote's prefill of one token a row over 1,536 reused prompts gave other keys and values from the same inputs run
 # to run (benchmarks/repeat_call.py; docs/performance.md, "One batch a vote, twice on one machine"). Flash attention
 # takes no mask, so by PyTorch's dispatch the prefill runs on the memory-efficient kernel (math where that cannot).
+# Set once per forward that attends through it (``Forward.prefill``, ``Forward._torch_step``), for all its layers.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
@@ -208,11 +209,11 @@ class Forward:
             keys, values = rows_cache[0, :, :, :end], rows_cache[1, :, :, :end]
             if copies > 1:  # each kv head copied to its group of query heads, for kernels that need equal counts
                 keys, values = keys.repeat_interleave(copies, dim=1), values.repeat_interleave(copies, dim=1)
-            with sdpa_kernel(SDPA_BACKENDS):
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
             return out.transpose(1, 2).reshape(count * width, -1)
 
-        return self._logits(ids, positions, attend)
+        with sdpa_kernel(SDPA_BACKENDS):
+            return self._logits(ids, positions, attend)
 
     def step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
              column: torch.Tensor, columns: int, done: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,11 +270,11 @@ class Forward:
                 return self._each_query(q[:, :, None], cache[layer][:, :rows], start, column.view(1).expand(rows), int(column) + 1)
             # The query heads of a group are a short query sequence over their one kv head.
             grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            with sdpa_kernel(SDPA_BACKENDS):
-                out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
+            out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
             return out.reshape(rows, -1)
 
-        return self._logits(token[:, None], position[:, None], attend)
+        with sdpa_kernel(SDPA_BACKENDS):
+            return self._logits(token[:, None], position[:, None], attend)
 
     def _each_query(self, q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, end: int) -> torch.Tensor:
         """Attention of each row's queries from column ``fresh`` to ``end`` (exclusive; ``q`` [rows, heads, width,
@@ -291,13 +292,12 @@ class Forward:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with sdpa_kernel(SDPA_BACKENDS):
-                for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
-                    for column in range(max(own, end - width), end):
-                        query = q[r : r + 1, :, column - end + width, None].contiguous()
-                        keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
-                        attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
-                        out[r, column - end + width] = attended.reshape(-1)
+            for r, (first, own) in enumerate(zip(start.tolist(), fresh.tolist())):
+                for column in range(max(own, end - width), end):
+                    query = q[r : r + 1, :, column - end + width, None].contiguous()
+                    keys, values = cache[0, r : r + 1, :, first : column + 1], cache[1, r : r + 1, :, first : column + 1]
+                    attended = F.scaled_dot_product_attention(query, keys, values, scale=self.scale, enable_gqa=True)
+                    out[r, column - end + width] = attended.reshape(-1)
         finally:
             torch.set_num_threads(threads)
         return out.view(rows * width, -1)

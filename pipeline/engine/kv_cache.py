@@ -90,8 +90,9 @@ class KVCache:
         runs when the caches are, but for a collision. Reads the whole cache: for debug lines only."""
         if self.layers is None:
             return "none"
-        total = sum(int(layer.view(torch.int16).sum(dtype=torch.int64)) * (i + 1) for i, layer in enumerate(self.layers))
-        return format(total % 2**48, "012x")
+        # Summed on the device and read once (int64 wraps modulo 2**64, which keeps the residue modulo 2**48).
+        total = sum(layer.view(torch.int16).sum(dtype=torch.int64) * (i + 1) for i, layer in enumerate(self.layers))
+        return format(int(total) % 2**48, "012x")
 
     def holds(self, rows: int, columns: int, max_new: int) -> bool:
         """Whether the cache (and its row buffers) already has room for ``rows`` x ``columns`` (rounded up to
