@@ -38,18 +38,29 @@ def slurm_overrides(results: Path, *extra: str) -> list[str]:
     return tiny_overrides(results, "cluster=slurm", "cluster.cpus_per_task=1", "cluster.timeout_min=15", *extra)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 400, every: float = 1.0) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 400, every: float = 1.0,
+               explain: Callable[[], str] | None = None) -> None:
+    """Poll ``check``; on a timeout ``explain`` says what the cluster looked like then, since a CI log is all
+    that is left of a run that hung."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if check():
             return
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
+
+
+# When this test session began, as squeue prints a submit time. A job queued before it is another session's,
+# though it may carry the same name: a session killed mid-run leaves its jobs in the state the cluster saves,
+# and they come back, held or pending, when it starts again.
+SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
 
 
 def squeue(name: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r"], capture_output=True, text=True)
-    return out.stdout.split("\n")[:-1]
+    """``job state reason`` of each of this session's jobs named ``name``, one array task a line."""
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r %V"], capture_output=True, text=True)
+    rows = (line.rsplit(" ", 1) for line in out.stdout.splitlines())
+    return [row for row, submitted in rows if submitted >= SESSION_START]
 
 
 _PENDING_SINCE: dict[str, float] = {}
@@ -73,7 +84,17 @@ def wait_for_run(run_dir: Path, name: str, timeout: float = 500) -> None:
     def finished() -> bool:
         kick_requeued([name, f"{name}-reduce"])
         return not squeue(name) and not squeue(f"{name}-reduce")
-    wait_until(f"run {run_dir.name}", finished, timeout)
+    wait_until(f"run {run_dir.name}", finished, timeout, explain=lambda: cluster_snapshot(run_dir))
+
+
+def cluster_snapshot(run_dir: Path) -> str:
+    """Every queued job on the machine (other tests' too: they share its CPUs) and the tail of each of the run's
+    logs."""
+    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %j %T %r %M %V"], capture_output=True, text=True)
+    parts = [f"squeue:\n{queue.stdout}{queue.stderr}"]
+    for log in sorted((run_dir / "logs").glob("*.log")):
+        parts.append(f"{log.name} (last lines):\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:]))
+    return "\n".join(parts)
 
 
 def test_eight_shard_array_matches_the_local_executor(tmp_path: Path) -> None:
