@@ -2,15 +2,18 @@
 does not repeat: model b's vote of 1,536 rows, after model b alone on the same 256 questions (whose rows the vote's
 prompts reuse) and model a's vote (``benchmarks/same_calls.py`` on two runs' debug logs: same inputs, layout and
 cache before it, other tokens and cache). This runs that sequence on random weights of the pair's shapes, twice per
-variant in fresh decoders, and compares the vote's tokens and its cache's checksum run against run; a variant that
-repeats where the default does not names the part that does not:
+variant in fresh decoders, and compares the vote's tokens and its cache's checksum (none for ``generate``'s variants)
+run against run; a variant that repeats where the default does not names the part that does not:
 
 - ``default``: as a run decodes (graphs, Triton kernels, fused sampler, reuse);
 - ``no-graphs``: ``cuda_graphs=False``; ``torch-kernels``: ``kernels=torch`` (PyTorch's ops, PyTorch's sampler);
 - ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call;
 - ``cudnn-prefill``: the engine's attention (``scaled_dot_product_attention``: the prefills') free to take cuDNN's
   backend first, as PyTorch prefers on an H100 (the engine before ``forward.SDPA_BACKENDS``); ``math-prefill``: on
-  PyTorch's math backend only.
+  PyTorch's math backend only;
+- ``generate``: model b alone's rows through transformers' ``generate`` (greedy, left-padded: what lm-eval's stock
+  model runs in the eval stage), on PyTorch's own choice of attention backend; ``generate-no-cudnn``: the same
+  within the engine's ``forward.SDPA_BACKENDS``. Whether the eval stage's reference path repeats on a card.
 
 Prompts are ``vote_like.py``'s (random, left-padded, stopping at every ``--stop-every``-th id); one line per variant
 goes out as soon as it is measured.
@@ -21,24 +24,25 @@ goes out as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.engine import DecoderOptions, forward  # noqa: E402
 from pipeline.engine.decode import StaticDecoder  # noqa: E402
 from pipeline.engine.sampling import row_seed  # noqa: E402
-from random_weights import random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
+from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchmarks/, the script's own folder)
 from report import emit  # noqa: E402
 import vote_like  # noqa: E402
 
-# A variant: the decoder's options, whether model a's vote runs between b's calls, and the attention backends the
-# engine's SDPA calls may take (None: the engine's own, ``forward.SDPA_BACKENDS``).
+# A variant of the engine's sequence: the decoder's options, whether model a's vote runs between b's calls, and the
+# attention backends the engine's SDPA calls may take (None: the engine's own, ``forward.SDPA_BACKENDS``).
 CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 VARIANTS: dict[str, tuple[dict[str, Any], bool, list[SDPBackend] | None]] = {
     "default": ({}, True, None),
@@ -49,6 +53,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool, list[SDPBackend] | None]] = {
     "no-graphs": ({"cuda_graphs": False}, True, None),
     "torch-kernels": ({"kernels": "torch"}, True, None),
 }
+# transformers' generate: the attention backends it runs within (None: PyTorch's own choice, as the eval stage runs).
+GENERATE_VARIANTS: dict[str, list[SDPBackend] | None] = {"generate": None, "generate-no-cudnn": forward.SDPA_BACKENDS}
 
 
 def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Namespace, other: bool) -> tuple[torch.Tensor, str]:
@@ -69,6 +75,19 @@ def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Nam
     return out, b.cache.checksum()
 
 
+def generate_sequence(models: dict[str, Any], args: argparse.Namespace, backends: list[SDPBackend] | None) -> torch.Tensor:
+    """Model b alone's rows through ``generate``, greedy: its new tokens, padded to ``--new`` columns (a batch
+    whose rows all stop early is shorter)."""
+    model = models["b"]
+    ids, mask = vote_like.prompts(replace_rows(args, args.questions), model.config.vocab_size, model.device)
+    stops = vote_like.stop_ids(args, model.config.vocab_size)
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False,
+                             eos_token_id=stops, pad_token_id=0)
+    new = out[:, ids.shape[1]:]
+    return torch.nn.functional.pad(new, (0, args.new - new.shape[1]))
+
+
 def replace_rows(args: argparse.Namespace, rows: int) -> argparse.Namespace:
     """``args`` with ``rows`` prompts: ``vote_like.prompts`` makes ``args.rows`` of them (model b alone's, not the vote's)."""
     copy = argparse.Namespace(**vars(args))
@@ -82,27 +101,32 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=256, help="model b alone's rows; the vote has --k times as many")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, *GENERATE_VARIANTS], choices=[*VARIANTS, *GENERATE_VARIANTS])
+    parser.add_argument("--shapes", nargs=2, default=["qwen2.5-1.5b", "qwen2.5-0.5b"], choices=sorted(REAL_SHAPES),
+                        metavar="SHAPE", help="model a's and model b's (the default pair's)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    models = {"a": random_causal_lm("qwen2.5-1.5b", dtype, device), "b": random_causal_lm("qwen2.5-0.5b", dtype, device)}
+    models = {name: random_causal_lm(shape, dtype, device) for name, shape in zip("ab", args.shapes)}
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "rows": args.questions * args.k, "new": args.new, "variants": {}}
+                              "new": args.new, "variants": {}}
     engines = forward.SDPA_BACKENDS
     for name in args.variants:
-        knobs, other, backends = VARIANTS[name]
-        forward.SDPA_BACKENDS = backends or engines
-        try:
-            runs = [sequence(models, DecoderOptions(**knobs), args, other) for _ in range(args.repeats)]
-        finally:
-            forward.SDPA_BACKENDS = engines
+        if name in GENERATE_VARIANTS:
+            runs = [(generate_sequence(models, args, GENERATE_VARIANTS[name]), None) for _ in range(args.repeats)]
+        else:
+            knobs, other, backends = VARIANTS[name]
+            forward.SDPA_BACKENDS = backends or engines
+            try:
+                runs = [sequence(models, DecoderOptions(**knobs), args, other) for _ in range(args.repeats)]
+            finally:
+                forward.SDPA_BACKENDS = engines
         first, checksum = runs[0]
         rows_differ = [int((out != first).any(1).sum()) for out, _ in runs[1:]]
-        report["variants"][name] = {"rows_differ": rows_differ, "checksums": [c for _, c in runs],
+        report["variants"][name] = {"rows": len(first), "rows_differ": rows_differ, "checksums": [c for _, c in runs],
                                     "repeats": all(n == 0 for n in rows_differ) and all(c == checksum for _, c in runs)}
         print(f"{name}: {report['variants'][name]}", flush=True)
     emit(report, args.json)
