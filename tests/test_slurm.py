@@ -290,7 +290,8 @@ def test_slurmd_restarted_while_an_array_runs_loses_nothing(tmp_path: Path) -> N
     cpus = re.search(r"CPUTot=(\d+)", node).group(1)
     gpus = re.search(r"Gres=gpu:(\d+)", node)
     script = Path(__file__).resolve().parent.parent / "slurm" / "start-local-cluster.sh"
-    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus, "SLURM_LOCAL_GPUS": gpus.group(1) if gpus else "0"},
+    subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_LOCAL_CPUS": cpus, "SLURM_LOCAL_GPUS": gpus.group(1) if gpus else "0",
+                                               "SLURM_LOCAL_CLEAN": "0"},
                    check=True, capture_output=True, timeout=300)
     wait_for_run(results / "restart", info["name"])
     records = [r for p in sorted((results / "restart" / "debate").glob("*.jsonl")) for r in read_shard(p)]
