@@ -50,7 +50,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 400, every
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
-# When this test session began, as squeue prints a submit time. A job queued before it is another session's,
+# When this test session began, as squeue prints a submit time (SLURM_TIME_FORMAT=standard). A job queued before it is another session's,
 # though it may carry the same name: a session killed mid-run leaves its jobs in the state the cluster saves,
 # and they come back, held or pending, when it starts again.
 SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
@@ -58,7 +58,8 @@ SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 
 
 def squeue(name: str) -> list[str]:
     """``job state reason`` of each of this session's jobs named ``name``, one array task a line."""
-    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r %V"], capture_output=True, text=True)
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r %V"], capture_output=True, text=True,
+                         env={**os.environ, "SLURM_TIME_FORMAT": "standard"})
     rows = (line.rsplit(" ", 1) for line in out.stdout.splitlines())
     return [row for row, submitted in rows if submitted >= SESSION_START]
 
