@@ -60,9 +60,7 @@ GENERATE_VARIANTS: dict[str, list[SDPBackend] | None] = {"generate": None, "gene
 def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Namespace, other: bool) -> tuple[torch.Tensor, str]:
     """Model b alone (greedy, ``--questions`` rows), model a's vote, model b's vote (``--k`` samples a question, each
     with its own seed), in fresh decoders: b's vote tokens and b's cache checksum after it."""
-    vocab = models["b"].config.vocab_size
-    ids, mask = vote_like.prompts(replace_rows(args, args.questions), vocab, models["b"].device)
-    stops = vote_like.stop_ids(args, vocab)
+    ids, mask, stops = solo_prompts(models["b"], args)
     votes = {"ids": ids.repeat_interleave(args.k, 0), "mask": mask.repeat_interleave(args.k, 0)}
     seeds = [row_seed(args.seed, q, n) for q in range(args.questions) for n in range(args.k)]
     b = StaticDecoder(models["b"], options)
@@ -79,8 +77,7 @@ def generate_sequence(models: dict[str, Any], args: argparse.Namespace, backends
     """Model b alone's rows through ``generate``, greedy: its new tokens, padded to ``--new`` columns (a batch
     whose rows all stop early is shorter)."""
     model = models["b"]
-    ids, mask = vote_like.prompts(replace_rows(args, args.questions), model.config.vocab_size, model.device)
-    stops = vote_like.stop_ids(args, model.config.vocab_size)
+    ids, mask, stops = solo_prompts(model, args)
     with sdpa_kernel(backends) if backends else contextlib.nullcontext():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False,
                              eos_token_id=stops, pad_token_id=0)
@@ -88,11 +85,12 @@ def generate_sequence(models: dict[str, Any], args: argparse.Namespace, backends
     return torch.nn.functional.pad(new, (0, args.new - new.shape[1]))
 
 
-def replace_rows(args: argparse.Namespace, rows: int) -> argparse.Namespace:
-    """``args`` with ``rows`` prompts: ``vote_like.prompts`` makes ``args.rows`` of them (model b alone's, not the vote's)."""
-    copy = argparse.Namespace(**vars(args))
-    copy.rows = rows
-    return copy
+def solo_prompts(model: Any, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Model b alone's ``--questions`` prompts (ids, mask) and the stop ids, on ``model``'s device: ``vote_like``
+    makes ``args.rows`` prompts, so it is handed a copy of ``args`` with ``--questions`` as its rows."""
+    solo = argparse.Namespace(**{**vars(args), "rows": args.questions})
+    vocab = model.config.vocab_size
+    return (*vote_like.prompts(solo, vocab, model.device), vote_like.stop_ids(args, vocab))
 
 
 def main() -> None:
