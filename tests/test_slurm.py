@@ -50,16 +50,18 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 400, every
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
-# When this test session began, as squeue prints a submit time (SLURM_TIME_FORMAT=standard). A job queued before it is another session's,
-# though it may carry the same name: a session killed mid-run leaves its jobs in the state the cluster saves,
-# and they come back, held or pending, when it starts again.
-SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+# When this test session began, as squeue prints a submit time in SQUEUE_ENV. A job queued before it is another
+# session's, though it may carry the same name: a session killed mid-run leaves its jobs in the state the cluster
+# saves, and they come back, held or pending, when it starts again. Every job of this session is submitted after
+# this module is imported, so no margin: one would count a job submitted in the second before as this session's.
+SESSION_START = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+# squeue's times as SESSION_START is written, whatever the caller's SLURM_TIME_FORMAT (relative prints today's as 20:49:31).
+SQUEUE_ENV = {**os.environ, "SLURM_TIME_FORMAT": "standard"}
 
 
 def squeue(name: str) -> list[str]:
     """``job state reason`` of each of this session's jobs named ``name``, one array task a line."""
-    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r %V"], capture_output=True, text=True,
-                         env={**os.environ, "SLURM_TIME_FORMAT": "standard"})
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i %T %r %V"], capture_output=True, text=True, env=SQUEUE_ENV)
     rows = (line.rsplit(" ", 1) for line in out.stdout.splitlines())
     return [row for row, submitted in rows if submitted >= SESSION_START]
 
@@ -91,7 +93,7 @@ def wait_for_run(run_dir: Path, name: str, timeout: float = 500) -> None:
 def cluster_snapshot(run_dir: Path) -> str:
     """Every queued job on the machine (other tests' too: they share its CPUs) and the tail of each of the run's
     logs."""
-    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %j %T %r %M %V"], capture_output=True, text=True)
+    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %j %T %r %M %V"], capture_output=True, text=True, env=SQUEUE_ENV)
     parts = [f"squeue:\n{queue.stdout}{queue.stderr}"]
     for log in sorted((run_dir / "logs").glob("*.log")):
         parts.append(f"{log.name} (last lines):\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:]))
