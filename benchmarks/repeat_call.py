@@ -9,14 +9,17 @@ run against run; a variant that repeats where the default does not names the par
 - ``no-graphs``: ``cuda_graphs=False``; ``torch-kernels``: ``kernels=torch`` (PyTorch's ops, PyTorch's sampler);
 - ``no-reuse``: ``reuse_kv=False`` (the vote prefills its prompts whole); ``no-other``: without model a's call;
 - ``cudnn-prefill``: the engine's attention (``scaled_dot_product_attention``: the prefills') free to take cuDNN's
-  backend first, as PyTorch prefers on an H100 (the engine before ``forward.SDPA_BACKENDS``); ``math-prefill``: on
-  PyTorch's math backend only;
+  backend first, as PyTorch prefers on an H100 (the engine before ``forward.SDPA_BACKENDS``), with the kv heads
+  grouped in the kernel as it then ran; ``math-prefill``: on PyTorch's math backend only;
+- ``grouped-heads``: the prefill's kv heads grouped in the kernel (``enable_gqa``) instead of copied, which within
+  ``forward.SDPA_BACKENDS`` runs on the math backend (the engine between those two changes);
 - ``generate``: model b alone's rows through transformers' ``generate`` (greedy, left-padded: what lm-eval's stock
-  model runs in the eval stage), on PyTorch's own choice of attention backend; ``generate-no-cudnn``: the same
-  within the engine's ``forward.SDPA_BACKENDS``. Whether the eval stage's reference path repeats on a card.
+  model runs in the eval stage), on PyTorch's own choice of attention backend (the eval stage before
+  ``forward.repeatable_attention``); ``generate-no-cudnn``: the same within ``forward.SDPA_BACKENDS``, as it runs now.
 
-Prompts are ``vote_like.py``'s (random, left-padded, stopping at every ``--stop-every``-th id); one line per variant
-goes out as soon as it is measured.
+Each engine run also gives the vote call's prefill seconds and the device's peak memory over the sequence (what
+grouping the heads or copying them costs). Prompts are ``vote_like.py``'s (random, left-padded, stopping at every
+``--stop-every``-th id); one line per variant goes out as soon as it is measured.
 
     python benchmarks/repeat_call.py --json benchmarks/results/repeat-call-h100.json
 """
@@ -27,7 +30,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -41,36 +44,58 @@ from random_weights import REAL_SHAPES, random_causal_lm  # noqa: E402  (benchma
 from report import emit  # noqa: E402
 import vote_like  # noqa: E402
 
-# A variant of the engine's sequence: the decoder's options, whether model a's vote runs between b's calls, and the
-# attention backends the engine's SDPA calls may take (None: the engine's own, ``forward.SDPA_BACKENDS``).
+class Variant(NamedTuple):
+    """A variant of the engine's sequence: the decoder's options, whether model a's vote runs between b's calls, the
+    attention backends the engine's SDPA calls may take (None: the engine's own, ``forward.SDPA_BACKENDS``), and
+    whether the prefill groups the kv heads in the kernel (None: the engine's own choice)."""
+
+    knobs: dict[str, Any]
+    other: bool = True
+    backends: list[SDPBackend] | None = None
+    grouped: bool | None = None
+
+
 CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-VARIANTS: dict[str, tuple[dict[str, Any], bool, list[SDPBackend] | None]] = {
-    "default": ({}, True, None),
-    "cudnn-prefill": ({}, True, CUDNN_FIRST),
-    "math-prefill": ({}, True, [SDPBackend.MATH]),
-    "no-other": ({}, False, None),
-    "no-reuse": ({"reuse_kv": False}, True, None),
-    "no-graphs": ({"cuda_graphs": False}, True, None),
-    "torch-kernels": ({"kernels": "torch"}, True, None),
+VARIANTS: dict[str, Variant] = {
+    "default": Variant({}),
+    "cudnn-prefill": Variant({}, backends=CUDNN_FIRST, grouped=True),
+    "math-prefill": Variant({}, backends=[SDPBackend.MATH]),
+    "grouped-heads": Variant({}, grouped=True),
+    "no-other": Variant({}, other=False),
+    "no-reuse": Variant({"reuse_kv": False}),
+    "no-graphs": Variant({"cuda_graphs": False}),
+    "torch-kernels": Variant({"kernels": "torch"}),
 }
 # transformers' generate: the attention backends it runs within (None: PyTorch's own choice, as the eval stage runs).
 GENERATE_VARIANTS: dict[str, list[SDPBackend] | None] = {"generate": None, "generate-no-cudnn": forward.SDPA_BACKENDS}
 
 
-def sequence(models: dict[str, Any], options: DecoderOptions, args: argparse.Namespace, other: bool) -> tuple[torch.Tensor, str]:
+def sequence(models: dict[str, Any], variant: Variant, args: argparse.Namespace) -> tuple[torch.Tensor, str, dict[str, float]]:
     """Model b alone (greedy, ``--questions`` rows), model a's vote, model b's vote (``--k`` samples a question, each
-    with its own seed), in fresh decoders: b's vote tokens and b's cache checksum after it."""
+    with its own seed), in fresh decoders: b's vote tokens, b's cache checksum after it, and the vote's prefill
+    seconds and the peak memory (GiB) of the sequence."""
     ids, mask, stops = solo_prompts(models["b"], args)
     votes = {"ids": ids.repeat_interleave(args.k, 0), "mask": mask.repeat_interleave(args.k, 0)}
     seeds = [row_seed(args.seed, q, n) for q in range(args.questions) for n in range(args.k)]
-    b = StaticDecoder(models["b"], options)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    b, a = (decoder(models[name], variant) for name in "ba")
     b.generate(ids, mask, max_new_tokens=args.new, stop_ids=stops, pad_id=0)
-    if other:
-        StaticDecoder(models["a"], options).generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0,
-                                                     temperature=args.temperature, seeds=seeds)
+    if variant.other:
+        a.generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature,
+                   seeds=seeds)
     out = b.generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature,
                      seeds=seeds)
-    return out, b.cache.checksum()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return out, b.cache.checksum(), {"vote_prefill_seconds": round(b.last.prefill.seconds, 4), "peak_gib": round(peak, 2)}
+
+
+def decoder(model: Any, variant: Variant) -> StaticDecoder:
+    """A fresh decoder with the variant's options, its prefill grouping the kv heads as the variant says."""
+    made = StaticDecoder(model, DecoderOptions(**variant.knobs))
+    if variant.grouped is not None:
+        made.forward.gqa_in_kernel = variant.grouped
+    return made
 
 
 def generate_sequence(models: dict[str, Any], args: argparse.Namespace, backends: list[SDPBackend] | None) -> torch.Tensor:
@@ -114,18 +139,19 @@ def main() -> None:
     engines = forward.SDPA_BACKENDS
     for name in args.variants:
         if name in GENERATE_VARIANTS:
-            runs = [(generate_sequence(models, args, GENERATE_VARIANTS[name]), None) for _ in range(args.repeats)]
+            runs = [(generate_sequence(models, args, GENERATE_VARIANTS[name]), None, {}) for _ in range(args.repeats)]
         else:
-            knobs, other, backends = VARIANTS[name]
-            forward.SDPA_BACKENDS = backends or engines
+            variant = VARIANTS[name]
+            forward.SDPA_BACKENDS = variant.backends or engines
             try:
-                runs = [sequence(models, DecoderOptions(**knobs), args, other) for _ in range(args.repeats)]
+                runs = [sequence(models, variant, args) for _ in range(args.repeats)]
             finally:
                 forward.SDPA_BACKENDS = engines
-        first, checksum = runs[0]
-        rows_differ = [int((out != first).any(1).sum()) for out, _ in runs[1:]]
-        report["variants"][name] = {"rows": len(first), "rows_differ": rows_differ, "checksums": [c for _, c in runs],
-                                    "repeats": all(n == 0 for n in rows_differ) and all(c == checksum for _, c in runs)}
+        first, checksum, _ = runs[0]
+        rows_differ = [int((out != first).any(1).sum()) for out, _, _ in runs[1:]]
+        report["variants"][name] = {"rows": len(first), "rows_differ": rows_differ, "checksums": [c for _, c, _ in runs],
+                                    "repeats": all(n == 0 for n in rows_differ) and all(c == checksum for _, c, _ in runs),
+                                    "costs": [cost for *_, cost in runs]}
         print(f"{name}: {report['variants'][name]}", flush=True)
     emit(report, args.json)
 

@@ -29,6 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
+def attention_backends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool, bool, bool]]:
+    """Every ``scaled_dot_product_attention`` call from here on, as the backends it was free to take: (cuDNN's,
+    memory-efficient, math, whether it was asked for grouped heads). transformers' models and the engine both call
+    it through ``torch.nn.functional``."""
+    import torch
+    import torch.nn.functional as F
+
+    seen: list[tuple[bool, bool, bool, bool]] = []
+    attend = F.scaled_dot_product_attention
+
+    def watched(*args, **kwargs):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                     torch.backends.cuda.math_sdp_enabled(), bool(kwargs.get("enable_gqa"))))
+        return attend(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", watched)
+    return seen
+
+
+@pytest.fixture
 def results(tmp_path: Path) -> Path:
     """A fresh results folder for one test (the transcript log lives inside it too)."""
     folder = tmp_path / "results"

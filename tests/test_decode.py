@@ -181,29 +181,38 @@ def test_copying_kv_heads_in_the_prefill_changes_no_token() -> None:
     assert all(torch.equal(a, b) for a, b in zip(calls[True], calls[False]))
 
 
-def test_the_engines_attention_never_takes_cudnns_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engines_attention_never_takes_cudnns_backend(attention_backends: list) -> None:
     """cuDNN's attention, which PyTorch prefers on an H100, gave a vote's prefill other bits from the same inputs run to
-    run (docs/performance.md): every attention call of the engine's forwards (prefill and PyTorch decode step, with
-    and without batch invariance) runs with it disabled, and on the backends PyTorch keeps for deterministic runs."""
-    seen = []
-    attend = F.scaled_dot_product_attention
-
-    def watched(*args, **kwargs):
-        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
-                     torch.backends.cuda.math_sdp_enabled()))
-        return attend(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", watched)
+    run, and transformers' generate other tokens (docs/performance.md): every attention call of the engine's forwards
+    (prefill and PyTorch decode step, with and without batch invariance) and of ``generate`` where the engine does not
+    run (``engine=generate``) runs with it disabled, and on the backends PyTorch keeps for deterministic runs."""
     chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), "float32", torch.device("cpu"))
+    layers = chat.model.config.num_hidden_layers
     ids = torch.randint(3, chat.model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
     StaticDecoder(chat.model, DecoderOptions(kernels="torch", batch_invariant=False)).generate(
         ids, torch.ones_like(ids), max_new_tokens=4, stop_ids=[], pad_id=0)
-    assert len(seen) == 4 * chat.model.config.num_hidden_layers  # the prefill and three decode steps, every layer
+    assert len(attention_backends) == 4 * layers  # the prefill and three decode steps, every layer
     StaticDecoder(chat.model, DecoderOptions(kernels="torch", batch_invariant=True)).generate(
         ids, torch.ones_like(ids), max_new_tokens=2, stop_ids=[], pad_id=0)
-    assert len(seen) > 5 * chat.model.config.num_hidden_layers  # one query at a time
+    assert len(attention_backends) > 5 * layers  # one query at a time
+    engine = len(attention_backends)
+    generate_chat(chat, CONVERSATIONS[:2], max_new_tokens=3, engine="generate")
+    assert len(attention_backends) >= engine + 3 * layers, "generate attends through the same function"
     assert torch.backends.cuda.cudnn_sdp_enabled(), "the backends are restored after each call"
-    assert set(seen) == {(False, True, True)}
+    assert {backends[:3] for backends in attention_backends} == {(False, True, True)}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kv heads are copied on a GPU only")
+def test_a_gpu_prefill_copies_the_kv_heads_for_the_memory_efficient_kernel(attention_backends: list) -> None:
+    """With a mask, of the backends the engine allows only math serves grouped heads (``enable_gqa``), with scores
+    no chunk bound counts: on a GPU, in every precision, the prefill copies the kv heads instead."""
+    for dtype in ("float32", "bfloat16"):
+        chat = load_chat_model(load_registry()["tiny-qwen2"], Path("/nonexistent"), dtype, torch.device("cuda"))
+        ids = torch.randint(3, chat.model.config.vocab_size, (3, 12), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        decoder = StaticDecoder(chat.model, DecoderOptions(kernels="torch", batch_invariant=False))
+        assert not decoder.forward.gqa_in_kernel
+        decoder.generate(ids, torch.ones_like(ids), max_new_tokens=2, stop_ids=[], pad_id=0)
+    assert attention_backends and not any(grouped for *_, grouped in attention_backends)
 
 
 def test_auto_picks_static_for_llama_and_qwen2(chat: ChatModel) -> None:

@@ -257,6 +257,22 @@ def test_the_static_engine_honours_stop_strings_and_leaves_early(tiny_qwen2) -> 
     assert _generate_until(static, ["Question:"], temperature=0.0)[0] == plain, "temperature 0 is greedy"
 
 
+def test_lm_evals_own_model_attends_on_the_backends_that_repeat(tiny_qwen2, attention_backends: list) -> None:
+    """eval.engine=generate: HFLM's generate (and its scoring calls) within the engine's attention backends, never
+    cuDNN's, whose greedy tokens did not repeat on an H100 (228 of 256 rows, docs/performance.md)."""
+    import torch
+
+    from pipeline.harness.model import WatchedHFLM
+
+    lm = WatchedHFLM(pretrained=tiny_qwen2.model, tokenizer=tiny_qwen2.tokenizer, batch_size=4)
+    _generate_until(lm, ["Question:"], do_sample=False)
+    generated = len(attention_backends)
+    lm._model_call(torch.tensor([[5, 6, 7, 8]]))
+    assert generated > 0 and len(attention_backends) > generated
+    assert {backends[:3] for backends in attention_backends} == {(False, True, True)}
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "the backends are restored after each call"
+
+
 def test_requests_beyond_greedy_go_to_generate_under_auto_and_are_refused_under_static(tiny_qwen2) -> None:
     from pipeline.harness.model import StaticHFLM, WatchedHFLM
 

@@ -24,6 +24,7 @@ it keeps no state between calls.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import torch
@@ -41,14 +42,22 @@ SUPPORTED_TYPES = ("llama", "qwen2")
 # CPU forward pads smaller inputs to this many rows: a row's numbers then depend on that row alone.
 MIN_ROWS = 16
 
-# The backends PyTorch's attention (``scaled_dot_product_attention``) may pick for the forwards here: those whose
+# The backends PyTorch's attention (``scaled_dot_product_attention``) may pick for the suite's forwards: those whose
 # forward repeats itself, bit for bit, run to run. Not cuDNN's, which PyTorch prefers on sm90 (H100, H200) with
 # cuDNN 9.15.1 or newer and itself excludes under ``torch.use_deterministic_algorithms``: measured on an H100, a
 # vote's prefill of one token a row over 1,536 reused prompts gave other keys and values from the same inputs run
-# to run (benchmarks/repeat_call.py; docs/performance.md, "One batch a vote, twice on one machine"). Flash attention
-# takes no mask, so by PyTorch's dispatch the prefill runs on the memory-efficient kernel (math where that cannot).
-# Set once per forward that attends through it (``Forward.prefill``, ``Forward._torch_step``), for all its layers.
+# to run, and transformers' ``generate`` other tokens in 228 of 256 greedy rows (benchmarks/repeat_call.py;
+# docs/performance.md, "One batch a vote, twice on one machine"). Flash attention takes no mask, so the prefill runs
+# on the memory-efficient kernel. Every forward that attends through it runs within ``repeatable_attention``: the
+# engine's (``Forward.prefill``, ``Forward._torch_step``, set once for all layers), ``generate`` where the engine
+# does not run, and lm-eval's own model in the eval stage.
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def repeatable_attention() -> AbstractContextManager[None]:
+    """PyTorch's attention restricted to ``SDPA_BACKENDS`` for the block: read when entered, so that a benchmark
+    can swap the list (benchmarks/repeat_call.py)."""
+    return sdpa_kernel(SDPA_BACKENDS)
 
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -151,14 +160,15 @@ class Forward:
 
     def _gqa_in_kernel(self) -> bool:
         """Whether the prefill's attention takes the kv heads as they are (``enable_gqa``) rather than each
-        copied to its group of query heads. Measured (torch 2.11, H200): with a mask, of the GPU kernels only
-        cuDNN's, which SDPA prefers in half precision on compute capability 9.0+, serves grouped heads (half
-        the time of copying them); the memory-efficient kernel, all a V100 has and float32's kernel on any
-        GPU, needs equal head counts, and ``enable_gqa`` would fall back to the math kernel and its
-        [queries x columns] scores (11 GiB more for one 16k-token chunk). On a CPU, as ``generate`` does."""
-        if self.device.type != "cuda" or (self.invariant and self.use_kernels):
-            return True
-        return self.dtype != torch.float32 and torch.cuda.get_device_capability(self.device)[0] >= 9
+        copied to its group of query heads: on a CPU, as ``generate`` does, and where the batch-invariant
+        Triton kernel attends. On a GPU the heads are copied: with a mask, of the backends in ``SDPA_BACKENDS``
+        only the math kernel serves grouped heads, with its [queries x columns] scores in float32 (11 GiB more
+        for one 16k-token chunk, measured on an H200), which neither a chunk's bound (tokens prefilled, where the
+        heads are not copied) nor the memory kept free beside the caches counts; the memory-efficient kernel needs
+        equal head counts. (cuDNN's kernel served grouped heads in half precision on compute capability 9.0+ until
+        the engine stopped taking it; on an H100 the prefills then ran on the math kernel: benchmarks/repeat_call.py,
+        the same cache bits with only math allowed.)"""
+        return self.device.type != "cuda" or (self.invariant and self.use_kernels)
 
     def _fuse_weights(self) -> None:
         """On a GPU, one matrix for q/k/v and one for gate/up per layer: one matmul instead of three and
@@ -212,7 +222,7 @@ class Forward:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa_in_kernel)
             return out.transpose(1, 2).reshape(count * width, -1)
 
-        with sdpa_kernel(SDPA_BACKENDS):
+        with repeatable_attention():
             return self._logits(ids, positions, attend)
 
     def step(self, cache: list[torch.Tensor], token: torch.Tensor, position: torch.Tensor, start: torch.Tensor,
@@ -273,7 +283,7 @@ class Forward:
             out = F.scaled_dot_product_attention(grouped, keys[:, :, :columns], values[:, :, :columns], attn_mask=mask, scale=self.scale)
             return out.reshape(rows, -1)
 
-        with sdpa_kernel(SDPA_BACKENDS):
+        with repeatable_attention():
             return self._logits(token[:, None], position[:, None], attend)
 
     def _each_query(self, q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, fresh: torch.Tensor, end: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from transformers import (GenerationConfig, LogitsProcessorList, PreTrainedModel
 
 from pipeline.engine import ENGINES, GREEDY_NEUTRAL, DecoderOptions
 from pipeline.engine.decode import CHECK_EVERY, StepReport
-from pipeline.engine.forward import unsupported
+from pipeline.engine.forward import repeatable_attention, unsupported
 from pipeline.engine.memory import Decoders
 from pipeline.engine.stop_strings import StopStrings
 from pipeline.engine.roofline import Timings
@@ -271,5 +271,6 @@ def _generate(chat: ChatModel, batch: dict[str, torch.Tensor], max_new_tokens: i
         pad_token_id=chat.tokenizer.pad_token_id,
     )
     watch = StoppingCriteriaList([_Watch(on_step, batch["input_ids"].shape[1], chat.stop_ids)] if on_step else [])
-    output = chat.model.generate(**batch, generation_config=config, logits_processor=processors, stopping_criteria=watch)
+    with repeatable_attention():  # PyTorch's own pick on an H100, cuDNN's attention, does not repeat its tokens
+        output = chat.model.generate(**batch, generation_config=config, logits_processor=processors, stopping_criteria=watch)
     return output[:, batch["input_ids"].shape[1] :].cpu()
