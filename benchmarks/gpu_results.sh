@@ -20,9 +20,10 @@
 #                  (both log each decoder call's digests, progress.log_level=DEBUG, to find the first call that parts)
 #   pair-votes-ws, pair-votes-ws-again  the same two with CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS's setting for
 #                  results that repeat across streams)
-#   repeat         repeat_call.py: model b's one-batch vote sequence on random weights, twice per variant: the engine's
-#                  attention backends (default) against cuDNN's allowed (cudnn-prefill) and math only; and model b
-#                  alone's rows through transformers' generate (the eval stage's path), on PyTorch's backends and the engine's
+#   repeat         repeat_call.py: model b's one-batch vote sequence on random weights, twice per variant: the engine as it
+#                  runs (default: kv heads copied, memory-efficient kernel) against heads grouped on the math kernel
+#                  (grouped-heads), cuDNN's allowed (cudnn-prefill) and math only; each with the vote's prefill seconds and
+#                  peak memory; and model b alone's rows through transformers' generate, on PyTorch's backends and the engine's
 #   pair-invariant-votes  the same with batch invariance (run_id gpu-pair-invariant-votes): its records must be pair-invariant's
 #   graphs         bench_graphs.py --steps on the pair's two shapes (random weights): a vote-like call's steps by row bucket
 #   overlap        bench_overlap.py: the pair's two vote-like calls alone, then at once on two streams (random weights)
@@ -127,7 +128,7 @@ case "$step" in
     CUBLAS_WORKSPACE_CONFIG=:4096:8 TAG="-ws${step#pair-votes-ws}" bash benchmarks/gpu_results.sh pair-votes
     ;;
   repeat)
-    python3 benchmarks/repeat_call.py --variants default cudnn-prefill math-prefill generate generate-no-cudnn \
+    python3 benchmarks/repeat_call.py --variants default grouped-heads cudnn-prefill math-prefill generate generate-no-cudnn \
       --json "$out/repeat-call.json"
     ;;
   pair-invariant-votes)
