@@ -55,9 +55,10 @@ SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 
 
 def repeatable_attention() -> AbstractContextManager[None]:
-    """PyTorch's attention restricted to ``SDPA_BACKENDS`` for the block: read when entered, so that a benchmark
+    """PyTorch's attention restricted to ``SDPA_BACKENDS`` for the block, the list read at each call, so that a benchmark
     can swap the list (benchmarks/repeat_call.py)."""
     return sdpa_kernel(SDPA_BACKENDS)
+
 
 # A layer's attention: (layer, q/k/v [tokens, heads + 2 kv heads, dim], cos, sin) -> [tokens, heads * dim].
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
