@@ -79,11 +79,11 @@ def sequence(models: dict[str, Any], variant: Variant, args: argparse.Namespace)
     seeds = [row_seed(args.seed, q, n) for q in range(args.questions) for n in range(args.k)]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    b, a = (decoder(models[name], variant) for name in "ba")
+    b = decoder(models["b"], variant)
     b.generate(ids, mask, max_new_tokens=args.new, stop_ids=stops, pad_id=0)
     if variant.other:
-        a.generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature,
-                   seeds=seeds)
+        decoder(models["a"], variant).generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0,
+                                               temperature=args.temperature, seeds=seeds)
     out = b.generate(votes["ids"], votes["mask"], max_new_tokens=args.new, stop_ids=stops, pad_id=0, temperature=args.temperature,
                      seeds=seeds)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
