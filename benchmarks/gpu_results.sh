@@ -7,12 +7,14 @@
 #   setup          install the carried wheel bundles (moved to /tmp/dev/, .device/install.sh) and join the carried
 #                  GGUF pieces (moved to /tmp/gguf/, .device/join_gguf.sh): each earlier call carried one folder of
 #                  .device/ and moved it out of the tree
-#   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each, 512 tokens
+#   pair           the default pair on all 1,319 test questions: 3 rounds, each model alone, a vote of 6 each (one batch), 512 tokens
 #   pair-before    the pair step on the code before a change: this checkout copied to /tmp/before with
 #                  /tmp/dev/before.patch (the change, `git diff OLD -- pipeline configs jobs`: BEFORE=OLD bash benchmarks/device_pack.sh
 #                  puts it in .device/whl-core) reversed; run_id gpu-pair-before
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
+#   pair-six       the pair step with each vote in six batches of debate.batch_size (debate.vote_batch_rows=null, the
+#                  default before the sixteenth session; run_id gpu-pair-six)
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
 #   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, run_id gpu-pair-votes): one
 #                  tail a vote instead of six; the fast kernels' vote samples and turns change (pair with `pair`'s outcomes)
@@ -106,6 +108,11 @@ case "$step" in
     ;;
   pair-again)
     TAG=-again bash benchmarks/gpu_results.sh pair
+    ;;
+  pair-six)
+    # Each vote in six batches of debate.batch_size rows, the default before the sixteenth session (null).
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=null run_id=gpu-pair-six
+    collect gpu-pair-six debate
     ;;
   pair-invariant)
     time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true run_id=gpu-pair-invariant

@@ -12,7 +12,9 @@ batched, replayed or placed: measured to change no token in a batch-invariant ru
 names the section's switch that makes it run-only (``run_only_when="batch_invariant"``): it is run-only in a
 run whose switch is ``true``, and a result setting otherwise (``null`` too: it may mean off). A result setting
 added after runs were made, whose default is what those runs did, enters the records' fingerprint only at
-another value (``only_when_changed=True``), so those runs still resume. The records' fingerprint, the resume
+another value (``only_when_changed=True``), so those runs still resume; a default changed after runs were made
+names the one they had (``earlier_default``), which a saved config without the key means and the fingerprint
+leaves out in place of today's. The records' fingerprint, the resume
 check and the docs read these flags (:func:`run_only`, :func:`result_values`).
 """
 
@@ -33,6 +35,8 @@ T = TypeVar("T")
 
 # The two models of a pair (models.a, models.b): what a stage's list of models may name.
 PAIR = ("a", "b")
+# A knob's ``earlier_default`` when its default never changed (None is a value a default may have been).
+UNCHANGED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ class Knob:
     # A result setting that enters the records' fingerprint only at a value other than its default: one added
     # after runs were made (its default being what they did), so their fingerprint stays and they still resume.
     only_when_changed: bool = False
+    # A default changed after runs were made: the default those runs had. A saved config without the key means
+    # it, and (with ``only_when_changed``) the fingerprint leaves the key out at it in place of today's default,
+    # so the earlier runs keep their fingerprint and resume as they were made, and today's default enters it.
+    earlier_default: Any = UNCHANGED
     # Texts: what the one-line error for an empty (or null) value tells the user; the help when unset.
     when_empty: str | None = None
 
@@ -142,7 +150,7 @@ def result_values(settings: Any) -> dict[str, Any]:
     values = plain(settings)
     return {f.name: result_values(v) if is_dataclass(v := getattr(settings, f.name)) else _plain(v)
             for f in _knobs(type(settings)) if _changes_results(_knob(f), values)
-            and not (_knob(f).only_when_changed and values[f.name] == _default(f))}
+            and not (_knob(f).only_when_changed and values[f.name] == _earlier(f))}
 
 
 def plain(settings: Any) -> dict[str, Any]:
@@ -175,6 +183,12 @@ def _default(f: dataclasses.Field) -> Any:
     """A setting's default as plain data (a section's as its defaults)."""
     value = f.default_factory() if f.default is MISSING else f.default
     return defaults(type(value)) if is_dataclass(value) else _plain(value)
+
+
+def _earlier(f: dataclasses.Field) -> Any:
+    """What runs made before the setting's default changed had (its ``earlier_default``), else its default."""
+    earlier = _knob(f).earlier_default
+    return _default(f) if earlier is UNCHANGED else earlier
 
 
 def defaults(cls: type) -> dict[str, Any]:
@@ -302,13 +316,16 @@ def check_template(key: str, text: str, names: tuple[str, ...], required: tuple[
 
 def build(cls: type[T], node: Mapping[str, Any] | DictConfig) -> T:
     """The typed section from a config node (a job's resolved config, a run's saved one): lists become tuples,
-    nested sections their dataclasses; a key the node lacks (added since the run was made) takes its default."""
+    nested sections their dataclasses; a key the node lacks (added since the run was made) takes the default
+    such runs had (``earlier_default``, else today's)."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     hints = _types(cls)
     values: dict[str, Any] = {}
     for f in _knobs(cls):
         if f.name not in node:
+            if _knob(f).earlier_default is not UNCHANGED:
+                values[f.name] = _knob(f).earlier_default
             continue
         value, tp = node[f.name], hints[f.name]
         if _is_section(tp):

@@ -70,16 +70,16 @@ class DebateSettings:
     batch_size: int = knob(256, "Debates of a shard that advance together: every turn is one batched generate over "
                                 "the group's open debates. Bounds memory, and the work a killed job loses.", minimum=1,
                           run_only_when=INVARIANT)
-    vote_batch_rows: int | None = knob(None, "Rows of one batched generation of a vote at most (the k samples of each of "
-                                             "the group's questions, sorted by prompt length); null: batch_size. Each batch "
-                                             "decodes until its longest sample ends, so a vote of k in batches of batch_size "
-                                             "runs k long tails of few rows one after the other; batch_size x k runs the "
-                                             "group's vote as one batch and one tail (the memory permitting; the default pair's "
-                                             "run on an H100: 150 s against 177 s, the same accuracy). Without "
-                                             "batch_invariant=true a row's tokens follow its batch: another value changes "
-                                             "the vote's samples and, through reuse_kv, the debate's turns "
-                                             "(docs/performance.md).", minimum=1, run_only_when=INVARIANT,
-                                       only_when_changed=True)
+    vote_batch_rows: int | None = knob(1536, "Rows of one batched generation of a vote at most (the k samples of each of "
+                                             "the group's questions, sorted by prompt length); null: batch_size, as runs made "
+                                             "before the sixteenth session had it. Each batch decodes until its longest sample "
+                                             "ends, so a vote of k in batches of batch_size runs k long tails of few rows one "
+                                             "after the other; 1536 runs a default group's vote of 6 (256 x 6) as one batch and "
+                                             "one tail, the memory permitting (free memory splits a batch further). The default "
+                                             "pair's run on an H100: 126 s against 167 s, the same accuracy, and the run repeats "
+                                             "(docs/performance.md). Without batch_invariant=true a row's tokens follow its batch: "
+                                             "another value changes the vote's samples and, through reuse_kv, the debate's turns.",
+                                       minimum=1, run_only_when=INVARIANT, only_when_changed=True, earlier_default=None)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
