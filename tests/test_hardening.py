@@ -297,23 +297,28 @@ def test_a_resume_with_another_batch_is_refused_unless_the_run_is_batch_invarian
     assert _files(run) == before
 
 
-def test_a_run_made_before_a_setting_was_added_resumes_at_its_default(finished: Path) -> None:
-    """debate.vote_batch_rows came after runs were made: a run whose config.yaml lacks it resumes at its default
-    (null: batch_size, what the run did), and the records written on resume carry the fingerprint of those before
-    (that a default fingerprint is the one earlier runs had: tests/test_run_config.py); another value is refused as
-    another experiment (the run was not made batch-invariant)."""
-    run = copy_run(finished, "made-before")
-    config = run / "config.yaml"
+def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Path) -> None:
+    """debate.vote_batch_rows came in the ninth session at null (each vote in batches of batch_size), the default
+    until the sixteenth changed it to 1536. A run made with null resumes at null, whether its config.yaml says so
+    or lacks the key (a run made before the key existed); the records written on resume carry the fingerprint of
+    those before (that null's fingerprint is the one earlier runs had: tests/test_run_config.py); today's default
+    given on the command line is refused as another experiment (the run was not made batch-invariant)."""
+    results = tmp_path / "results"
+    submit(tiny_overrides(results, "limit=2", "shards=1", "cluster=debug", "run_id=made-before", "debate.vote_batch_rows=null",
+                          "debate.max_new_tokens=24", "debate.max_rounds=1"))
+    run = results / "made-before"
+    config, shard = run / "config.yaml", run / "debate" / "shard-00000-of-00001.jsonl"
     assert "  vote_batch_rows: null\n" in config.read_text()
-    config.write_text(config.read_text().replace("  vote_batch_rows: null\n", ""))
-    shard = run / "debate" / "shard-00001-of-00002.jsonl"
-    shard.write_text(shard.read_text().splitlines()[0] + "\n")
-    with pytest.raises(ConfigError, match=r"^run made-before was made with debate.vote_batch_rows=null \(this submission: 1536\)"):
-        submit([f"results_dir={run.parent}", "run_id=made-before", "debate.vote_batch_rows=1536"])
-    info = submit([f"results_dir={run.parent}", "run_id=made-before"])
-    assert info["resumed"] and info["result"]["complete"] is True
-    assert len(read_shard(shard)) == 2
-    assert len({json.loads(line)["settings"] for f in (run / "debate").glob("shard-*.jsonl") for line in f.read_text().splitlines()}) == 1
+    for lacks_the_key in (False, True):
+        if lacks_the_key:
+            config.write_text(config.read_text().replace("  vote_batch_rows: null\n", ""))
+        shard.write_text(shard.read_text().splitlines()[0] + "\n")
+        with pytest.raises(ConfigError, match=r"^run made-before was made with debate.vote_batch_rows=null \(this submission: 1536\)"):
+            submit([f"results_dir={results}", "run_id=made-before", "debate.vote_batch_rows=1536"])
+        info = submit([f"results_dir={results}", "run_id=made-before"])
+        assert info["resumed"] and info["result"]["complete"] is True
+        assert len(read_shard(shard)) == 2
+        assert len({json.loads(line)["settings"] for line in shard.read_text().splitlines()}) == 1
 
 
 def test_a_resume_may_change_run_only_settings(tmp_path: Path) -> None:

@@ -70,10 +70,12 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     assert fingerprint("debate.prefill_tokens=64") != fingerprint()
     assert fingerprint("progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()
-    # A setting added later counts only when set: a default run's fingerprint is the one runs made before it had
-    # (debate.vote_batch_rows, ninth session), so they still resume.
-    assert fingerprint() == "75afd029c54a33a4" and fingerprint("debate.batch_invariant=true") == "c0038856c7eb9937"
-    assert fingerprint("debate.vote_batch_rows=1536") != fingerprint()
+    # A setting added later counts only when changed from what earlier runs did: debate.vote_batch_rows came in the
+    # ninth session at null, the default until the sixteenth; a run made with null keeps the fingerprint runs had
+    # before the key existed, so they still resume, and today's default (1536) is in it.
+    assert fingerprint("debate.vote_batch_rows=null") == "75afd029c54a33a4"
+    assert fingerprint("debate.batch_invariant=true") == "c0038856c7eb9937"
+    assert fingerprint() == fingerprint("debate.vote_batch_rows=1536") != fingerprint("debate.vote_batch_rows=null")
 
 
 def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> None:
