@@ -234,8 +234,9 @@ def _comparable(records: list[dict]) -> list[dict]:
 
 
 def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    """debate.batch_size 3 or 8, a vote in batches of 5 rows or of the group's 16, votes on or off: the same turns
-    and solo rows, and the same votes (int8 and float32 models); the vote's batches are the ones asked for."""
+    """debate.batch_size 3 or 8, a vote in batches of 5 rows, of batch_size (null) or of the group's 16 (the default's
+    1536 rows at most), votes on or off: the same turns and solo rows, and the same votes (int8 and float32 models);
+    the vote's batches are the ones asked for."""
     torch.set_num_threads(1)
     registry = load_registry()
     models = {"a": load_chat_model(registry["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu")),
@@ -252,7 +253,7 @@ def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(StaticDecoder, "generate", counted)
     runs = {}
-    for label, changes in (("8", {"batch_size": 8}), ("3", {"batch_size": 3}), ("whole vote", {"batch_size": 8, "vote_batch_rows": 16}),
+    for label, changes in (("8", {"batch_size": 8, "vote_batch_rows": None}), ("3", {"batch_size": 3}), ("whole vote", {"batch_size": 8}),
                            ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}),
                            ("no votes", {"baselines": {**cfg.debate.baselines, "vote_models": []}})):
         out: list[dict] = []
@@ -292,7 +293,7 @@ def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
     def fingerprint(*overrides: str) -> str:
         return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
-    batching = ("debate.batch_size=7", "debate.vote_batch_rows=1536", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
+    batching = ("debate.batch_size=7", "debate.vote_batch_rows=null", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
     invariant = fingerprint("debate.batch_invariant=true")
     for setting in batching:
         assert fingerprint("debate.batch_invariant=true", setting) == invariant, setting
