@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -160,11 +160,13 @@ def check_free_space(config: RunConfig) -> None:
                           f"{config.paths.min_free_mib}; free some space (or lower paths.min_free_mib)")
 
 
-def open_run(config: RunConfig, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> tuple[RunConfig, Run, bool]:
+def open_run(config: RunConfig, run_only: frozenset[str], run_only_when: Mapping[str, str],
+             complete: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[RunConfig, Run, bool]:
     """Creates the run folder (new run) or checks a resubmission against the saved config (resume); the
     dotted keys in ``run_only`` (settings that cannot change a result in this run) may differ. A refused key
     that is run-only only where a switch is true (``run_only_when``: ``debate.batch_size`` with
-    ``debate.batch_invariant``) says so.
+    ``debate.batch_invariant``) says so. ``complete`` gives a saved config the keys it lacks (settings added
+    since the run was made) at the values such a run had, as the resumed config has them.
 
     Returns the config with its run id (a new run's is picked here, with its folder), the run and whether it
     already existed.
@@ -174,7 +176,7 @@ def open_run(config: RunConfig, run_only: frozenset[str], run_only_when: Mapping
     config = dataclasses.replace(config, run_id=run.run_id)
     existed = run.config_path.exists() or not _create_config(config, run)
     if existed:
-        _check_resume(config, run.saved_config(), run, run_only, run_only_when)
+        _check_resume(config, complete(run.saved_config_container()), run, run_only, run_only_when)
     if not os.access(run.root, os.W_OK):
         raise ConfigError(f"results_dir={config.results_dir}: the run folder {run.root} is read-only")
     return config, run, existed
@@ -216,8 +218,8 @@ def _first_difference(new: Any, old: Any, where: str, skip: frozenset[str] = fro
     return None if new == old else (where, new, old)
 
 
-def _check_resume(config: RunConfig, saved: DictConfig, run: Run, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> None:
-    found = _first_difference(config.plain(), OmegaConf.to_container(saved, resolve=True), "", run_only)
+def _check_resume(config: RunConfig, saved: dict[str, Any], run: Run, run_only: frozenset[str], run_only_when: Mapping[str, str]) -> None:
+    found = _first_difference(config.plain(), saved, "", run_only)
     if found:
         where, new, old = found
         switch = run_only_when.get(where)

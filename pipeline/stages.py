@@ -109,6 +109,18 @@ def saved_task(run: Run, where: str) -> ReduceTask:
     return ReduceTask(str(run.root), where, saved_config(run, where), chain=saved_config(run).stage == "all")
 
 
+def completed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's plain data with the keys it lacks (settings added since its run was made) at the values
+    its typed config gives them (a knob's ``earlier_default``, else its default), as a resume of the run has them:
+    what the resume check compares a resubmission with."""
+    return _filled(saved, _built(saved).plain())
+
+
+def _filled(given: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    return {**full, **{key: _filled(value, full[key]) if isinstance(value, dict) and isinstance(full.get(key), dict) else value
+                       for key, value in given.items()}}
+
+
 def _built(values: dict[str, Any]) -> RunConfig:
     return load(values, _STAGE_SETTINGS, _BACKEND_SETTINGS[values["cluster"]["kind"]])
 

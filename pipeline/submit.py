@@ -28,7 +28,7 @@ from pipeline.summary import write_run_readme
 from pipeline.runs import STAGE_CONFIG, Run, adopt_saved, check_run_id, open_run, saved_cluster
 from pipeline.shards import Unit
 from pipeline.stage import Stage
-from pipeline.stages import RUN_ONLY_WHEN, STAGES, build_config, checked_config, describe_work, model_folder_checks, model_keys, run_only_keys, stage_names, steps
+from pipeline.stages import RUN_ONLY_WHEN, STAGES, build_config, checked_config, completed, describe_work, model_folder_checks, model_keys, run_only_keys, stage_names, steps
 from pipeline.progress import mark_submitted
 from pipeline.jobs import REDUCE_LABEL, ReduceTask, ShardTask, reduce_label
 from pipeline.watch import Step, watch
@@ -105,7 +105,7 @@ def submit(overrides: Sequence[str]) -> dict[str, Any]:
             stage.check_models(config, folders)
     if any(stage.per_gpu for stage in stages):
         config.cluster.check_per_gpu()
-    config, run, resumed = open_run(config, run_only_keys(cfg), RUN_ONLY_WHEN)  # a new run's id is picked with its folder
+    config, run, resumed = open_run(config, run_only_keys(cfg), RUN_ONLY_WHEN, completed)  # a new run's id is picked with its folder
     launcher = launcher_for(config, run)
     after: list[Any] = []
     submitted: list[dict[str, Any]] = []

@@ -239,7 +239,7 @@ def test_a_whole_debate_is_the_same_record_with_either_engine() -> None:
     for engine in ("generate", "static"):
         settings = build(DebateSettings, {**cfg.debate, "engine": engine, "batch_invariant": False})
         out: list[dict] = []
-        DebateEngine(models, settings, 0).run(PROBLEMS[:8], out.append)
+        DebateEngine(models, settings, 0).run_all(PROBLEMS[:8], out.append)
         records[engine] = _comparable(out)
     assert records["static"] == records["generate"]
     assert any(len(r["vote"]["a"]["samples"]) == 3 for r in records["static"])
@@ -277,7 +277,7 @@ def _same_records_with_and_without_reuse(models: dict[str, ChatModel], problems:
     for reuse in (False, True):
         out: list[dict] = []
         engine = DebateEngine(models, build(DebateSettings, {**cfg.debate, "reuse_kv": reuse}), 0)
-        engine.run(problems, out.append)
+        engine.run_all(problems, out.append)
         records[reuse] = _comparable(out)
         decoders = [engine.decoders.of(chat.model) for chat in models.values()]
         reused[reuse] = sum(d.reused_tokens for d in decoders)

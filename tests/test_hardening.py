@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stages import RUN_ONLY_WHEN, build_config, load_config, run_only_keys, saved_task
+from pipeline.stages import RUN_ONLY_WHEN, build_config, completed, load_config, run_only_keys, saved_task
 from pipeline.launch import JOBS_FILE
 from pipeline.monitor import cancel_run, run_status
 from pipeline.reduce.debate import reduce_debate
@@ -135,7 +135,7 @@ def test_two_submissions_of_one_new_run_id_do_not_both_pass(tmp_path: Path) -> N
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            outcomes[i] = open_run(configs[i], run_only_keys(composed[i]), RUN_ONLY_WHEN)[2]
+            outcomes[i] = open_run(configs[i], run_only_keys(composed[i]), RUN_ONLY_WHEN, completed)[2]
         except ConfigError as err:
             outcomes[i] = str(err)
 
@@ -299,19 +299,20 @@ def test_a_resume_with_another_batch_is_refused_unless_the_run_is_batch_invarian
 
 def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Path) -> None:
     """debate.vote_batch_rows came in the ninth session at null (each vote in batches of batch_size), the default
-    until the sixteenth changed it to 1536. A run made with null resumes at null, whether its config.yaml says so
-    or lacks the key (a run made before the key existed); the records written on resume carry the fingerprint of
-    those before (that null's fingerprint is the one earlier runs had: tests/test_run_config.py); today's default
-    given on the command line is refused as another experiment (the run was not made batch-invariant)."""
+    until the sixteenth changed it to 1536 and added debate.refill (true; what runs did before: false). A run made
+    with the earlier values resumes at them, whether its config.yaml says so or lacks the keys (a run made before
+    they existed); the records written on resume carry the fingerprint of those before (that those values'
+    fingerprint is the one earlier runs had: tests/test_run_config.py); today's default given on the command line
+    is refused as another experiment (the run was not made batch-invariant)."""
     results = tmp_path / "results"
     submit(tiny_overrides(results, "limit=2", "shards=1", "cluster=debug", "run_id=made-before", "debate.vote_batch_rows=null",
-                          "debate.max_new_tokens=24", "debate.max_rounds=1"))
+                          "debate.refill=false", "debate.max_new_tokens=24", "debate.max_rounds=1"))
     run = results / "made-before"
     config, shard = run / "config.yaml", run / "debate" / "shard-00000-of-00001.jsonl"
-    assert "  vote_batch_rows: null\n" in config.read_text()
-    for lacks_the_key in (False, True):
-        if lacks_the_key:
-            config.write_text(config.read_text().replace("  vote_batch_rows: null\n", ""))
+    assert "  vote_batch_rows: null\n" in config.read_text() and "  refill: false\n" in config.read_text()
+    for lacks_the_keys in (False, True):
+        if lacks_the_keys:
+            config.write_text(config.read_text().replace("  vote_batch_rows: null\n", "").replace("  refill: false\n", ""))
         shard.write_text(shard.read_text().splitlines()[0] + "\n")
         with pytest.raises(ConfigError, match=r"^run made-before was made with debate.vote_batch_rows=null \(this submission: 1536\)"):
             submit([f"results_dir={results}", "run_id=made-before", "debate.vote_batch_rows=1536"])

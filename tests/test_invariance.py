@@ -235,8 +235,8 @@ def _comparable(records: list[dict]) -> list[dict]:
 
 def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
     """debate.batch_size 3 or 8, a vote in batches of 5 rows, of batch_size (null) or of the group's 16 (the default's
-    1536 rows at most), votes on or off: the same turns and solo rows, and the same votes (int8 and float32 models);
-    the vote's batches are the ones asked for."""
+    1536 rows at most), the turns refilled or group by group, votes on or off: the same turns and solo rows, and the
+    same votes (int8 and float32 models); the vote's batches are the ones asked for."""
     torch.set_num_threads(1)
     registry = load_registry()
     models = {"a": load_chat_model(registry["tiny-llama"], Path("/nonexistent"), "float32", torch.device("cpu")),
@@ -254,12 +254,12 @@ def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(StaticDecoder, "generate", counted)
     runs = {}
     for label, changes in (("8", {"batch_size": 8, "vote_batch_rows": None}), ("3", {"batch_size": 3}), ("whole vote", {"batch_size": 8}),
-                           ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}),
+                           ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}), ("3, no refill", {"batch_size": 3, "refill": False}),
                            ("no votes", {"baselines": {**cfg.debate.baselines, "vote_models": []}})):
         out: list[dict] = []
         DebateEngine(models, build(DebateSettings, {**cfg.debate, **changes}), 0).run_all(PROBLEMS, out.append)
         runs[label] = _comparable(out)
-    assert runs["3"] == runs["8"] == runs["whole vote"] == runs["vote of 5s"]
+    assert runs["3"] == runs["8"] == runs["whole vote"] == runs["vote of 5s"] == runs["3, no refill"]
     assert rows["8"] == [8, 8] * 2 and rows["whole vote"] == [16] * 2 and rows["vote of 5s"] == [5, 5, 5, 1] * 2, dict(rows)
     without_vote = [{k: v for k, v in r.items() if k != "vote"} for r in runs["8"]]
     assert [{k: v for k, v in r.items() if k != "vote"} for r in runs["no votes"]] == without_vote
@@ -293,7 +293,7 @@ def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
     def fingerprint(*overrides: str) -> str:
         return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
-    batching = ("debate.batch_size=7", "debate.vote_batch_rows=null", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
+    batching = ("debate.batch_size=7", "debate.vote_batch_rows=null", "debate.refill=false", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
     invariant = fingerprint("debate.batch_invariant=true")
     for setting in batching:
         assert fingerprint("debate.batch_invariant=true", setting) == invariant, setting

@@ -112,7 +112,7 @@ def test_a_calls_batches_read_as_runs_of_equal_rows() -> None:
 def test_every_debate_phase_ends_with_one_line_with_its_timings(models: dict, caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(["debate.max_new_tokens=24", "debate.max_rounds=1", "debate.baselines.vote_k=2", "debate.baselines.vote_models=[a]"])
     caplog.set_level(logging.INFO, logger=progress.__name__)
-    DebateEngine(models, build(DebateSettings, cfg.debate), 0).run(PROBLEMS[:2], lambda record: None)
+    DebateEngine(models, build(DebateSettings, cfg.debate), 0).run_all(PROBLEMS[:2], lambda record: None)
     closing = [r.getMessage() for r in caplog.records if r.name == progress.__name__ and " rows in " in r.getMessage()]
     phases = [line.split(":")[0] for line in closing]
     assert phases == ["model b alone", "vote of 2, model a", "debate round 1, model a", "debate round 1, model b"], closing

@@ -56,7 +56,7 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     """The resume check and the fingerprint skip exactly the keys whose knob() says results=False, and those
     whose knob() says run_only_when=batch_invariant where the config sets debate.batch_invariant=true."""
     always = {"run_id", "results_dir", "wait", "paths", "wandb", "progress", "cluster"}
-    batching = {"debate.batch_size", "debate.vote_batch_rows", "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
+    batching = {"debate.batch_size", "debate.vote_batch_rows", "debate.refill", "debate.cuda_graphs", "debate.reuse_kv", "debate.prefill_tokens", "debate.devices"}
     assert run_only_keys(load_config([])) == run_only_keys(load_config(["debate.batch_invariant=false"])) == always
     assert run_only_keys(load_config(["debate.batch_invariant=true"])) == always | batching
     assert RUN_ONLY_WHEN == {key: "debate.batch_invariant" for key in batching}
@@ -71,11 +71,13 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     assert fingerprint("progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()
     # A setting added later counts only when changed from what earlier runs did: debate.vote_batch_rows came in the
-    # ninth session at null, the default until the sixteenth; a run made with null keeps the fingerprint runs had
-    # before the key existed, so they still resume, and today's default (1536) is in it.
-    assert fingerprint("debate.vote_batch_rows=null") == "75afd029c54a33a4"
+    # ninth session at null, the default until the sixteenth, and debate.refill in the sixteenth (earlier runs: false);
+    # a run made with those keeps the fingerprint runs had before the keys existed, so they still resume, and today's
+    # defaults (1536, true) are in it.
+    assert fingerprint("debate.vote_batch_rows=null", "debate.refill=false") == "75afd029c54a33a4"
     assert fingerprint("debate.batch_invariant=true") == "c0038856c7eb9937"
-    assert fingerprint() == fingerprint("debate.vote_batch_rows=1536") != fingerprint("debate.vote_batch_rows=null")
+    assert fingerprint() == fingerprint("debate.vote_batch_rows=1536", "debate.refill=true") != fingerprint("debate.vote_batch_rows=null")
+    assert fingerprint("debate.refill=false") != fingerprint()
 
 
 def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> None:
@@ -115,7 +117,7 @@ def test_help_lists_every_section_and_marks_the_run_only_keys() -> None:
     assert slurm.startswith("cluster.*: A real SLURM cluster through submitit.") and "cluster.signal_delay_s=120" in slurm
     debate = help_of("debate").split("\n  debate.")
     assert [entry.split("=")[0] for entry in debate if "run-only with debate.batch_invariant=true, else it changes results" in " ".join(entry.split())] == \
-        ["batch_size", "vote_batch_rows", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
+        ["batch_size", "vote_batch_rows", "refill", "cuda_graphs", "reuse_kv", "prefill_tokens", "devices"]
     assert not [entry for entry in debate if "run-only: changes no result" in " ".join(entry.split())]
     assert "paths.min_free_mib=200" in help_of("run")
 

@@ -64,7 +64,7 @@ def test_a_debate_whose_models_state_the_same_answer_stops(monkeypatch: pytest.M
     calls = _scripted(monkeypatch, {("A", 0): A_18, ("B", 0): B_18, ("A", 1): A_18, ("B", 1): B_20})
     settings = DebateSettings(max_rounds=2, baselines=Baselines(solo=False, vote_models=()))
     records = []
-    DebateEngine({"a": _Model("A"), "b": _Model("B")}, settings, seed=0).run(PROBLEMS, records.append)
+    DebateEngine({"a": _Model("A"), "b": _Model("B")}, settings, seed=0).run_all(PROBLEMS, records.append)
     by_index = {r["index"]: r for r in records}
     assert (by_index[0]["agreed"], by_index[0]["rounds"], len(by_index[0]["turns"])) == (True, 1, 2)
     assert [t["answer"] for t in by_index[0]["turns"]] == ["18", "18"]

@@ -1,4 +1,4 @@
-"""The debate engine: all open debates of a group advance together, one batched generate per turn.
+"""The debate engine: the open debates advance together, one batched generate per turn.
 
 Round r is a turn of model a, then a turn of model b. Each model sees the conversation so far from its
 own side: its earlier replies as assistant messages, the other model's replies quoted in user messages.
@@ -72,12 +72,54 @@ class DebateEngine:
         self.group = ""
 
     def run_all(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
-        """Every problem, in groups of at most ``batch_size`` debates, one group after the other."""
-        size = self.settings.batch_size
+        """Every problem: baselines for a group of at most ``batch_size`` problems at a time, then turns of at most
+        ``batch_size`` open debates, emitting records as debates end. With ``refill`` a turn takes in the next
+        problems (their group's baselines run when none wait) wherever debates ended, so the later rounds do not run
+        a few debates at a time; without it each group runs its rounds to the end before the next starts. Every turn
+        starts at model a (debates join before it), so a turn's debates may be in different rounds."""
+        s = self.settings
+        size = s.batch_size
         groups = (len(problems) + size - 1) // size
-        for n, start in enumerate(range(0, len(problems), size)):
-            self.group = f"group {n + 1}/{groups}: " if groups > 1 else ""
-            self.run(problems[start : start + size], emit)
+        waiting = list(problems)  # problems whose baselines have not run
+        ready: list[Debate] = []  # debates whose baselines ran, not yet started
+        baselines: dict[int, dict[str, Any]] = {}
+        open_debates: list[Debate] = []
+        group = 0
+        while waiting or ready or open_debates:
+            if s.refill or not open_debates:
+                if len(ready) < size - len(open_debates) and waiting:
+                    group += 1
+                    self.group = f"group {group}/{groups}: " if groups > 1 else ""
+                    batch, waiting = waiting[:size], waiting[size:]
+                    baselines.update(self._baselines(batch))
+                    ready += [Debate(p) for p in batch]
+                room = size - len(open_debates)
+                open_debates, ready = open_debates + ready[:room], ready[room:]
+            for speaker in SPEAKERS:
+                open_debates = self._turn(speaker, open_debates, baselines, emit)
+                if not open_debates:
+                    break
+
+    def _turn(self, speaker: str, debates: list[Debate], baselines: dict[int, dict[str, Any]],
+              emit: Callable[[dict[str, Any]], None]) -> list[Debate]:
+        """One batched turn of ``speaker`` over the debates; emits those that end. Returns those still open."""
+        s = self.settings
+        rounds = [len(d.turns) // 2 + 1 for d in debates]  # turns alternate a, b from a
+        named = f"round {rounds[0]}" if min(rounds) == max(rounds) else f"rounds {min(rounds)}-{max(rounds)}"
+        convs = [conversation(speaker, d, s) for d in debates]
+        seeds = [row_seed(self.seed, d.problem.index, "debate", r, speaker) for d, r in zip(debates, rounds)]
+        completions = self._generate(speaker, convs, seeds, s.temperature, f"debate {named}, model {speaker}")
+        still_open = []
+        for debate, round_no, completion in zip(debates, rounds, completions):
+            debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
+            debate.agreed = agree(debate.turns)
+            if debate.agreed or (round_no == s.max_rounds and speaker == SPEAKERS[-1]):
+                emit(self._record(debate, baselines.pop(debate.problem.index)))
+            else:
+                still_open.append(debate)
+        log.info("%s, model %s: %d debates, %d tokens, %d finished, %d still open", named, speaker, len(debates),
+                 sum(c.tokens for c in completions), len(debates) - len(still_open), len(still_open))
+        return still_open
 
     def _generate(self, speaker: str, convs: list[list[Message]], seeds: list[int], temperature: float, phase: str,
                   max_batch: int | None = None) -> list[Completion]:
@@ -95,31 +137,6 @@ class DebateEngine:
                 decoders=self.decoders,
                 report=watched.update,
             )
-
-    def run(self, problems: Sequence[Problem], emit: Callable[[dict[str, Any]], None]) -> None:
-        """Everything for a group of problems: baselines first, then the debate, emitting records as debates end."""
-        baselines = self._baselines(problems)
-        s = self.settings
-        open_debates = [Debate(p) for p in problems]
-        for round_no in range(1, s.max_rounds + 1):
-            for speaker in SPEAKERS:
-                if not open_debates:
-                    return
-                convs = [conversation(speaker, d, s) for d in open_debates]
-                seeds = [row_seed(self.seed, d.problem.index, "debate", round_no, speaker) for d in open_debates]
-                completions = self._generate(speaker, convs, seeds, s.temperature, f"debate round {round_no}, model {speaker}")
-                for debate, completion in zip(open_debates, completions):
-                    debate.turns.append(_turn(speaker, self.models[speaker], round_no, completion))
-                    debate.agreed = agree(debate.turns)
-                finished = [d for d in open_debates if d.agreed or (round_no == s.max_rounds and speaker == SPEAKERS[-1])]
-                for debate in finished:
-                    emit(self._record(debate, baselines[debate.problem.index]))
-                open_debates = [d for d in open_debates if d not in finished]
-                tokens = sum(c.tokens for c in completions)
-                log.info(
-                    "round %d, model %s: %d debates, %d tokens, %d finished, %d still open",
-                    round_no, speaker, len(completions), tokens, len(finished), len(open_debates),
-                )
 
     def _baselines(self, problems: Sequence[Problem]) -> dict[int, dict[str, Any]]:
         """Model b alone (model a's first debate turn is already its solo answer) and the votes."""

@@ -80,6 +80,14 @@ class DebateSettings:
                                              "(docs/performance.md). Without batch_invariant=true a row's tokens follow its batch: "
                                              "another value changes the vote's samples and, through reuse_kv, the debate's turns.",
                                        minimum=1, run_only_when=INVARIANT, only_when_changed=True, earlier_default=None)
+    refill: bool = knob(True, "As debates end, the next turn takes in the shard's next problems (their baselines run "
+                              "a group of batch_size at a time), so every turn holds up to batch_size open debates of "
+                              "any round; off: each group of batch_size debates runs its rounds to the end before the "
+                              "next group starts, as runs made before the sixteenth session did, and its later rounds "
+                              "hold a few debates each. A killed job loses the debates open then and the problems "
+                              "whose baselines ran but whose debates did not start (up to 2 x batch_size problems; off: "
+                              "batch_size). Without batch_invariant=true another value changes the turns' batches and "
+                              "so their tokens.", run_only_when=INVARIANT, only_when_changed=True, earlier_default=False)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
@@ -101,8 +109,8 @@ class DebateSettings:
                                               "true is an error where it cannot hold (engine=generate, or on a GPU "
                                               "kernels=torch or a V100). false = kernels picked per batch shape (up to 123 of 256 "
                                               "greedy rows changed with the batching on an H100). null: on on a CPU, off on a GPU. "
-                                              "Only true makes batch_size, vote_batch_rows, cuda_graphs, reuse_kv, prefill_tokens "
-                                              "and devices run-only (left out of the records' fingerprint, free to change on a resume); null "
+                                              "Only true makes batch_size, vote_batch_rows, refill, cuda_graphs, reuse_kv, "
+                                              "prefill_tokens and devices run-only (left out of the records' fingerprint, free to change on a resume); null "
                                               "counts as off for them, since the submitter cannot know the device a shard runs on "
                                               "(docs/performance.md).")
     devices: str = knob("auto", "Where the two models sit: shared (both on the job's first GPU), split (model a on the "
