@@ -99,7 +99,7 @@ def debate_engine(models: dict, settings: DebateSettings, decoders: Decoders) ->
 
 
 def measure(engine: DebateEngine, problems: list) -> dict[str, float]:
-    """The shard's own loop (``run_all``: groups of ``batch_size``)."""
+    """The shard's own loop (``run_all``: baselines a group of ``batch_size`` at a time, turns refilled or group by group)."""
     records: list[dict[str, Any]] = []
     counters = ("prefill_seconds", "prefill_tokens", "prefill_positions", "reused_tokens")
     totals = lambda: {c: sum(getattr(d, c) for d in engine.decoders) for c in counters}  # noqa: E731
