@@ -20,6 +20,8 @@ fused kernel (the before of the sampler's after, on the same card in the same ca
     python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
     # every turn prefilled whole, against the default (each turn starts from the model's previous one)
     python benchmarks/bench_debate.py --models random-8b --mode batched --questions 256 --dtype bfloat16 --reuse-kv off
+    # the turns refilled (the default) against each group's rounds run to the end (debate.refill=false)
+    python benchmarks/bench_debate.py --models tiny --mode phases --questions 64 --batch-size 16 --refill off
     # two GPUs: one model on each (debate.devices=split)
     python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
     # the default pair's phases, all 1,319 questions, from converted model folders (<dir>/<registry name>/)
@@ -174,6 +176,8 @@ def main() -> None:
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"], help="the static decoder's step kernels (debate.kernels)")
     parser.add_argument("--reuse-kv", default="on", choices=["on", "off"], help="start each turn from the model's previous one (debate.reuse_kv)")
+    parser.add_argument("--refill", default="on", choices=["on", "off"],
+                        help="a turn takes in the next problems wherever debates ended, or each group's rounds run to the end (debate.refill)")
     parser.add_argument("--batch-invariant", default="on", choices=["on", "off"], help="rows independent of their batch (debate.batch_invariant)")
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",
                         help="debate.devices: both models on the first GPU, or one GPU each")
@@ -191,7 +195,7 @@ def main() -> None:
     models = load_pair(args.models, args.dtype, devices, args.model_dir)
     baselines = [] if args.mode == "phases" else ["debate.baselines.solo=false", "debate.baselines.vote_models=[]"]
     cfg = checked_config([f"debate.max_rounds={args.rounds}", f"debate.max_new_tokens={args.max_new_tokens}", f"debate.batch_size={args.batch_size}",
-                          f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", f"debate.batch_invariant={args.batch_invariant == 'on'}", *baselines])
+                          f"debate.kernels={args.kernels}", f"debate.reuse_kv={args.reuse_kv == 'on'}", f"debate.refill={args.refill == 'on'}", f"debate.batch_invariant={args.batch_invariant == 'on'}", *baselines])
     settings = build(DebateSettings, cfg.debate)
     problems = load_problems(PROJECT_ROOT / "pipeline/assets/gsm8k/test.jsonl", args.questions)
     warm = [[{"role": "user", "content": problems[0].question}]] * 2
@@ -204,7 +208,7 @@ def main() -> None:
         decoder.fused_sampling = decoder.fused_sampling and args.sampler == "fused"
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{args.threads} threads"
     print(f"models={args.models} device={gpu} devices={args.devices} dtype={pick_dtype(args.dtype, device)} rounds={args.rounds} "
-          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler} "
+          f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} refill={args.refill} kernels={args.kernels} reuse_kv={args.reuse_kv} sampler={args.sampler} "
           f"batch_invariant={args.batch_invariant}")
     if args.mode == "phases":
         phases, seconds = measure_phases(debate_engine(models, settings, decoders), problems)
