@@ -20,8 +20,8 @@ fused kernel (the before of the sampler's after, on the same card in the same ca
     python benchmarks/bench_debate.py --models random-8b --questions 256 --seed-questions 4 --dtype bfloat16
     # every turn prefilled whole, against the default (each turn starts from the model's previous one)
     python benchmarks/bench_debate.py --models random-8b --mode batched --questions 256 --dtype bfloat16 --reuse-kv off
-    # the turns refilled (the default) against each group's rounds run to the end (debate.refill=false)
-    python benchmarks/bench_debate.py --models tiny --mode phases --questions 64 --batch-size 16 --refill off
+    # the turns refilled from the next problems (debate.refill=true) against each group's rounds run to the end
+    python benchmarks/bench_debate.py --models tiny --mode phases --questions 64 --batch-size 16 --refill on
     # two GPUs: one model on each (debate.devices=split)
     python benchmarks/bench_debate.py --models random-8b --mode batched --devices split --questions 256 --dtype bfloat16
     # the default pair's phases, all 1,319 questions, from converted model folders (<dir>/<registry name>/)
@@ -176,7 +176,7 @@ def main() -> None:
                         help="the one-at-a-time run's engine (the seed notebook called generate)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"], help="the static decoder's step kernels (debate.kernels)")
     parser.add_argument("--reuse-kv", default="on", choices=["on", "off"], help="start each turn from the model's previous one (debate.reuse_kv)")
-    parser.add_argument("--refill", default="on", choices=["on", "off"],
+    parser.add_argument("--refill", default="off", choices=["on", "off"],
                         help="a turn takes in the next problems wherever debates ended, or each group's rounds run to the end (debate.refill)")
     parser.add_argument("--batch-invariant", default="on", choices=["on", "off"], help="rows independent of their batch (debate.batch_invariant)")
     parser.add_argument("--devices", choices=["shared", "split"], default="shared",

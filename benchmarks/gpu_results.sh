@@ -13,11 +13,10 @@
 #                  puts it in .device/whl-core) reversed; run_id gpu-pair-before
 #   pair-before-again  the pair step again from the /tmp/before that pair-before made (its kernels compiled); run_id gpu-pair-before2
 #   pair-again     the pair step again (TAG=-again: run_id gpu-pair-again), for a warm after beside a warm before
-#   pair-groups    the pair step with each group's rounds run to the end before the next group (debate.refill=false;
-#                  run_id gpu-pair-groups)
-#   pair-six       the pair step as runs before the sixteenth session made it: each vote in six batches of
-#                  debate.batch_size, each group's rounds to the end (debate.vote_batch_rows=null debate.refill=false;
-#                  run_id gpu-pair-six)
+#   pair-refill    the pair step with the turns refilled from the shard's next problems wherever debates ended
+#                  (debate.refill=true; run_id gpu-pair-refill)
+#   pair-six       the pair step with each vote in six batches of debate.batch_size (debate.vote_batch_rows=null,
+#                  the default before the sixteenth session; run_id gpu-pair-six)
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
 #   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, run_id gpu-pair-votes): one
 #                  tail a vote instead of six; the fast kernels' vote samples and turns change (pair with `pair`'s outcomes)
@@ -112,17 +111,15 @@ case "$step" in
   pair-again)
     TAG=-again bash benchmarks/gpu_results.sh pair
     ;;
-  pair-groups)
-    # Each group of debate.batch_size debates runs its rounds to the end before the next (debate.refill=false, what
-    # runs did before the sixteenth session), each vote as one batch: the turns' batching alone against `pair`.
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.refill=false run_id=gpu-pair-groups
-    collect gpu-pair-groups debate
+  pair-refill)
+    # A turn takes in the shard's next problems wherever debates ended (debate.refill=true), each vote as one batch:
+    # the turns' batching alone against `pair`.
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.refill=true run_id=gpu-pair-refill
+    collect gpu-pair-refill debate
     ;;
   pair-six)
-    # Each vote in six batches of debate.batch_size rows and each group's rounds to the end: the defaults before the
-    # sixteenth session (debate.vote_batch_rows=null, debate.refill=false).
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=null debate.refill=false \
-      run_id=gpu-pair-six
+    # Each vote in six batches of debate.batch_size rows: the default before the sixteenth session (null).
+    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=null run_id=gpu-pair-six
     collect gpu-pair-six debate
     ;;
   pair-invariant)

@@ -299,14 +299,14 @@ def test_a_resume_with_another_batch_is_refused_unless_the_run_is_batch_invarian
 
 def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Path) -> None:
     """debate.vote_batch_rows came in the ninth session at null (each vote in batches of batch_size), the default
-    until the sixteenth changed it to 1536 and added debate.refill (true; what runs did before: false). A run made
-    with the earlier values resumes at them, whether its config.yaml says so or lacks the keys (a run made before
-    they existed); the records written on resume carry the fingerprint of those before (that those values'
-    fingerprint is the one earlier runs had: tests/test_run_config.py); today's default given on the command line
-    is refused as another experiment (the run was not made batch-invariant)."""
+    until the sixteenth changed it to 1536 (and added debate.refill, off: what runs did). A run made with null
+    resumes at null, whether its config.yaml says so or lacks the keys (a run made before they existed); the
+    records written on resume carry the fingerprint of those before (that null's fingerprint is the one earlier
+    runs had: tests/test_run_config.py); today's default given on the command line is refused as another
+    experiment (the run was not made batch-invariant)."""
     results = tmp_path / "results"
     submit(tiny_overrides(results, "limit=2", "shards=1", "cluster=debug", "run_id=made-before", "debate.vote_batch_rows=null",
-                          "debate.refill=false", "debate.max_new_tokens=24", "debate.max_rounds=1"))
+                          "debate.max_new_tokens=24", "debate.max_rounds=1"))
     run = results / "made-before"
     config, shard = run / "config.yaml", run / "debate" / "shard-00000-of-00001.jsonl"
     assert "  vote_batch_rows: null\n" in config.read_text() and "  refill: false\n" in config.read_text()

@@ -254,12 +254,12 @@ def test_batch_size_and_votes_change_no_record(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(StaticDecoder, "generate", counted)
     runs = {}
     for label, changes in (("8", {"batch_size": 8, "vote_batch_rows": None}), ("3", {"batch_size": 3}), ("whole vote", {"batch_size": 8}),
-                           ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}), ("3, no refill", {"batch_size": 3, "refill": False}),
+                           ("vote of 5s", {"batch_size": 8, "vote_batch_rows": 5}), ("3, refilled", {"batch_size": 3, "refill": True}),
                            ("no votes", {"baselines": {**cfg.debate.baselines, "vote_models": []}})):
         out: list[dict] = []
         DebateEngine(models, build(DebateSettings, {**cfg.debate, **changes}), 0).run_all(PROBLEMS, out.append)
         runs[label] = _comparable(out)
-    assert runs["3"] == runs["8"] == runs["whole vote"] == runs["vote of 5s"] == runs["3, no refill"]
+    assert runs["3"] == runs["8"] == runs["whole vote"] == runs["vote of 5s"] == runs["3, refilled"]
     assert rows["8"] == [8, 8] * 2 and rows["whole vote"] == [16] * 2 and rows["vote of 5s"] == [5, 5, 5, 1] * 2, dict(rows)
     without_vote = [{k: v for k, v in r.items() if k != "vote"} for r in runs["8"]]
     assert [{k: v for k, v in r.items() if k != "vote"} for r in runs["no votes"]] == without_vote
@@ -293,7 +293,7 @@ def test_the_fingerprint_holds_what_changes_tokens_and_nothing_else() -> None:
     def fingerprint(*overrides: str) -> str:
         return debate_schema(build_config(load_config(["stage=debate", *overrides])), None).fingerprint
 
-    batching = ("debate.batch_size=7", "debate.vote_batch_rows=null", "debate.refill=false", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
+    batching = ("debate.batch_size=7", "debate.vote_batch_rows=null", "debate.refill=true", "debate.cuda_graphs=false", "debate.reuse_kv=false", "debate.prefill_tokens=512", "debate.devices=shared")
     invariant = fingerprint("debate.batch_invariant=true")
     for setting in batching:
         assert fingerprint("debate.batch_invariant=true", setting) == invariant, setting

@@ -71,13 +71,13 @@ def test_what_changes_results_is_one_flag_on_each_field() -> None:
     assert fingerprint("progress.refresh_s=5") == fingerprint()
     assert fingerprint("debate.kernels=torch") != fingerprint()
     # A setting added later counts only when changed from what earlier runs did: debate.vote_batch_rows came in the
-    # ninth session at null, the default until the sixteenth, and debate.refill in the sixteenth (earlier runs: false);
+    # ninth session at null, the default until the sixteenth, and debate.refill in the sixteenth (off: what runs did);
     # a run made with those keeps the fingerprint runs had before the keys existed, so they still resume, and today's
-    # defaults (1536, true) are in it.
-    assert fingerprint("debate.vote_batch_rows=null", "debate.refill=false") == "75afd029c54a33a4"
+    # default vote batching (1536) is in it.
+    assert fingerprint("debate.vote_batch_rows=null", "debate.refill=false") == fingerprint("debate.vote_batch_rows=null") == "75afd029c54a33a4"
     assert fingerprint("debate.batch_invariant=true") == "c0038856c7eb9937"
-    assert fingerprint() == fingerprint("debate.vote_batch_rows=1536", "debate.refill=true") != fingerprint("debate.vote_batch_rows=null")
-    assert fingerprint("debate.refill=false") != fingerprint()
+    assert fingerprint() == fingerprint("debate.vote_batch_rows=1536", "debate.refill=false") != fingerprint("debate.vote_batch_rows=null")
+    assert fingerprint("debate.refill=true") != fingerprint()
 
 
 def test_no_eval_is_batch_invariant_so_its_batching_is_in_the_fingerprint() -> None:

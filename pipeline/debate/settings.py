@@ -80,14 +80,15 @@ class DebateSettings:
                                              "(docs/performance.md). Without batch_invariant=true a row's tokens follow its batch: "
                                              "another value changes the vote's samples and, through reuse_kv, the debate's turns.",
                                        minimum=1, run_only_when=INVARIANT, only_when_changed=True, earlier_default=None)
-    refill: bool = knob(True, "As debates end, the next turn takes in the shard's next problems (their baselines run "
-                              "a group of batch_size at a time), so every turn holds up to batch_size open debates of "
-                              "any round; off: each group of batch_size debates runs its rounds to the end before the "
-                              "next group starts, as runs made before the sixteenth session did, and its later rounds "
-                              "hold a few debates each. A killed job loses the debates open then and the problems "
-                              "whose baselines ran but whose debates did not start (up to 2 x batch_size problems; off: "
-                              "batch_size). Without batch_invariant=true another value changes the turns' batches and "
-                              "so their tokens.", run_only_when=INVARIANT, only_when_changed=True, earlier_default=False)
+    refill: bool = knob(False, "As debates end, the next turn takes in the shard's next problems (their baselines run "
+                               "a group of batch_size at a time), so every turn holds up to batch_size open debates of "
+                               "any round, where otherwise each group of batch_size debates runs its rounds to the end "
+                               "before the next group starts and its later rounds hold a few debates each. Fewer, fuller "
+                               "turns where a turn's time follows its longest reply (a GPU); unmeasured on a GPU so far, "
+                               "hence off (docs/performance.md). A killed job loses the debates open then and the problems "
+                               "whose baselines ran but whose debates did not start (up to 2 x batch_size problems; off: "
+                               "batch_size). Without batch_invariant=true another value changes the turns' batches and "
+                               "so their tokens.", run_only_when=INVARIANT, only_when_changed=True)
     engine: str = knob("auto", "The decoding engine: static (preallocated KV cache, CUDA-graph decode steps; Llama- "
                                "and Qwen2-style models), generate (transformers' generate: any model), or auto (static "
                                "wherever it can run the model). Both give the same tokens.", choices=ENGINES)
