@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError
 from pipeline.stages import RUN_ONLY_WHEN, build_config, completed, load_config, run_only_keys, saved_task
@@ -320,6 +321,18 @@ def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Pa
         assert info["resumed"] and info["result"]["complete"] is True
         assert len(read_shard(shard)) == 2
         assert len({json.loads(line)["settings"] for line in shard.read_text().splitlines()}) == 1
+
+
+def test_a_saved_config_without_its_backend_still_resumes(finished: Path) -> None:
+    """The resume check types a saved config to give it the keys added since its run was made; one that cannot be
+    typed (its backend's section deleted by hand) is compared as it is, and the backend is run-only: no traceback."""
+    run = copy_run(finished, "no-backend")
+    config = run / "config.yaml"
+    saved = OmegaConf.load(config)
+    del saved["cluster"]
+    OmegaConf.save(saved, config)
+    info = submit([f"results_dir={run.parent}", "run_id=no-backend", "cluster=debug"])
+    assert info["resumed"] and info["result"]["complete"] is True
 
 
 def test_a_resume_may_change_run_only_settings(tmp_path: Path) -> None:
