@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,11 +324,14 @@ def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Pa
         assert len({json.loads(line)["settings"] for line in shard.read_text().splitlines()}) == 1
 
 
-def test_a_saved_config_without_its_backend_still_resumes(finished: Path) -> None:
+def test_a_saved_config_without_its_backend_still_resumes(finished: Path, tmp_path: Path) -> None:
     """The resume check types a saved config to give it the keys added since its run was made; one that cannot be
-    typed (its backend's section deleted by hand) is compared as it is, and the backend is run-only: no traceback."""
-    run = copy_run(finished, "no-backend")
+    typed (its backend's section deleted by hand) is compared as it is, and the backend is run-only: no traceback.
+    (In a results folder of its own: the status command of the other cases reads every run beside it.)"""
+    run = tmp_path / "results" / "no-backend"
+    shutil.copytree(finished, run)
     config = run / "config.yaml"
+    config.write_text(config.read_text().replace(f"run_id: {finished.name}", "run_id: no-backend"))
     saved = OmegaConf.load(config)
     del saved["cluster"]
     OmegaConf.save(saved, config)
