@@ -153,6 +153,7 @@ class RunConfig:
 def load(values: Mapping[str, Any], sections: Mapping[str, type], backend: type | None = None) -> RunConfig:
     """The typed config of a resolved one as plain data (a run's config.yaml, a step's stage.yaml): the root keys,
     the named stages' sections and, given its settings class, the backend's. A reducer reads its step's
-    config with its own stage's section only (``load(run.stage_config(where), {"debate": DebateSettings})``)."""
+    config with its own stage's section only (``load(run.stage_config(where), {"debate": DebateSettings})``). A section
+    the values lack (a run's config with a stage's section deleted) takes what a key it lacks would: its defaults."""
     return dataclasses.replace(build(RunConfig, values), cluster=build(backend, values["cluster"]) if backend else None,
-                               sections={name: build(settings, values[name]) for name, settings in sections.items()})
+                               sections={name: build(settings, values.get(name, {})) for name, settings in sections.items()})

@@ -71,7 +71,7 @@ class Run:
 
 
 def load_saved(path: Path) -> DictConfig:
-    """A saved run config, checked enough to be used: a mapping that names its stage."""
+    """A saved run config, checked enough to be used: a mapping that names its stage and its backend."""
     try:
         saved = OmegaConf.load(path)
     except OSError as err:
@@ -81,6 +81,8 @@ def load_saved(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: the run's config does not parse ({first}); restore it or start a new run") from None
     if not isinstance(saved, DictConfig) or "stage" not in saved:
         raise ConfigError(f"{path}: the run's config is empty or not a config (no 'stage'); restore it or start a new run")
+    if not isinstance(OmegaConf.select(saved, "cluster.kind"), str):
+        raise ConfigError(f"{path}: the run's config names no backend (cluster.kind); restore it or start a new run")
     return saved
 
 

@@ -112,13 +112,8 @@ def saved_task(run: Run, where: str) -> ReduceTask:
 def completed(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config's plain data with the keys it lacks (settings added since its run was made) at the values
     its typed config gives them (a knob's ``earlier_default``, else its default), as a resume of the run has them:
-    what the resume check compares a resubmission with. One that lacks whole parts (its backend, a stage's section:
-    damaged by hand) cannot be typed and is compared as it is, so the check names the part that differs."""
-    try:
-        built = _built(saved)
-    except (KeyError, TypeError):
-        return saved
-    return _filled(saved, built.plain())
+    what the resume check compares a resubmission with."""
+    return _filled(saved, _built(saved).plain())
 
 
 def _filled(given: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:

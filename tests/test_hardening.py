@@ -113,7 +113,7 @@ def test_a_default_changed_since_the_run_was_made_is_no_difference(finished: Pat
     assert info["result"]["complete"] is True
 
 
-@pytest.mark.parametrize("content", ["", "stage: [unclosed\n", "- just\n- a list\n"])
+@pytest.mark.parametrize("content", ["", "stage: [unclosed\n", "- just\n- a list\n", "stage: debate\n"])
 def test_a_damaged_config_is_one_line_for_submit_and_status(finished: Path, content: str) -> None:
     run = copy_run(finished, f"damaged-{len(content)}")
     (run / "config.yaml").write_text(content)
@@ -324,19 +324,22 @@ def test_a_run_made_before_a_default_changed_resumes_as_it_was_made(tmp_path: Pa
         assert len({json.loads(line)["settings"] for line in shard.read_text().splitlines()}) == 1
 
 
-def test_a_saved_config_without_its_backend_still_resumes(finished: Path, tmp_path: Path) -> None:
-    """The resume check types a saved config to give it the keys added since its run was made; one that cannot be
-    typed (its backend's section deleted by hand) is compared as it is, and the backend is run-only: no traceback.
-    (In a results folder of its own: the status command of the other cases reads every run beside it.)"""
-    run = tmp_path / "results" / "no-backend"
+def test_a_saved_config_without_a_stages_section_resumes_and_shows(finished: Path, tmp_path: Path) -> None:
+    """The resume check and the status command type a saved config; one whose section of a stage it does not run was
+    deleted by hand takes that section's defaults, as a key added since the run was made would: it resumes and shows,
+    with no traceback. (In a results folder of its own: the status command of the other cases reads every run.)"""
+    run = tmp_path / "results" / "no-train"
     shutil.copytree(finished, run)
     config = run / "config.yaml"
-    config.write_text(config.read_text().replace(f"run_id: {finished.name}", "run_id: no-backend"))
     saved = OmegaConf.load(config)
-    del saved["cluster"]
+    saved.run_id = "no-train"
+    del saved["train"]
     OmegaConf.save(saved, config)
-    info = submit([f"results_dir={run.parent}", "run_id=no-backend", "cluster=debug"])
+    info = submit([f"results_dir={run.parent}", "run_id=no-train"])
     assert info["resumed"] and info["result"]["complete"] is True
+    shown = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), "no-train", "--results-dir", str(run.parent)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr, shown.stderr
 
 
 def test_a_resume_may_change_run_only_settings(tmp_path: Path) -> None:
