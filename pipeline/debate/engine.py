@@ -87,13 +87,13 @@ class DebateEngine:
         group = 0
         while waiting or ready or open_debates:
             if s.refill or not open_debates:
-                if len(ready) < size - len(open_debates) and waiting:
+                room = size - len(open_debates)
+                if len(ready) < room and waiting:
                     group += 1
                     self.group = f"group {group}/{groups}: " if groups > 1 else ""
                     batch, waiting = waiting[:size], waiting[size:]
                     baselines.update(self._baselines(batch))
                     ready += [Debate(p) for p in batch]
-                room = size - len(open_debates)
                 open_debates, ready = open_debates + ready[:room], ready[room:]
             for speaker in SPEAKERS:
                 open_debates = self._turn(speaker, open_debates, baselines, emit)
