@@ -77,6 +77,13 @@ def tiny_overrides(results: Path, *extra: str) -> list[str]:
     ])
 
 
+class NamedModel:
+    """What the debate engine reads of a loaded model where a test scripts its generation: its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 def copy_run(run: Path, name: str) -> Path:
     """A copy of a finished run under another id, beside it: a case can damage it without touching others."""
     import shutil

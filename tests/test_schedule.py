@@ -14,17 +14,11 @@ from pipeline.debate.engine import DebateEngine
 from pipeline.debate.settings import Baselines, DebateSettings
 from pipeline.engine.generation import Completion
 from pipeline.engine.sampling import row_seed
+from tests.conftest import NamedModel
 
 PROBLEMS = [Problem(i, f"Question {i}: how many eggs are left?", "18") for i in range(5)]
 # The round in which model b first agrees with model a (who always says 18); problem 4: never (3 rounds, no agreement).
 AGREES = {0: 1, 1: 3, 2: 2, 3: 1, 4: 99}
-
-
-class _Model:
-    """What the engine reads of a loaded model here: its name (generation is scripted below)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, refill: bool) -> tuple[list[dict], list[list[tuple[str, int, int, int]]]]:
@@ -45,7 +39,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, refill: bool) -> tuple[list[dict], lis
     monkeypatch.setattr(debate_engine, "generate_chat", generate)
     settings = DebateSettings(max_rounds=3, batch_size=2, refill=refill, baselines=Baselines(solo=False, vote_models=()))
     records: list[dict] = []
-    DebateEngine({"a": _Model("A"), "b": _Model("B")}, settings, seed=7).run_all(PROBLEMS, records.append)
+    DebateEngine({"a": NamedModel("A"), "b": NamedModel("B")}, settings, seed=7).run_all(PROBLEMS, records.append)
     return sorted(records, key=lambda r: r["index"]), calls
 
 

@@ -23,19 +23,12 @@ from pipeline.runs import Run
 from pipeline.shards import read_shard
 from pipeline.stages import saved_task
 from pipeline.submit import submit
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, NamedModel, tiny_overrides
 
 # Replies as Qwen2.5-Coder writes them: Markdown headings whose step numbers are not answers.
 A_18 = "#### Step 1: Eggs left\n16 - 3 - 4 = 9\n#### Step 2: Money\n9 * 2 = 18\n\\[\n\\boxed{18}\n\\]"
 B_18 = "#### 1. Check the other solution\nTheir steps are right.\n#### 2. Result\nSo she makes $18.\n#### 18"
 B_20 = "#### Step 3: Recompute\n9 * 2 = 20\n#### 20"
-
-
-class _Model:
-    """What the engine reads of a loaded model here: its name (generation is scripted below)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 def _scripted(monkeypatch: pytest.MonkeyPatch, replies: dict[tuple[str, int], str]) -> list[tuple[str, int]]:
@@ -64,7 +57,7 @@ def test_a_debate_whose_models_state_the_same_answer_stops(monkeypatch: pytest.M
     calls = _scripted(monkeypatch, {("A", 0): A_18, ("B", 0): B_18, ("A", 1): A_18, ("B", 1): B_20})
     settings = DebateSettings(max_rounds=2, baselines=Baselines(solo=False, vote_models=()))
     records = []
-    DebateEngine({"a": _Model("A"), "b": _Model("B")}, settings, seed=0).run_all(PROBLEMS, records.append)
+    DebateEngine({"a": NamedModel("A"), "b": NamedModel("B")}, settings, seed=0).run_all(PROBLEMS, records.append)
     by_index = {r["index"]: r for r in records}
     assert (by_index[0]["agreed"], by_index[0]["rounds"], len(by_index[0]["turns"])) == (True, 1, 2)
     assert [t["answer"] for t in by_index[0]["turns"]] == ["18", "18"]
