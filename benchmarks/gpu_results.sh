@@ -18,8 +18,8 @@
 #   pair-six       the pair step with each vote in six batches of debate.batch_size (debate.vote_batch_rows=null,
 #                  the default before the sixteenth session; run_id gpu-pair-six)
 #   pair-invariant the pair step with debate.batch_invariant=true (run_id gpu-pair-invariant): what invariance costs a whole run
-#   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, run_id gpu-pair-votes): one
-#                  tail a vote instead of six; the fast kernels' vote samples and turns change (pair with `pair`'s outcomes)
+#   pair-votes     the pair step with each group's vote in one batch (debate.vote_batch_rows=1536, the default since the
+#                  sixteenth session) and each decoder call's digests logged (run_id gpu-pair-votes)
 #   pair-votes-again  pair-votes again on the same machine (run_id gpu-pair-votes-again): does one machine repeat its texts
 #                  (both log each decoder call's digests, progress.log_level=DEBUG, to find the first call that parts)
 #   pair-votes-ws, pair-votes-ws-again  the same two with CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS's setting for
@@ -52,12 +52,19 @@
 #                  end and exit status); `collect` copies /tmp/res to $OUT, `wait` blocks until the queue ends or
 #                  9 minutes pass (the device tool's one-call limit), then collects
 set -euo pipefail
-step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-invariant|pair-votes|pair-votes-again|pair-votes-ws|pair-votes-ws-again|repeat|pair-invariant-votes|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
+step="${1:?usage: gpu_results.sh setup|tests|pair|pair-before|pair-before-again|pair-again|pair-refill|pair-six|pair-invariant|pair-votes|pair-votes-again|pair-votes-ws|pair-votes-ws-again|repeat|pair-invariant-votes|graphs|overlap|rows|eval5|twice|eval|evalcot|eval4|engines|evalcmp|evalgen|mine|train|sampler|cost|invariance|killed|queue|collect|wait}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="/tmp/site-packages${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site-packages/bin:$PATH"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 submit() { python3 jobs/submit.py cluster=local wandb.mode=disabled wait=true "$@"; }
+# The default pair on all 1,319 test questions as run_id $1, with the settings that follow, timed and collected.
+pair_run() {
+  local id="$1"
+  shift
+  time submit stage=debate models=small shards=1 debate.max_new_tokens=512 "$@" run_id="$id"
+  collect "$id" debate
+}
 
 # What a finished run leaves for the record: its tables and outcomes, its records (xz), its logs and plots.
 collect() {
@@ -97,8 +104,7 @@ case "$step" in
     python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
     ;;
   pair)
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 run_id="gpu-pair${TAG:-}"
-    collect "gpu-pair${TAG:-}" debate
+    pair_run "gpu-pair${TAG:-}"
     ;;
   pair-before)
     rm -rf /tmp/before && mkdir -p /tmp/before
@@ -114,23 +120,18 @@ case "$step" in
   pair-refill)
     # A turn takes in the shard's next problems wherever debates ended (debate.refill=true), each vote as one batch:
     # the turns' batching alone against `pair`.
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.refill=true run_id=gpu-pair-refill
-    collect gpu-pair-refill debate
+    pair_run gpu-pair-refill debate.refill=true
     ;;
   pair-six)
     # Each vote in six batches of debate.batch_size rows: the default before the sixteenth session (null).
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=null run_id=gpu-pair-six
-    collect gpu-pair-six debate
+    pair_run gpu-pair-six debate.vote_batch_rows=null
     ;;
   pair-invariant)
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.batch_invariant=true run_id=gpu-pair-invariant
-    collect gpu-pair-invariant debate
+    pair_run gpu-pair-invariant debate.batch_invariant=true
     ;;
   pair-votes)
     # Each decoder call's digests in the log (progress.log_level=DEBUG): two runs compared call by call.
-    time submit stage=debate models=small shards=1 debate.max_new_tokens=512 debate.vote_batch_rows=1536 progress.log_level=DEBUG \
-      run_id="gpu-pair-votes${TAG:-}"
-    collect "gpu-pair-votes${TAG:-}" debate
+    pair_run "gpu-pair-votes${TAG:-}" debate.vote_batch_rows=1536 progress.log_level=DEBUG
     ;;
   pair-votes-again)
     # The same one-batch run again on the same machine: the eleventh session's pair-votes differed from the tenth's
